@@ -1,0 +1,116 @@
+"""user-events agent: micro-batches of raw bytes -> core -> table, Redis, recommendations topic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from app.processing import RawRecord
+from app.runtime import (
+    app,
+    events_dlq_topic,
+    events_topic,
+    load_user,
+    log_event,
+    recommendations_topic,
+    runtime,
+    settings,
+    user_table,
+)
+from app.storage.redis_store import RETRYABLE
+
+log = logging.getLogger("nearline.ingest")
+
+
+def _record(event: Any) -> RawRecord:
+    msg = event.message
+    return RawRecord(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        value=msg.value,
+        timestamp=msg.timestamp,
+    )
+
+
+async def write_redis_until_done(writes: list[Any]) -> None:
+    """Retry (tenacity inside the store) and then keep trying: the batch is not acked until
+    Redis has it, so an outage pauses this partition set instead of losing a list."""
+    delay = 0.5
+    while True:
+        try:
+            await runtime.store.write_lists(writes)
+            if not runtime.redis_ok:
+                log_event("redis back", pending=len(writes))
+            runtime.redis_ok = True
+            return
+        except RETRYABLE as exc:
+            if runtime.redis_ok:
+                log.warning("redis unavailable, pausing batch: %s", exc)
+            runtime.redis_ok = False
+            runtime.counters["redis_batch_retries"] += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
+    records = [_record(e) for e in events]
+    by_pos = {(r.partition, r.offset): e for r, e in zip(records, events, strict=True)}
+    result = runtime.processor.process(records, load_user)
+    runtime.counters["events_in"] += len(records)
+    runtime.counters["events_applied"] += result.applied
+    runtime.counters["events_duplicate"] += result.duplicates
+
+    sends = []
+    for dl in result.dead_letters:
+        runtime.dead_letters[dl.value["reason"]] += 1
+        sends.append(await events_dlq_topic.send(key=dl.key, value=dl.encode()))
+
+    # Faust writes a table key to the changelog partition of the *current* event; in a
+    # batch that spans partitions, point it at an event of this user's own partition.
+    for user_id, state in result.states.items():
+        last = result.last_record[user_id]
+        stream._set_current_event(by_pos[(last.partition, last.offset)])
+        user_table[user_id.encode()] = state.to_bytes()
+
+    await write_redis_until_done([w for _, w, _ in result.lists])
+    for _, write, doc in result.lists:
+        sends.append(
+            await recommendations_topic.send(
+                key=write.user_id.encode(), value=json.dumps(doc, separators=(",", ":")).encode()
+            )
+        )
+    # Publishes must be on the broker before the batch is acked (commit after effects).
+    if sends:
+        await asyncio.gather(*sends)
+    runtime.counters["lists_written"] += len(result.lists)
+    runtime.counters["dead_letters"] += len(result.dead_letters)
+    runtime.last_batch_at = time.time()
+    for state in result.states.values():
+        runtime.last_event_time = max(runtime.last_event_time, state.last_event_time)
+
+
+@app.agent(events_topic, concurrency=1)
+async def ingest(stream: Any) -> None:
+    # Users are scored against the catalog: wait until the item follower caught up.
+    await runtime.catalog_ready.wait()
+    w = settings.worker
+    async for events in stream.take_events(w.batch_size, within=w.batch_within):
+        await handle_batch(stream, events)
+
+
+@app.timer(interval=10.0)
+async def publish_cold_start() -> None:
+    """Refresh the ready-to-serve list for users without history."""
+    if not runtime.catalog_ready.is_set():
+        return
+    cold = runtime.recommender.cold_start_list()
+    try:
+        await runtime.store.write_cold_start(cold.to_json(version=0, generated_at=time.time()))
+    except RETRYABLE as exc:
+        log.warning("cold-start list not refreshed: %s", exc)

@@ -1,0 +1,375 @@
+"""The `nearline` command: worker, data loading, replay, inspection and the sample demo."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from app.settings import Settings, SettingsError, iter_setting_docs, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from kafka.errors import KafkaError
+    from redis.exceptions import RedisError
+
+    from app.core.rank import ModelError
+    from app.data.loaders import LoadError
+    from app.kafka_clients import TopicError
+
+    return (SettingsError, LoadError, ModelError, TopicError, KafkaError, RedisError, OSError)
+
+
+def one_line_errors(fn: F) -> F:
+    """Expected failures print `error: ...` on one line and exit 1; bugs still trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _expected_errors() as exc:
+            msg = " ".join(str(exc).split()) or type(exc).__name__
+            if type(exc).__module__.startswith(("kafka", "redis")):
+                msg = f"{type(exc).__name__}: {msg}"
+            click.echo(f"error: {msg}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """nearline-rec: a streaming nearline recommendation worker (Faust + Kafka + Redis)."""
+
+
+@main.command()
+@click.option(
+    "--loglevel",
+    "-l",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@one_line_errors
+def worker(loglevel: str) -> None:
+    """Run a worker (same as `faust -A app.worker worker`); creates missing topics first."""
+    from app.kafka_clients import ensure_topics
+
+    s = settings()
+    created = ensure_topics(s)
+    if created:
+        click.echo(f"created topics: {', '.join(created)}", err=True)
+    from app.worker import app
+
+    sys.argv = [
+        "nearline",
+        "worker",
+        "--loglevel",
+        loglevel,
+        "--web-host",
+        s.worker.web_host,
+        "--web-port",
+        str(s.worker.web_port),
+    ]
+    app.main()
+
+
+@main.command("init-topics")
+@one_line_errors
+def init_topics() -> None:
+    """Create every topic with the configured partitions (idempotent)."""
+    from app.kafka_clients import ensure_topics
+
+    created = ensure_topics(settings())
+    click.echo(f"created: {', '.join(created) if created else 'nothing (all exist)'}")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--items", "n_items", default=2000, show_default=True, type=click.IntRange(10))
+@click.option("--users", "n_users", default=600, show_default=True, type=click.IntRange(1))
+@click.option("--ratings", "n_ratings", default=40000, show_default=True, type=click.IntRange(1))
+@click.option("--dim", default=32, show_default=True, type=click.IntRange(2, 4096))
+@click.option("--seed", default=7, show_default=True, type=int)
+@one_line_errors
+def sample(out_dir: Path, n_items: int, n_users: int, n_ratings: int, dim: int, seed: int) -> None:
+    """Write a seeded sample: movies.csv, ratings.csv, embeddings.txt, truth.json."""
+    from app.data.sample import generate_sample
+
+    info = generate_sample(
+        out_dir,
+        n_items=n_items,
+        n_users=n_users,
+        n_ratings=n_ratings,
+        dim=dim,
+        seed=seed,
+        progress=True,
+    )
+    click.echo(
+        f"wrote {info.n_items} items, {info.n_users} users, {info.n_ratings} ratings "
+        f"(dim {info.dim}) to {info.out_dir}"
+    )
+
+
+@main.command("load-items")
+@click.option(
+    "--movies",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="MovieLens movies.csv (movieId,title,genres).",
+)
+@click.option(
+    "--embeddings",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="item2vec text (<id>:<v1> <v2> ...), CSV (id,v1,...), or .npy with --ids.",
+)
+@click.option(
+    "--ids",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="One id per line, for a .npy matrix.",
+)
+@one_line_errors
+def load_items(movies: Path, embeddings: Path, ids: Path | None) -> None:
+    """Check the files, then publish every item to the item-updates topic."""
+    from tqdm import tqdm
+
+    from app.kafka_clients import ensure_topics
+    from app.producer import item_updates_from_files, publish_items
+
+    s = settings()
+    updates, unmatched = item_updates_from_files(
+        movies, embeddings, dim=s.items.embedding_dim, ids_path=ids
+    )
+    ensure_topics(s)
+    with tqdm(total=len(updates), desc="items", unit="item", file=sys.stderr) as bar:
+        n = publish_items(s, updates, progress=bar.update)
+    click.echo(
+        f"published {n} items to {s.topics.item_updates}"
+        + (f"; {len(unmatched)} movies had no embedding and were skipped" if unmatched else "")
+    )
+
+
+@main.command()
+@click.argument("ratings", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Events per second (0 = as fast as possible).",
+)
+@click.option("--limit", default=0, type=click.IntRange(0), help="Stop after N events (0 = all).")
+@one_line_errors
+def replay(ratings: Path, rate: float, limit: int) -> None:
+    """Produce a MovieLens ratings file onto user-events, in file order."""
+    import itertools
+
+    from tqdm import tqdm
+
+    from app.data.loaders import read_ratings
+    from app.kafka_clients import ensure_topics
+    from app.producer import events_from_ratings, produce_events
+
+    s = settings()
+    rows = read_ratings(ratings)  # whole file checked before the first event is produced
+    if limit:
+        rows = rows[:limit]
+    ensure_topics(s)
+    with tqdm(total=len(rows), desc="events", unit="ev", file=sys.stderr) as bar:
+        n = produce_events(
+            s,
+            itertools.islice(events_from_ratings(rows), len(rows)),
+            rate=rate,
+            progress=bar.update,
+        )
+    click.echo(f"produced {n} events to {s.topics.user_events}")
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the stored JSON.")
+@one_line_errors
+def recs(user_id: str, as_json: bool) -> None:
+    """Show a user's list as stored in Redis, with the channel of each item."""
+    import asyncio
+
+    from app.storage.redis_store import RedisStore
+
+    async def read() -> dict[str, Any] | None:
+        store = RedisStore(settings().redis)
+        try:
+            return await store.read_list(user_id)
+        finally:
+            await store.close()
+
+    value = asyncio.run(read())
+    if value is None:
+        click.echo(f"error: no list in Redis for user {user_id!r}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(value, indent=2))
+        return
+    click.echo(format_list(value))
+
+
+def format_list(value: dict[str, Any], limit: int = 10) -> str:
+    head = (
+        f"user {value['user_id']}  mode={value['mode']}  version={value['version']}  "
+        f"model={value['model_version']}"
+    )
+    lines = [head]
+    for i, item in enumerate(value["items"][:limit], 1):
+        lines.append(
+            f"  {i:2d}. {item.get('title') or item['item_id']:<48.48} "
+            f"{item['channel']:<13} {item['score']:.3f}"
+        )
+    return "\n".join(lines)
+
+
+@main.command("tune-lsh")
+@click.option(
+    "--embeddings",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Embedding file to tune on (default: the catalog mirrored in Redis).",
+)
+@click.option("--ids", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-k", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--queries", default=200, show_default=True, type=click.IntRange(10, 100000))
+@click.option("--target-recall", default=0.95, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path))
+@one_line_errors
+def tune_lsh(
+    embeddings: Path | None,
+    ids: Path | None,
+    k: int,
+    queries: int,
+    target_recall: float,
+    json_out: Path | None,
+) -> None:
+    """Measure LSH recall@K against exact search on the catalog and recommend parameters."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from app.core.lsh_tune import default_grid, recommend, tune
+
+    s = settings()
+    if embeddings is not None:
+        from app.data.loaders import read_embeddings
+
+        _, matrix = read_embeddings(embeddings, ids_path=ids, expected_dim=s.items.embedding_dim)
+    else:
+        matrix = _catalog_from_redis(s)
+    matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    grid = default_grid(len(matrix), matrix.shape[1])
+    with tqdm(total=len(grid), desc="settings", file=sys.stderr) as bar:
+        results = tune(
+            matrix.astype(np.float32),
+            k=k,
+            n_queries=queries,
+            grid=grid,
+            progress=lambda done, total: bar.update(done - bar.n),
+        )
+    best = recommend(results, target_recall=target_recall)
+    click.echo(
+        f"{'w':>6} {'m':>3} {'L':>4} {'probes':>6} {'recall@' + str(k):>10} {'q/s':>9} {'cands':>8}"
+    )
+    for r in sorted(results, key=lambda r: (-r.recall, -r.qps)):
+        p = r.params
+        mark = "  <- recommended" if r is best else ""
+        click.echo(
+            f"{p.w:6.2f} {p.m:3d} {p.L:4d} {p.probes:6d} {r.recall:10.3f} "
+            f"{r.qps:9.0f} {r.mean_candidates:8.0f}{mark}"
+        )
+    p = best.params
+    click.echo(
+        f"\nset: NEARLINE_LSH__W={p.w} NEARLINE_LSH__M={p.m} NEARLINE_LSH__TABLES={p.L} "
+        f"NEARLINE_LSH__PROBES={p.probes}  (recall@{k}={best.recall:.3f}, "
+        f"{best.qps:.0f} q/s on {len(matrix)} items)"
+    )
+    if json_out:
+        json_out.write_text(
+            json.dumps(
+                [
+                    {
+                        "w": r.params.w,
+                        "m": r.params.m,
+                        "L": r.params.L,
+                        "probes": r.params.probes,
+                        "recall": r.recall,
+                        "qps": r.qps,
+                        "mean_candidates": r.mean_candidates,
+                    }
+                    for r in results
+                ],
+                indent=2,
+            )
+        )
+
+
+def _catalog_from_redis(s: Settings) -> Any:
+    import numpy as np
+    import redis
+
+    from app.storage import keys
+    from app.storage.redis_store import decode_vector
+
+    client = redis.Redis.from_url(
+        s.redis.url,
+        username=s.redis.username,
+        password=s.redis.password.get_secret_value() if s.redis.password else None,
+    )
+    ids = sorted(m.decode() for m in client.smembers(keys.items_index(s.redis.key_prefix)))
+    if not ids:
+        raise SettingsError(
+            "no items in Redis: run `nearline load-items` and a worker first, "
+            "or pass --embeddings FILE"
+        )
+    pipe = client.pipeline()
+    for item_id in ids:
+        pipe.hget(keys.item(s.redis.key_prefix, item_id), "vec")
+    rows = [decode_vector(v) for v in pipe.execute() if v is not None]
+    return np.vstack(rows)
+
+
+@main.command("settings")
+@click.option("--markdown", is_flag=True, help="Print the README's settings table.")
+def show_settings(markdown: bool) -> None:
+    """List every setting with its environment variable and default."""
+    rows = iter_setting_docs()
+    if markdown:
+        click.echo("| variable | default | meaning |\n|---|---|---|")
+        for env, default, doc in rows:
+            click.echo(f"| `{env}` | `{default}` | {doc} |")
+        return
+    for env, default, doc in rows:
+        current = os.environ.get(env)
+        click.echo(f"{env}={current if current is not None else default}  # {doc}")
+
+
+@main.command()
+@click.option("--users", "show_users", default=5, show_default=True, type=click.IntRange(1, 100))
+@click.option("--events", "n_events", default=20000, show_default=True, type=click.IntRange(100))
+@click.option("--keep-services", is_flag=True, help="Leave services the demo started running.")
+@one_line_errors
+def demo(show_users: int, n_events: int, keep_services: bool) -> None:
+    """Run the worker on the built-in sample and print a few users' lists."""
+    from app.demo import run_demo
+
+    run_demo(show_users=show_users, n_events=n_events, keep_services=keep_services)
+
+
+if __name__ == "__main__":
+    main()

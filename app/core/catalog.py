@@ -1,0 +1,222 @@
+"""Item catalog: every item's metadata and embedding in memory, with its nearest-neighbour index."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.core.events import ItemUpdate
+from app.core.lsh import ExactIndex, LSHIndex, LSHParams, default_params
+
+
+@dataclass(frozen=True, slots=True)
+class ItemMeta:
+    item_id: str
+    title: str
+    genres: tuple[str, ...]
+    year: int | None
+    recommendable: bool
+    release_ts: float | None
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """LSH knobs; None fields take the measured default for the catalog size."""
+
+    w: float | None = None
+    m: int | None = None
+    tables: int | None = None
+    probes: int | None = None
+    combine: str = "or"
+    vote_threshold: int = 2
+    seed: int = 42
+    exact_below: int = 5000
+
+    def params_for(self, n_items: int, dim: int) -> LSHParams:
+        base = default_params(max(n_items, 1), dim)
+        return LSHParams(
+            dim=dim,
+            w=self.w if self.w is not None else base.w,
+            m=self.m if self.m is not None else base.m,
+            L=self.tables if self.tables is not None else base.L,
+            probes=self.probes if self.probes is not None else base.probes,
+            combine=self.combine,
+            vote_threshold=min(self.vote_threshold, self.tables or base.L),
+            max_candidates=base.max_candidates,
+            seed=self.seed,
+        )
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+
+class ItemCatalog:
+    """Items keyed by a dense int key (stable per item id) so numpy arrays can index them.
+
+    Embeddings are stored L2-normalised: inner product is cosine similarity, and the
+    E2LSH bucket width then means the same thing for every catalog.
+    """
+
+    def __init__(self, dim: int, index_config: IndexConfig | None = None) -> None:
+        self.dim = dim
+        self.config = index_config or IndexConfig()
+        self._ids: list[str] = []
+        self._key: dict[str, int] = {}
+        self._meta: dict[int, ItemMeta] = {}
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self._live = np.zeros(0, dtype=bool)
+        self._recommendable = np.zeros(0, dtype=bool)
+        self._release = np.zeros(0, dtype=np.float64)
+        self._exact = ExactIndex(dim)
+        self._lsh: LSHIndex | None = None
+        self.version = 0
+        """Bumped on every change; caches derived from the catalog compare it."""
+
+    # -- lookups --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._meta)
+
+    def __contains__(self, item_id: object) -> bool:
+        key = self._key.get(item_id)  # type: ignore[arg-type]
+        return key is not None and key in self._meta
+
+    def key(self, item_id: str) -> int | None:
+        key = self._key.get(item_id)
+        return key if key is not None and key in self._meta else None
+
+    def item_id(self, key: int) -> str:
+        return self._ids[key]
+
+    def meta(self, key: int) -> ItemMeta:
+        return self._meta[key]
+
+    def vector(self, item_id: str) -> np.ndarray | None:
+        key = self.key(item_id)
+        return None if key is None else self._vectors[key]
+
+    def vectors(self, keys: np.ndarray) -> np.ndarray:
+        return self._vectors[keys]
+
+    @property
+    def capacity(self) -> int:
+        """Size of the key space (arrays indexed by key have this length)."""
+        return len(self._ids)
+
+    @property
+    def recommendable_mask(self) -> np.ndarray:
+        return self._recommendable
+
+    @property
+    def release_ts(self) -> np.ndarray:
+        return self._release
+
+    def live_keys(self) -> np.ndarray:
+        return np.flatnonzero(self._live)
+
+    @property
+    def uses_lsh(self) -> bool:
+        return self._lsh is not None
+
+    @property
+    def lsh_params(self) -> LSHParams | None:
+        return None if self._lsh is None else self._lsh.params
+
+    # -- changes --------------------------------------------------------------------------
+    def _ensure_key(self, item_id: str) -> int:
+        key = self._key.get(item_id)
+        if key is not None:
+            return key
+        key = len(self._ids)
+        self._ids.append(item_id)
+        self._key[item_id] = key
+        if key >= len(self._vectors):
+            grow = max(1024, len(self._vectors))
+            self._vectors = np.vstack([self._vectors, np.zeros((grow, self.dim), np.float32)])
+            self._live = np.concatenate([self._live, np.zeros(grow, bool)])
+            self._recommendable = np.concatenate([self._recommendable, np.zeros(grow, bool)])
+            self._release = np.concatenate([self._release, np.zeros(grow)])
+        return key
+
+    def apply(self, update: ItemUpdate) -> bool:
+        """Apply one item update; False when it was a delete of an unknown item."""
+        if update.op == "delete":
+            return self.remove(update.item_id)
+        assert update.embedding is not None
+        self.upsert_many([update])
+        return True
+
+    def upsert_many(self, updates: Iterable[ItemUpdate]) -> int:
+        ups = [u for u in updates if u.op == "upsert" and u.embedding is not None]
+        if not ups:
+            return 0
+        keys = np.fromiter(
+            (self._ensure_key(u.item_id) for u in ups), dtype=np.int64, count=len(ups)
+        )
+        mat = np.vstack([unit(u.embedding) for u in ups])  # type: ignore[arg-type]
+        for key, u in zip(keys.tolist(), ups, strict=True):
+            self._meta[key] = ItemMeta(
+                u.item_id, u.title, tuple(u.genres), u.year, u.recommendable, u.release_ts
+            )
+            self._recommendable[key] = u.recommendable
+            self._release[key] = u.release_ts if u.release_ts is not None else _year_ts(u.year)
+        # a later duplicate of the same key in one batch wins, as it would one by one
+        _, last = np.unique(keys[::-1], return_index=True)
+        sel = len(keys) - 1 - last
+        keys, mat = keys[sel], mat[sel]
+        self._vectors[keys] = mat
+        self._live[keys] = True
+        self._exact.upsert_many(keys, mat)
+        if self._lsh is not None:
+            self._lsh.upsert_many(keys, mat)
+        elif len(self._meta) >= self.config.exact_below > 0:
+            self.reindex()
+        self.version += 1
+        return len(ups)
+
+    def remove(self, item_id: str) -> bool:
+        key = self.key(item_id)
+        if key is None:
+            return False
+        del self._meta[key]
+        self._live[key] = False
+        self._recommendable[key] = False
+        self._vectors[key] = 0.0
+        self._exact.remove(key)
+        if self._lsh is not None:
+            self._lsh.remove(key)
+        self.version += 1
+        return True
+
+    def reindex(self) -> None:
+        """(Re)build the LSH index with parameters for the current size (exact when small)."""
+        if len(self._meta) < self.config.exact_below or self.config.exact_below == 0 and not self:
+            self._lsh = None
+            return
+        params = self.config.params_for(len(self._meta), self.dim)
+        lsh = LSHIndex(params)
+        keys = self.live_keys()
+        lsh.upsert_many(keys, self._vectors[keys])
+        self._lsh = lsh
+
+    # -- search ---------------------------------------------------------------------------
+    def search(
+        self, query: np.ndarray, k: int, *, exclude: set[int] | None = None, exact: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items by cosine similarity to query (LSH when built, else exact)."""
+        if k <= 0 or not self._meta:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        q = unit(query)
+        index = self._exact if (exact or self._lsh is None) else self._lsh
+        return index.search(q, k, exclude=exclude)
+
+
+def _year_ts(year: int | None) -> float:
+    # Items without a release time are dated mid-year of their release year, or the epoch.
+    if year is None:
+        return 0.0
+    return (year - 1970) * 365.25 * 86400 + 182 * 86400

@@ -1,0 +1,176 @@
+"""Raw bytes in: decode and validate user events and item updates, or say why not."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.schemas import first_error
+
+EVENT_TYPES = (
+    "click",
+    "view",
+    "rating",
+    "like",
+    "dislike",
+    "add_to_cart",
+    "purchase",
+    "share",
+    "skip",
+)
+
+
+class InvalidRecord(ValueError):
+    """A record that cannot be used; reason is a dead-letter reason code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class UserEvent:
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str
+    timestamp: float
+    rating: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "item_id": self.item_id,
+            "type": self.type,
+            "timestamp": self.timestamp,
+        }
+        if self.rating is not None:
+            out["rating"] = self.rating
+        return out
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ItemUpdate:
+    item_id: str
+    op: str  # "upsert" | "delete"
+    embedding: np.ndarray | None = None
+    title: str = ""
+    genres: tuple[str, ...] = ()
+    year: int | None = None
+    recommendable: bool = True
+    release_ts: float | None = None
+
+
+def _reject_constant(name: str) -> float:
+    # json accepts NaN/Infinity by default; they are not JSON and would poison embeddings.
+    raise ValueError(f"non-finite number {name} is not allowed")
+
+
+def _parse_json(raw: bytes, max_bytes: int) -> Any:
+    if len(raw) > max_bytes:
+        raise InvalidRecord("too_large", f"{len(raw)} bytes exceeds the limit of {max_bytes}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRecord("not_utf8", f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidRecord("not_json", "JSON nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidRecord("not_json", str(exc)[:300]) from None
+
+
+def _id(value: Any) -> str:
+    return value if isinstance(value, str) else str(int(value))
+
+
+def decode_event(raw: bytes | None, *, max_bytes: int = 65536) -> UserEvent:
+    """Bytes of one user-events value -> UserEvent, or InvalidRecord with a reason."""
+    if raw is None:
+        raise InvalidRecord("not_json", "empty value (tombstone) on user-events")
+    doc = _parse_json(raw, max_bytes)
+    if not isinstance(doc, dict):
+        raise InvalidRecord("not_object", f"expected a JSON object, got {type(doc).__name__}")
+    problem = first_error("user-event", doc)
+    if problem is not None:
+        raise InvalidRecord("schema", problem)
+    rating = doc.get("rating")
+    return UserEvent(
+        event_id=doc["event_id"],
+        user_id=_id(doc["user_id"]),
+        item_id=_id(doc["item_id"]),
+        type=doc["type"],
+        timestamp=float(doc["timestamp"]),
+        rating=None if rating is None else float(rating),
+    )
+
+
+def decode_item_update(
+    key: bytes | None, raw: bytes | None, *, dim: int, max_bytes: int = 1 << 20
+) -> ItemUpdate:
+    """Bytes of one item-updates record -> ItemUpdate (a null value is a delete of the key)."""
+    if raw is None:
+        if not key:
+            raise InvalidRecord("bad_key", "tombstone without a key")
+        try:
+            return ItemUpdate(item_id=key.decode("utf-8"), op="delete")
+        except UnicodeDecodeError:
+            raise InvalidRecord("bad_key", "key is not UTF-8") from None
+    doc = _parse_json(raw, max_bytes)
+    if not isinstance(doc, dict):
+        raise InvalidRecord("not_object", f"expected a JSON object, got {type(doc).__name__}")
+    problem = first_error("item-update", doc)
+    if problem is not None:
+        raise InvalidRecord("schema", problem)
+    item_id = _id(doc["item_id"])
+    if doc["op"] == "delete":
+        return ItemUpdate(item_id=item_id, op="delete")
+    emb = doc["embedding"]
+    if len(emb) != dim:
+        raise InvalidRecord("bad_embedding", f"embedding has {len(emb)} values, expected {dim}")
+    vec = np.asarray(emb, dtype=np.float64)
+    if not np.all(np.isfinite(vec)):
+        raise InvalidRecord("bad_embedding", "embedding has NaN or infinite values")
+    vec32 = vec.astype(np.float32)
+    if not np.all(np.isfinite(vec32)) or not math.isfinite(float(np.linalg.norm(vec))):
+        raise InvalidRecord("bad_embedding", "embedding overflows float32")
+    if float(np.linalg.norm(vec32)) == 0.0:
+        raise InvalidRecord("bad_embedding", "embedding is all zeros")
+    return ItemUpdate(
+        item_id=item_id,
+        op="upsert",
+        embedding=vec32,
+        title=doc.get("title", ""),
+        genres=tuple(doc.get("genres", ())),
+        year=doc.get("year"),
+        recommendable=doc.get("recommendable", True),
+        release_ts=doc.get("release_ts"),
+    )
+
+
+def encode_item_update(update: ItemUpdate) -> bytes:
+    if update.op == "delete":
+        return json.dumps({"item_id": update.item_id, "op": "delete"}).encode()
+    assert update.embedding is not None
+    doc: dict[str, Any] = {
+        "item_id": update.item_id,
+        "op": "upsert",
+        "embedding": [round(float(x), 6) for x in update.embedding],
+        "title": update.title,
+        "genres": list(update.genres),
+        "year": update.year,
+        "recommendable": update.recommendable,
+    }
+    if update.release_ts is not None:
+        doc["release_ts"] = update.release_ts
+    return json.dumps(doc, separators=(",", ":")).encode()

@@ -1,0 +1,193 @@
+"""The recommendation pipeline: user state -> recall channels -> merge/filter -> rank -> list."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from app.core.catalog import IndexConfig, ItemCatalog
+from app.core.events import UserEvent
+from app.core.popularity import ItemStats
+from app.core.rank import RankModel, rank
+from app.core.recall import (
+    Candidate,
+    ChannelConfig,
+    RecallContext,
+    build_channels,
+    merge,
+    newest_recall,
+    trending_recall,
+)
+from app.core.user_state import UpdatePolicy, UserState, apply_event
+from app.core.users import UserDirectory
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    channels: tuple[ChannelConfig, ...] = (
+        ChannelConfig("embedding", 100, 60),
+        ChannelConfig("item2item", 60, 30),
+        ChannelConfig("similar_users", 40, 20),
+        ChannelConfig("genre", 40, 20),
+        ChannelConfig("trending", 30, 15),
+        ChannelConfig("newest", 20, 10),
+    )
+    item2item_seeds: int = 5
+    similar_users_n: int = 20
+    genre_min_ratings: int = 3
+    top_n: int = 20
+    max_per_genre: int = 5
+    like_threshold: float = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class RecItem:
+    item_id: str
+    score: float
+    channel: str
+    title: str
+
+
+@dataclass(frozen=True)
+class RecList:
+    user_id: str
+    items: tuple[RecItem, ...]
+    mode: str  # "personal" | "cold_start" | "degraded"
+    model_version: str
+    embedding_version: str
+    event_time: float
+
+    @property
+    def degraded(self) -> bool:
+        return self.mode == "degraded"
+
+    def to_json(self, *, version: int, generated_at: float) -> dict[str, Any]:
+        """The Redis list value (schemas/redis-user-list.schema.json)."""
+        return {
+            "user_id": self.user_id,
+            "items": [
+                {"item_id": i.item_id, "score": i.score, "channel": i.channel, "title": i.title}
+                for i in self.items
+            ],
+            "degraded": self.degraded,
+            "mode": self.mode,
+            "model_version": self.model_version,
+            "embedding_version": self.embedding_version,
+            "generated_at": generated_at,
+            "version": version,
+            "event_time": self.event_time,
+        }
+
+
+class Recommender:
+    """Holds the shared in-process state (catalog, stream statistics, user directory) and
+    turns one user's state into a ranked list. Pure: no I/O, deterministic for equal inputs."""
+
+    def __init__(
+        self,
+        catalog: ItemCatalog,
+        model: RankModel,
+        *,
+        config: PipelineConfig | None = None,
+        policy: UpdatePolicy | None = None,
+        popularity_half_life: float = 24 * 3600,
+        user_index: IndexConfig | None = None,
+        embedding_version: str = "v1",
+    ) -> None:
+        self.catalog = catalog
+        self.model = model
+        self.config = config or PipelineConfig()
+        self.policy = policy or UpdatePolicy(like_threshold=self.config.like_threshold)
+        self.stats = ItemStats(popularity_half_life)
+        self.users = UserDirectory(catalog.dim, user_index or catalog.config)
+        self.embedding_version = embedding_version
+        self.channels = build_channels(
+            list(self.config.channels),
+            item2item_seeds=self.config.item2item_seeds,
+            similar_users_n=self.config.similar_users_n,
+            genre_min_ratings=self.config.genre_min_ratings,
+        )
+
+    # -- state ----------------------------------------------------------------------------
+    def apply(self, state: UserState, event: UserEvent, offset: int) -> bool:
+        """Apply one event to the user's state and the stream statistics (idempotent)."""
+        applied = apply_event(state, event, offset, self.catalog.vector, self.policy)
+        if applied:
+            key = self.catalog.key(event.item_id)
+            if key is not None:
+                self.stats.add(
+                    key,
+                    self.policy.weight(event)
+                    if event.type != "rating"
+                    else max(event.rating or 0.0, 0.0) / 5.0,
+                    event.timestamp,
+                    event.rating,
+                )
+        return applied
+
+    def touch(self, state: UserState) -> None:
+        """Move the user in the similar-users buckets after its embedding changed."""
+        self.users.update(state.user_id, state.embedding, state.liked)
+
+    # -- lists ----------------------------------------------------------------------------
+    def context(self, state: UserState) -> RecallContext:
+        exclude = {k for k in (self.catalog.key(i) for i in state.seen) if k is not None}
+        return RecallContext(
+            user=state,
+            embedding=state.embedding,
+            catalog=self.catalog,
+            stats=self.stats,
+            users=self.users,
+            now=max(self.stats.now, state.last_event_time),
+            like_threshold=self.config.like_threshold,
+            exclude=exclude,
+        )
+
+    def recall(self, state: UserState) -> list[tuple[ChannelConfig, list[Candidate]]]:
+        ctx = self.context(state)
+        return [(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels]
+
+    def recommend(self, state: UserState) -> RecList:
+        ctx = self.context(state)
+        if ctx.embedding is None and not state.liked:
+            return self._finish(state, self.cold_start(ctx), "cold_start")
+        per_channel = [(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels]
+        cands = merge(per_channel)
+        ranked = rank(
+            cands, ctx, self.model, top_n=self.config.top_n, max_per_genre=self.config.max_per_genre
+        )
+        return self._finish(state, [(r.key, r.score, r.channel) for r in ranked], "personal")
+
+    def cold_start_list(self) -> RecList:
+        """The list served to a user with no history (same for everyone)."""
+        blank = UserState(user_id="__cold_start__")
+        return self._finish(blank, self.cold_start(self.context(blank)), "cold_start")
+
+    def cold_start(self, ctx: RecallContext) -> list[tuple[int, float, str]]:
+        """Precomputable list for users without signal: trending, topped up with newest."""
+        n = self.config.top_n
+        picked = trending_recall(ctx, n)
+        keys = {c.key for c in picked}
+        for c in newest_recall(ctx, n):
+            if len(picked) >= n:
+                break
+            if c.key not in keys:
+                picked.append(c)
+                keys.add(c.key)
+        return [(c.key, round(c.score, 6), "cold_start") for c in picked[:n]]
+
+    def _finish(
+        self, state: UserState, rows: Iterable[tuple[int, float, str]], mode: str
+    ) -> RecList:
+        items = tuple(
+            RecItem(self.catalog.item_id(k), s, ch, self.catalog.meta(k).title) for k, s, ch in rows
+        )
+        return RecList(
+            user_id=state.user_id,
+            items=items,
+            mode=mode,
+            model_version=self.model.version,
+            embedding_version=self.embedding_version,
+            event_time=state.last_event_time,
+        )

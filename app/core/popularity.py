@@ -1,0 +1,125 @@
+"""Item statistics from the stream: time-decayed popularity and rating averages, per genre too."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from app.core.catalog import ItemCatalog
+
+# Exponents above this are folded back into the scores so float64 never overflows.
+_RENORMALISE_AT = 60.0
+
+
+class ItemStats:
+    """Arrays indexed by catalog key; grows with the catalog.
+
+    Popularity is sum(weight * 2^((t - now) / half_life)) over events. Stored relative
+    to a reference time so an event only touches its own item: O(1) per event.
+    """
+
+    def __init__(self, half_life_seconds: float, prior_count: float = 5.0) -> None:
+        self.half_life = half_life_seconds
+        self.prior_count = prior_count
+        self._pop = np.zeros(0)
+        self._rating_sum = np.zeros(0)
+        self._rating_n = np.zeros(0)
+        self._t_ref = 0.0
+        self.now = 0.0
+        """Newest event time seen: the stream's clock."""
+        self.version = 0
+        self._genre_cache: dict[str, np.ndarray] = {}
+        self._genre_cache_key: tuple[int, int] = (-1, -1)
+
+    def _grow(self, n: int) -> None:
+        if n > len(self._pop):
+            extra = max(n - len(self._pop), 1024)
+            self._pop = np.concatenate([self._pop, np.zeros(extra)])
+            self._rating_sum = np.concatenate([self._rating_sum, np.zeros(extra)])
+            self._rating_n = np.concatenate([self._rating_n, np.zeros(extra)])
+
+    def add(self, key: int, weight: float, ts: float, rating: float | None = None) -> None:
+        self._grow(key + 1)
+        if self._t_ref == 0.0:
+            self._t_ref = ts
+        if ts > self.now:
+            self.now = ts
+        exponent = (ts - self._t_ref) / self.half_life
+        if exponent > _RENORMALISE_AT:
+            self._pop *= 2.0 ** (-exponent)
+            self._t_ref = ts
+            exponent = 0.0
+        self._pop[key] += max(weight, 0.0) * 2.0**exponent
+        if rating is not None:
+            self._rating_sum[key] += rating
+            self._rating_n[key] += 1
+        self.version += 1
+
+    def popularity(self, capacity: int) -> np.ndarray:
+        """Decayed popularity as of `now`, for keys [0, capacity)."""
+        self._grow(capacity)
+        scale = 2.0 ** ((self._t_ref - self.now) / self.half_life) if self.now else 1.0
+        return self._pop[:capacity] * scale
+
+    def rating_count(self, capacity: int) -> np.ndarray:
+        self._grow(capacity)
+        return self._rating_n[:capacity]
+
+    def bayes_rating(self, capacity: int) -> np.ndarray:
+        """Mean rating shrunk toward the global mean by prior_count pseudo-ratings."""
+        self._grow(capacity)
+        n = self._rating_n[:capacity]
+        s = self._rating_sum[:capacity]
+        total_n = float(n.sum())
+        global_mean = float(s.sum()) / total_n if total_n else 3.0
+        return (s + self.prior_count * global_mean) / (n + self.prior_count)
+
+    def top_popular(self, catalog: ItemCatalog, k: int) -> np.ndarray:
+        """Recommendable keys by decayed popularity (ties by key), most popular first."""
+        pop = self.popularity(catalog.capacity)
+        return _top_keys(pop, catalog.recommendable_mask[: catalog.capacity], k, positive=True)
+
+    def genre_top(self, catalog: ItemCatalog, genre: str, min_ratings: int, k: int) -> np.ndarray:
+        """Best-rated recommendable items of a genre, with at least min_ratings ratings."""
+        cache_key = (catalog.version, self.version // 200)  # refresh every ~200 events
+        if cache_key != self._genre_cache_key:
+            self._genre_cache = {}
+            self._genre_cache_key = cache_key
+        hit = self._genre_cache.get(genre)
+        if hit is None:
+            cap = catalog.capacity
+            rating = self.bayes_rating(cap)
+            mask = catalog.recommendable_mask[:cap] & (self.rating_count(cap) >= min_ratings)
+            in_genre = np.zeros(cap, bool)
+            for key in np.flatnonzero(mask).tolist():
+                if genre in catalog.meta(key).genres:
+                    in_genre[key] = True
+            hit = _top_keys(rating, in_genre, 200, positive=False)
+            self._genre_cache[genre] = hit
+        return hit[:k]
+
+
+def _top_keys(score: np.ndarray, mask: np.ndarray, k: int, *, positive: bool) -> np.ndarray:
+    ok = mask & (score > 0) if positive else mask
+    keys = np.flatnonzero(ok)
+    if len(keys) == 0 or k <= 0:
+        return np.zeros(0, np.int64)
+    # lexsort: primary -score, secondary key, so equal scores come out in key order
+    order = np.lexsort((keys, -score[keys]))
+    return keys[order[:k]].astype(np.int64)
+
+
+def recency(release_ts: np.ndarray, now: float, half_life_days: float = 365.0) -> np.ndarray:
+    """1.0 for an item released now, halving every half_life_days (0 for future releases)."""
+    age_days = np.maximum(now - release_ts, 0.0) / 86400.0
+    out = 0.5 ** (age_days / half_life_days)
+    return np.where(release_ts > now, 0.0, out)
+
+
+def log_scaled(values: np.ndarray) -> np.ndarray:
+    """log1p scaled to [0, 1] by the maximum, so weights do not depend on traffic volume."""
+    top = float(values.max()) if len(values) else 0.0
+    if top <= 0:
+        return np.zeros_like(values)
+    return np.log1p(values) / math.log1p(top)

@@ -1,0 +1,126 @@
+"""Light ranking: a linear model over precomputed embeddings and a few features, then diversity."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from app.core.recall import Candidate, RecallContext, liked_genres
+
+FEATURES = ("similarity", "recall_score", "popularity", "recency", "genre_match")
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default-ranker.json"
+
+
+class ModelError(ValueError):
+    """The ranking model file is unusable; the message is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class RankModel:
+    version: str
+    weights: dict[str, float]
+    channel_bonus: dict[str, float] = field(default_factory=dict)
+    recency_half_life_days: float = 365.0
+
+
+def load_model(path: str | Path | None = None) -> RankModel:
+    path = Path(path) if path else DEFAULT_MODEL
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: ranking model file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not a JSON ranking model ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("kind") != "linear":
+        raise ModelError(f'{path}: expected an object with "kind": "linear"')
+    version = doc.get("version")
+    if not isinstance(version, str) or not version:
+        raise ModelError(f'{path}: "version" must be a non-empty string')
+    weights = doc.get("weights", {})
+    unknown = set(weights) - set(FEATURES)
+    if unknown:
+        raise ModelError(f"{path}: unknown feature(s) {sorted(unknown)}; known: {list(FEATURES)}")
+    for name, value in [*weights.items(), *doc.get("channel_bonus", {}).items()]:
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise ModelError(f"{path}: weight {name!r} must be a finite number")
+    return RankModel(
+        version=version,
+        weights={f: float(weights.get(f, 0.0)) for f in FEATURES},
+        channel_bonus={k: float(v) for k, v in doc.get("channel_bonus", {}).items()},
+        recency_half_life_days=float(doc.get("recency_half_life_days", 365.0)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    key: int
+    score: float
+    channel: str
+
+
+def features(cands: list[Candidate], ctx: RecallContext, model: RankModel) -> np.ndarray:
+    """(n, len(FEATURES)) matrix, each column roughly in [0, 1]."""
+    n = len(cands)
+    keys = np.fromiter((c.key for c in cands), dtype=np.int64, count=n)
+    x = np.zeros((n, len(FEATURES)), dtype=np.float64)
+    if n == 0:
+        return x
+    if ctx.embedding is not None:
+        x[:, 0] = ctx.catalog.vectors(keys) @ ctx.embedding
+    # recall scores live on different scales per channel: rank-normalise within the channel
+    by_channel: dict[str, list[int]] = {}
+    for i, c in enumerate(cands):
+        by_channel.setdefault(c.channel, []).append(i)
+    for idx in by_channel.values():
+        for rank, i in enumerate(sorted(idx, key=lambda i: -cands[i].score)):
+            x[i, 1] = 1.0 - rank / max(len(idx), 1)
+    pop = ctx.stats.popularity(ctx.catalog.capacity)
+    top = float(pop.max()) if len(pop) else 0.0
+    if top > 0:
+        x[:, 2] = np.log1p(pop[keys]) / math.log1p(top)
+    age_days = np.maximum(ctx.now - ctx.catalog.release_ts[keys], 0.0) / 86400.0
+    x[:, 3] = 0.5 ** (age_days / model.recency_half_life_days)
+    genres = liked_genres(ctx)
+    total = sum(genres.values())
+    if total:
+        for i, key in enumerate(keys.tolist()):
+            g = ctx.catalog.meta(key).genres
+            if g:
+                x[i, 4] = sum(genres.get(name, 0) for name in g) / (total * len(g)) * len(genres)
+        x[:, 4] = np.minimum(x[:, 4], 1.0)
+    return x
+
+
+def rank(
+    cands: list[Candidate], ctx: RecallContext, model: RankModel, *, top_n: int, max_per_genre: int
+) -> list[Ranked]:
+    """Score candidates, then take the best while capping items per primary genre."""
+    if not cands:
+        return []
+    x = features(cands, ctx, model)
+    w = np.array([model.weights[f] for f in FEATURES])
+    bonus = np.array([model.channel_bonus.get(c.channel, 0.0) for c in cands])
+    scores = x @ w + bonus
+    keys = np.array([c.key for c in cands])
+    order = np.lexsort((keys, -scores))  # deterministic: ties by key
+    out: list[Ranked] = []
+    per_genre: dict[str, int] = {}
+    skipped: list[int] = []
+    for i in order.tolist():
+        g = ctx.catalog.meta(cands[i].key).genres
+        primary = g[0] if g else ""
+        if per_genre.get(primary, 0) >= max_per_genre:
+            skipped.append(i)
+            continue
+        per_genre[primary] = per_genre.get(primary, 0) + 1
+        out.append(Ranked(cands[i].key, round(float(scores[i]), 6), cands[i].channel))
+        if len(out) == top_n:
+            return out
+    # a narrow catalog may not fill the list under the cap: fill from what the cap held back
+    for i in skipped[: top_n - len(out)]:
+        out.append(Ranked(cands[i].key, round(float(scores[i]), 6), cands[i].channel))
+    return out

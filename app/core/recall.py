@@ -1,0 +1,209 @@
+"""Recall channels: each a config + callable that returns up to k admissible candidates."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.core.catalog import ItemCatalog
+from app.core.popularity import ItemStats
+from app.core.user_state import UserState
+from app.core.users import UserDirectory
+
+CHANNELS = ("embedding", "item2item", "similar_users", "genre", "trending", "newest")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    key: int
+    score: float
+    channel: str
+
+
+@dataclass
+class RecallContext:
+    """What a channel may look at for one user; `exclude` holds seen item keys."""
+
+    user: UserState
+    embedding: np.ndarray | None
+    catalog: ItemCatalog
+    stats: ItemStats
+    users: UserDirectory
+    now: float
+    like_threshold: float = 4.0
+    exclude: set[int] = field(default_factory=set)
+
+    def admissible(self, key: int) -> bool:
+        return key not in self.exclude and bool(self.catalog.recommendable_mask[key])
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    k: int = 50
+    quota: int = 20
+    enabled: bool = True
+
+
+RecallFn = Callable[[RecallContext, int], list[Candidate]]
+
+
+def _take(
+    ctx: RecallContext, keys: np.ndarray, scores: np.ndarray, k: int, name: str
+) -> list[Candidate]:
+    out: list[Candidate] = []
+    for key, score in zip(keys.tolist(), scores.tolist(), strict=True):
+        if ctx.admissible(key):
+            out.append(Candidate(key, float(score), name))
+            if len(out) == k:
+                break
+    return out
+
+
+def _search_admissible(
+    ctx: RecallContext, query: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    # Ask for extra: the index excludes seen items but not non-recommendable ones.
+    want = k + min(len(ctx.catalog) // 20, 4 * k) + 8
+    return ctx.catalog.search(query, want, exclude=ctx.exclude)
+
+
+def embedding_recall(ctx: RecallContext, k: int) -> list[Candidate]:
+    """Items nearest to the user embedding (LSH with exact re-rank)."""
+    if ctx.embedding is None or k <= 0:
+        return []
+    keys, scores = _search_admissible(ctx, ctx.embedding, k)
+    return _take(ctx, keys, scores, k, "embedding")
+
+
+def item2item_recall(ctx: RecallContext, k: int, seeds: int = 5) -> list[Candidate]:
+    """Neighbours of the last liked items; an item near several seeds keeps its best score."""
+    if k <= 0:
+        return []
+    best: dict[int, float] = {}
+    for item_id in reversed(ctx.user.liked[-seeds:]):
+        vec = ctx.catalog.vector(item_id)
+        if vec is None:
+            continue
+        keys, scores = _search_admissible(ctx, vec, k)
+        for key, score in zip(keys.tolist(), scores.tolist(), strict=True):
+            if ctx.admissible(key) and score > best.get(key, -np.inf):
+                best[key] = score
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return [Candidate(key, float(score), "item2item") for key, score in ranked]
+
+
+def similar_users_recall(ctx: RecallContext, k: int, n_users: int = 20) -> list[Candidate]:
+    """Recent likes of users whose embeddings share LSH buckets with this user's."""
+    if ctx.embedding is None or k <= 0:
+        return []
+    votes: dict[int, float] = {}
+    for other, sim in ctx.users.similar(ctx.user.user_id, ctx.embedding, n_users):
+        if sim <= 0:
+            continue
+        liked = ctx.users.liked(other)
+        for pos, item_id in enumerate(reversed(liked)):
+            key = ctx.catalog.key(item_id)
+            if key is None or not ctx.admissible(key):
+                continue
+            # newer likes of closer users count more
+            votes[key] = votes.get(key, 0.0) + sim / (1.0 + 0.1 * pos)
+    ranked = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return [Candidate(key, float(score), "similar_users") for key, score in ranked]
+
+
+def liked_genres(ctx: RecallContext) -> Counter[str]:
+    """Genres of items the user rated at or above the threshold (or liked), counted."""
+    counts: Counter[str] = Counter()
+    high = [i for i, r in ctx.user.ratings.items() if r >= ctx.like_threshold]
+    for item_id in dict.fromkeys([*high, *ctx.user.liked]):
+        key = ctx.catalog.key(item_id)
+        if key is not None:
+            counts.update(ctx.catalog.meta(key).genres)
+    return counts
+
+
+def genre_recall(ctx: RecallContext, k: int, min_ratings: int = 3) -> list[Candidate]:
+    """Best-rated items of the genres the user rated highly, split by how often each appears."""
+    genres = liked_genres(ctx)
+    if not genres or k <= 0:
+        return []
+    total = sum(genres.values())
+    rating = ctx.stats.bayes_rating(ctx.catalog.capacity)
+    out: dict[int, float] = {}
+    for genre, count in sorted(genres.items(), key=lambda gc: (-gc[1], gc[0])):
+        share = max(1, round(k * count / total))
+        keys = ctx.stats.genre_top(ctx.catalog, genre, min_ratings, share + len(ctx.exclude))
+        taken = 0
+        for key in keys.tolist():
+            if taken >= share:
+                break
+            if ctx.admissible(key) and key not in out:
+                out[key] = float(rating[key]) * count / total
+                taken += 1
+    ranked = sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return [Candidate(key, score, "genre") for key, score in ranked]
+
+
+def trending_recall(ctx: RecallContext, k: int) -> list[Candidate]:
+    """Most popular items by time-decayed engagement from the stream."""
+    if k <= 0:
+        return []
+    keys = ctx.stats.top_popular(ctx.catalog, k + len(ctx.exclude))
+    pop = ctx.stats.popularity(ctx.catalog.capacity)
+    return _take(ctx, keys, pop[keys], k, "trending")
+
+
+def newest_recall(ctx: RecallContext, k: int) -> list[Candidate]:
+    """Most recently released items that are out by the stream's clock."""
+    if k <= 0:
+        return []
+    cap = ctx.catalog.capacity
+    release = ctx.catalog.release_ts[:cap]
+    ok = ctx.catalog.recommendable_mask[:cap] & (release <= ctx.now)
+    keys = np.flatnonzero(ok)
+    if len(keys) == 0:
+        return []
+    order = np.lexsort((keys, -release[keys]))
+    keys = keys[order[: k + len(ctx.exclude)]]
+    return _take(ctx, keys, release[keys], k, "newest")
+
+
+def build_channels(
+    configs: list[ChannelConfig],
+    *,
+    item2item_seeds: int = 5,
+    similar_users_n: int = 20,
+    genre_min_ratings: int = 3,
+) -> list[tuple[ChannelConfig, RecallFn]]:
+    """Compose the enabled channels by name, in the configured order."""
+    registry: dict[str, RecallFn] = {
+        "embedding": embedding_recall,
+        "item2item": lambda ctx, k: item2item_recall(ctx, k, item2item_seeds),
+        "similar_users": lambda ctx, k: similar_users_recall(ctx, k, similar_users_n),
+        "genre": lambda ctx, k: genre_recall(ctx, k, genre_min_ratings),
+        "trending": trending_recall,
+        "newest": newest_recall,
+    }
+    out = []
+    for cfg in configs:
+        if cfg.name not in registry:
+            raise ValueError(f"unknown recall channel {cfg.name!r}; known: {', '.join(CHANNELS)}")
+        if cfg.enabled and cfg.k > 0 and cfg.quota > 0:
+            out.append((cfg, registry[cfg.name]))
+    return out
+
+
+def merge(per_channel: list[tuple[ChannelConfig, list[Candidate]]]) -> list[Candidate]:
+    """Apply per-channel quotas, then dedupe: an item keeps the first channel that found it."""
+    seen: set[int] = set()
+    merged: list[Candidate] = []
+    for cfg, cands in per_channel:
+        for cand in cands[: cfg.quota]:
+            if cand.key not in seen:
+                seen.add(cand.key)
+                merged.append(cand)
+    return merged

@@ -1,0 +1,217 @@
+"""Per-user state updated incrementally per event: history, seen set, likes, decayed embedding."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.core.events import UserEvent
+
+
+@dataclass(frozen=True)
+class UpdatePolicy:
+    """How an event moves the user embedding; built from EmbeddingUpdateSettings."""
+
+    half_life_seconds: float = 14 * 24 * 3600
+    weights: tuple[tuple[str, float], ...] = (
+        ("click", 1.0),
+        ("view", 0.3),
+        ("like", 2.0),
+        ("purchase", 3.0),
+        ("add_to_cart", 1.5),
+        ("share", 1.5),
+        ("dislike", -2.0),
+        ("skip", -0.3),
+    )
+    rating_center: float = 3.0
+    like_threshold: float = 4.0
+    history_size: int = 200
+    seen_size: int = 1000
+    liked_size: int = 100
+    dedupe_size: int = 500
+
+    def weight(self, event: UserEvent) -> float:
+        if event.type == "rating":
+            return float(event.rating or 0.0) - self.rating_center
+        return dict(self.weights).get(event.type, 0.0)
+
+    def is_like(self, event: UserEvent) -> bool:
+        if event.type == "rating":
+            return (event.rating or 0.0) >= self.like_threshold
+        return event.type in ("like", "purchase")
+
+    def is_negative(self, event: UserEvent) -> bool:
+        return self.weight(event) < 0
+
+
+@dataclass
+class UserState:
+    """Everything the worker keeps about one user; serialised into the Faust table."""
+
+    user_id: str
+    history: list[tuple[str, str, float, float]] = field(default_factory=list)
+    """(item_id, event type, timestamp, weight), oldest first."""
+    seen: dict[str, None] = field(default_factory=dict)
+    """Insertion-ordered set of items the user has interacted with."""
+    liked: list[str] = field(default_factory=list)
+    """Items the user liked (rating >= threshold, like, purchase), newest last."""
+    ratings: dict[str, float] = field(default_factory=dict)
+    """Latest explicit rating per item (bounded like seen)."""
+    taste: np.ndarray | None = None
+    """Decayed weighted sum of item embeddings (unnormalised); None before any signal."""
+    taste_time: float = 0.0
+    """Event time at which `taste` was last decayed to."""
+    recent_event_ids: dict[str, None] = field(default_factory=dict)
+    last_offset: int = -1
+    """Highest source offset applied (per-user events share one partition)."""
+    n_events: int = 0
+    last_event_time: float = 0.0
+
+    @property
+    def embedding(self) -> np.ndarray | None:
+        """Unit-length user embedding, or None when the user has no usable signal yet."""
+        if self.taste is None:
+            return None
+        norm = float(np.linalg.norm(self.taste))
+        if norm < 1e-9:
+            return None
+        return (self.taste / norm).astype(np.float32)
+
+    # -- serialisation: compact JSON with the vector as base64 float32 --------------------
+    def to_bytes(self) -> bytes:
+        doc: dict[str, Any] = {
+            "u": self.user_id,
+            "h": self.history,
+            "s": list(self.seen),
+            "l": self.liked,
+            "r": self.ratings,
+            "tt": self.taste_time,
+            "e": list(self.recent_event_ids),
+            "o": self.last_offset,
+            "n": self.n_events,
+            "et": self.last_event_time,
+        }
+        if self.taste is not None:
+            doc["t"] = base64.b64encode(np.asarray(self.taste, dtype="<f4").tobytes()).decode()
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> UserState:
+        doc = json.loads(raw)
+        taste = None
+        if "t" in doc:
+            taste = np.frombuffer(base64.b64decode(doc["t"]), dtype="<f4").astype(np.float32)
+        return cls(
+            user_id=doc["u"],
+            history=[tuple(h) for h in doc["h"]],  # type: ignore[misc]
+            seen=dict.fromkeys(doc["s"]),
+            liked=list(doc["l"]),
+            ratings=dict(doc.get("r", {})),
+            taste=taste,
+            taste_time=doc["tt"],
+            recent_event_ids=dict.fromkeys(doc["e"]),
+            last_offset=doc["o"],
+            n_events=doc["n"],
+            last_event_time=doc["et"],
+        )
+
+
+def _bounded_add(ordered: dict[str, Any], key: str, value: Any, limit: int) -> None:
+    ordered.pop(key, None)  # re-insert so the newest stays
+    ordered[key] = value
+    while len(ordered) > limit:
+        del ordered[next(iter(ordered))]
+
+
+def apply_event(
+    state: UserState,
+    event: UserEvent,
+    offset: int,
+    item_vector: Callable[[str], np.ndarray | None],
+    policy: UpdatePolicy,
+) -> bool:
+    """Apply one event in place; False (and no change) when it was already applied.
+
+    Idempotent two ways: an offset at or below the last applied one is a redelivery
+    after a crash (the table changelog got ahead of the committed offset), and a known
+    event id is a producer duplicate.
+    """
+    if offset >= 0 and offset <= state.last_offset:
+        return False
+    if event.event_id in state.recent_event_ids:
+        state.last_offset = max(state.last_offset, offset)
+        return False
+    _bounded_add(state.recent_event_ids, event.event_id, None, policy.dedupe_size)
+    state.last_offset = max(state.last_offset, offset)
+    state.n_events += 1
+    state.last_event_time = max(state.last_event_time, event.timestamp)
+
+    weight = policy.weight(event)
+    state.history.append((event.item_id, event.type, event.timestamp, weight))
+    if len(state.history) > policy.history_size:
+        del state.history[: len(state.history) - policy.history_size]
+    _bounded_add(state.seen, event.item_id, None, policy.seen_size)
+    if event.rating is not None:
+        _bounded_add(state.ratings, event.item_id, event.rating, policy.seen_size)
+    if policy.is_like(event):
+        if event.item_id in state.liked:
+            state.liked.remove(event.item_id)
+        state.liked.append(event.item_id)
+        if len(state.liked) > policy.liked_size:
+            del state.liked[0]
+    elif event.item_id in state.liked and policy.is_negative(event):
+        state.liked.remove(event.item_id)
+
+    vec = item_vector(event.item_id)
+    if vec is not None and weight != 0.0:
+        _move_taste(state, np.asarray(vec, dtype=np.float32), weight, event.timestamp, policy)
+    return True
+
+
+def _move_taste(
+    state: UserState, vec: np.ndarray, weight: float, ts: float, policy: UpdatePolicy
+) -> None:
+    norm = float(np.linalg.norm(vec))
+    if norm == 0.0:
+        return
+    unit = vec / norm
+    if state.taste is None:
+        state.taste = np.zeros_like(unit)
+        state.taste_time = ts
+    # Decay toward the newer of the two times only: an out-of-order (older) event
+    # is added with its own smaller weight instead of rewinding the clock.
+    if ts > state.taste_time:
+        decay = 0.5 ** ((ts - state.taste_time) / policy.half_life_seconds)
+        state.taste = state.taste * decay
+        state.taste_time = ts
+        scaled = weight
+    else:
+        scaled = weight * 0.5 ** ((state.taste_time - ts) / policy.half_life_seconds)
+    state.taste = (state.taste + scaled * unit).astype(np.float32)
+
+
+def policy_from_settings(emb: Any, worker: Any) -> UpdatePolicy:
+    """Build the pure policy from the settings sections (kept here so the core owns the mapping)."""
+    return UpdatePolicy(
+        half_life_seconds=emb.half_life_seconds,
+        weights=(
+            ("click", emb.weight_click),
+            ("view", emb.weight_view),
+            ("like", emb.weight_like),
+            ("purchase", emb.weight_purchase),
+            ("add_to_cart", (emb.weight_click + emb.weight_like) / 2),
+            ("share", (emb.weight_click + emb.weight_like) / 2),
+            ("dislike", emb.weight_dislike),
+            ("skip", emb.weight_skip),
+        ),
+        rating_center=emb.rating_center,
+        like_threshold=emb.like_threshold,
+        history_size=worker.history_size,
+        seen_size=worker.seen_size,
+        dedupe_size=worker.dedupe_size,
+    )

@@ -1,0 +1,93 @@
+"""Plain Kafka clients from settings: kafka-python for admin/CLI, aiokafka for the follower."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from app.faust_app import ssl_context
+from app.settings import KafkaSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+def client_kwargs(cfg: KafkaSettings) -> dict[str, Any]:
+    """Connection settings understood by both kafka-python and aiokafka."""
+    kw: dict[str, Any] = {
+        "bootstrap_servers": [hp.strip() for hp in cfg.bootstrap_servers.split(",") if hp.strip()],
+        "security_protocol": cfg.security_protocol,
+    }
+    ctx = ssl_context(cfg)
+    if ctx is not None:
+        kw["ssl_context"] = ctx
+    if cfg.security_protocol.startswith("SASL"):
+        assert cfg.sasl_password is not None
+        kw["sasl_mechanism"] = cfg.sasl_mechanism
+        kw["sasl_plain_username"] = cfg.sasl_username
+        kw["sasl_plain_password"] = cfg.sasl_password.get_secret_value()
+    return kw
+
+
+def changelog_topic(settings: Settings) -> str:
+    return f"{settings.worker.app_id}-user-state-changelog"
+
+
+def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
+    """(name, partitions, configs) of every topic the worker reads or writes."""
+    t = settings.topics
+    n = t.partitions
+    compacted = {"cleanup.policy": "compact"}
+    return [
+        (t.user_events, n, {}),
+        (t.recommendations, n, {}),
+        (t.user_events_dlq, n, {}),
+        (t.item_updates, 1, compacted),
+        (t.item_updates_dlq, 1, {}),
+        (changelog_topic(settings), n, compacted),
+    ]
+
+
+class TopicError(RuntimeError):
+    """A topic exists with a layout the worker cannot use."""
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Create missing topics with the configured partitions; return the names created."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(
+        client_id=f"{settings.worker.app_id}-admin",
+        request_timeout_ms=int(timeout_s * 1000),
+        **client_kwargs(settings.kafka),
+    )
+    try:
+        existing = set(admin.list_topics())
+        created = []
+        new = []
+        for name, partitions, configs in topic_specs(settings):
+            if name in existing:
+                continue
+            new.append(
+                NewTopic(
+                    name, partitions, settings.topics.replication_factor, topic_configs=configs
+                )
+            )
+        if new:
+            try:
+                admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+            except TopicAlreadyExistsError:
+                pass  # another worker won the race
+            created = [t.name for t in new]
+        described = admin.describe_topics([settings.topics.user_events, changelog_topic(settings)])
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        a, b = counts.get(settings.topics.user_events), counts.get(changelog_topic(settings))
+        if a is not None and b is not None and a != b:
+            raise TopicError(
+                f"{settings.topics.user_events} has {a} partitions but {changelog_topic(settings)}"
+                f" has {b}; they must match"
+                f" (NEARLINE_TOPICS__PARTITIONS={settings.topics.partitions})"
+            )
+        return created
+    finally:
+        admin.close()

@@ -1,0 +1,144 @@
+"""Producing to the project's topics: item updates from files, user events from ratings."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from app.core.events import ItemUpdate, UserEvent, encode_item_update
+from app.data.loaders import LoadError, Movie, Rating, read_embeddings, read_movies
+from app.kafka_clients import client_kwargs
+from app.settings import Settings
+
+
+def make_producer(settings: Settings, **extra: object):  # -> kafka.KafkaProducer
+    from kafka import KafkaProducer
+
+    return KafkaProducer(
+        acks="all",
+        linger_ms=20,
+        max_request_size=4 * 1024 * 1024,
+        **client_kwargs(settings.kafka),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def release_ts(movie: Movie) -> float | None:
+    if movie.year is None:
+        return None
+    return float((movie.year - 1970) * 365.25 * 86400 + 182 * 86400)
+
+
+def item_updates_from_files(
+    movies_path: str | Path,
+    embeddings_path: str | Path,
+    *,
+    dim: int,
+    ids_path: str | Path | None = None,
+) -> tuple[list[ItemUpdate], list[str]]:
+    """Join movies.csv with an embedding file; returns (updates, ids without metadata or vector).
+
+    The whole input is read and checked before anything is published, so a bad file
+    changes nothing.
+    """
+    movies = {m.item_id: m for m in read_movies(movies_path)}
+    ids, matrix = read_embeddings(embeddings_path, ids_path=ids_path, expected_dim=dim)
+    updates = []
+    vec_of = {item_id: row for row, item_id in enumerate(ids)}
+    for item_id, row in vec_of.items():
+        m = movies.get(item_id)
+        updates.append(
+            ItemUpdate(
+                item_id=item_id,
+                op="upsert",
+                embedding=np.asarray(matrix[row], np.float32),
+                title=m.title if m else "",
+                genres=m.genres if m else (),
+                year=m.year if m else None,
+                recommendable=True,
+                release_ts=release_ts(m) if m else None,
+            )
+        )
+    unmatched = sorted(set(movies) - set(vec_of))
+    if not updates:
+        raise LoadError(str(embeddings_path), None, "no embeddings found")
+    return updates, unmatched
+
+
+def publish_items(
+    settings: Settings,
+    updates: Iterable[ItemUpdate],
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    producer = make_producer(settings)
+    n = 0
+    try:
+        for u in updates:
+            producer.send(
+                settings.topics.item_updates, key=u.item_id.encode(), value=encode_item_update(u)
+            )
+            n += 1
+            if progress:
+                progress(1)
+        producer.flush(timeout=60)
+    finally:
+        producer.close(timeout=10)
+    return n
+
+
+def events_from_ratings(ratings: Iterable[Rating]) -> Iterator[UserEvent]:
+    """A MovieLens rating as a user event; the event id is stable so a replay is a no-op."""
+    for r in ratings:
+        yield UserEvent(
+            event_id=f"r-{r.user_id}-{r.item_id}-{int(r.timestamp)}",
+            user_id=r.user_id,
+            item_id=r.item_id,
+            type="rating",
+            timestamp=float(r.timestamp),
+            rating=float(r.rating),
+        )
+
+
+def produce_events(
+    settings: Settings,
+    events: Iterable[UserEvent],
+    *,
+    rate: float = 0.0,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Produce events keyed by user id; rate > 0 paces them (events per second)."""
+    producer = make_producer(settings)
+    n = 0
+    start = time.monotonic()
+    try:
+        for ev in events:
+            producer.send(settings.topics.user_events, key=ev.user_id.encode(), value=ev.encode())
+            n += 1
+            if progress:
+                progress(1)
+            if rate > 0:
+                ahead = n / rate - (time.monotonic() - start)
+                if ahead > 0.005:
+                    time.sleep(ahead)
+        producer.flush(timeout=120)
+    finally:
+        producer.close(timeout=10)
+    return n
+
+
+def produce_raw(
+    settings: Settings, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
+) -> int:
+    producer = make_producer(settings)
+    n = 0
+    try:
+        for key, value in records:
+            producer.send(topic, key=key, value=value)
+            n += 1
+        producer.flush(timeout=60)
+    finally:
+        producer.close(timeout=10)
+    return n

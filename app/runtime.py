@@ -1,0 +1,158 @@
+"""The worker's process-wide objects: settings, faust.App, topics, the user table, the core."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from app.core.catalog import IndexConfig, ItemCatalog
+from app.core.pipeline import PipelineConfig, Recommender
+from app.core.rank import ModelError, load_model
+from app.core.recall import ChannelConfig
+from app.core.user_state import UserState, policy_from_settings
+from app.faust_app import create_app
+from app.processing import BatchProcessor
+from app.settings import Settings, load_settings_or_exit
+from app.storage.redis_store import RedisStore
+
+log = logging.getLogger("nearline")
+
+
+def build_recommender(settings: Settings) -> Recommender:
+    """The pure core configured from settings (also used by the CLI and benchmarks)."""
+    lsh = settings.lsh
+    index = IndexConfig(
+        w=lsh.w,
+        m=lsh.m,
+        tables=lsh.tables,
+        probes=lsh.probes,
+        combine=lsh.combine,
+        vote_threshold=lsh.vote_threshold,
+        seed=lsh.seed,
+        exact_below=lsh.exact_below,
+    )
+    r = settings.recall
+    channels = tuple(
+        ChannelConfig(name, getattr(r, name).k, getattr(r, name).quota, getattr(r, name).enabled)
+        for name in ("embedding", "item2item", "similar_users", "genre", "trending", "newest")
+    )
+    config = PipelineConfig(
+        channels=channels,
+        item2item_seeds=r.item2item_seeds,
+        similar_users_n=r.similar_users_n,
+        genre_min_ratings=r.genre_min_ratings,
+        top_n=settings.ranking.top_n,
+        max_per_genre=settings.ranking.max_per_genre,
+        like_threshold=settings.embedding.like_threshold,
+    )
+    try:
+        model = load_model(settings.ranking.model_path)
+    except ModelError as exc:
+        raise SystemExit(f"error: invalid setting NEARLINE_RANKING__MODEL_PATH: {exc}") from None
+    return Recommender(
+        ItemCatalog(settings.items.embedding_dim, index),
+        model,
+        config=config,
+        policy=policy_from_settings(settings.embedding, settings.worker),
+        popularity_half_life=r.popularity_half_life_seconds,
+        embedding_version=settings.items.embedding_version,
+    )
+
+
+class Runtime:
+    """Mutable per-process state shared by the agents; one per worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.recommender = build_recommender(settings)
+        self.processor = BatchProcessor(
+            self.recommender,
+            max_event_bytes=settings.worker.max_event_bytes,
+            source_topic=settings.topics.user_events,
+        )
+        self.counters: Counter[str] = Counter()
+        self.dead_letters: Counter[str] = Counter()
+        self.started_at = time.time()
+        self.redis_ok = True
+        self.last_batch_at = 0.0
+        self.last_event_time = 0.0
+        self._store: RedisStore | None = None
+        self._catalog_ready: asyncio.Event | None = None
+
+    @property
+    def store(self) -> RedisStore:
+        # Created on first use so the client binds to the worker's running loop.
+        if self._store is None:
+            self._store = RedisStore(self.settings.redis)
+        return self._store
+
+    @property
+    def catalog_ready(self) -> asyncio.Event:
+        if self._catalog_ready is None:
+            self._catalog_ready = asyncio.Event()
+        return self._catalog_ready
+
+    def status(self) -> dict[str, Any]:
+        cat = self.recommender.catalog
+        params = cat.lsh_params
+        return {
+            "app_id": self.settings.worker.app_id,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "catalog_ready": self._catalog_ready is not None and self._catalog_ready.is_set(),
+            "items": len(cat),
+            "index": "lsh" if params else "exact",
+            "lsh": None
+            if params is None
+            else {
+                "w": params.w,
+                "m": params.m,
+                "L": params.L,
+                "probes": params.probes,
+                "combine": params.combine,
+            },
+            "users_indexed": len(self.recommender.users),
+            "redis_ok": self.redis_ok,
+            "counters": dict(self.counters),
+            "dead_letters": dict(self.dead_letters),
+            "last_batch_at": self.last_batch_at,
+            "model_version": self.recommender.model.version,
+            "embedding_version": self.recommender.embedding_version,
+        }
+
+
+def log_event(msg: str, **fields: Any) -> None:
+    """Structured log line: message plus key=value fields."""
+    extra = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in fields.items())
+    log.info("%s %s", msg, extra)
+
+
+settings = load_settings_or_exit()
+app = create_app(settings)
+runtime = Runtime(settings)
+
+raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+events_topic = app.topic(settings.topics.user_events, partitions=settings.topics.partitions, **raw)
+recommendations_topic = app.topic(
+    settings.topics.recommendations, partitions=settings.topics.partitions, **raw
+)
+events_dlq_topic = app.topic(
+    settings.topics.user_events_dlq, partitions=settings.topics.partitions, **raw
+)
+items_dlq_topic = app.topic(settings.topics.item_updates_dlq, partitions=1, **raw)
+
+# Changelog-backed: a restarted or rebalanced worker replays it to recover every user.
+user_table = app.Table(
+    "user-state",
+    partitions=settings.topics.partitions,
+    key_type=bytes,  # bytes types make Faust use the raw codec for the changelog
+    value_type=bytes,
+)
+
+
+def load_user(user_id: str) -> UserState | None:
+    raw_state = user_table.get(user_id.encode())
+    return None if raw_state is None else UserState.from_bytes(raw_state)

@@ -1,0 +1,281 @@
+"""One settings object, read once from NEARLINE_* environment variables at the edge."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "NEARLINE_"
+ENV_NESTED = "__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated host:port list of Kafka brokers."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the broker."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    """SASL mechanism when security_protocol is SASL_*."""
+    sasl_username: str | None = None
+    """SASL user name."""
+    sasl_password: SecretStr | None = None
+    """SASL password (never logged)."""
+    ssl_cafile: str | None = None
+    """CA bundle that signed the broker's certificate (SSL / SASL_SSL)."""
+    ssl_certfile: str | None = None
+    """Client certificate for mutual TLS."""
+    ssl_keyfile: str | None = None
+    """Private key of the client certificate."""
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                "NEARLINE_KAFKA__SASL_USERNAME and NEARLINE_KAFKA__SASL_PASSWORD are required"
+                f" with security_protocol={self.security_protocol}"
+            )
+        return self
+
+
+class TopicSettings(_Section):
+    user_events: str = "user-events"
+    """Input topic of user behaviour events (raw JSON bytes, key = user id)."""
+    item_updates: str = "item-updates"
+    """Compacted topic of item upserts/deletes (key = item id)."""
+    recommendations: str = "recommendations"
+    """Output topic of ranked per-user lists (key = user id)."""
+    user_events_dlq: str = "user-events-dlq"
+    """Dead letters of user-events: original bytes + reason + source position."""
+    item_updates_dlq: str = "item-updates-dlq"
+    """Dead letters of item-updates."""
+    partitions: int = Field(4, ge=1, le=1024)
+    """Partitions of user-events (and of every topic co-partitioned with it)."""
+    replication_factor: int = Field(1, ge=1, le=16)
+    """Replication factor used when the worker creates its topics."""
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL (redis:// or rediss:// for TLS)."""
+    username: str | None = None
+    """ACL user name (None = default user)."""
+    password: SecretStr | None = None
+    """Password of the ACL user (never logged)."""
+    ssl_ca_certs: str | None = None
+    """CA bundle for rediss:// connections."""
+    key_prefix: str = Field("nl:", min_length=1, max_length=32)
+    """Prefix of every key this project writes."""
+    list_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    """TTL of per-user lists and user embeddings in Redis."""
+    socket_timeout: float = Field(2.0, gt=0, le=60)
+    """Seconds before a Redis call times out."""
+    retry_attempts: int = Field(6, ge=1, le=100)
+    """Attempts per Redis write before the batch is retried as a whole."""
+    retry_max_delay: float = Field(2.0, gt=0, le=60)
+    """Cap of the exponential backoff between Redis attempts (seconds)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{url!r} must start with redis://, rediss:// or unix://")
+        return url
+
+
+class WorkerSettings(_Section):
+    app_id: str = Field("nearline-rec", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    """Faust app id = Kafka consumer group; workers with one id share the partitions."""
+    batch_size: int = Field(200, ge=1, le=100_000)
+    """Most events handled in one micro-batch."""
+    batch_within: float = Field(0.2, gt=0, le=60)
+    """Seconds to wait for a micro-batch to fill."""
+    max_event_bytes: int = Field(64 * 1024, ge=256)
+    """Events larger than this go to the dead-letter topic."""
+    store: str = "memory://"
+    """Faust table store (memory:// replays the changelog on start; rocksdb:// keeps it)."""
+    web_host: str = "127.0.0.1"
+    """Address of the worker's web server."""
+    web_port: int = Field(6066, ge=1, le=65535)
+    """Port of the worker's web server."""
+    history_size: int = Field(200, ge=1, le=100_000)
+    """Most recent events kept per user."""
+    seen_size: int = Field(1000, ge=1, le=1_000_000)
+    """Most items remembered as seen per user (never recommended again)."""
+    dedupe_size: int = Field(500, ge=1, le=100_000)
+    """Most recent event ids remembered per user for duplicate detection."""
+
+
+class ItemSettings(_Section):
+    embedding_dim: int = Field(32, ge=2, le=4096)
+    """Dimension of item embeddings; others are dead-lettered."""
+    embedding_version: str = "v1"
+    """Label of the item embeddings, recorded in every result."""
+
+
+class EmbeddingUpdateSettings(_Section):
+    half_life_seconds: float = Field(14 * 24 * 3600, gt=0)
+    """Older engagement counts half as much after this long."""
+    weight_click: float = 1.0
+    """Pull of a click toward the item."""
+    weight_view: float = 0.3
+    """Pull of a view."""
+    weight_like: float = 2.0
+    """Pull of a like."""
+    weight_purchase: float = 3.0
+    """Pull of a purchase."""
+    weight_dislike: float = -2.0
+    """Push of a dislike (negative moves away)."""
+    weight_skip: float = -0.3
+    """Push of a skip."""
+    rating_center: float = 3.0
+    """Ratings above pull, below push; weight = (rating - center)."""
+    like_threshold: float = Field(4.0, ge=0, le=5)
+    """A rating at or above this counts as a liked item."""
+
+
+class LSHSettings(_Section):
+    w: float | None = Field(None, gt=0)
+    """Bucket width (None = measured default for the catalog size)."""
+    m: int | None = Field(None, ge=1, le=64)
+    """Hash functions per table, ANDed (None = measured default)."""
+    tables: int | None = Field(None, ge=1, le=512)
+    """Tables L, ORed (None = measured default)."""
+    probes: int | None = Field(None, ge=0, le=64)
+    """Extra neighbouring buckets probed per table (None = measured default)."""
+    combine: Literal["or", "and", "vote"] = "or"
+    """How tables combine: any table, all tables, or at least vote_threshold."""
+    vote_threshold: int = Field(2, ge=1)
+    """Tables a candidate must appear in when combine=vote."""
+    seed: int = 42
+    """Seed of the projections: every replica must use the same one."""
+    exact_below: int = Field(5000, ge=0)
+    """Below this many items, search exactly (LSH buys nothing there)."""
+
+
+class ChannelSettings(_Section):
+    enabled: bool = True
+    """Whether the channel runs."""
+    k: int = Field(50, ge=0, le=10_000)
+    """Candidates the channel returns."""
+    quota: int = Field(20, ge=0, le=10_000)
+    """Most of its candidates kept after merging."""
+
+
+def _ch(k: int, quota: int) -> ChannelSettings:
+    return ChannelSettings(k=k, quota=quota)
+
+
+class RecallSettings(_Section):
+    embedding: ChannelSettings = _ch(100, 60)
+    """User embedding -> nearest items (LSH)."""
+    item2item: ChannelSettings = _ch(60, 30)
+    """Neighbours of the user's last liked items."""
+    similar_users: ChannelSettings = _ch(40, 20)
+    """Recent liked items of users in the same LSH buckets."""
+    genre: ChannelSettings = _ch(40, 20)
+    """Best-rated items of genres the user rated highly."""
+    trending: ChannelSettings = _ch(30, 15)
+    """Time-decayed popularity from the stream."""
+    newest: ChannelSettings = _ch(20, 10)
+    """Most recently released items."""
+    item2item_seeds: int = Field(5, ge=1, le=100)
+    """How many last liked items seed item-to-item."""
+    similar_users_n: int = Field(20, ge=1, le=1000)
+    """How many similar users to draw items from."""
+    genre_min_ratings: int = Field(3, ge=1)
+    """Ratings an item needs before the genre rule trusts its average."""
+    popularity_half_life_seconds: float = Field(24 * 3600, gt=0)
+    """Half-life of trending scores."""
+
+
+class RankingSettings(_Section):
+    model_path: str | None = None
+    """Ranking model JSON file (None = the shipped default model)."""
+    top_n: int = Field(20, ge=1, le=1000)
+    """Length of each user's list."""
+    max_per_genre: int = Field(5, ge=1, le=1000)
+    """Diversity: most items sharing a primary genre in the list."""
+
+
+class Settings(BaseSettings):
+    """Everything the worker and the CLI can be told; NEARLINE_<SECTION>__<FIELD>."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    redis: RedisSettings = RedisSettings()
+    worker: WorkerSettings = WorkerSettings()
+    items: ItemSettings = ItemSettings()
+    embedding: EmbeddingUpdateSettings = EmbeddingUpdateSettings()
+    lsh: LSHSettings = LSHSettings()
+    recall: RecallSettings = RecallSettings()
+    ranking: RankingSettings = RankingSettings()
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message is one line naming it."""
+
+
+def _env_name(loc: tuple[object, ...]) -> str:
+    return ENV_PREFIX + ENV_NESTED.join(str(p).upper() for p in loc)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise SettingsError with a one-line message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting {_env_name(err['loc'])}: {msg}") from None
+
+
+def load_settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def iter_setting_docs() -> list[tuple[str, str, str]]:
+    """(env var, default, description) for every setting: the README table is built from this."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: list[str]) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, [*prefix, name])
+                continue
+            default = field.default
+            if isinstance(default, SecretStr):
+                default = "***"
+            rows.append((_env_name((*prefix, name)), repr(default), field.description or ""))
+
+    walk(Settings, [])
+    return rows

@@ -1,0 +1,198 @@
+"""Narrow Redis adapter: versioned, idempotent, pipelined writes with bounded retries."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from app.settings import RedisSettings
+from app.storage import keys
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Write only when the new version is above the stored one: a replayed or reordered
+# write can never replace a newer value. KEYS[1]=hash; ARGV: ver, ttl, field, value, ...
+CAS_HSET = """
+local cur = redis.call('HGET', KEYS[1], 'ver')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'ver', ARGV[1], unpack(ARGV, 3))
+if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ListWrite:
+    user_id: str
+    version: int
+    value: dict[str, Any]
+    embedding: np.ndarray | None = None
+    n_events: int = 0
+    event_time: float = 0.0
+
+
+def encode_vector(vec: np.ndarray) -> bytes:
+    return np.asarray(vec, dtype="<f4").tobytes()
+
+
+def decode_vector(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, dtype="<f4").copy()
+
+
+def make_client(cfg: RedisSettings) -> aioredis.Redis:
+    # One retry layer only (tenacity); redis-py's own retries are switched off.
+    kwargs: dict[str, Any] = {
+        "username": cfg.username,
+        "password": cfg.password.get_secret_value() if cfg.password else None,
+        "socket_timeout": cfg.socket_timeout,
+        "socket_connect_timeout": cfg.socket_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": False,
+    }
+    if cfg.url.startswith("rediss://") and cfg.ssl_ca_certs:
+        kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
+    return aioredis.Redis.from_url(cfg.url, **kwargs)
+
+
+class RedisStore:
+    def __init__(self, cfg: RedisSettings) -> None:
+        self.cfg = cfg
+        self.prefix = cfg.key_prefix
+        self.client = make_client(cfg)
+        self._cas = self.client.register_script(CAS_HSET)
+        self.errors = 0
+        self.retries = 0
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def _retrying(self) -> AsyncRetrying:
+        def count(_state: Any) -> None:
+            self.retries += 1
+
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.cfg.retry_attempts),
+            wait=wait_exponential_jitter(initial=0.05, max=self.cfg.retry_max_delay),
+            retry=retry_if_exception_type(RETRYABLE),
+            before_sleep=lambda s: (count(s), before_sleep_log(log, logging.WARNING)(s)),
+            reraise=True,
+        )
+
+    async def _run(self, build: Any) -> list[Any]:
+        """Run a pipeline built by `build(pipe)` with bounded retries; every write is idempotent."""
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    pipe = self.client.pipeline(transaction=False)
+                    await build(pipe)
+                    return list(await pipe.execute())
+        except RETRYABLE:
+            self.errors += 1
+            raise
+        raise AssertionError("unreachable")
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except RETRYABLE:
+            return False
+
+    # -- user lists -----------------------------------------------------------------------
+    async def write_lists(self, writes: Sequence[ListWrite]) -> list[bool]:
+        """Write lists (and user embeddings) in one pipeline; True where the write was newer."""
+        if not writes:
+            return []
+        ttl = self.cfg.list_ttl_seconds
+
+        async def build(pipe: Any) -> None:
+            for w in writes:
+                body = json.dumps(w.value, separators=(",", ":"))
+                await self._cas(
+                    keys=[keys.user_list(self.prefix, w.user_id)],
+                    args=[w.version, ttl, "json", body],
+                    client=pipe,
+                )
+                if w.embedding is not None:
+                    await self._cas(
+                        keys=[keys.user_embedding(self.prefix, w.user_id)],
+                        args=[
+                            w.version,
+                            ttl,
+                            "vec",
+                            encode_vector(w.embedding),
+                            "n",
+                            w.n_events,
+                            "t",
+                            w.event_time,
+                        ],
+                        client=pipe,
+                    )
+
+        results = await self._run(build)
+        out, i = [], 0
+        for w in writes:
+            out.append(bool(results[i]))
+            i += 2 if w.embedding is not None else 1
+        return out
+
+    async def read_list(self, user_id: str) -> dict[str, Any] | None:
+        raw = await self.client.hget(keys.user_list(self.prefix, user_id), "json")
+        return None if raw is None else json.loads(raw)
+
+    async def read_embedding(self, user_id: str) -> np.ndarray | None:
+        raw = await self.client.hget(keys.user_embedding(self.prefix, user_id), "vec")
+        return None if raw is None else decode_vector(raw)
+
+    async def write_cold_start(self, value: dict[str, Any]) -> None:
+        body = json.dumps(value, separators=(",", ":"))
+
+        async def build(pipe: Any) -> None:
+            pipe.set(keys.cold_start_list(self.prefix), body)
+
+        await self._run(build)
+
+    async def read_cold_start(self) -> dict[str, Any] | None:
+        raw = await self.client.get(keys.cold_start_list(self.prefix))
+        return None if raw is None else json.loads(raw)
+
+    # -- items ----------------------------------------------------------------------------
+    async def write_items(
+        self,
+        upserts: Sequence[tuple[str, int, dict[str, Any], np.ndarray]],
+        deletes: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        """Mirror item upserts/deletes; version = item-updates offset, so replays are no-ops."""
+
+        async def build(pipe: Any) -> None:
+            for item_id, ver, meta, vec in upserts:
+                await self._cas(
+                    keys=[keys.item(self.prefix, item_id)],
+                    args=[ver, 0, "meta", json.dumps(meta), "vec", encode_vector(vec)],
+                    client=pipe,
+                )
+                pipe.sadd(keys.items_index(self.prefix), item_id)
+            for item_id, _ver in deletes:
+                pipe.delete(keys.item(self.prefix, item_id))
+                pipe.srem(keys.items_index(self.prefix), item_id)
+
+        if upserts or deletes:
+            await self._run(build)

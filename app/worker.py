@@ -1,0 +1,8 @@
+"""Worker entry point: `faust -A app.worker worker` (or `nearline worker`)."""
+
+from __future__ import annotations
+
+import agents.ingest  # noqa: F401,E402  registers the user-events agent
+import agents.items  # noqa: F401,E402  registers the item-updates follower
+import agents.views  # noqa: F401,E402  registers the web views
+from app.runtime import app  # noqa: F401  (the faust.App, built once from settings)
