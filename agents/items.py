@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from app.core.events import InvalidRecord, ItemUpdate, decode_item_update
 from app.kafka_clients import client_kwargs
@@ -67,7 +67,9 @@ async def apply_records(records: list[RawRecord]) -> None:
 @app.task
 async def follow_items() -> None:
     topic = settings.topics.item_updates
+    # No group id: every worker is assigned every partition and reads from the start.
     consumer = AIOKafkaConsumer(
+        topic,
         enable_auto_commit=False,
         group_id=None,
         auto_offset_reset="earliest",
@@ -75,16 +77,11 @@ async def follow_items() -> None:
     )
     await consumer.start()
     try:
-        parts = None
-        while not parts:
-            await consumer.topics()  # refreshes metadata; the topic may be created just now
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                log_event("waiting for topic", topic=topic)
-                await asyncio.sleep(1.0)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        tps = sorted(consumer.assignment())
+        while not tps:
+            log_event("waiting for topic", topic=topic)
+            await asyncio.sleep(1.0)
+            tps = sorted(consumer.assignment())
         end = await consumer.end_offsets(tps)
         log_event("catalog recovery", topic=topic, records=sum(end.values()))
         ready = runtime.catalog_ready

@@ -80,7 +80,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                 pass  # another worker won the race
             created = [t.name for t in new]
         described = admin.describe_topics([settings.topics.user_events, changelog_topic(settings)])
-        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        counts = {d.get("name", d.get("topic")): len(d["partitions"]) for d in described}
         a, b = counts.get(settings.topics.user_events), counts.get(changelog_topic(settings))
         if a is not None and b is not None and a != b:
             raise TopicError(
