@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The project's test command (see README):
+#
+#   bash scripts/test.sh [pytest args...]
+#
+# 1. installs the project with its dev extras (editable);
+# 2. starts Kafka and Redis with scripts/services.sh (fresh KRaft cluster);
+# 3. runs `python -m pytest "$@"` with NEARLINE_REQUIRE_SERVICES=1, so integration
+#    tests fail instead of skipping when a service is missing;
+# 4. stops the services it started itself (also on failure or Ctrl-C) and exits with
+#    pytest's exit code. Services that were already running are left running.
+#
+# Environment: PYTHON (default: python), NEARLINE_SKIP_INSTALL=1 to skip step 1, and the
+# NEARLINE_* port/state variables documented in scripts/services.sh.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+if command -v python >/dev/null 2>&1; then PYTHON="${PYTHON:-python}"; else PYTHON="${PYTHON:-python3}"; fi
+export PYTHON
+SERVICES=(bash "$REPO/scripts/services.sh")
+
+if [[ "${NEARLINE_SKIP_INSTALL:-0}" != 1 ]]; then
+  echo "test.sh: installing the project ($PYTHON -m pip install -q -e '.[dev]')"
+  "$PYTHON" -m pip install -q -e '.[dev]'
+fi
+
+# Which services do we own? Only those not already running before we were called.
+started=()
+for svc in kafka redis; do
+  if "${SERVICES[@]}" status "$svc" >/dev/null 2>&1; then
+    echo "test.sh: $svc is already running; it will be left running"
+  else
+    started+=("$svc")
+  fi
+done
+
+PYTEST_PID=""
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local svc
+  for svc in "${started[@]}"; do
+    "${SERVICES[@]}" stop "$svc" || echo "test.sh: warning: could not stop $svc" >&2
+  done
+  exit "$rc"
+}
+
+# On INT (Ctrl-C reaches pytest too, it is in our process group) give pytest a few
+# seconds to print its summary; on TERM pass the signal on. Then clean up.
+on_signal() {  # on_signal SIGNAL EXIT_CODE
+  trap - INT TERM
+  if [[ -n "$PYTEST_PID" ]] && kill -0 "$PYTEST_PID" 2>/dev/null; then
+    if [[ "$1" == TERM ]]; then kill -TERM "$PYTEST_PID" 2>/dev/null || true; fi
+    local i
+    for ((i = 0; i < 50; i++)); do
+      kill -0 "$PYTEST_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -TERM "$PYTEST_PID" 2>/dev/null || true
+    wait "$PYTEST_PID" 2>/dev/null || true
+  fi
+  echo "test.sh: interrupted (SIG$1)" >&2
+  exit "$2"
+}
+
+trap cleanup EXIT
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+
+for svc in "${started[@]}"; do
+  "${SERVICES[@]}" start "$svc"
+done
+"${SERVICES[@]}" wait all
+
+export NEARLINE_REQUIRE_SERVICES=1
+# Point the app at the services just started unless the caller chose otherwise.
+export NEARLINE_KAFKA__BOOTSTRAP_SERVERS="${NEARLINE_KAFKA__BOOTSTRAP_SERVERS:-127.0.0.1:${NEARLINE_KAFKA_PORT:-9092}}"
+export NEARLINE_REDIS__URL="${NEARLINE_REDIS__URL:-redis://127.0.0.1:${NEARLINE_REDIS_PORT:-6379}/0}"
+
+# pytest runs as a background job (with the terminal's stdin and default SIGINT
+# handling restored) so that a signal to this script is handled at once.
+rc=0
+(
+  trap - INT QUIT
+  exec "$PYTHON" -m pytest "$@"
+) 0<&0 &
+PYTEST_PID=$!
+wait "$PYTEST_PID" || rc=$?
+PYTEST_PID=""
+echo "test.sh: pytest exited with $rc"
+exit "$rc"
