@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import sys
 from typing import Literal
 
@@ -15,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
 
 ENV_PREFIX = "NEARLINE_"
 ENV_NESTED = "__"
@@ -210,7 +214,7 @@ class RankingSettings(_Section):
     """Ranking model JSON file (None = the shipped default model)."""
     top_n: int = Field(20, ge=1, le=1000)
     """Length of each user's list."""
-    max_per_genre: int = Field(5, ge=1, le=1000)
+    max_per_genre: int = Field(8, ge=1, le=1000)
     """Diversity: most items sharing a primary genre in the list."""
 
 
@@ -252,6 +256,35 @@ def load_settings(**overrides: object) -> Settings:
         err = exc.errors()[0]
         msg = err["msg"].removeprefix("Value error, ")
         raise SettingsError(f"invalid setting {_env_name(err['loc'])}: {msg}") from None
+    except _SourceError as exc:
+        # pydantic-settings fails before validation when a section's value is not JSON.
+        found = re.search(r'field "([^"]+)"', str(exc))
+        name = _unparsable_section_var(found.group(1) if found else "")
+        raise SettingsError(f"invalid setting {name}: a section must be a JSON object") from None
+
+
+def _unparsable_section_var(section: str) -> str:
+    """The env var under `section` that sets a whole (sub)section to a non-object value."""
+    prefix = _env_name((section,))
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if upper != prefix and not upper.startswith(prefix + ENV_NESTED):
+            continue
+        model: type[BaseModel] = Settings
+        for part in upper.removeprefix(ENV_PREFIX).lower().split(ENV_NESTED):
+            field = model.model_fields.get(part)
+            ann = None if field is None else field.annotation
+            if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+                break
+            model = ann
+        else:
+            try:
+                if isinstance(json.loads(os.environ[name]), dict):
+                    continue
+            except ValueError:
+                pass
+            return name
+    return prefix
 
 
 def load_settings_or_exit() -> Settings:

@@ -141,7 +141,8 @@ def decode_item_update(
     vec = np.asarray(emb, dtype=np.float64)
     if not np.all(np.isfinite(vec)):
         raise InvalidRecord("bad_embedding", "embedding has NaN or infinite values")
-    vec32 = vec.astype(np.float32)
+    with np.errstate(over="ignore"):  # overflow is detected just below
+        vec32 = vec.astype(np.float32)
     if not np.all(np.isfinite(vec32)) or not math.isfinite(float(np.linalg.norm(vec))):
         raise InvalidRecord("bad_embedding", "embedding overflows float32")
     if float(np.linalg.norm(vec32)) == 0.0:

@@ -37,7 +37,7 @@ class PipelineConfig:
     similar_users_n: int = 20
     genre_min_ratings: int = 3
     top_n: int = 20
-    max_per_genre: int = 5
+    max_per_genre: int = 8
     like_threshold: float = 4.0
 
 
