@@ -73,11 +73,12 @@ def worker(loglevel: str) -> None:
         click.echo(f"created topics: {', '.join(created)}", err=True)
     from app.worker import app
 
+    faust_level = {"warning": "warn"}.get(loglevel, loglevel)  # Faust's own spelling
     sys.argv = [
         "nearline",
         "worker",
         "--loglevel",
-        loglevel,
+        faust_level,
         "--web-host",
         s.worker.web_host,
         "--web-port",

@@ -11,8 +11,8 @@ import sys
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,16 @@ def _reachable(hostport: str) -> bool:
 def services() -> None:
     """Kafka and Redis must answer; under NEARLINE_REQUIRE_SERVICES=1 (CI) absence fails."""
     redis_hostport = REDIS_URL.split("://", 1)[1].split("/", 1)[0]
-    missing = [name for name, hp in (("kafka", KAFKA.split(",")[0]), ("redis", redis_hostport))
-               if not _reachable(hp)]
+    missing = [
+        name
+        for name, hp in (("kafka", KAFKA.split(",")[0]), ("redis", redis_hostport))
+        if not _reachable(hp)
+    ]
     if missing:
-        msg = (f"{' and '.join(missing)} not reachable (start them: bash scripts/services.sh "
-               "start all)")
+        msg = (
+            f"{' and '.join(missing)} not reachable (start them: bash scripts/services.sh "
+            "start all)"
+        )
         if os.environ.get("NEARLINE_REQUIRE_SERVICES") == "1" or os.environ.get("CI"):
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg)
@@ -84,7 +89,10 @@ class Worker:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "worker", "-l", "info"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                env=self.env,
                 start_new_session=True,
             )
         return self
@@ -107,7 +115,9 @@ class Worker:
         except (OSError, ValueError):
             return None
 
-    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
+    def wait(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float, what: str
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last: dict[str, Any] | None = None
         while time.monotonic() < deadline:
@@ -117,15 +127,17 @@ class Worker:
             if last is not None and pred(last):
                 return last
             time.sleep(0.3)
-        raise AssertionError(f"timeout ({timeout}s) waiting for {what}; status={last}\n"
-                             f"{self.log_tail()}")
+        raise AssertionError(
+            f"timeout ({timeout}s) waiting for {what}; status={last}\n{self.log_tail()}"
+        )
 
     def wait_ready(self, timeout: float = 90) -> dict[str, Any]:
         return self.wait(lambda s: bool(s.get("catalog_ready")), timeout, "catalog ready")
 
     def wait_events(self, n: int, timeout: float = 120) -> dict[str, Any]:
-        return self.wait(lambda s: s["counters"].get("events_in", 0) >= n, timeout,
-                         f"{n} events consumed")
+        return self.wait(
+            lambda s: s["counters"].get("events_in", 0) >= n, timeout, f"{n} events consumed"
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -163,8 +175,12 @@ def consume_all(topic: str, *, min_records: int, timeout: float = 60.0) -> list[
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=KAFKA, auto_offset_reset="earliest", enable_auto_commit=False,
-        group_id=None, consumer_timeout_ms=1000,
+        topic,
+        bootstrap_servers=KAFKA,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=1000,
     )
     out: list[Any] = []
     deadline = time.monotonic() + timeout
@@ -223,11 +239,18 @@ def catalog_run(run_id: str, tmp_path: Path) -> CatalogRun:
 
     env = run_env(run_id)
     s = settings_for(env)
-    info = generate_sample(tmp_path / "sample", n_items=600, n_users=80, n_ratings=3000,
-                           dim=s.items.embedding_dim, seed=11)
+    info = generate_sample(
+        tmp_path / "sample",
+        n_items=600,
+        n_users=80,
+        n_ratings=3000,
+        dim=s.items.embedding_dim,
+        seed=11,
+    )
     ensure_topics(s)
-    updates, _ = item_updates_from_files(info.movies_path, info.embeddings_path,
-                                         dim=s.items.embedding_dim)
+    updates, _ = item_updates_from_files(
+        info.movies_path, info.embeddings_path, dim=s.items.embedding_dim
+    )
     publish_items(s, updates)
     truth = json.loads(info.truth_path.read_text())
 

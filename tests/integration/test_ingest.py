@@ -14,29 +14,61 @@ pytestmark = pytest.mark.integration
 
 
 def _event(i: int, user: str, item: str) -> bytes:
-    return json.dumps({"event_id": f"ok-{i}", "user_id": user, "item_id": item,
-                       "type": "rating", "rating": 4.5, "timestamp": 1_600_000_000 + i}).encode()
+    return json.dumps(
+        {
+            "event_id": f"ok-{i}",
+            "user_id": user,
+            "item_id": item,
+            "type": "rating",
+            "rating": 4.5,
+            "timestamp": 1_600_000_000 + i,
+        }
+    ).encode()
 
 
 BAD = [
     (b"u-bad", b"this is not json", "not_json"),
     (b"u-bad", b"\xff\xfe\x00garbage", "not_utf8"),
     (b"u-bad", b"[1, 2, 3]", "not_object"),
-    (b"u-bad", b'{"event_id": "x1", "user_id": "u-bad", "item_id": "1", "timestamp": 1}',
-     "schema"),  # missing type
-    (b"u-bad", b'{"event_id": "x2", "user_id": "u-bad", "item_id": "1", "type": "teleport",'
-               b' "timestamp": 1}', "schema"),
-    (b"u-bad", b'{"event_id": "x3", "user_id": "u-bad", "item_id": "1", "type": "rating",'
-               b' "rating": 9, "timestamp": 1}', "schema"),
-    (b"u-bad", b'{"event_id": "x4", "user_id": {"a": 1}, "item_id": "1", "type": "click",'
-               b' "timestamp": 1}', "schema"),
-    (b"u-bad", b'{"event_id": "x5", "user_id": "u-bad", "item_id": "1", "type": "click",'
-               b' "timestamp": NaN}', "not_json"),
+    (
+        b"u-bad",
+        b'{"event_id": "x1", "user_id": "u-bad", "item_id": "1", "timestamp": 1}',
+        "schema",
+    ),  # missing type
+    (
+        b"u-bad",
+        b'{"event_id": "x2", "user_id": "u-bad", "item_id": "1", "type": "teleport",'
+        b' "timestamp": 1}',
+        "schema",
+    ),
+    (
+        b"u-bad",
+        b'{"event_id": "x3", "user_id": "u-bad", "item_id": "1", "type": "rating",'
+        b' "rating": 9, "timestamp": 1}',
+        "schema",
+    ),
+    (
+        b"u-bad",
+        b'{"event_id": "x4", "user_id": {"a": 1}, "item_id": "1", "type": "click", "timestamp": 1}',
+        "schema",
+    ),
+    (
+        b"u-bad",
+        b'{"event_id": "x5", "user_id": "u-bad", "item_id": "1", "type": "click",'
+        b' "timestamp": NaN}',
+        "not_json",
+    ),
     (b"u-bad", b'{"pad": "' + b"x" * 70_000 + b'"}', "too_large"),
-    (None, b'{"event_id": "x6", "user_id": "u9", "item_id": "1", "type": "click",'
-           b' "timestamp": 1}', "bad_key"),
-    (b"someone-else", b'{"event_id": "x7", "user_id": "u9", "item_id": "1", "type": "click",'
-                      b' "timestamp": 1}', "bad_key"),
+    (
+        None,
+        b'{"event_id": "x6", "user_id": "u9", "item_id": "1", "type": "click", "timestamp": 1}',
+        "bad_key",
+    ),
+    (
+        b"someone-else",
+        b'{"event_id": "x7", "user_id": "u9", "item_id": "1", "type": "click", "timestamp": 1}',
+        "bad_key",
+    ),
 ]
 
 

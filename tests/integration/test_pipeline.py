@@ -19,8 +19,14 @@ T0 = 1_700_000_000
 
 
 def _rating(user: str, item: str, i: int, rating: float = 5.0) -> UserEvent:
-    return UserEvent(event_id=f"{user}-{item}-{i}", user_id=user, item_id=item, type="rating",
-                     timestamp=float(T0 + 60 * i), rating=rating)
+    return UserEvent(
+        event_id=f"{user}-{item}-{i}",
+        user_id=user,
+        item_id=item,
+        type="rating",
+        timestamp=float(T0 + 60 * i),
+        rating=rating,
+    )
 
 
 def _latest_by_user(msgs) -> dict[str, dict]:
@@ -87,7 +93,13 @@ def test_lists_reflect_planted_tastes_and_replay_changes_nothing(catalog_run, wo
         seen = {e.item_id for e in events if e.user_id == user}
         assert not seen & {i["item_id"] for i in doc["items"]}, "a seen item was recommended"
         assert {i["channel"] for i in doc["items"]} <= {
-            "embedding", "item2item", "similar_users", "genre", "trending", "newest"}
+            "embedding",
+            "item2item",
+            "similar_users",
+            "genre",
+            "trending",
+            "newest",
+        }
     sw = Counter(items_truth[i["item_id"]]["taste"] for i in lists[switcher]["items"])
     assert sw[6] > sw[5], f"switcher's list does not follow the latest taste: {sw}"
     assert lists[switcher]["event_time"] == T0 + 60 * 21
@@ -135,34 +147,69 @@ def test_item_changes_while_running_and_state_survives_restart(catalog_run, work
     retired = by_id[top[0]]
     clone = by_id[liked[0]]
     updates = [
-        ItemUpdate(retired.item_id, "upsert", retired.embedding, retired.title, retired.genres,
-                   retired.year, recommendable=False, release_ts=retired.release_ts),
+        ItemUpdate(
+            retired.item_id,
+            "upsert",
+            retired.embedding,
+            retired.title,
+            retired.genres,
+            retired.year,
+            recommendable=False,
+            release_ts=retired.release_ts,
+        ),
         ItemUpdate(top[1], "delete"),
-        ItemUpdate("new-item-1", "upsert", clone.embedding * 1.01, "Brand New (2024)",
-                   clone.genres, 2024, True, float(T0)),
+        ItemUpdate(
+            "new-item-1",
+            "upsert",
+            clone.embedding * 1.01,
+            "Brand New (2024)",
+            clone.genres,
+            2024,
+            True,
+            float(T0),
+        ),
     ]
     publish_items(s, updates)
     from app.producer import produce_raw
 
     bad = [
-        (b"bad-dim", json.dumps({"item_id": "bad-dim", "op": "upsert",
-                                 "embedding": [0.1] * (s.items.embedding_dim + 1)}).encode()),
-        (b"bad-big", json.dumps({"item_id": "bad-big", "op": "upsert",
-                                 "embedding": [1e39] * s.items.embedding_dim}).encode()),
+        (
+            b"bad-dim",
+            json.dumps(
+                {
+                    "item_id": "bad-dim",
+                    "op": "upsert",
+                    "embedding": [0.1] * (s.items.embedding_dim + 1),
+                }
+            ).encode(),
+        ),
+        (
+            b"bad-big",
+            json.dumps(
+                {"item_id": "bad-big", "op": "upsert", "embedding": [1e39] * s.items.embedding_dim}
+            ).encode(),
+        ),
         (b"bad-json", b"{nope"),
     ]
     produce_raw(s, s.topics.item_updates, bad)
     applied = len(run.updates) + len(updates)
-    worker.wait(lambda st: st["counters"].get("item_updates", 0) >= applied
-                and sum(st["dead_letters"].values()) >= len(bad), 30, "item updates")
+    worker.wait(
+        lambda st: (
+            st["counters"].get("item_updates", 0) >= applied
+            and sum(st["dead_letters"].values()) >= len(bad)
+        ),
+        30,
+        "item updates",
+    )
     dlq = consume_all(s.topics.item_updates_dlq, min_records=3)
     reasons = sorted(json.loads(m.value)["reason"] for m in dlq)
     assert reasons == ["bad_embedding", "bad_embedding", "not_json"]
     assert r.exists(f"{s.redis.key_prefix}item:{{new-item-1}}")
     assert not r.exists(f"{s.redis.key_prefix}item:{{{top[1]}}}")
 
-    produce_events(s, [_rating(user, liked[8 % len(liked)], 50, 4.0),
-                       _rating(user, run.taste_items(2)[9], 51)])
+    produce_events(
+        s, [_rating(user, liked[8 % len(liked)], 50, 4.0), _rating(user, run.taste_items(2)[9], 51)]
+    )
     worker.wait_events(len(liked) + 2)
     second = json.loads(r.hget(key, "json"))
     ids = [i["item_id"] for i in second["items"]]
