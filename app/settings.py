@@ -299,16 +299,17 @@ def iter_setting_docs() -> list[tuple[str, str, str]]:
     """(env var, default, description) for every setting: the README table is built from this."""
     rows: list[tuple[str, str, str]] = []
 
-    def walk(model: type[BaseModel], prefix: list[str]) -> None:
+    def walk(model: type[BaseModel], defaults: BaseModel | None, prefix: list[str]) -> None:
         for name, field in model.model_fields.items():
             ann = field.annotation
+            # a section's default instance may differ from its class defaults (channel k/quota)
+            default = getattr(defaults, name) if defaults is not None else field.default
             if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, [*prefix, name])
+                walk(ann, default if isinstance(default, BaseModel) else None, [*prefix, name])
                 continue
-            default = field.default
             if isinstance(default, SecretStr):
                 default = "***"
             rows.append((_env_name((*prefix, name)), repr(default), field.description or ""))
 
-    walk(Settings, [])
+    walk(Settings, None, [])
     return rows
