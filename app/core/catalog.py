@@ -173,7 +173,7 @@ class ItemCatalog:
         self._exact.upsert_many(keys, mat)
         if self._lsh is not None:
             self._lsh.upsert_many(keys, mat)
-        elif len(self._meta) >= self.config.exact_below > 0:
+        elif len(self._meta) >= max(self.config.exact_below, 1):  # 0 = always LSH
             self.reindex()
         self.version += 1
         return len(ups)

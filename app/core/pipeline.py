@@ -133,13 +133,19 @@ class Recommender:
     # -- lists ----------------------------------------------------------------------------
     def context(self, state: UserState) -> RecallContext:
         exclude = {k for k in (self.catalog.key(i) for i in state.seen) if k is not None}
+        now = max(self.stats.now, state.last_event_time)
+        if now <= 0.0 and len(self.catalog):
+            # No event seen yet (a fresh or restarted worker): without a stream clock nothing
+            # counts as released and the cold-start list would be empty, so the newest
+            # release in the catalog stands in for the clock until the first event.
+            now = float(self.catalog.release_ts[self.catalog.live_keys()].max())
         return RecallContext(
             user=state,
             embedding=state.embedding,
             catalog=self.catalog,
             stats=self.stats,
             users=self.users,
-            now=max(self.stats.now, state.last_event_time),
+            now=now,
             like_threshold=self.config.like_threshold,
             exclude=exclude,
         )

@@ -29,7 +29,7 @@ class ItemStats:
         self.now = 0.0
         """Newest event time seen: the stream's clock."""
         self.version = 0
-        self._genre_cache: dict[str, np.ndarray] = {}
+        self._genre_cache: dict[tuple[str, int], np.ndarray] = {}
         self._genre_cache_key: tuple[int, int] = (-1, -1)
 
     def _grow(self, n: int) -> None:
@@ -86,7 +86,7 @@ class ItemStats:
         if cache_key != self._genre_cache_key:
             self._genre_cache = {}
             self._genre_cache_key = cache_key
-        hit = self._genre_cache.get(genre)
+        hit = self._genre_cache.get((genre, min_ratings))
         if hit is None:
             cap = catalog.capacity
             rating = self.bayes_rating(cap)
@@ -96,7 +96,7 @@ class ItemStats:
                 if genre in catalog.meta(key).genres:
                     in_genre[key] = True
             hit = _top_keys(rating, in_genre, 200, positive=False)
-            self._genre_cache[genre] = hit
+            self._genre_cache[(genre, min_ratings)] = hit
         return hit[:k]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.core.recall import Candidate, RecallContext, liked_genres
+from app.core.recall import CHANNELS, Candidate, RecallContext, liked_genres
 
 FEATURES = ("similarity", "recall_score", "popularity", "recency", "genre_match")
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default-ranker.json"
@@ -33,6 +33,8 @@ def load_model(path: str | Path | None = None) -> RankModel:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"{path}: ranking model file not found") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ranking model file ({exc.strerror})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: not a JSON ranking model ({exc})") from None
     if not isinstance(doc, dict) or doc.get("kind") != "linear":
@@ -41,18 +43,32 @@ def load_model(path: str | Path | None = None) -> RankModel:
     if not isinstance(version, str) or not version:
         raise ModelError(f'{path}: "version" must be a non-empty string')
     weights = doc.get("weights", {})
+    bonus = doc.get("channel_bonus", {})
+    if not isinstance(weights, dict) or not isinstance(bonus, dict):
+        raise ModelError(f'{path}: "weights" and "channel_bonus" must be JSON objects')
     unknown = set(weights) - set(FEATURES)
     if unknown:
         raise ModelError(f"{path}: unknown feature(s) {sorted(unknown)}; known: {list(FEATURES)}")
-    for name, value in [*weights.items(), *doc.get("channel_bonus", {}).items()]:
-        if not isinstance(value, int | float) or not math.isfinite(value):
+    unknown = set(bonus) - set(CHANNELS)
+    if unknown:
+        raise ModelError(f"{path}: unknown channel(s) {sorted(unknown)}; known: {list(CHANNELS)}")
+    for name, value in [*weights.items(), *bonus.items()]:
+        if not _finite_number(value):
             raise ModelError(f"{path}: weight {name!r} must be a finite number")
+    half_life = doc.get("recency_half_life_days", 365.0)
+    if not _finite_number(half_life) or half_life <= 0:
+        raise ModelError(f'{path}: "recency_half_life_days" must be a finite number > 0')
     return RankModel(
         version=version,
         weights={f: float(weights.get(f, 0.0)) for f in FEATURES},
-        channel_bonus={k: float(v) for k, v in doc.get("channel_bonus", {}).items()},
-        recency_half_life_days=float(doc.get("recency_half_life_days", 365.0)),
+        channel_bonus={k: float(v) for k, v in bonus.items()},
+        recency_half_life_days=float(half_life),
     )
+
+
+def _finite_number(value: object) -> bool:
+    # bool is an int subclass, but `true` as a weight is a mistake, not 1.0
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,7 @@ class UserDirectory:
         self._exact.upsert(key, vec)
         if self._lsh is not None:
             self._lsh.upsert(key, vec)
-        elif len(self._exact) >= self.config.exact_below > 0:
+        elif len(self._exact) >= max(self.config.exact_below, 1):  # 0 = always LSH
             self._build_lsh()
 
     def _build_lsh(self) -> None:

@@ -1,0 +1,106 @@
+"""Stream statistics: decayed popularity, shrunk rating averages, per-genre tops, recency."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.core.catalog import ItemCatalog
+from app.core.popularity import ItemStats, log_scaled, recency
+from tests.unit.factories import DAY, T0, item
+
+HOUR = 3600.0
+
+
+def catalog(n: int = 6, genres=("Drama",)) -> ItemCatalog:
+    cat = ItemCatalog(4)
+    cat.upsert_many([item(f"i{k}", np.eye(4)[k % 4] + 0.01 * k, genres=genres) for k in range(n)])
+    return cat
+
+
+def test_popularity_halves_every_half_life():
+    s = ItemStats(half_life_seconds=HOUR)
+    s.add(0, 1.0, T0)
+    s.add(1, 1.0, T0 + 2 * HOUR)
+    pop = s.popularity(2)
+    np.testing.assert_allclose(pop, [0.25, 1.0], rtol=1e-9)
+
+
+def test_negative_weights_do_not_count_as_popularity():
+    s = ItemStats(HOUR)
+    s.add(0, -2.0, T0)
+    s.add(1, 0.5, T0)
+    np.testing.assert_allclose(s.popularity(2), [0.0, 0.5])
+
+
+def test_long_streams_do_not_overflow():
+    s = ItemStats(half_life_seconds=1.0)
+    for n in range(200):
+        s.add(n % 3, 1.0, T0 + n * 10.0)  # 2000 half-lives in all
+    pop = s.popularity(3)
+    assert np.all(np.isfinite(pop))
+    # the newest event dominates: weight 1.0 now, the previous one 2^-10
+    assert pop[199 % 3] >= 1.0 and pop.max() < 1.01
+
+
+def test_out_of_order_event_adds_its_decayed_weight():
+    s = ItemStats(HOUR)
+    s.add(0, 1.0, T0 + HOUR)
+    s.add(1, 1.0, T0)  # an hour older than the clock
+    np.testing.assert_allclose(s.popularity(2), [1.0, 0.5])
+    assert s.now == T0 + HOUR
+
+
+def test_top_popular_orders_by_score_then_key_and_skips_non_recommendable():
+    cat = catalog()
+    cat.apply(item("i2", [0, 0, 1, 0], recommendable=False))
+    s = ItemStats(DAY)
+    for key, n in [(0, 2), (1, 5), (2, 9), (3, 2), (4, 1)]:
+        for _ in range(n):
+            s.add(key, 1.0, T0)
+    top = s.top_popular(cat, 10)
+    assert top.tolist() == [1, 0, 3, 4]  # 2 is hidden, 5 never engaged, 0 and 3 tie by key
+    assert s.top_popular(cat, 2).tolist() == [1, 0]
+
+
+def test_bayes_rating_shrinks_toward_the_global_mean():
+    s = ItemStats(DAY, prior_count=5.0)
+    s.add(0, 1.0, T0, rating=5.0)  # one 5-star rating
+    for _ in range(10):
+        s.add(1, 1.0, T0, rating=4.5)  # ten 4.5-star ratings
+    s.add(2, 1.0, T0, rating=1.0)
+    r = s.bayes_rating(4)
+    assert r[1] > r[0]  # many good ratings beat one perfect rating
+    mean = (5.0 + 45.0 + 1.0) / 12
+    np.testing.assert_allclose(r[3], mean)  # an unrated item gets the global mean
+    np.testing.assert_allclose(r[0], (5.0 + 5 * mean) / 6)
+    assert s.rating_count(4).tolist() == [1, 10, 1, 0]
+
+
+def test_genre_top_needs_min_ratings_and_the_genre():
+    cat = ItemCatalog(4)
+    cat.upsert_many(
+        [
+            item("d1", [1, 0, 0, 0], genres=("Drama",)),
+            item("d2", [0, 1, 0, 0], genres=("Drama", "Crime")),
+            item("d3", [0, 0, 1, 0], genres=("Drama",)),
+            item("c1", [0, 0, 0, 1], genres=("Comedy",)),
+        ]
+    )
+    s = ItemStats(DAY)
+    for key, ratings in [(0, [3, 3, 3]), (1, [5, 5, 4]), (2, [5, 5]), (3, [5, 5, 5])]:
+        for r in ratings:
+            s.add(key, 1.0, T0, rating=float(r))
+    assert s.genre_top(cat, "Drama", 3, 10).tolist() == [1, 0]  # d3 has too few ratings
+    assert s.genre_top(cat, "Crime", 3, 10).tolist() == [1]
+    assert s.genre_top(cat, "Comedy", 3, 10).tolist() == [3]
+    # a lower bar admits d3, whose two 5-star ratings outrank d2 (cached per bar, not per genre)
+    assert s.genre_top(cat, "Drama", 2, 10).tolist() == [2, 1, 0]
+
+
+def test_recency_and_log_scaled():
+    now = T0
+    rel = np.array([now, now - 365 * DAY, now + DAY])
+    np.testing.assert_allclose(recency(rel, now), [1.0, 0.5, 0.0])
+    out = log_scaled(np.array([0.0, 1.0, 9.0]))
+    np.testing.assert_allclose(out, [0.0, np.log(2) / np.log(10), 1.0])
+    assert log_scaled(np.zeros(3)).tolist() == [0.0, 0.0, 0.0]

@@ -1,0 +1,226 @@
+"""User state: idempotent per event id and per offset, bounded, and the embedding follows taste."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.core.user_state import UpdatePolicy, UserState, apply_event, policy_from_settings
+from app.settings import EmbeddingUpdateSettings, WorkerSettings
+from tests.unit.factories import DAY, T0, cosine, event
+
+DIM = 8
+
+
+def basis(i: int) -> np.ndarray:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[i] = 1.0
+    return v
+
+
+# Item "x<i>" sits on axis i; "mix" is halfway between axes 0 and 1.
+VECTORS = {f"x{i}": basis(i) for i in range(DIM)}
+VECTORS["mix"] = (basis(0) + basis(1)) / np.sqrt(2)
+
+
+def vector(item_id: str) -> np.ndarray | None:
+    return VECTORS.get(item_id)
+
+
+POLICY = UpdatePolicy()
+
+
+def apply(state, ev, offset, policy=POLICY):
+    return apply_event(state, ev, offset, vector, policy)
+
+
+def test_first_event_sets_history_seen_and_embedding():
+    s = UserState("u1")
+    assert s.embedding is None
+    assert apply(s, event("e1", "x2", type="like"), 0)
+    assert s.history == [("x2", "like", T0, 2.0)]
+    assert list(s.seen) == ["x2"]
+    assert s.liked == ["x2"]
+    assert (s.n_events, s.last_offset, s.last_event_time) == (1, 0, T0)
+    np.testing.assert_allclose(s.embedding, basis(2), atol=1e-6)
+    assert s.embedding.dtype == np.float32
+
+
+def test_same_event_id_twice_changes_nothing_but_the_offset():
+    s = UserState("u1")
+    apply(s, event("e1", "x0"), 5)
+    before = s.to_bytes()
+    assert not apply(s, event("e1", "x0"), 6)  # producer duplicate at a new offset
+    after = UserState.from_bytes(s.to_bytes())
+    assert after.n_events == 1 and after.history == UserState.from_bytes(before).history
+    np.testing.assert_array_equal(after.taste, UserState.from_bytes(before).taste)
+    assert after.last_offset == 6  # the duplicate's offset is consumed, not re-applied
+
+
+@pytest.mark.parametrize("offset", [3, 4])
+def test_redelivery_at_or_below_last_offset_changes_nothing(offset):
+    s = UserState("u1")
+    apply(s, event("e1", "x0"), 3)
+    apply(s, event("e2", "x1", type="like"), 4)
+    before = s.to_bytes()
+    # even with a new event id: after a crash the table can be ahead of the committed offset
+    assert not apply(s, event("e-new", "x5", type="purchase"), offset)
+    assert s.to_bytes() == before
+
+
+def test_offsetless_events_still_dedupe_by_id():
+    s = UserState("u1")
+    assert apply(s, event("e1", "x0"), -1)
+    before = s.to_bytes()
+    assert not apply(s, event("e1", "x0"), -1)
+    assert s.to_bytes() == before
+    assert apply(s, event("e2", "x0"), -1)
+
+
+def test_history_seen_and_dedupe_are_bounded():
+    policy = UpdatePolicy(history_size=5, seen_size=4, dedupe_size=3, liked_size=2)
+    s = UserState("u1")
+    for n in range(12):
+        apply(s, event(f"e{n}", f"i{n}", type="like", ts=T0 + n), n, policy)
+    assert [h[0] for h in s.history] == [f"i{n}" for n in range(7, 12)]
+    assert list(s.seen) == [f"i{n}" for n in range(8, 12)]
+    assert list(s.recent_event_ids) == ["e9", "e10", "e11"]
+    assert s.liked == ["i10", "i11"]
+    assert s.n_events == 12
+
+
+def test_seen_keeps_the_most_recently_touched_items():
+    policy = UpdatePolicy(seen_size=2)
+    s = UserState("u1")
+    for n, item_id in enumerate(["a", "b", "a", "c"]):
+        apply(s, event(f"e{n}", item_id, ts=T0 + n), n, policy)
+    assert list(s.seen) == ["a", "c"]  # "a" was touched again, so "b" is the oldest
+
+
+def test_embedding_moves_toward_liked_items():
+    s = UserState("u1")
+    apply(s, event("e1", "x0", type="like"), 0)
+    before = cosine(s.embedding, VECTORS["mix"])
+    apply(s, event("e2", "x1", type="purchase", ts=T0 + 60), 1)
+    assert cosine(s.embedding, basis(1)) > 0.5
+    assert cosine(s.embedding, VECTORS["mix"]) > before
+    assert s.liked == ["x0", "x1"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "rating"), [("rating", 4.5), ("rating", 5.0), ("like", None), ("click", None)]
+)
+def test_positive_signals_increase_cosine_to_the_item(kind, rating):
+    s = UserState("u1")
+    apply(s, event("e1", "x0", type="like"), 0)
+    apply(s, event("e2", "x1", type="like"), 1)
+    before = cosine(s.embedding, VECTORS["x1"])
+    apply(s, event("e3", "x1", type=kind, rating=rating, ts=T0 + 1), 2)
+    assert cosine(s.embedding, VECTORS["x1"]) > before
+
+
+@pytest.mark.parametrize(
+    ("kind", "rating"), [("rating", 1.0), ("rating", 2.0), ("dislike", None), ("skip", None)]
+)
+def test_negative_signals_decrease_cosine_to_the_item(kind, rating):
+    s = UserState("u1")
+    apply(s, event("e1", "x0", type="like"), 0)
+    apply(s, event("e2", "mix", type="like"), 1)
+    before = cosine(s.embedding, VECTORS["x1"])
+    apply(s, event("e3", "x1", type=kind, rating=rating, ts=T0 + 1), 2)
+    assert cosine(s.embedding, VECTORS["x1"]) < before
+
+
+def test_low_rating_unlikes_and_high_rating_likes():
+    s = UserState("u1")
+    apply(s, event("e1", "x3", type="rating", rating=4.0), 0)
+    assert s.liked == ["x3"] and s.ratings == {"x3": 4.0}
+    apply(s, event("e2", "x3", type="rating", rating=1.5, ts=T0 + 1), 1)
+    assert s.liked == [] and s.ratings == {"x3": 1.5}
+
+
+def test_neutral_rating_does_not_move_the_embedding():
+    s = UserState("u1")
+    apply(s, event("e1", "x0", type="like"), 0)
+    taste = s.taste.copy()
+    apply(s, event("e2", "x1", type="rating", rating=POLICY.rating_center, ts=T0 + 1), 1)
+    np.testing.assert_array_equal(s.taste, taste)
+    assert "x1" in s.seen
+
+
+def test_unknown_item_is_remembered_but_moves_nothing():
+    s = UserState("u1")
+    assert apply(s, event("e1", "not-in-catalog", type="like"), 0)
+    assert s.embedding is None and "not-in-catalog" in s.seen and s.n_events == 1
+
+
+def test_an_old_signal_weighs_less_than_a_new_one():
+    half_life = POLICY.half_life_seconds
+    s = UserState("u1")
+    apply(s, event("e1", "x0", type="like", ts=T0), 0)
+    apply(s, event("e2", "x1", type="like", ts=T0 + 2 * half_life), 1)
+    # two half-lives later the first like counts a quarter as much as the second
+    e = s.embedding
+    assert cosine(e, basis(1)) > cosine(e, basis(0))
+    np.testing.assert_allclose(e[0] / e[1], 0.25, rtol=1e-4)
+
+
+def test_out_of_order_event_is_discounted_not_rewinding_the_clock():
+    half_life = POLICY.half_life_seconds
+    s = UserState("u1")
+    apply(s, event("e1", "x1", type="like", ts=T0 + half_life), 0)
+    apply(s, event("e2", "x0", type="like", ts=T0), 1)  # arrives late, happened earlier
+    assert s.taste_time == T0 + half_life
+    np.testing.assert_allclose(s.embedding[0] / s.embedding[1], 0.5, rtol=1e-4)
+
+
+def test_same_events_same_state_regardless_of_wall_clock():
+    def build() -> bytes:
+        s = UserState("u1")
+        for n, item_id in enumerate(["x0", "x1", "mix", "x2"]):
+            apply(s, event(f"e{n}", item_id, type="like", ts=T0 + n * DAY), n)
+        return s.to_bytes()
+
+    assert build() == build()
+
+
+def test_to_bytes_from_bytes_round_trip_is_exact():
+    s = UserState("ü-42")
+    for n, (item_id, kind, rating) in enumerate(
+        [("x0", "like", None), ("x1", "rating", 4.5), ("mix", "skip", None), ("zz", "view", None)]
+    ):
+        apply(s, event(f"e{n}", item_id, type=kind, rating=rating, ts=T0 + n * 1.25), 10 + n)
+    raw = s.to_bytes()
+    back = UserState.from_bytes(raw)
+    assert back.to_bytes() == raw
+    assert back.history == s.history
+    assert back.seen == s.seen and back.liked == s.liked and back.ratings == s.ratings
+    assert back.recent_event_ids == s.recent_event_ids
+    assert (back.last_offset, back.n_events, back.last_event_time, back.taste_time) == (
+        s.last_offset,
+        s.n_events,
+        s.last_event_time,
+        s.taste_time,
+    )
+    np.testing.assert_array_equal(back.taste, s.taste)
+    assert back.taste.dtype == np.float32
+    # a restored state keeps deduplicating
+    assert not apply(back, event("e1", "x0", type="like"), 99)
+
+
+def test_round_trip_without_embedding():
+    s = UserState("u9")
+    back = UserState.from_bytes(s.to_bytes())
+    assert back.taste is None and back.embedding is None and back.to_bytes() == s.to_bytes()
+
+
+def test_policy_from_settings_maps_every_weight():
+    emb = EmbeddingUpdateSettings(weight_click=0.5, weight_dislike=-4.0, half_life_seconds=10)
+    worker = WorkerSettings(history_size=3, seen_size=4, dedupe_size=5)
+    p = policy_from_settings(emb, worker)
+    assert p.weight(event("e", "i", type="click")) == 0.5
+    assert p.weight(event("e", "i", type="dislike")) == -4.0
+    assert p.weight(event("e", "i", type="rating", rating=4.5)) == 4.5 - emb.rating_center
+    assert (p.half_life_seconds, p.history_size, p.seen_size, p.dedupe_size) == (10, 3, 4, 5)
+    assert p.is_like(event("e", "i", type="rating", rating=emb.like_threshold))
+    assert not p.is_like(event("e", "i", type="rating", rating=emb.like_threshold - 0.5))
