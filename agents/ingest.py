@@ -38,13 +38,13 @@ def _record(event: Any) -> RawRecord:
     )
 
 
-async def write_redis_until_done(writes: list[Any]) -> None:
+async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
     """Retry (tenacity inside the store) and then keep trying: the batch is not acked until
     Redis has it, so an outage pauses this partition set instead of losing a list."""
     delay = 0.5
     while True:
         try:
-            await runtime.store.write_lists(writes)
+            await runtime.store.write_lists(writes, now=time.time(), **marks)
             if not runtime.redis_ok:
                 log_event("redis back", pending=len(writes))
             runtime.redis_ok = True
@@ -61,7 +61,10 @@ async def write_redis_until_done(writes: list[Any]) -> None:
 async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
     records = [_record(e) for e in events]
     by_pos = {(r.partition, r.offset): e for r, e in zip(records, events, strict=True)}
-    result = runtime.processor.process(records, load_user)
+    degraded = runtime.policy.mode == "degraded" and bool(runtime.popular_rows)
+    result = runtime.processor.process(
+        records, load_user, degraded=runtime.popular_rows if degraded else None
+    )
     runtime.counters["events_in"] += len(records)
     runtime.counters["events_applied"] += result.applied
     runtime.counters["events_duplicate"] += result.duplicates
@@ -78,7 +81,18 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
         stream._set_current_event(by_pos[(last.partition, last.offset)])
         user_table[user_id.encode()] = state.to_bytes()
 
-    await write_redis_until_done([w for _, w, _ in result.lists])
+    dirty = set(result.dirty)
+    clean = [uid for uid in result.states if uid not in dirty]
+    await write_redis_until_done(
+        [w for _, w, _ in result.lists],
+        dirty=result.dirty,
+        clean=[uid for uid in clean if uid in runtime.dirty],
+    )
+    now = time.time()
+    for uid in result.dirty:
+        runtime.dirty.setdefault(uid, now)
+    for uid in clean:
+        runtime.dirty.pop(uid, None)
     for _, write, doc in result.lists:
         sends.append(
             await recommendations_topic.send(
@@ -89,8 +103,12 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
     if sends:
         await asyncio.gather(*sends)
     runtime.counters["lists_written"] += len(result.lists)
+    runtime.counters["lists_degraded"] += len(result.dirty)
     runtime.counters["dead_letters"] += len(result.dead_letters)
     runtime.last_batch_at = time.time()
+    stamps = [r.timestamp for r in records if r.timestamp]
+    if stamps:
+        runtime.last_message_time = max(runtime.last_message_time, max(stamps))
     for state in result.states.values():
         runtime.last_event_time = max(runtime.last_event_time, state.last_event_time)
 
@@ -102,15 +120,3 @@ async def ingest(stream: Any) -> None:
     w = settings.worker
     async for events in stream.take_events(w.batch_size, within=w.batch_within):
         await handle_batch(stream, events)
-
-
-@app.timer(interval=10.0)
-async def publish_cold_start() -> None:
-    """Refresh the ready-to-serve list for users without history."""
-    if not runtime.catalog_ready.is_set():
-        return
-    cold = runtime.recommender.cold_start_list()
-    try:
-        await runtime.store.write_cold_start(cold.to_json(version=0, generated_at=time.time()))
-    except RETRYABLE as exc:
-        log.warning("cold-start list not refreshed: %s", exc)

@@ -73,6 +73,8 @@ class BatchResult:
     states: dict[str, UserState] = field(default_factory=dict)
     last_record: dict[str, RawRecord] = field(default_factory=dict)
     """A record of each changed user from this batch (same partition as the user's state)."""
+    dirty: list[str] = field(default_factory=list)
+    """Users served the degraded list in this batch: recompute them after recovery."""
     applied: int = 0
     duplicates: int = 0
     valid: int = 0
@@ -109,7 +111,11 @@ class BatchProcessor:
         records: Sequence[RawRecord],
         load_state: Callable[[str], UserState | None],
         now: float | None = None,
+        *,
+        degraded: list[tuple[int, float, str]] | None = None,
     ) -> BatchResult:
+        """Apply a batch; with `degraded` (precomputed popular rows) skip recall and ranking
+        and serve each touched user that list, marking the user dirty."""
         out = BatchResult()
         per_user: OrderedDict[str, list[tuple[UserEvent, RawRecord]]] = OrderedDict()
         for record in records:
@@ -131,26 +137,43 @@ class BatchProcessor:
                     out.duplicates += 1
             if not changed:
                 continue  # a pure redelivery: state, list and output stay as they are
-            self.rec.touch(state)
+            state.partition = items[-1][1].partition
             out.states[user_id] = state
             out.last_record[user_id] = items[-1][1]
-            rec_list = self.rec.recommend(state)
+            if degraded is not None:
+                rec_list = self.rec.degraded_list(state, degraded)
+                out.dirty.append(user_id)
+            else:
+                self.rec.touch(state)
+                rec_list = self.rec.recommend(state)
             last = items[-1][1]
-            version = list_version(state.last_offset, rec_list.mode)
-            value = rec_list.to_json(version=version, generated_at=generated)
-            write = ListWrite(
-                user_id=user_id,
-                version=version,
-                value=value,
-                embedding=state.embedding,
-                n_events=state.n_events,
-                event_time=state.last_event_time,
-            )
-            result = dict(value)
-            result["source"] = {
-                "topic": last.topic,
-                "partition": last.partition,
-                "offset": state.last_offset,
-            }
+            write, result = self.output(state, rec_list, last.topic, last.partition, generated)
             out.lists.append((rec_list, write, result))
         return out
+
+    def output(
+        self, state: UserState, rec_list: RecList, topic: str, partition: int, generated: float
+    ) -> tuple[ListWrite, dict[str, Any]]:
+        """The Redis write and the recommendations record of one list."""
+        version = list_version(state.last_offset, rec_list.mode)
+        value = rec_list.to_json(version=version, generated_at=generated)
+        write = ListWrite(
+            user_id=state.user_id,
+            version=version,
+            value=value,
+            embedding=state.embedding,
+            n_events=state.n_events,
+            event_time=state.last_event_time,
+        )
+        result = dict(value)
+        result["source"] = {"topic": topic, "partition": partition, "offset": state.last_offset}
+        return write, result
+
+    def recompute(self, state: UserState) -> tuple[RecList, ListWrite, dict[str, Any]]:
+        """A normal list for a user served degraded lists while the worker was behind."""
+        self.rec.touch(state)
+        rec_list = self.rec.recommend(state)
+        write, result = self.output(
+            state, rec_list, self.source_topic, max(state.partition, 0), time.time()
+        )
+        return rec_list, write, result

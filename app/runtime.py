@@ -6,9 +6,10 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict, deque
 from typing import Any
 
+from app.core.degrade import LagPolicy, LagThresholds
 from app.core.factory import build_recommender
 from app.core.user_state import UserState
 from app.faust_app import create_app
@@ -36,8 +37,21 @@ class Runtime:
         self.redis_ok = True
         self.last_batch_at = 0.0
         self.last_event_time = 0.0
+        self.last_message_time = 0.0
+        """Kafka timestamp of the newest processed event (its age is the freshness lag)."""
         self._store: RedisStore | None = None
         self._catalog_ready: asyncio.Event | None = None
+        d = settings.degrade
+        self.policy = LagPolicy(LagThresholds(d.lag_high, d.lag_low, d.hold_seconds), d.mode)
+        self.popular_rows: list[tuple[int, float, str]] = []
+        """Precomputed popular items (key, score, channel): the degraded list before filtering."""
+        self.dirty: OrderedDict[str, float] = OrderedDict()
+        """Users served degraded lists, oldest first, waiting for a normal recompute."""
+        self.lag: dict[int, int] = {}
+        """Lag per assigned user-events partition at the last measurement."""
+        self.lag_measured_at = 0.0
+        self.history: deque[dict[str, Any]] = deque(maxlen=3600)
+        """One sample per lag check: time, lag, mode, events/s (for the status page)."""
 
     @property
     def store(self) -> RedisStore:
@@ -71,6 +85,19 @@ class Runtime:
                 "combine": params.combine,
             },
             "users_indexed": len(self.recommender.users),
+            "mode": self.policy.mode,
+            "override": self.policy.override,
+            "lag": sum(self.lag.values()),
+            "lag_by_partition": {str(p): v for p, v in sorted(self.lag.items())},
+            "lag_measured_at": self.lag_measured_at,
+            "newest_event_age_s": (
+                round(time.time() - self.last_message_time, 3) if self.last_message_time else None
+            ),
+            "dirty_users": len(self.dirty),
+            "transitions": [
+                {"at": t.at, "mode": t.mode, "lag": t.lag, "reason": t.reason}
+                for t in self.policy.transitions[-20:]
+            ],
             "redis_ok": self.redis_ok,
             "counters": dict(self.counters),
             "dead_letters": dict(self.dead_letters),

@@ -218,6 +218,34 @@ class RankingSettings(_Section):
     """Diversity: most items sharing a primary genre in the list."""
 
 
+class DegradeSettings(_Section):
+    mode: Literal["auto", "degraded", "normal"] = "auto"
+    """Start mode: auto follows lag; degraded/normal force it (changeable at run time)."""
+    lag_high: int = Field(5000, ge=1)
+    """Enter degraded mode when this worker's lag stays at or above this many events..."""
+    lag_low: int = Field(500, ge=0)
+    """...and leave it when lag falls to or below this (must be below lag_high)."""
+    hold_seconds: float = Field(3.0, ge=0, le=3600)
+    """How long lag must stay above lag_high before degrading (filters spikes)."""
+    check_interval: float = Field(1.0, gt=0, le=60)
+    """Seconds between lag measurements."""
+    recompute_rate: float = Field(200.0, gt=0)
+    """Dirty users recomputed per second after recovery (oldest first)."""
+    popular_size: int = Field(100, ge=1, le=10_000)
+    """Length of the precomputed popularity lists."""
+    refresh_seconds: float = Field(5.0, gt=0, le=3600)
+    """How often popularity and cold-start lists are refreshed into Redis."""
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> DegradeSettings:
+        if self.lag_low >= self.lag_high:
+            raise ValueError(
+                f"NEARLINE_DEGRADE__LAG_LOW ({self.lag_low}) must be below"
+                f" NEARLINE_DEGRADE__LAG_HIGH ({self.lag_high})"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """Everything the worker and the CLI can be told; NEARLINE_<SECTION>__<FIELD>."""
 
@@ -238,6 +266,7 @@ class Settings(BaseSettings):
     lsh: LSHSettings = LSHSettings()
     recall: RecallSettings = RecallSettings()
     ranking: RankingSettings = RankingSettings()
+    degrade: DegradeSettings = DegradeSettings()
 
 
 class SettingsError(ValueError):

@@ -183,6 +183,44 @@ class Recommender:
                 keys.add(c.key)
         return [(c.key, round(c.score, 6), "cold_start") for c in picked[:n]]
 
+    # -- degraded mode: zero-compute lists ------------------------------------------------
+    def popular_rows(self, n: int) -> list[tuple[int, float, str]]:
+        """Top-n items by decayed popularity (cold-start list while the stream is empty)."""
+        keys = self.stats.top_popular(self.catalog, n)
+        if len(keys) == 0:
+            return self.cold_start(self.context(UserState(user_id="__popular__")))[:n]
+        pop = self.stats.popularity(self.catalog.capacity)
+        return [(int(k), round(float(pop[k]), 6), "popular") for k in keys.tolist()]
+
+    def popular_list(self, n: int) -> RecList:
+        """The precomputed popularity list: what a degraded user is served."""
+        return self._finish(UserState(user_id="__popular__"), self.popular_rows(n), "degraded")
+
+    def genre_popular_lists(self, n: int) -> dict[str, RecList]:
+        """Most popular recommendable items per genre (ready-to-serve cold-start lists)."""
+        cap = self.catalog.capacity
+        pop = self.stats.popularity(cap)
+        by_genre: dict[str, list[int]] = {}
+        for key in self.stats.top_popular(self.catalog, cap).tolist():
+            for g in self.catalog.meta(key).genres:
+                bucket = by_genre.setdefault(g, [])
+                if len(bucket) < n:
+                    bucket.append(key)
+        blank = UserState(user_id="__genre__")
+        return {
+            g: self._finish(
+                blank, [(k, round(float(pop[k]), 6), "popular") for k in keys], "cold_start"
+            )
+            for g, keys in by_genre.items()
+        }
+
+    def degraded_list(self, state: UserState, popular: list[tuple[int, float, str]]) -> RecList:
+        """The precomputed popularity list minus what the user has seen: no recall, no ranking."""
+        seen, ok = state.seen, self.catalog.recommendable_mask
+        rows = [r for r in popular if ok[r[0]] and self.catalog.item_id(r[0]) not in seen]
+        rows = rows[: self.config.top_n]
+        return self._finish(state, rows, "degraded")
+
     def _finish(
         self, state: UserState, rows: Iterable[tuple[int, float, str]], mode: str
     ) -> RecList:

@@ -71,6 +71,8 @@ class UserState:
     """Highest source offset applied (per-user events share one partition)."""
     n_events: int = 0
     last_event_time: float = 0.0
+    partition: int = -1
+    """Source partition of the user's events (set by the batch processor)."""
 
     @property
     def embedding(self) -> np.ndarray | None:
@@ -95,6 +97,7 @@ class UserState:
             "o": self.last_offset,
             "n": self.n_events,
             "et": self.last_event_time,
+            "p": self.partition,
         }
         if self.taste is not None:
             doc["t"] = base64.b64encode(np.asarray(self.taste, dtype="<f4").tobytes()).decode()
@@ -118,6 +121,7 @@ class UserState:
             last_offset=doc["o"],
             n_events=doc["n"],
             last_event_time=doc["et"],
+            partition=doc.get("p", -1),
         )
 
 

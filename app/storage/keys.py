@@ -28,3 +28,23 @@ def cold_start_list(prefix: str) -> str:
 def items_index(prefix: str) -> str:
     """Set of item ids currently in the catalog."""
     return f"{prefix}items"
+
+
+def popular_list(prefix: str) -> str:
+    """String: the precomputed popularity list served in degraded mode."""
+    return f"{prefix}list:popular"
+
+
+def genre_list(prefix: str, genre: str) -> str:
+    """String: the most popular items of one genre (a cold-start list)."""
+    return f"{prefix}list:genre:{genre}"
+
+
+def dirty_users(prefix: str) -> str:
+    """Sorted set: users served a degraded list, score = when; recomputed after recovery."""
+    return f"{prefix}dirty"
+
+
+def degrade_override(prefix: str) -> str:
+    """String: operator override of the mode for every worker: auto, degraded or normal."""
+    return f"{prefix}degrade:override"

@@ -117,13 +117,27 @@ class RedisStore:
             return False
 
     # -- user lists -----------------------------------------------------------------------
-    async def write_lists(self, writes: Sequence[ListWrite]) -> list[bool]:
-        """Write lists (and user embeddings) in one pipeline; True where the write was newer."""
-        if not writes:
+    async def write_lists(
+        self,
+        writes: Sequence[ListWrite],
+        *,
+        dirty: Sequence[str] = (),
+        clean: Sequence[str] = (),
+        now: float = 0.0,
+    ) -> list[bool]:
+        """Write lists (and user embeddings) in one pipeline; True where the write was newer.
+
+        `dirty` users are added to the recompute set (keeping their first mark: oldest
+        first), `clean` ones removed from it, in the same round trip."""
+        if not writes and not dirty and not clean:
             return []
         ttl = self.cfg.list_ttl_seconds
 
         async def build(pipe: Any) -> None:
+            if dirty:
+                pipe.zadd(keys.dirty_users(self.prefix), dict.fromkeys(dirty, now), nx=True)
+            if clean:
+                pipe.zrem(keys.dirty_users(self.prefix), *clean)
             for w in writes:
                 body = json.dumps(w.value, separators=(",", ":"))
                 await self._cas(
@@ -148,7 +162,8 @@ class RedisStore:
                     )
 
         results = await self._run(build)
-        out, i = [], 0
+        i = int(bool(dirty)) + int(bool(clean))
+        out = []
         for w in writes:
             out.append(bool(results[i]))
             i += 2 if w.embedding is not None else 1
@@ -173,6 +188,31 @@ class RedisStore:
     async def read_cold_start(self) -> dict[str, Any] | None:
         raw = await self.client.get(keys.cold_start_list(self.prefix))
         return None if raw is None else json.loads(raw)
+
+    async def write_shared_lists(self, lists: dict[str, dict[str, Any]]) -> None:
+        """Ready-to-serve lists shared by all users (popular, cold start, per genre)."""
+
+        async def build(pipe: Any) -> None:
+            for key, value in lists.items():
+                pipe.set(key, json.dumps(value, separators=(",", ":")))
+
+        await self._run(build)
+
+    async def read_json(self, key: str) -> dict[str, Any] | None:
+        raw = await self.client.get(key)
+        return None if raw is None else json.loads(raw)
+
+    async def dirty_users(self, limit: int = 100_000) -> list[str]:
+        """Users waiting for a recompute, oldest first."""
+        members = await self.client.zrange(keys.dirty_users(self.prefix), 0, limit - 1)
+        return [m.decode() for m in members]
+
+    async def read_override(self) -> str | None:
+        raw = await self.client.get(keys.degrade_override(self.prefix))
+        return None if raw is None else raw.decode()
+
+    async def write_override(self, mode: str) -> None:
+        await self.client.set(keys.degrade_override(self.prefix), mode)
 
     # -- items ----------------------------------------------------------------------------
     async def write_items(

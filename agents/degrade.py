@@ -1,0 +1,179 @@
+"""Lag monitor, degraded-mode lists and the background recompute of dirty users."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from app.core.user_state import UserState
+from app.kafka_clients import client_kwargs
+from app.runtime import (
+    app,
+    events_topic,
+    log_event,
+    recommendations_topic,
+    runtime,
+    settings,
+    user_table,
+)
+from app.storage import keys
+from app.storage.redis_store import RETRYABLE
+
+log = logging.getLogger("nearline.degrade")
+
+_admin: AIOKafkaAdminClient | None = None
+
+
+async def _committed(tps: list[Any]) -> dict[Any, int]:
+    """Committed offsets of this app's consumer group (next offset to read), from the broker."""
+    global _admin
+    if _admin is None:
+        _admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
+        await _admin.start()
+    offsets = await _admin.list_consumer_group_offsets(settings.worker.app_id, partitions=tps)
+    return {
+        tp: meta.offset for tp, meta in offsets.items() if meta is not None and meta.offset >= 0
+    }
+
+
+async def measure_lag() -> dict[int, int]:
+    """lag = broker high-water mark - committed offset, per assigned user-events partition.
+
+    End offsets are asked of the broker every time: Faust's own monitor only learns them
+    from fetches, so its lag freezes exactly when the consumer stalls."""
+    topic = events_topic.get_topic_name()
+    tps = sorted(tp for tp in app.consumer.assignment() if tp.topic == topic)
+    if not tps:
+        return {}
+    end = await app.consumer.highwaters(*tps)
+    committed = await _committed(tps)
+    missing = [tp for tp in tps if tp not in committed]
+    if missing:  # nothing committed yet: the group starts from the earliest offset
+        committed.update(await app.consumer.earliest_offsets(*missing))
+    return {tp.partition: max(0, end[tp] - committed[tp]) for tp in tps}
+
+
+@app.timer(interval=settings.degrade.check_interval)
+async def lag_monitor() -> None:
+    now = time.time()
+    try:
+        override = await runtime.store.read_override()
+    except RETRYABLE:
+        override = None
+    if override in ("auto", "degraded", "normal") and override != runtime.policy.override:
+        runtime.policy.set_override(override, now)
+        log_event("mode override", override=override, mode=runtime.policy.mode)
+    try:
+        runtime.lag = await measure_lag()
+        runtime.lag_measured_at = now
+    except Exception as exc:  # the broker is away: keep the last figure, say so
+        runtime.counters["lag_check_failures"] += 1
+        log.warning("lag check failed: %s", exc)
+    lag = sum(runtime.lag.values())
+    before = runtime.policy.mode
+    mode = runtime.policy.observe(lag, now)
+    if mode != before:
+        t = runtime.policy.transitions[-1]
+        log_event(
+            "mode change", mode=mode, lag=lag, reason=t.reason, dirty_users=len(runtime.dirty)
+        )
+    events = runtime.counters["events_in"]
+    prev = runtime.history[-1] if runtime.history else None
+    eps = 0.0
+    if prev is not None and now > prev["t"]:
+        eps = (events - prev["events"]) / (now - prev["t"])
+    runtime.history.append(
+        {
+            "t": now,
+            "lag": lag,
+            "mode": mode,
+            "events": events,
+            "eps": round(eps, 1),
+            "dirty": len(runtime.dirty),
+        }
+    )
+
+
+async def refresh_lists() -> None:
+    rec = runtime.recommender
+    n = settings.degrade.popular_size
+    runtime.popular_rows = rec.popular_rows(n)
+    stamp = time.time()
+    prefix = settings.redis.key_prefix
+    shared = {
+        keys.popular_list(prefix): rec.popular_list(n).to_json(version=0, generated_at=stamp),
+        keys.cold_start_list(prefix): rec.cold_start_list().to_json(version=0, generated_at=stamp),
+    }
+    for genre, lst in rec.genre_popular_lists(n).items():
+        shared[keys.genre_list(prefix, genre)] = lst.to_json(version=0, generated_at=stamp)
+    await runtime.store.write_shared_lists(shared)
+
+
+@app.timer(interval=settings.degrade.refresh_seconds)
+async def refresh_shared_lists() -> None:
+    """Popularity, per-genre and cold-start lists, ready to serve, computed ahead of time."""
+    if not runtime.catalog_ready.is_set():
+        return
+    try:
+        await refresh_lists()
+    except RETRYABLE as exc:
+        log.warning("shared lists not refreshed: %s", exc)
+
+
+async def recompute_some(budget: int) -> int:
+    """Recompute up to `budget` dirty users, oldest first; returns how many were done."""
+    picked = list(runtime.dirty.items())[:budget]
+    outputs = []
+    gone = []
+    for user_id, _marked in picked:
+        raw = user_table.get(user_id.encode())
+        if raw is None:  # not on this worker's partitions (any more): its owner does it
+            gone.append(user_id)
+            continue
+        outputs.append(runtime.processor.recompute(UserState.from_bytes(raw)))
+    writes = [w for _, w, _ in outputs]
+    await runtime.store.write_lists(writes, clean=[w.user_id for w in writes], now=time.time())
+    sends = [
+        await recommendations_topic.send(
+            key=w.user_id.encode(), value=json.dumps(doc, separators=(",", ":")).encode()
+        )
+        for _, w, doc in outputs
+    ]
+    if sends:
+        await asyncio.gather(*sends)
+    for user_id, _ in picked:
+        runtime.dirty.pop(user_id, None)
+    runtime.counters["dirty_recomputed"] += len(outputs)
+    return len(outputs)
+
+
+@app.task
+async def recompute_dirty() -> None:
+    """After recovery, give every user served a degraded list a normal one, at a bounded rate."""
+    await runtime.catalog_ready.wait()
+    tick = 0.25
+    per_tick = max(1, int(settings.degrade.recompute_rate * tick))
+    last_reload = 0.0
+    while True:
+        await asyncio.sleep(tick)
+        if runtime.policy.mode != "normal":
+            continue
+        try:
+            if not runtime.dirty and time.monotonic() - last_reload > 30:
+                # users marked by an earlier run of this worker, or moved here by a rebalance
+                last_reload = time.monotonic()
+                for user_id in await runtime.store.dirty_users():
+                    if user_table.get(user_id.encode()) is not None:
+                        runtime.dirty.setdefault(user_id, 0.0)
+            if runtime.dirty:
+                done = await recompute_some(per_tick)
+                if not runtime.dirty:
+                    log_event("dirty users recomputed", last_batch=done)
+        except RETRYABLE as exc:
+            log.warning("recompute paused, redis unavailable: %s", exc)
+            await asyncio.sleep(1.0)
