@@ -1,0 +1,788 @@
+"""Embedding recall core: E2LSH over L2-normalised vectors, with its exact brute-force twin."""
+
+from __future__ import annotations
+
+import copy
+import operator
+import sys
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+COMBINE_RULES = ("or", "and", "vote")
+
+_EMPTY_KEYS = np.empty(0, dtype=np.int64)
+_EMPTY_SCORES = np.empty(0, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class LSHParams:
+    """Hashing and query settings of an `LSHIndex`.
+
+    `dim`, `w`, `m`, `L` and `seed` fix the buckets; `probes`, `combine`, `vote_threshold` and
+    `max_candidates` only change how a query reads them.
+    """
+
+    dim: int
+    w: float = 2.0
+    """Bucket width of each projection; vectors are expected L2-normalised."""
+    m: int = 12
+    """Hash functions per table; a table matches only if all m agree (AND)."""
+    L: int = 64
+    """Tables; a candidate needs a match in one table (OR), or see `combine`. The defaults
+    (w, m, L) reach recall@10 0.94-0.98 without probes; `default_params` uses probes instead of
+    tables, for half the memory."""
+    probes: int = 0
+    """Multi-probe: extra neighbouring buckets read per table (0 = the exact bucket only)."""
+    combine: str = "or"
+    """"or": found in >= 1 table, "and": in all L tables, "vote": in >= vote_threshold tables."""
+    vote_threshold: int = 2
+    """Tables a candidate must be found in under combine="vote"."""
+    max_candidates: int = 0
+    """Cap on candidates re-ranked, keeping those found in most tables; 0 = no cap."""
+    seed: int = 42
+    """Seed of the projections: equal seeds hash alike on every replica."""
+
+    def __post_init__(self) -> None:
+        if self.dim <= 0:
+            raise ValueError(f"dim must be > 0, got {self.dim}")
+        if not self.w > 0:
+            raise ValueError(f"w must be > 0, got {self.w}")
+        if self.m < 1:
+            raise ValueError(f"m must be >= 1, got {self.m}")
+        if self.L < 1:
+            raise ValueError(f"L must be >= 1, got {self.L}")
+        # Only single-coordinate steps are probed, and a table has 2*m of them.
+        if not 0 <= self.probes <= 2 * self.m:
+            raise ValueError(f"probes must be in [0, 2*m={2 * self.m}], got {self.probes}")
+        if self.combine not in COMBINE_RULES:
+            raise ValueError(f"combine must be one of {COMBINE_RULES}, got {self.combine!r}")
+        # The upper bound is checked only when the rule is used, so that LSHParams(dim, L=1)
+        # stays valid with the default vote_threshold.
+        if self.vote_threshold < 1 or (self.combine == "vote" and self.vote_threshold > self.L):
+            raise ValueError(
+                f"vote_threshold must be in [1, L={self.L}], got {self.vote_threshold}"
+            )
+        if self.max_candidates < 0:
+            raise ValueError(f"max_candidates must be >= 0, got {self.max_candidates}")
+
+    @property
+    def structure(self) -> tuple[int, float, int, int, int]:
+        """The fields that decide the buckets; indexes agreeing on them hold identical tables."""
+        return (self.dim, float(self.w), self.m, self.L, self.seed)
+
+
+# Defaults chosen by measurement: app.core.lsh_tune.tune over default_grid (144 settings) on
+# lsh_tune.clustered_vectors(seed=1) (Gaussian mixture, n/50 clusters, spread 0.5,
+# L2-normalised: 10th neighbour at distance ~0.57, a random pair ~1.41), then confirmed below on
+# fresh data (seed=2) with 300 held-out catalogue rows as queries (each excludes its own row),
+# top-10 by inner product, one query at a time on this 2-core machine. ms = best of 5 passes
+# over the 300 queries, p99 from one pass; exact = ExactIndex on the same queries; MB =
+# memory_bytes() (vectors, per-row codes, bucket arrays).
+#
+#        n   d    w   m   L probes recall@10 candidates (% of n)   ms    p99  exact ms  build s   MB
+#    2,000  32  2.0  12  16   8     0.978         88 (4.4%)     0.085  0.13    0.019     0.01    1.2
+#    2,000  64  2.0  12  16   8     0.964         78 (3.9%)     0.086  0.17    0.022     0.01    1.5
+#   20,000  32  2.0  14  32   8     0.983        331 (1.7%)     0.151  0.27    0.060     0.21     18
+#   20,000  64  2.0  14  32   8     0.979        267 (1.3%)     0.157  0.21    0.076     0.10     21
+#  100,000  32  2.0  14  32   4     0.971        949 (0.95%)    0.212  0.29    0.249     0.54     83
+#  100,000  64  2.0  14  32   8     0.980       1141 (1.1%)     0.268  0.42    0.578     0.56     98
+#  300,000  32  2.0  14  32   4     0.966       2814 (0.94%)    0.397  0.79    1.24      2.17    231
+#  300,000  32  2.0  16  32   8     0.933       1172 (0.39%)    0.261     -*   1.24*     3.07    262
+#
+# * measured while other jobs kept both cores busy: single-query p99 swung from 0.35 to 8 ms
+#   between passes (different queries each time) and exact read 5.7-7.9 ms, so neither is
+#   given; exact is from the quieter run of the row above.
+#
+# What the sweep showed: recall@10 >= 0.95 with the fewest candidates sits near m = 7-8 w;
+# without probes, 64 tables are needed (the class defaults: w=2, m=12, L=64 gave 0.94-0.98 at
+# 2k-100k), while 4-8 probes reach it with 32 tables at half the memory and build time. The
+# scanned fraction stays ~1% as n grows, so candidates grow linearly: past 300k a larger m
+# (measured at 300k x 32 only) halves them. Below ~50k items (d=32) exact search is faster
+# than any of these: LSH pays ~80 us of fixed per-query overhead.
+_DEFAULTS: tuple[tuple[int, dict[int, tuple[float, int, int, int]]], ...] = (
+    # (largest n the row applies to, {measured dim: (w, m, L, probes)})
+    (5_000, {32: (2.0, 12, 16, 8), 64: (2.0, 12, 16, 8)}),
+    (50_000, {32: (2.0, 14, 32, 8), 64: (2.0, 14, 32, 8)}),
+    (300_000, {32: (2.0, 14, 32, 4), 64: (2.0, 14, 32, 8)}),
+    (sys.maxsize, {32: (2.0, 16, 32, 8), 64: (2.0, 16, 32, 8)}),
+)
+
+
+def default_params(n_items: int, dim: int) -> LSHParams:
+    """Measured defaults for a catalogue of `n_items` vectors of `dim` (see the table above)."""
+    if n_items < 0:
+        raise ValueError(f"n_items must be >= 0, got {n_items}")
+    by_dim = next(row for bound, row in _DEFAULTS if n_items <= bound)
+    # Nearest measured dimension: the widths were tuned at 32 and 64 only.
+    nearest = min(by_dim, key=lambda d: (abs(d - dim), d))
+    w, m, tables, probes = by_dim[nearest]
+    return LSHParams(dim=dim, w=w, m=m, L=tables, probes=probes)
+
+
+def _check_key(key: int) -> int:
+    key = operator.index(key)
+    if not 0 <= key < 2**63:
+        raise ValueError(f"keys must be non-negative int64, got {key}")
+    return key
+
+
+def _as_keys(keys: Sequence[int] | np.ndarray) -> np.ndarray:
+    arr = np.asarray(keys)
+    if arr.size == 0:
+        return _EMPTY_KEYS.copy()
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"keys must be a 1-D integer array, got shape {arr.shape} {arr.dtype}")
+    out = arr.astype(np.int64, copy=False)
+    # Checked after the cast so that uint64 keys >= 2^63 (negative as int64) are caught too.
+    if (out < 0).any():
+        raise ValueError("keys must be non-negative int64")
+    return out
+
+
+def _as_vector(vector: Sequence[float] | np.ndarray, dim: int) -> np.ndarray:
+    v = np.ascontiguousarray(vector, dtype=np.float32)
+    if v.shape != (dim,):
+        raise ValueError(f"vector must have shape ({dim},), got {v.shape}")
+    if not np.isfinite(v).all():
+        raise ValueError("vector has non-finite values")
+    return v
+
+
+def _as_matrix(matrix: Sequence[Sequence[float]] | np.ndarray, dim: int) -> np.ndarray:
+    x = np.ascontiguousarray(matrix, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ValueError(f"matrix must have shape (n, {dim}), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("matrix has non-finite values")
+    return x
+
+
+def _top_k(scores: np.ndarray, keys: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k by score, ties broken by key ascending so that every replica returns the same list."""
+    n = scores.shape[0]
+    if k <= 0 or n == 0:
+        return _EMPTY_KEYS.copy(), _EMPTY_SCORES.copy()
+    if n > k:
+        # argpartition splits ties at the k-th score arbitrarily; keep every tied score so the
+        # key tie-break below decides.
+        part = np.argpartition(scores, n - k)[n - k :]
+        idx = np.flatnonzero(scores >= scores[part].min())
+    else:
+        idx = np.arange(n)
+    order = np.lexsort((keys[idx], -scores[idx]))[:k]
+    sel = idx[order]
+    return keys[sel].astype(np.int64, copy=False), scores[sel].astype(np.float32, copy=False)
+
+
+def _unique_sorted(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values ascending, their counts); np.unique's Python layer costs more than the
+    work itself on the few thousand values of one query."""
+    a = np.sort(a)
+    n = a.shape[0]
+    first = np.empty(n, dtype=bool)
+    first[:1] = True
+    np.not_equal(a[1:], a[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    counts = np.empty(starts.shape[0], dtype=np.int64)
+    counts[:-1] = starts[1:] - starts[:-1]
+    counts[-1:] = n - starts[-1:]
+    return a[starts], counts
+
+
+class _VectorStore:
+    """Growable float32 matrix with a key -> row map and a free list of rows."""
+
+    def __init__(self, dim: int, capacity: int = 1024) -> None:
+        if dim <= 0:
+            raise ValueError(f"dim must be > 0, got {dim}")
+        self.dim = dim
+        self._vectors = np.zeros((0, dim), dtype=np.float32)
+        self._row_keys = np.full(0, -1, dtype=np.int64)  # -1 marks a free row
+        self._key_to_row: dict[int, int] = {}
+        self._free: list[int] = []
+        self._high = 0  # rows >= _high were never used, so scans stop there
+        self._grow(capacity)
+
+    def __len__(self) -> int:
+        return len(self._key_to_row)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._key_to_row
+
+    def keys(self) -> np.ndarray:
+        """Stored keys, ascending."""
+        keys = self._row_keys[: self._high]
+        return np.sort(keys[keys >= 0])
+
+    def vector(self, key: int) -> np.ndarray:
+        """A copy of the stored float32 vector; KeyError if absent."""
+        return self._vectors[self._key_to_row[key]].copy()
+
+    def _grow(self, needed: int) -> None:
+        cap = self._row_keys.shape[0]
+        if needed <= cap:
+            return
+        # Doubling keeps a stream of single inserts amortised O(1).
+        new_cap = max(needed, 2 * cap)
+        vectors = np.zeros((new_cap, self.dim), dtype=np.float32)
+        vectors[:cap] = self._vectors
+        row_keys = np.full(new_cap, -1, dtype=np.int64)
+        row_keys[:cap] = self._row_keys
+        self._vectors, self._row_keys = vectors, row_keys
+        self._grow_extra(cap, new_cap)
+
+    def _grow_extra(self, old_cap: int, new_cap: int) -> None:
+        """Hook for subclasses keeping per-row arrays."""
+
+    def _new_rows(self, count: int) -> list[int]:
+        take = min(count, len(self._free))
+        rows = [self._free.pop() for _ in range(take)]
+        fresh = count - take
+        if fresh:
+            self._grow(self._high + fresh)
+            rows.extend(range(self._high, self._high + fresh))
+            self._high += fresh
+        return rows
+
+    def _place(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows for unique `keys`, allocating for new ones; returns (rows, existed)."""
+        lookup = self._key_to_row.get
+        found = [lookup(key) for key in keys.tolist()]
+        existed = np.fromiter((r is not None for r in found), dtype=bool, count=len(found))
+        new = self._new_rows(len(found) - int(existed.sum()))
+        fill = iter(new)
+        rows = np.fromiter(
+            (r if r is not None else next(fill) for r in found), dtype=np.int64, count=len(found)
+        )
+        if new:
+            fresh = ~existed
+            self._key_to_row.update(zip(keys[fresh].tolist(), rows[fresh].tolist(), strict=True))
+            self._row_keys[rows[fresh]] = keys[fresh]
+        return rows, existed
+
+    def _release(self, key: int) -> int | None:
+        row = self._key_to_row.pop(key, None)
+        if row is not None:
+            self._row_keys[row] = -1
+            self._vectors[row] = 0.0
+            self._free.append(row)
+        return row
+
+    def _excluded_rows(self, exclude: Collection[int] | None) -> np.ndarray:
+        # len(), not truthiness: exclude may be a numpy array.
+        if exclude is None or len(exclude) == 0:
+            return _EMPTY_KEYS
+        lookup = self._key_to_row.get
+        rows = [r for key in exclude if (r := lookup(key)) is not None]
+        return np.asarray(rows, dtype=np.int64)
+
+    @staticmethod
+    def _dedupe_last(keys: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # A batch repeating a key behaves like sequential upserts: the last vector wins.
+        if np.unique(keys).shape[0] == keys.shape[0]:
+            return keys, matrix
+        _, first_from_end = np.unique(keys[::-1], return_index=True)
+        keep = np.sort(keys.shape[0] - 1 - first_from_end)
+        return keys[keep], matrix[keep]
+
+    def _store_memory_bytes(self) -> int:
+        # ~100 B a dict entry (entry + int objects) for the key map.
+        return (
+            self._vectors.nbytes
+            + self._row_keys.nbytes
+            + 100 * len(self._key_to_row)
+            + 8 * len(self._free)
+        )
+
+
+class ExactIndex(_VectorStore):
+    """Brute-force twin of `LSHIndex` with the same interface: the ground truth for tests and
+    the fallback when LSH returns too little."""
+
+    def upsert(self, key: int, vector: Sequence[float] | np.ndarray) -> None:
+        """Insert `key` or replace its vector."""
+        key = _check_key(key)
+        v = _as_vector(vector, self.dim)
+        rows, _ = self._place(np.array([key], dtype=np.int64))
+        self._vectors[rows[0]] = v
+
+    def upsert_many(self, keys: Sequence[int] | np.ndarray, matrix: np.ndarray) -> None:
+        """Bulk insert or replace; a key repeated in the batch keeps its last vector."""
+        keys = _as_keys(keys)
+        x = _as_matrix(matrix, self.dim)
+        if keys.shape[0] != x.shape[0]:
+            raise ValueError(f"{keys.shape[0]} keys for {x.shape[0]} vectors")
+        keys, x = self._dedupe_last(keys, x)
+        rows, _ = self._place(keys)
+        self._vectors[rows] = x
+
+    def remove(self, key: int) -> bool:
+        """Delete `key`; False if it was absent."""
+        return self._release(key) is not None
+
+    def _scores_mask(self, exclude: Collection[int] | None) -> tuple[np.ndarray, int]:
+        """Rows to blank out (free or excluded) and how many live rows remain."""
+        ex = self._excluded_rows(exclude)
+        invalid = np.concatenate([np.asarray(self._free, dtype=np.int64), ex])
+        return invalid, len(self) - np.unique(ex).shape[0]
+
+    def _top(
+        self, scores: np.ndarray, invalid: np.ndarray, valid: int, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if invalid.size:
+            scores[invalid] = -np.inf
+        return _top_k(scores, self._row_keys[: self._high], min(k, valid))
+
+    def search(
+        self,
+        query: Sequence[float] | np.ndarray,
+        k: int,
+        *,
+        exclude: Collection[int] | None = None,
+        probes: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k by inner product, best first, ties by key ascending.
+
+        `probes` is accepted, and ignored, so that this twin drops in for `LSHIndex`.
+        """
+        q = _as_vector(query, self.dim)
+        invalid, valid = self._scores_mask(exclude)
+        scores = self._vectors[: self._high] @ q
+        return self._top(scores, invalid, valid, k)
+
+    def search_batch(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        exclude: Sequence[Collection[int] | None] | None = None,
+        probes: int | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`search` for each row of `queries`; `exclude[i]` applies to query i."""
+        qs = _as_matrix(queries, self.dim)
+        if exclude is not None and len(exclude) != qs.shape[0]:
+            raise ValueError(f"{len(exclude)} exclude sets for {qs.shape[0]} queries")
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        x = self._vectors[: self._high]
+        # Blocks of 32 queries: the gemm gains and the (block, n) score matrix stays small
+        # (ANN-FACTS: larger blocks were slower).
+        for start in range(0, qs.shape[0], 32):
+            block = qs[start : start + 32] @ x.T
+            for i, scores in enumerate(block, start):
+                invalid, valid = self._scores_mask(exclude[i] if exclude is not None else None)
+                out.append(self._top(scores, invalid, valid, k))
+        return out
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes held."""
+        return self._store_memory_bytes()
+
+
+class LSHIndex(_VectorStore):
+    """E2LSH: h(v) = floor((a.v + b) / w), a ~ N(0, I), b ~ U[0, w); m functions per table
+    combined into one bucket key; L tables.
+
+    Layout: every (table, bucket) key is tagged with its table in the top bits, so all tables
+    share flat arrays: the distinct keys sorted, the offset of each bucket's rows, and the rows
+    (int32). A directory on the keys' top bits points at ~2-4 keys, so finding the buckets of
+    all tables and probes costs one short vectorised scan, not a binary search through a large
+    array (that search, ~0.5 us a probe, dominated queries at 100k x 64 tables). About 12-16 B
+    an entry, where dict-of-set buckets cost ~70-250 B.
+
+    Rows upserted since the last merge live in a small delta, {tagged key: set of rows}, and
+    their old entries in the arrays are marked stale. The delta is merged once it holds more
+    than 1/32 of the rows, so a streaming update is O(L) and the merge is amortised.
+    """
+
+    # Keys the directory scan reads per probe; a cell holding more falls back to searchsorted.
+    _SCAN_WIDTH = 16
+
+    def __init__(self, params: LSHParams) -> None:
+        self.params = params
+        L, m = params.L, params.m
+        self._table_bits = max(1, (L - 1).bit_length())
+        self._table_tags = np.arange(L, dtype=np.uint64) << np.uint64(64 - self._table_bits)
+        self._codes = np.zeros((0, L), dtype=np.int64)
+        self._stale = np.zeros(0, dtype=bool)
+        super().__init__(params.dim)
+        rng = np.random.default_rng(params.seed)
+        # The draw order is part of the hash contract: changing it re-buckets every vector, and
+        # the Redis mirror of the buckets would have to be rebuilt. Drawing table by table (a,
+        # b, multipliers) makes an index with more tables extend one with fewer on the same
+        # seed, so adding tables can only add candidates.
+        a = np.empty((L, m, params.dim))
+        b = np.empty((L, m))
+        mult = np.empty((L, m), dtype=np.uint64)
+        for t in range(L):
+            a[t] = rng.standard_normal((m, params.dim))
+            b[t] = rng.uniform(0.0, params.w, m)
+            mult[t] = rng.integers(0, 2**64, size=m, dtype=np.uint64, endpoint=False) | 1
+        self._a = np.ascontiguousarray(a.reshape(L * m, params.dim).T)
+        self._b = b.reshape(L * m)
+        # Bucket key of a table = sum_j h_j * r_j mod 2^64 with random odd r_j (`mult`). Two
+        # different tuples collide iff sum_j d_j r_j == 0 mod 2^64 (d = their difference): if
+        # 2^s is the largest power of two dividing some d_j, then for odd uniform r_j that has
+        # probability <= 2^-(63-s), and |d_j| is at most a few dozen for unit vectors, so
+        # <= ~2^-57 a pair (~2^-50 in the tagged keys, which drop up to 7 low bits to make room
+        # for the table). A collision only merges two buckets (extra candidates, never a lost
+        # neighbour), and linearity lets multi-probe step a key by +-r_j without re-hashing.
+        self._mult = mult
+        # Probe steps per table: first "h_j - 1" for each j, then "h_j + 1".
+        self._steps = np.concatenate([-self._mult, self._mult], axis=1)
+        self._table_index = np.arange(L)[:, None]
+        self._scan = np.arange(self._SCAN_WIDTH)
+        self._set_layout(np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int32))
+        self._delta: dict[int, set[int]] = {}
+        self._pending: set[int] = set()
+
+    # -- hashing -------------------------------------------------------------------------------
+
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        # float64 so that the single-vector (gemv) and batch (gemm) paths agree: they sum in
+        # different orders, and a ~1e-16 difference flips a floor only when a projection sits
+        # within that of a boundary, so replicas and rebuilds bucket alike in practice.
+        return (x.astype(np.float64) @ self._a + self._b) / self.params.w
+
+    def _codes_of(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, L) int64 bucket keys of the rows of `x` and (n, L, m) fractional positions of
+        their projections inside the buckets (for probing)."""
+        proj = self._project(x)
+        floors = np.floor(proj)
+        shape = (x.shape[0], self.params.L, self.params.m)
+        # Viewing int64 as uint64 wraps negatives mod 2^64, as the hash requires.
+        h = floors.astype(np.int64).view(np.uint64).reshape(shape)
+        codes = (h * self._mult).sum(axis=2, dtype=np.uint64).view(np.int64)
+        return codes, (proj - floors).reshape(shape)
+
+    def _codes_bulk(self, x: np.ndarray) -> np.ndarray:
+        codes = np.empty((x.shape[0], self.params.L), dtype=np.int64)
+        # Blocks bound the (rows, L*m) float64/uint64 intermediates: one pass over 100k rows
+        # x 1024 projections allocates ~0.8 GB for each and took 2.7-9 s, blocks of 1024 rows ~2 s.
+        for start in range(0, x.shape[0], 1024):
+            codes[start : start + 1024] = self._codes_of(x[start : start + 1024])[0]
+        return codes
+
+    def _tagged(self, codes: np.ndarray) -> np.ndarray:
+        """Layout keys: table index in the top bits, the bucket key's high bits below."""
+        # codes: (..., L); the last axis is the table.
+        return (codes.view(np.uint64) >> np.uint64(self._table_bits)) | self._table_tags
+
+    def signature(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
+        """(L,) int64 bucket keys of one vector, e.g. to mirror buckets as `lsh:{t}:{key}`."""
+        v = _as_vector(vector, self.dim)
+        return self._codes_of(v[None, :])[0][0]
+
+    def _probe_keys(self, codes: np.ndarray, frac: np.ndarray, probes: int) -> np.ndarray:
+        """Sorted tagged keys of each table's bucket and of the `probes` neighbouring buckets
+        most likely to hold near neighbours: single-coordinate steps, nearest boundary first."""
+        if probes == 0:
+            return np.sort(self._tagged(codes))
+        # Distance (in units of w) from the projection to the lower and the upper boundary.
+        dist = np.concatenate([frac, 1.0 - frac], axis=1)
+        order = np.argsort(dist, axis=1, kind="stable")[:, :probes]
+        table = np.empty((probes + 1, self.params.L), dtype=np.uint64)
+        table[0] = codes.view(np.uint64)
+        table[1:] = (table[0][:, None] + self._steps[self._table_index, order]).T
+        # Deduped: only a hash collision could repeat a key, and a row must count at most once
+        # per table in the votes.
+        return _unique_sorted(self._tagged(table.view(np.int64)).ravel())[0]
+
+    # -- layout --------------------------------------------------------------------------------
+
+    def _grow_extra(self, old_cap: int, new_cap: int) -> None:
+        if new_cap >= 2**31:
+            raise ValueError("LSHIndex holds at most 2^31 - 1 rows (int32 row ids)")
+        codes = np.zeros((new_cap, self.params.L), dtype=np.int64)
+        codes[:old_cap] = self._codes
+        stale = np.zeros(new_cap, dtype=bool)
+        stale[:old_cap] = self._stale
+        self._codes, self._stale = codes, stale
+
+    def _set_layout(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Install entries sorted by tagged key: distinct keys, bucket offsets, directory."""
+        n = keys.shape[0]
+        first = np.empty(n, dtype=bool)
+        first[:1] = True
+        np.not_equal(keys[1:], keys[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        self._bucket_keys = keys[starts]
+        self._bucket_starts = np.append(starts, n).astype(np.int32 if n < 2**31 else np.int64)
+        self._entry_rows = rows
+        # 2^bits cells for D distinct keys: D/4 < 2^bits <= D/2 (at least 2 cells), so a cell
+        # holds ~2-4 keys, since tagged keys are spread evenly over each table's range (up to
+        # twice that when L is not a power of two and some table tags go unused).
+        bits = max(1, starts.shape[0].bit_length() - 2)
+        self._dir_shift = np.uint64(64 - bits)
+        cells = np.arange(2**bits, dtype=np.uint64) << self._dir_shift
+        self._directory = np.append(np.searchsorted(self._bucket_keys, cells), starts.shape[0])
+
+    def _entry_keys(self) -> np.ndarray:
+        return np.repeat(self._bucket_keys, np.diff(self._bucket_starts))
+
+    def _bucket_ranges(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[start, end) in `_entry_rows` of the buckets of `keys` (sorted) that exist."""
+        n_buckets = self._bucket_keys.shape[0]
+        cell = (keys >> self._dir_shift).astype(np.intp)
+        lo = self._directory[cell]
+        in_cell = self._directory[cell + 1] - lo
+        # Position of each key among the distinct keys: its cell's start plus the cell's keys
+        # below it, read in one (probes, _SCAN_WIDTH) gather.
+        window = self._bucket_keys[np.minimum(lo[:, None] + self._scan, n_buckets - 1)]
+        below = (window < keys[:, None]) & (self._scan < in_cell[:, None])
+        pos = lo + below.sum(axis=1)
+        crowded = in_cell > self._SCAN_WIDTH
+        if crowded.any():
+            pos[crowded] = np.searchsorted(self._bucket_keys, keys[crowded])
+        inside = pos < n_buckets
+        pos, keys = pos[inside], keys[inside]
+        pos = pos[self._bucket_keys[pos] == keys]
+        return self._bucket_starts[pos], self._bucket_starts[pos + 1]
+
+    def _leave(self, row: int) -> None:
+        """Withdraw a row's current entries: stale in the arrays, deleted from the delta."""
+        self._stale[row] = True
+        if row in self._pending:
+            self._pending.discard(row)
+            for key in self._tagged(self._codes[row]).tolist():
+                members = self._delta[key]
+                members.discard(row)
+                # Empty buckets are deleted so an updated index equals one rebuilt from scratch.
+                if not members:
+                    del self._delta[key]
+
+    def _join(self, rows: np.ndarray) -> None:
+        """Enter rows (codes already set) into the delta, merging it once it grows large."""
+        delta = self._delta
+        for row, keys in zip(rows.tolist(), self._tagged(self._codes[rows]).tolist(), strict=True):
+            for key in keys:
+                members = delta.get(key)
+                if members is None:
+                    delta[key] = {row}
+                else:
+                    members.add(row)
+            self._pending.add(row)
+        if len(self._pending) > max(64, len(self) // 32):
+            self._merge(np.empty(0, dtype=np.int64))
+
+    def _merge(self, extra_rows: np.ndarray) -> None:
+        """Fold pending rows and `extra_rows` into the arrays and drop stale entries."""
+        pending = np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
+        rows = np.union1d(pending, extra_rows)
+        keep = ~self._stale[self._entry_rows]
+        old_keys, old_rows = self._entry_keys()[keep], self._entry_rows[keep]
+        new_keys = self._tagged(self._codes[rows]).ravel()
+        new_rows = np.repeat(rows.astype(np.int32), self.params.L)
+        order = np.argsort(new_keys, kind="stable")
+        new_keys, new_rows = new_keys[order], new_rows[order]
+        if old_keys.size:
+            # Linear merge of two sorted runs instead of re-sorting everything.
+            at = np.searchsorted(old_keys, new_keys, side="right")
+            self._set_layout(np.insert(old_keys, at, new_keys), np.insert(old_rows, at, new_rows))
+        else:
+            self._set_layout(new_keys, new_rows)
+        self._stale[:] = False
+        self._delta.clear()
+        self._pending.clear()
+
+    def buckets(self) -> list[dict[int, frozenset[int]]]:
+        """Per table, {bucket key: keys in it}, read from the live layout (arrays and delta);
+        for tests and for rebuilding a Redis mirror."""
+        keep = ~self._stale[self._entry_rows]
+        entries = [(self._entry_keys()[keep], self._entry_rows[keep].astype(np.int64))]
+        for key, members in self._delta.items():
+            rows = np.fromiter(members, dtype=np.int64, count=len(members))
+            entries.append((np.full(rows.shape[0], key, dtype=np.uint64), rows))
+        keys = np.concatenate([e[0] for e in entries])
+        rows = np.concatenate([e[1] for e in entries])
+        tables = (keys >> np.uint64(64 - self._table_bits)).astype(np.int64)
+        codes = self._codes[rows, tables]
+        # An entry whose key disagrees with its row's current code would be a layout bug.
+        expected = (codes.view(np.uint64) >> np.uint64(self._table_bits)) | self._table_tags[tables]
+        if not np.array_equal(expected, keys):
+            raise AssertionError("LSH layout out of sync with the stored codes")
+        out: list[dict[int, set[int]]] = [{} for _ in range(self.params.L)]
+        for t, code, key in zip(
+            tables.tolist(), codes.tolist(), self._row_keys[rows].tolist(), strict=True
+        ):
+            out[t].setdefault(code, set()).add(key)
+        return [{code: frozenset(ks) for code, ks in table.items()} for table in out]
+
+    # -- updates -------------------------------------------------------------------------------
+
+    def upsert(self, key: int, vector: Sequence[float] | np.ndarray) -> None:
+        """Insert `key`, or move it: leave its old buckets, re-hash, join the new ones."""
+        key = _check_key(key)
+        v = _as_vector(vector, self.dim)
+        codes = self._codes_of(v[None, :])[0][0]
+        rows, existed = self._place(np.array([key], dtype=np.int64))
+        row = int(rows[0])
+        self._vectors[row] = v
+        if existed[0]:
+            if np.array_equal(self._codes[row], codes):
+                return  # same buckets: only the re-rank vector changed
+            self._leave(row)
+        self._codes[row] = codes
+        self._join(rows)
+
+    def upsert_many(self, keys: Sequence[int] | np.ndarray, matrix: np.ndarray) -> None:
+        """Vectorised bulk insert or move; a key repeated in the batch keeps its last vector."""
+        keys = _as_keys(keys)
+        x = _as_matrix(matrix, self.dim)
+        if keys.shape[0] != x.shape[0]:
+            raise ValueError(f"{keys.shape[0]} keys for {x.shape[0]} vectors")
+        if keys.shape[0] == 0:
+            return
+        keys, x = self._dedupe_last(keys, x)
+        codes = self._codes_bulk(x)
+        rows, existed = self._place(keys)
+        for row in rows[existed].tolist():
+            self._leave(row)
+        self._vectors[rows] = x
+        self._codes[rows] = codes
+        if rows.shape[0] + len(self._pending) > max(64, len(self) // 32):
+            # Large batch (e.g. the initial load): straight into the arrays.
+            self._merge(rows)
+        else:
+            self._join(rows)
+
+    def remove(self, key: int) -> bool:
+        """Delete `key` from its buckets and the store; False if it was absent."""
+        row = self._key_to_row.get(key)
+        if row is None:
+            return False
+        self._leave(row)
+        self._release(key)
+        return True
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def _candidate_rows(
+        self, codes: np.ndarray, frac: np.ndarray, probes: int | None
+    ) -> np.ndarray:
+        p = self.params
+        probes = p.probes if probes is None else probes
+        if not 0 <= probes <= 2 * p.m:
+            raise ValueError(f"probes must be in [0, 2*m={2 * p.m}], got {probes}")
+        keys = self._probe_keys(codes, frac, probes)
+        parts: list[np.ndarray] = []
+        if self._entry_rows.size:
+            starts, ends = self._bucket_ranges(keys)
+            lengths = ends - starts
+            total = int(lengths.sum())
+            if total:
+                # Concatenate the ranges [start, end) without a Python loop.
+                offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+                rows = self._entry_rows[offsets + np.arange(total)]
+                parts.append(rows[~self._stale[rows]])
+        if self._delta:
+            delta = self._delta
+            for key in keys.tolist():
+                members = delta.get(key)
+                if members:
+                    parts.append(np.fromiter(members, dtype=np.int32, count=len(members)))
+        if not parts:
+            return _EMPTY_KEYS
+        # Rows stay int32 (half the bytes to sort) and come out ascending, which makes the
+        # re-rank gather walk the matrix forwards and lets `_rerank` drop exclusions by bisection.
+        found = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        rows, hits = _unique_sorted(found)
+        if p.combine == "or" and not p.max_candidates:
+            return rows
+        # A row sits in one bucket per table and the probed keys are distinct, so its count is
+        # the number of tables that found it.
+        if p.combine == "and":
+            keep = hits == p.L
+            rows, hits = rows[keep], hits[keep]
+        elif p.combine == "vote":
+            keep = hits >= p.vote_threshold
+            rows, hits = rows[keep], hits[keep]
+        if p.max_candidates and rows.shape[0] > p.max_candidates:
+            # Most table hits first (closest in expectation), key ascending for determinism.
+            order = np.lexsort((self._row_keys[rows], -hits))[: p.max_candidates]
+            rows = np.sort(rows[order])
+        return rows
+
+    def candidates(
+        self, query: Sequence[float] | np.ndarray, *, probes: int | None = None
+    ) -> np.ndarray:
+        """Keys (int64, ascending) that the combine rule (and cap) selects for re-ranking."""
+        q = _as_vector(query, self.dim)
+        codes, frac = self._codes_of(q[None, :])
+        rows = self._candidate_rows(codes[0], frac[0], probes)
+        return np.sort(self._row_keys[rows])
+
+    def _rerank(
+        self, q: np.ndarray, rows: np.ndarray, k: int, exclude: Collection[int] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if exclude is not None and len(exclude) and rows.shape[0]:
+            ex = self._excluded_rows(exclude)
+            at = np.searchsorted(rows, ex)  # rows are ascending
+            inside = at < rows.shape[0]
+            at, ex = at[inside], ex[inside]
+            rows = np.delete(rows, at[rows[at] == ex])
+        if rows.shape[0] == 0 or k <= 0:
+            return _EMPTY_KEYS.copy(), _EMPTY_SCORES.copy()
+        scores = self._vectors[rows] @ q
+        return _top_k(scores, self._row_keys[rows], k)
+
+    def search(
+        self,
+        query: Sequence[float] | np.ndarray,
+        k: int,
+        *,
+        exclude: Collection[int] | None = None,
+        probes: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (keys int64, scores float32) by inner product among the candidates, best
+        first, ties by key ascending. May return fewer than k: fall back to `ExactIndex`."""
+        q = _as_vector(query, self.dim)
+        codes, frac = self._codes_of(q[None, :])
+        return self._rerank(q, self._candidate_rows(codes[0], frac[0], probes), k, exclude)
+
+    def search_batch(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        exclude: Sequence[Collection[int] | None] | None = None,
+        probes: int | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`search` for each row of `queries` (hashed in one product); `exclude[i]` applies to
+        query i."""
+        qs = _as_matrix(queries, self.dim)
+        if exclude is not None and len(exclude) != qs.shape[0]:
+            raise ValueError(f"{len(exclude)} exclude sets for {qs.shape[0]} queries")
+        codes, frac = self._codes_of(qs)
+        # Per query, not one sort over all (query, row) pairs: ANN-FACTS measured that 2-4x slower.
+        return [
+            self._rerank(
+                qs[i],
+                self._candidate_rows(codes[i], frac[i], probes),
+                k,
+                exclude[i] if exclude is not None else None,
+            )
+            for i in range(qs.shape[0])
+        ]
+
+    def _query_view(self, params: LSHParams) -> LSHIndex:
+        """A read-only view sharing this layout, answering with other query-time params
+        (probes, combine, vote_threshold, max_candidates); tuning uses it to avoid rebuilds.
+        Do not update either object while the view is in use."""
+        if params.structure != self.params.structure:
+            raise ValueError("a query view must keep dim, w, m, L and seed")
+        view = copy.copy(self)
+        view.params = params
+        return view
+
+    def memory_bytes(self) -> int:
+        """Approximate bytes held: vectors, codes, the bucket arrays and the delta."""
+        total = self._store_memory_bytes() + self._codes.nbytes + self._stale.nbytes
+        total += self._entry_rows.nbytes + self._bucket_keys.nbytes
+        total += self._bucket_starts.nbytes + self._directory.nbytes
+        total += self._a.nbytes + self._b.nbytes + self._steps.nbytes
+        total += sys.getsizeof(self._delta) + sys.getsizeof(self._pending)
+        # Each delta set plus its key int (~40 B); row ints mostly shared with _pending.
+        total += sum(sys.getsizeof(members) + 40 for members in self._delta.values())
+        return total

@@ -1,0 +1,410 @@
+"""Unit tests of the LSH core against its exact twin, on tiny seeded data with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.core.lsh import ExactIndex, LSHIndex, LSHParams, default_params
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def mixture(n: int, dim: int, n_clusters: int, spread: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = unit_rows(rng.standard_normal((n_clusters, dim)))
+    labels = rng.integers(0, n_clusters, n)
+    return unit_rows(centres[labels] + spread * rng.standard_normal((n, dim)) / np.sqrt(dim))
+
+
+def build(params: LSHParams, x: np.ndarray, keys: np.ndarray | None = None) -> LSHIndex:
+    index = LSHIndex(params)
+    index.upsert_many(np.arange(len(x)) if keys is None else keys, x)
+    return index
+
+
+def recall(index, truth: ExactIndex, queries: np.ndarray, k: int) -> float:
+    hits = [np.intersect1d(index.search(q, k)[0], truth.search(q, k)[0]).size / k for q in queries]
+    return float(np.mean(hits))
+
+
+DIM = 16
+CLUSTERED = mixture(1500, DIM, n_clusters=30, spread=0.5, seed=7)
+PARAMS = LSHParams(dim=DIM, w=2.0, m=8, L=24)
+
+
+@pytest.fixture(scope="module")
+def clustered_index() -> LSHIndex:
+    return build(PARAMS, CLUSTERED)
+
+
+@pytest.fixture(scope="module")
+def clustered_exact() -> ExactIndex:
+    exact = ExactIndex(DIM)
+    exact.upsert_many(np.arange(len(CLUSTERED)), CLUSTERED)
+    return exact
+
+
+# -- known answers ----------------------------------------------------------------------------
+
+
+def test_planted_clusters_are_found_exactly():
+    rng = np.random.default_rng(0)
+    centres = unit_rows(rng.standard_normal((20, DIM)))
+    # 10 tight neighbours planted around each centre, among 2,000 unrelated vectors.
+    planted = unit_rows(np.repeat(centres, 10, axis=0) + 0.05 * rng.standard_normal((200, DIM)))
+    background = unit_rows(rng.standard_normal((2000, DIM)))
+    keys = np.arange(2200) + 10_000  # keys unrelated to row positions
+    index = build(LSHParams(dim=DIM, w=2.0, m=10, L=16), np.vstack([planted, background]), keys)
+    for c in range(20):
+        found, scores = index.search(centres[c], 10)
+        assert sorted(found.tolist()) == list(range(10_000 + 10 * c, 10_000 + 10 * c + 10))
+        assert np.all(np.diff(scores) <= 0)
+        # Far fewer candidates than the catalogue, or this would be brute force.
+        assert index.candidates(centres[c]).size < 110
+
+
+def test_recall_against_exact_on_clustered_data(clustered_index, clustered_exact):
+    queries = CLUSTERED[:100]
+    assert recall(clustered_index, clustered_exact, queries, 10) >= 0.9
+    mean_candidates = np.mean([clustered_index.candidates(q).size for q in queries])
+    assert mean_candidates < 0.3 * len(CLUSTERED)
+
+
+def test_exact_twin_matches_numpy_argsort():
+    rng = np.random.default_rng(1)
+    x = unit_rows(rng.standard_normal((300, DIM)))
+    keys = rng.permutation(5000)[:300]
+    exact = ExactIndex(DIM)
+    exact.upsert_many(keys, x)
+    for q in unit_rows(rng.standard_normal((20, DIM))):
+        found, scores = exact.search(q, 7)
+        order = np.argsort(-(x @ q), kind="stable")[:7]
+        np.testing.assert_array_equal(found, keys[order])
+        np.testing.assert_allclose(scores, (x @ q)[order], rtol=1e-6)
+        assert found.dtype == np.int64 and scores.dtype == np.float32
+
+
+def test_exact_twin_remove_exclude_and_short_answers():
+    exact = ExactIndex(2)
+    exact.upsert_many([5, 6, 7], np.array([[1, 0], [0.9, 0.1], [0, 1]], dtype=np.float32))
+    assert exact.remove(6) and not exact.remove(6)
+    found, _ = exact.search([1, 0], 5, exclude={5, 99})
+    assert found.tolist() == [7]
+    exact.upsert(8, [0.8, 0.2])  # reuses the freed row
+    assert exact.search([1, 0], 5)[0].tolist() == [5, 8, 7]
+    assert exact.keys().tolist() == [5, 7, 8] and len(exact) == 3 and 6 not in exact
+
+
+# -- combine rules, tables, probes ------------------------------------------------------------
+
+
+def test_and_within_vote_within_or(clustered_index):
+    views = {
+        rule: clustered_index._query_view(
+            LSHParams(dim=DIM, w=2.0, m=8, L=24, combine=rule, vote_threshold=3)
+        )
+        for rule in ("and", "vote", "or")
+    }
+    all_tables = clustered_index._query_view(
+        LSHParams(dim=DIM, w=2.0, m=8, L=24, combine="vote", vote_threshold=24)
+    )
+    strict_total = 0
+    for q in CLUSTERED[:50]:
+        c_and, c_vote, c_or = (set(views[r].candidates(q).tolist()) for r in ("and", "vote", "or"))
+        assert c_and <= c_vote <= c_or
+        assert c_vote < c_or or c_vote == c_or
+        assert c_and == set(all_tables.candidates(q).tolist())
+        strict_total += len(c_or) - len(c_vote)
+    assert strict_total > 0  # the vote rule did filter something
+
+
+def test_more_tables_never_lower_recall(clustered_exact):
+    fewer = build(LSHParams(dim=DIM, w=2.0, m=8, L=6), CLUSTERED)
+    more = build(LSHParams(dim=DIM, w=2.0, m=8, L=12), CLUSTERED)
+    gained = 0
+    for q in CLUSTERED[:60]:
+        # Tables are drawn one after another, so the first 6 tables are the same ones.
+        np.testing.assert_array_equal(more.signature(q)[:6], fewer.signature(q))
+        assert set(fewer.candidates(q).tolist()) <= set(more.candidates(q).tolist())
+        truth = clustered_exact.search(q, 10)[0]
+        r_few = np.intersect1d(fewer.search(q, 10)[0], truth).size
+        r_more = np.intersect1d(more.search(q, 10)[0], truth).size
+        assert r_more >= r_few
+        gained += r_more - r_few
+    assert gained > 0
+
+
+def test_probes_only_add_candidates(clustered_index):
+    gained = 0
+    for q in CLUSTERED[:50]:
+        previous = set(clustered_index.candidates(q).tolist())
+        for probes in (1, 2, 4, 8):
+            current = set(clustered_index.candidates(q, probes=probes).tolist())
+            assert previous <= current
+            gained += len(current) - len(previous)
+            previous = current
+    assert gained > 0
+
+
+def test_probes_read_the_nearest_boundary_first():
+    index = LSHIndex(LSHParams(dim=4, w=1.0, m=2, L=1, seed=3))
+    q = np.array([0.5, 0.5, 0.5, 0.5], dtype=np.float32)
+    proj = index._project(q[None, :])[0]
+    frac = proj - np.floor(proj)
+    # The nearest boundary over both coordinates and both directions decides the first probe.
+    dist = np.concatenate([frac, 1 - frac])
+    j = int(np.argmin(dist))
+    step = np.zeros(2, dtype=np.int64)
+    step[j % 2] = -1 if j < 2 else 1
+    h = np.floor(proj).astype(np.int64) + step
+    expected = int((h.astype(np.uint64) * index._mult[0]).sum(dtype=np.uint64).view(np.int64))
+    probed = index._probe_keys(index.signature(q), frac.reshape(1, 2), 1)
+    assert index._tagged(np.array([expected])).item() in probed.tolist()
+
+
+@pytest.mark.parametrize("width", [1, 2, 16])
+def test_directory_scan_agrees_with_binary_search(clustered_index, width):
+    index = clustered_index._query_view(clustered_index.params)
+    # A narrow scan sends most probes to the crowded-cell fallback; all widths must agree.
+    index._SCAN_WIDTH, index._scan = width, np.arange(width)
+    keys = index._bucket_keys
+    rng = np.random.default_rng(2)
+    probes = np.unique(np.concatenate([keys[::7], rng.integers(0, 2**63, 300).astype(np.uint64)]))
+    starts, ends = index._bucket_ranges(probes)
+    present = np.isin(probes, keys)
+    at = np.searchsorted(keys, probes[present])
+    np.testing.assert_array_equal(starts, index._bucket_starts[at])
+    np.testing.assert_array_equal(ends, index._bucket_starts[at + 1])
+
+
+def test_max_candidates_caps_by_table_hits(clustered_index):
+    capped = clustered_index._query_view(LSHParams(dim=DIM, w=2.0, m=8, L=24, max_candidates=25))
+    trimmed = 0
+    for q in CLUSTERED[1400:1420]:
+        full = clustered_index.candidates(q)
+        kept = capped.candidates(q)
+        assert kept.size == min(25, full.size)
+        assert set(kept.tolist()) <= set(full.tolist())
+        # Table hits of each candidate, recomputed from signatures.
+        sig = clustered_index.signature(q)
+        hits = {int(key): int((clustered_index._codes[key] == sig).sum()) for key in full}
+        dropped = set(full.tolist()) - set(kept.tolist())
+        if dropped:
+            trimmed += 1
+            assert min(hits[key] for key in kept.tolist()) >= max(hits[key] for key in dropped)
+    assert trimmed > 0
+    # The query's own row is in all 24 tables, so the cap keeps it.
+    assert 1405 in capped.candidates(CLUSTERED[1405]).tolist()
+
+
+# -- updates ----------------------------------------------------------------------------------
+
+
+def test_incremental_updates_equal_a_rebuild():
+    rng = np.random.default_rng(11)
+    params = LSHParams(dim=8, w=1.5, m=4, L=6)
+    index = LSHIndex(params)
+    live: dict[int, np.ndarray] = {}
+    merged_states = pending_states = 0
+    for step in range(700):
+        op = rng.random()
+        key = int(rng.integers(0, 400))
+        if op < 0.55:
+            v = unit_rows(rng.standard_normal((1, 8)))[0]
+            index.upsert(key, v)  # insert or move
+            live[key] = v
+        elif op < 0.8:
+            assert index.remove(key) == (key in live)
+            live.pop(key, None)
+        else:
+            batch = rng.integers(0, 400, 30)
+            vs = unit_rows(rng.standard_normal((30, 8)))
+            index.upsert_many(batch, vs)  # repeats keep their last vector
+            live.update(zip(batch.tolist(), vs, strict=True))
+        if step % 100 == 99 or step == 699:
+            assert all(index._delta.values())  # emptied buckets are dropped, not kept
+            pending_states += bool(index._pending)
+            merged_states += index._entry_rows.size > 0
+            keys = np.array(sorted(live), dtype=np.int64)
+            rebuilt = build(params, np.array([live[k] for k in keys]), keys)
+            assert index.buckets() == rebuilt.buckets()
+            np.testing.assert_array_equal(index.keys(), keys)
+            for q in unit_rows(rng.standard_normal((10, 8))):
+                np.testing.assert_array_equal(index.candidates(q), rebuilt.candidates(q))
+                a, b = index.search(q, 5), rebuilt.search(q, 5)
+                np.testing.assert_array_equal(a[0], b[0])
+                np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+    # Both the delta and the merged sorted array were exercised.
+    assert pending_states > 0 and merged_states > 0
+
+
+def test_move_and_vector_round_trip():
+    index = LSHIndex(LSHParams(dim=3, w=1.0, m=3, L=4))
+    index.upsert(1, [1.0, 0.0, 0.0])
+    old = index.signature([1.0, 0.0, 0.0])
+    index.upsert(1, [0.0, 0.0, 1.0])
+    assert index.vector(1).tolist() == [0.0, 0.0, 1.0]
+    assert len(index) == 1
+    new = index.signature([0.0, 0.0, 1.0])
+    tables = index.buckets()
+    for t in range(4):
+        assert tables[t] == {int(new[t]): frozenset({1})}
+        if old[t] != new[t]:
+            assert int(old[t]) not in tables[t]
+    with pytest.raises(KeyError):
+        index.vector(2)
+
+
+def test_remove_returns_false_for_absent():
+    index = build(PARAMS, CLUSTERED[:10])
+    assert index.remove(3) is True
+    assert index.remove(3) is False
+    assert index.remove(12345) is False
+    assert 3 not in index and len(index) == 9
+    assert 3 not in index.search(CLUSTERED[3], 10)[0].tolist()
+
+
+def test_upsert_many_repeated_key_keeps_last():
+    index = LSHIndex(LSHParams(dim=2, w=1.0, m=2, L=2))
+    index.upsert_many([4, 4, 5], np.array([[1, 0], [0, 1], [1, 0]], dtype=np.float32))
+    assert index.vector(4).tolist() == [0.0, 1.0]
+    assert index.keys().tolist() == [4, 5]
+
+
+def test_bad_inputs_are_rejected():
+    index = LSHIndex(LSHParams(dim=2, w=1.0, m=2, L=2))
+    with pytest.raises(ValueError, match="non-negative"):
+        index.upsert(-1, [1.0, 0.0])
+    with pytest.raises(ValueError, match="non-negative"):
+        index.upsert_many(np.array([2**63], dtype=np.uint64), np.ones((1, 2)))
+    with pytest.raises(ValueError, match="shape"):
+        index.upsert(1, [1.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="non-finite"):
+        index.upsert(1, [np.nan, 0.0])
+    with pytest.raises(ValueError, match="keys for"):
+        index.upsert_many([1, 2], np.ones((3, 2)))
+    with pytest.raises(ValueError, match="probes"):
+        index.search([1.0, 0.0], 3, probes=5)
+
+
+# -- hashing contract -------------------------------------------------------------------------
+
+
+def test_same_seed_same_signatures_different_seed_different():
+    p = LSHParams(dim=DIM, w=2.0, m=6, L=8, seed=5)
+    a, b = LSHIndex(p), LSHIndex(p)
+    c = LSHIndex(LSHParams(dim=DIM, w=2.0, m=6, L=8, seed=6))
+    sig_a = np.array([a.signature(v) for v in CLUSTERED[:50]])
+    sig_b = np.array([b.signature(v) for v in CLUSTERED[:50]])
+    sig_c = np.array([c.signature(v) for v in CLUSTERED[:50]])
+    assert sig_a.dtype == np.int64 and sig_a.shape == (50, 8)
+    np.testing.assert_array_equal(sig_a, sig_b)
+    assert (sig_a != sig_c).mean() > 0.9
+
+
+def test_signature_golden_values():
+    # Buckets are mirrored to Redis by every replica: any change to the draws or the key mixing
+    # moves every bucket and must be a deliberate, migrated change, not an accident.
+    index = LSHIndex(LSHParams(dim=4, w=2.0, m=3, L=3, seed=42))
+    sig = index.signature([0.5, -0.5, 0.5, 0.5])
+    assert sig.tolist() == [5369035135240769770, 8661775878927890975, 1393903357016985990]
+
+
+def test_signature_matches_bulk_codes():
+    index = build(PARAMS, CLUSTERED[:200])
+    for row in range(0, 200, 17):
+        np.testing.assert_array_equal(index.signature(CLUSTERED[row]), index._codes[row])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("dim", 0),
+        ("w", 0.0),
+        ("w", -1.0),
+        ("m", 0),
+        ("L", 0),
+        ("probes", -1),
+        ("probes", 17),
+        ("combine", "xor"),
+        ("vote_threshold", 0),
+        ("vote_threshold", 9),
+        ("max_candidates", -1),
+    ],
+)
+def test_param_validation_names_the_field(field, value):
+    kwargs = {"dim": 4, "m": 8, "L": 8, "combine": "vote", field: value}
+    with pytest.raises(ValueError, match=field):
+        LSHParams(**kwargs)
+
+
+def test_single_table_params_are_valid_with_default_vote_threshold():
+    assert LSHParams(dim=4, L=1).L == 1
+
+
+@pytest.mark.parametrize("n_items", [0, 2_000, 20_000, 100_000, 5_000_000])
+@pytest.mark.parametrize("dim", [8, 32, 64, 300])
+def test_default_params_are_valid(n_items, dim):
+    p = default_params(n_items, dim)
+    assert p.dim == dim and p.L >= 1 and p.w > 0
+
+
+# -- search contract --------------------------------------------------------------------------
+
+
+def test_search_respects_k_exclude_and_is_deterministic(clustered_index):
+    q = CLUSTERED[0]
+    found, scores = clustered_index.search(q, 10)
+    assert found.size == 10 and found.dtype == np.int64 and scores.dtype == np.float32
+    assert found[0] == 0  # the query's own row
+    again = clustered_index.search(q, 10)
+    np.testing.assert_array_equal(found, again[0])
+    twin = build(PARAMS, CLUSTERED)
+    np.testing.assert_array_equal(found, twin.search(q, 10)[0])
+    skip = set(found[:4].tolist())
+    rest, _ = clustered_index.search(q, 6, exclude=skip)
+    assert not skip & set(rest.tolist())
+    np.testing.assert_array_equal(rest, found[4:10])
+    # A numpy array of keys, including absent ones, excludes the same way.
+    as_array, _ = clustered_index.search(q, 6, exclude=np.array([*skip, 10**9]))
+    np.testing.assert_array_equal(as_array, rest)
+    assert clustered_index.search(q, 3)[0].size == 3
+    assert clustered_index.search(q, 0)[0].size == 0
+
+
+def test_ties_broken_by_key_ascending():
+    index = LSHIndex(LSHParams(dim=2, w=1.0, m=2, L=2))
+    v = np.array([0.6, 0.8], dtype=np.float32)
+    index.upsert_many([30, 10, 20, 40], np.array([v, v, v, [0.8, -0.6]], dtype=np.float32))
+    found, scores = index.search(v, 2)
+    assert found.tolist() == [10, 20]
+    assert scores[0] == scores[1]
+    exact = ExactIndex(2)
+    exact.upsert_many([30, 10, 20], np.array([v, v, v]))
+    assert exact.search(v, 2)[0].tolist() == [10, 20]
+
+
+def test_search_batch_equals_single_searches(clustered_index, clustered_exact):
+    queries = CLUSTERED[100:120]
+    exclude = [{100 + i} for i in range(20)]
+    for twin in (clustered_index, clustered_exact):
+        batch = twin.search_batch(queries, 5, exclude=exclude)
+        for q, ex, (keys, scores) in zip(queries, exclude, batch, strict=True):
+            single = twin.search(q, 5, exclude=ex)
+            np.testing.assert_array_equal(keys, single[0])
+            np.testing.assert_allclose(scores, single[1], rtol=1e-6)
+            assert not ex & set(keys.tolist())
+
+
+def test_empty_index_and_memory_estimate():
+    index = LSHIndex(PARAMS)
+    assert len(index) == 0 and index.keys().size == 0
+    assert index.search(CLUSTERED[0], 5)[0].size == 0
+    assert index.candidates(CLUSTERED[0]).size == 0
+    empty = index.memory_bytes()
+    index.upsert_many(np.arange(len(CLUSTERED)), CLUSTERED)
+    # At least the vectors and one sorted entry (12 B) per item and table.
+    assert index.memory_bytes() >= empty + CLUSTERED.nbytes + 12 * len(CLUSTERED) * PARAMS.L
