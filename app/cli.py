@@ -372,5 +372,7 @@ def demo(show_users: int, n_events: int, keep_services: bool) -> None:
     run_demo(show_users=show_users, n_events=n_events, keep_services=keep_services)
 
 
+import app.quality.commands  # noqa: E402,F401  registers train-embeddings and evaluate
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,1 @@
+"""Offline quality: embedding training from ratings, replay evaluation, the quality report."""

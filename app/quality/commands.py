@@ -1,0 +1,186 @@
+"""`nearline train-embeddings` and `nearline evaluate` (registered at the end of app/cli.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from app.cli import main, one_line_errors, settings
+
+
+def fail(message: str) -> None:
+    """An expected problem with the inputs: one line on stderr, exit 1."""
+    click.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(1)
+
+
+_file = click.Path(dir_okay=False, path_type=Path)
+
+
+@main.command("train-embeddings")
+@click.option("--ratings", required=True, type=_file, help="MovieLens ratings.csv.")
+@click.option("--dim", default=32, show_default=True, type=click.IntRange(2, 4096))
+@click.option("--out", required=True, type=_file, help="Item embeddings (item2vec text).")
+@click.option("--users-out", type=_file, help="User embeddings for warm start (same format).")
+@click.option(
+    "--movies",
+    type=_file,
+    help="movies.csv: items no one liked get the mean vector of their genres.",
+)
+@click.option("--window", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option(
+    "--min-rating",
+    default=3.5,
+    show_default=True,
+    type=click.FloatRange(0, 5),
+    help="Ratings below this are not co-occurrence signal.",
+)
+@click.option("--seed", default=42, show_default=True, type=int)
+@one_line_errors
+def train_embeddings_cmd(
+    ratings: Path,
+    dim: int,
+    out: Path,
+    users_out: Path | None,
+    movies: Path | None,
+    window: int,
+    min_rating: float,
+    seed: int,
+) -> None:
+    """Learn item (and user) embeddings from a ratings file: co-occurrence PPMI + SVD."""
+    from app.data.loaders import read_movies
+    from app.quality.ratings import RatingTable
+    from app.quality.train import TrainConfig, train_embeddings, write_item2vec
+
+    movie_list = read_movies(movies) if movies is not None else None
+    table = RatingTable.read(ratings)
+    if len(table) == 0:
+        fail(f"{ratings}: no ratings")
+    config = TrainConfig(dim=dim, window=window, min_rating=min_rating, seed=seed)
+    emb = train_embeddings(table, config, movies=movie_list, progress=True)
+    if not emb.item_ids:
+        fail(
+            f"{ratings}: no item has a rating >= {min_rating} next to another one; "
+            "nothing to learn from (lower --min-rating)"
+        )
+    write_item2vec(out, emb.item_ids, emb.items)
+    msg = f"wrote {len(emb.item_ids)} item vectors (dim {dim}) to {out}"
+    if users_out is not None:
+        write_item2vec(users_out, emb.user_ids, emb.users)
+        msg += f", {len(emb.user_ids)} user vectors to {users_out}"
+    click.echo(f"{msg} in {emb.info['seconds']:.1f}s from {len(table)} ratings")
+
+
+@main.command("evaluate")
+@click.option("--ratings", required=True, type=_file, help="MovieLens ratings.csv.")
+@click.option("--movies", required=True, type=_file, help="MovieLens movies.csv.")
+@click.option(
+    "--embeddings",
+    type=_file,
+    help="Item embeddings to use (default: trained on the earlier part of the ratings).",
+)
+@click.option("--k", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option(
+    "--train-share",
+    default=0.8,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Earliest share of ratings (by time) for training and warm-up; the rest is replayed.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0.5, 5),
+    help="Ratings at or above this are positive events (default: the like threshold).",
+)
+@click.option("--e2e", is_flag=True, help="Also replay through a real worker on Kafka and Redis.")
+@click.option(
+    "--e2e-batch-size",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Worker micro-batch size in --e2e (1 = a list after every event, as in-process).",
+)
+@click.option(
+    "--e2e-partitions",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="user-events partitions in --e2e (1 = the worker sees the in-process order).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    default=Path("quality-report"),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for quality.json and quality.png.",
+)
+@one_line_errors
+def evaluate_cmd(
+    ratings: Path,
+    movies: Path,
+    embeddings: Path | None,
+    k: int,
+    train_share: float,
+    threshold: float | None,
+    e2e: bool,
+    e2e_batch_size: int,
+    e2e_partitions: int,
+    out_dir: Path,
+) -> None:
+    """Replay the later part of a ratings file through the pipeline and baselines."""
+    from app.quality.evaluate import (
+        EvalConfig,
+        EvaluationError,
+        evaluate,
+        prepare,
+        table_lines,
+        write_report,
+    )
+
+    s = settings()
+    config = EvalConfig(
+        k=k,
+        train_share=train_share,
+        threshold=s.embedding.like_threshold if threshold is None else threshold,
+        progress=True,
+    )
+    try:
+        prepared = prepare(s, ratings, movies, embeddings, config)
+        report, replayed = evaluate(s, prepared, config)
+        if e2e:
+            from app.quality.e2e import E2EConfig, run_e2e
+
+            report["e2e"] = run_e2e(
+                s,
+                prepared,
+                replayed,
+                config,
+                E2EConfig(batch_size=e2e_batch_size, partitions=e2e_partitions),
+                in_process=report["methods"],
+            )
+    except EvaluationError as exc:
+        fail(str(exc))
+    json_path, png_path = write_report(report, out_dir)
+    ev = report["events"]
+    click.echo(
+        f"{ev['train']} events of warm-up, {ev['test']} replayed, {ev['scored']} positive "
+        f"events scored ({ev['skipped_cold_users']} of users without history skipped)"
+    )
+    click.echo("\n".join(table_lines(report)))
+    if e2e:
+        agreement = report["e2e"]["agreement"]
+        click.echo(f"e2e vs in-process: {json.dumps(agreement)}")
+    click.echo(f"wrote {json_path} and {png_path}", err=True)
+    sys.stdout.flush()
+
+
+# `python -m app.cli` runs cli.py as __main__, a second copy of the command group from the
+# `app.cli` imported above: register the commands on that copy too.
+_entry = sys.modules.get("__main__")
+if getattr(getattr(_entry, "__spec__", None), "name", None) == "app.cli":
+    for _command in (train_embeddings_cmd, evaluate_cmd):
+        _entry.main.add_command(_command)  # type: ignore[union-attr]
