@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,70 +14,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-REPO = Path(__file__).resolve().parent.parent
-SERVICES = REPO / "scripts" / "services.sh"
-
-
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_services() -> list[str]:
-    """Start local Kafka/Redis when none is configured and none answers; return what started."""
-    started = []
-    wanted = []
-    if "NEARLINE_KAFKA__BOOTSTRAP_SERVERS" not in os.environ and not port_open("127.0.0.1", 9092):
-        wanted.append("kafka")
-    if "NEARLINE_REDIS__URL" not in os.environ and not port_open("127.0.0.1", 6379):
-        wanted.append("redis")
-    for name in wanted:
-        if not SERVICES.exists():
-            raise OSError(
-                f"{name} is not running and {SERVICES} is missing: start it yourself "
-                "or set NEARLINE_KAFKA__BOOTSTRAP_SERVERS / NEARLINE_REDIS__URL"
-            )
-        click.echo(f"starting local {name} (scripts/services.sh start {name}) ...", err=True)
-        subprocess.run(["bash", str(SERVICES), "start", name], check=True)
-        started.append(name)
-    return started
-
-
-def stop_services(names: list[str]) -> None:
-    for name in names:
-        subprocess.run(["bash", str(SERVICES), "stop", name], check=False)
-
-
-def get_status(port: int) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status/", timeout=2) as resp:
-            data: dict[str, Any] = json.loads(resp.read())
-            return data
-    except (OSError, ValueError):
-        return None
-
-
-def wait_for(pred: Any, proc: subprocess.Popen[bytes], log: Path, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace").splitlines()[-15:]
-            raise OSError(
-                f"worker exited ({proc.returncode}) while waiting for {what}; "
-                f"log {log}: " + " | ".join(tail)
-            )
-        time.sleep(0.5)
-    raise OSError(f"timed out after {timeout:.0f}s waiting for {what} (worker log: {log})")
+from app.localrun import WorkerProcess, isolated_env, start_services, stop_services
 
 
 def run_demo(*, show_users: int = 5, n_events: int = 20000, keep_services: bool = False) -> None:
@@ -99,22 +31,11 @@ def run_demo(*, show_users: int = 5, n_events: int = 20000, keep_services: bool 
     from app.settings import load_settings
 
     t0 = time.monotonic()
-    started = start_services()
-    proc: subprocess.Popen[bytes] | None = None
+    started = start_services(lambda msg: click.echo(msg, err=True))
+    worker: WorkerProcess | None = None
     try:
-        run = f"demo-{int(time.time())}"
-        port = free_port()
-        overrides = {
-            "NEARLINE_WORKER__APP_ID": run,
-            "NEARLINE_WORKER__WEB_PORT": str(port),
-            "NEARLINE_TOPICS__USER_EVENTS": f"{run}-user-events",
-            "NEARLINE_TOPICS__ITEM_UPDATES": f"{run}-item-updates",
-            "NEARLINE_TOPICS__RECOMMENDATIONS": f"{run}-recommendations",
-            "NEARLINE_TOPICS__USER_EVENTS_DLQ": f"{run}-user-events-dlq",
-            "NEARLINE_TOPICS__ITEM_UPDATES_DLQ": f"{run}-item-updates-dlq",
-            "NEARLINE_REDIS__KEY_PREFIX": f"{run}:",
-        }
-        os.environ.update(overrides)
+        # own topics, group and key prefix: a demo never mixes with earlier runs' data
+        os.environ.update(isolated_env(f"demo-{int(time.time())}"))
         s = load_settings()
         work = Path(tempfile.mkdtemp(prefix="nearline-demo-"))
         info = generate_sample(
@@ -132,22 +53,8 @@ def run_demo(*, show_users: int = 5, n_events: int = 20000, keep_services: bool 
         with tqdm(total=len(updates), desc="load items", file=sys.stderr) as bar:
             publish_items(s, updates, progress=bar.update)
 
-        log = work / "worker.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker", "-l", "warning"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                env=dict(os.environ),
-            )
-        wait_for(
-            lambda: (get_status(port) or {}).get("catalog_ready"),
-            proc,
-            log,
-            180,
-            "the worker to load the catalog",
-        )
+        worker = WorkerProcess({}, work, loglevel="warning").start()
+        worker.wait_ready(timeout=180)
 
         ratings = read_ratings(info.ratings_path)
         bad = [b"not json", b'{"event_id": "x"}', b"\xff\xfe"]
@@ -159,15 +66,14 @@ def run_demo(*, show_users: int = 5, n_events: int = 20000, keep_services: bool 
 
         with tqdm(total=total, desc="worker consumed", file=sys.stderr) as bar:
 
-            def consumed() -> bool:
-                st = get_status(port) or {}
+            def consumed(st: dict[str, Any]) -> bool:
                 n = st.get("counters", {}).get("events_in", 0)
                 bar.update(n - bar.n)
                 return bool(n >= total)
 
-            wait_for(consumed, proc, log, 600, "the worker to consume the events")
+            worker.wait(consumed, 600, "the worker to consume the events")
         elapsed = time.monotonic() - t_events
-        status = get_status(port) or {}
+        status = worker.status() or {}
         _report(
             s,
             ratings,
@@ -178,12 +84,8 @@ def run_demo(*, show_users: int = 5, n_events: int = 20000, keep_services: bool 
             time.monotonic() - t0,
         )
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if worker is not None:
+            worker.stop()
         if started and not keep_services:
             stop_services(started)
 

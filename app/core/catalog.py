@@ -32,7 +32,7 @@ class IndexConfig:
     combine: str = "or"
     vote_threshold: int = 2
     seed: int = 42
-    exact_below: int = 5000
+    exact_below: int = 50_000
 
     def params_for(self, n_items: int, dim: int) -> LSHParams:
         base = default_params(max(n_items, 1), dim)

@@ -131,8 +131,10 @@ def test_lists_reflect_planted_tastes_and_replay_changes_nothing(catalog_run, wo
 def test_item_changes_while_running_and_state_survives_restart(catalog_run, workers):
     run = catalog_run
     s = run.settings
-    worker = workers(run.env)
-    worker.wait_ready()
+    # LSH even for this small catalog, so live inserts, moves and deletes go through it
+    lsh_env = {**run.env, "NEARLINE_LSH__EXACT_BELOW": "100"}
+    worker = workers(lsh_env)
+    assert worker.wait_ready()["index"] == "lsh"
     user = "restart-user"
     liked = run.taste_items(2)[:8]
     produce_events(s, [_rating(user, it, i) for i, it in enumerate(liked)])
@@ -220,7 +222,7 @@ def test_item_changes_while_running_and_state_survives_restart(catalog_run, work
 
     # Restart: the new worker recovers the user's state from the table changelog.
     worker.stop()
-    again = workers(run.env, name="worker2")
+    again = workers(lsh_env, name="worker2")
     again.wait_ready()
     produce_events(s, [_rating(user, run.taste_items(2)[10], 60)])
     again.wait_events(1)
