@@ -34,18 +34,25 @@ def test_burst_degrades_recovers_and_recomputes_every_dirty_user(catalog_run, wo
 
     # Warm-up traffic so popularity exists, then a burst of many users at once.
     items = sorted(run.truth["items"], key=lambda i: run.truth["items"][i]["popularity_rank"])
-    warm = [UserEvent(f"w{i}", f"warm-{i % 20}", items[i % 50], "click", 1.7e9 + i)
-            for i in range(200)]
+    warm = [
+        UserEvent(f"w{i}", f"warm-{i % 20}", items[i % 50], "click", 1.7e9 + i) for i in range(200)
+    ]
     produce_events(s, warm)
     worker.wait_events(len(warm))
     time.sleep(1.5)  # the popularity list is refreshed into Redis
 
     n_users, per_user = 400, 40
     burst = [
-        UserEvent(f"b{u}-{j}", f"burst-{u}", items[(u * 7 + j * 13) % len(items)],
-                  "rating" if j % 3 == 0 else "click", 1.7e9 + 1000 + j,
-                  rating=4.5 if j % 3 == 0 else None)
-        for j in range(per_user) for u in range(n_users)
+        UserEvent(
+            f"b{u}-{j}",
+            f"burst-{u}",
+            items[(u * 7 + j * 13) % len(items)],
+            "rating" if j % 3 == 0 else "click",
+            1.7e9 + 1000 + j,
+            rating=4.5 if j % 3 == 0 else None,
+        )
+        for j in range(per_user)
+        for u in range(n_users)
     ]
     produce_events(s, burst)
     total = len(warm) + len(burst)
@@ -59,8 +66,12 @@ def test_burst_degrades_recovers_and_recomputes_every_dirty_user(catalog_run, wo
         if st:
             modes.append(st["mode"])
             max_lag = max(max_lag, st["lag"])
-            if (st["counters"].get("events_in", 0) >= total and st["mode"] == "normal"
-                    and st["dirty_users"] == 0 and "degraded" in modes):
+            if (
+                st["counters"].get("events_in", 0) >= total
+                and st["mode"] == "normal"
+                and st["dirty_users"] == 0
+                and "degraded" in modes
+            ):
                 break
         time.sleep(0.25)
     st = worker.status()
