@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
 from app.cli import main, one_line_errors, settings
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """An expected problem with the inputs: one line on stderr, exit 1."""
     click.echo(f"error: {' '.join(message.split())}", err=True)
     sys.exit(1)
@@ -53,19 +54,17 @@ def train_embeddings_cmd(
     """Learn item (and user) embeddings from a ratings file: co-occurrence PPMI + SVD."""
     from app.data.loaders import read_movies
     from app.quality.ratings import RatingTable
-    from app.quality.train import TrainConfig, train_embeddings, write_item2vec
+    from app.quality.train import TrainConfig, TrainingError, train_embeddings, write_item2vec
 
     movie_list = read_movies(movies) if movies is not None else None
     table = RatingTable.read(ratings)
     if len(table) == 0:
         fail(f"{ratings}: no ratings")
     config = TrainConfig(dim=dim, window=window, min_rating=min_rating, seed=seed)
-    emb = train_embeddings(table, config, movies=movie_list, progress=True)
-    if not emb.item_ids:
-        fail(
-            f"{ratings}: no item has a rating >= {min_rating} next to another one; "
-            "nothing to learn from (lower --min-rating)"
-        )
+    try:
+        emb = train_embeddings(table, config, movies=movie_list, progress=True)
+    except TrainingError as exc:
+        fail(f"{ratings}: {exc}")
     write_item2vec(out, emb.item_ids, emb.items)
     msg = f"wrote {len(emb.item_ids)} item vectors (dim {dim}) to {out}"
     if users_out is not None:

@@ -29,7 +29,7 @@ from app.data.loaders import LoadError, Movie, read_embeddings, read_movies
 from app.producer import events_from_ratings, release_ts
 from app.quality.metrics import MethodScore
 from app.quality.ratings import RatingTable
-from app.quality.train import Embeddings, TrainConfig, train_embeddings
+from app.quality.train import Embeddings, TrainConfig, TrainingError, train_embeddings
 from app.settings import Settings
 
 METHODS = ("pipeline", "popularity", "trending", "genre")
@@ -90,6 +90,16 @@ class Prepared:
     embeddings: dict[str, Any]
 
 
+def check(settings: Settings, config: EvalConfig) -> None:
+    if config.k > settings.ranking.top_n:
+        raise EvaluationError(
+            f"--k {config.k} is longer than the lists (NEARLINE_RANKING__TOP_N="
+            f"{settings.ranking.top_n})"
+        )
+    if not 0.0 < config.train_share < 1.0:
+        raise EvaluationError(f"train share must be between 0 and 1, got {config.train_share}")
+
+
 def split_index(n: int, share: float) -> int:
     """Index of the first test event (at least one event on each side)."""
     if n < 2:
@@ -131,6 +141,7 @@ def prepare(
     train_config: TrainConfig | None = None,
 ) -> Prepared:
     """Read and check the files, split by time, train (or load) the item embeddings."""
+    check(settings, config)
     movies = read_movies(movies_path)
     table = RatingTable.read(ratings_path)
     n_train = split_index(len(table), config.train_share)
@@ -144,9 +155,12 @@ def prepare(
         )
         if tc.dim != dim:
             raise EvaluationError(f"training dim {tc.dim} != NEARLINE_ITEMS__EMBEDDING_DIM {dim}")
-        trained: Embeddings = train_embeddings(
-            table.head(n_train), tc, movies=movies, progress=config.progress
-        )
+        try:
+            trained: Embeddings = train_embeddings(
+                table.head(n_train), tc, movies=movies, progress=config.progress
+            )
+        except TrainingError as exc:
+            raise EvaluationError(f"{ratings_path}: train part: {exc}") from None
         ids, matrix = trained.item_ids, trained.items
         emb_info = {"source": "trained on the train part", **trained.info}
     updates = catalog_updates(movies, ids, matrix)
@@ -279,11 +293,7 @@ def evaluate(
     config: EvalConfig,
 ) -> tuple[dict[str, Any], Replay]:
     """The in-process report (JSON-ready) and the replay it came from."""
-    if config.k > settings.ranking.top_n:
-        raise EvaluationError(
-            f"--k {config.k} is longer than the lists (NEARLINE_RANKING__TOP_N="
-            f"{settings.ranking.top_n})"
-        )
+    check(settings, config)
     out = replay(settings, prepared, config)
     if not out.scored:
         raise EvaluationError(

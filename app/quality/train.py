@@ -28,6 +28,10 @@ from app.data.loaders import Movie
 from app.quality.ratings import RatingTable
 
 
+class TrainingError(ValueError):
+    """The ratings cannot train embeddings (one line, printed by the CLI)."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     dim: int = 32
@@ -158,12 +162,15 @@ def train_embeddings(
     """Item and user embeddings from ratings; with `movies`, items without any liked
     co-occurrence (new or unpopular ones) get the mean vector of their genres."""
     config = config or TrainConfig()
-    if len(table) == 0:
-        raise ValueError("no ratings to train on")
     t0 = time.perf_counter()
+    counts = cooccurrence(table, config)
+    if counts.nnz == 0:
+        raise TrainingError(
+            f"no two items rated >= {config.min_rating} by one user within {config.window} "
+            "ratings of each other: nothing to learn from (lower the minimum rating)"
+        )
     steps = 3 + config.power_iterations
     with tqdm(total=steps, desc="train", unit="step", disable=not progress) as bar:
-        counts = cooccurrence(table, config)
         bar.update(1)
         pmi = ppmi(counts, config.smoothing)
         bar.update(1)
