@@ -240,6 +240,28 @@ def format_list(value: dict[str, Any], limit: int = 10) -> str:
     return "\n".join(lines)
 
 
+@main.command()
+@click.argument("mode", type=click.Choice(["on", "off", "auto"]))
+@one_line_errors
+def degrade(mode: str) -> None:
+    """Force degraded mode on every worker (on), force normal (off), or follow lag (auto)."""
+    import asyncio
+
+    from app.storage.redis_store import RedisStore
+
+    value = {"on": "degraded", "off": "normal", "auto": "auto"}[mode]
+
+    async def write() -> None:
+        store = RedisStore(settings().redis)
+        try:
+            await store.write_override(value)
+        finally:
+            await store.close()
+
+    asyncio.run(write())
+    click.echo(f"mode override set to {value}; workers apply it within one lag check")
+
+
 @main.command("tune-lsh")
 @click.option(
     "--embeddings",
@@ -372,7 +394,17 @@ def demo(show_users: int, n_events: int, keep_services: bool) -> None:
     run_demo(show_users=show_users, n_events=n_events, keep_services=keep_services)
 
 
+@main.group()
+def bench() -> None:
+    """Benchmarks against real Kafka and Redis (JSON + PNG in scripts/results/)."""
+
+
+import app.bench.commands  # noqa: E402,F401  registers the benchmarks
 import app.quality.commands  # noqa: E402,F401  registers train-embeddings and evaluate
 
 if __name__ == "__main__":
-    main()
+    # `python -m app.cli` runs this file as __main__; commands registered by other modules
+    # live on the imported app.cli, so dispatch through it.
+    from app.cli import main as _main
+
+    _main()

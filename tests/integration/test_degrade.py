@@ -109,3 +109,55 @@ def test_burst_degrades_recovers_and_recomputes_every_dirty_user(catalog_run, wo
     popular = json.loads(r.get(f"{prefix}list:popular"))
     validate("redis-user-list", popular)
     assert popular["items"]
+
+
+def test_operator_override_forces_modes_and_auto_recovers(catalog_run, workers):
+    import os
+    import subprocess
+    import sys
+
+    run = catalog_run
+    s = run.settings
+    env = {
+        **run.env,
+        "NEARLINE_DEGRADE__CHECK_INTERVAL": "0.25",
+        "NEARLINE_DEGRADE__REFRESH_SECONDS": "1",
+    }
+    worker = workers(env)
+    worker.wait_ready()
+
+    def cli(*args: str) -> str:
+        res = subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    items = run.taste_items(1)
+    produce_events(s, [UserEvent("o-0", "op-user", items[0], "like", 1.7e9)])
+    worker.wait_events(1)
+    time.sleep(1.5)  # popularity list refreshed
+    cli("degrade", "on")
+    worker.wait(
+        lambda st: st["mode"] == "degraded" and st["override"] == "degraded", 20, "forced degraded"
+    )
+    produce_events(s, [UserEvent("o-1", "op-user", items[1], "like", 1.7e9 + 1)])
+    worker.wait_events(2)
+    r = redis_client()
+    key = f"{s.redis.key_prefix}rec:{{op-user}}"
+    doc = json.loads(r.hget(key, "json"))
+    assert doc["degraded"] and doc["mode"] == "degraded"
+    assert not {items[0], items[1]} & {i["item_id"] for i in doc["items"]}
+    cli("degrade", "auto")
+    st = worker.wait(
+        lambda st: st["mode"] == "normal" and st["dirty_users"] == 0,
+        30,
+        "back to normal with the dirty user recomputed",
+    )
+    assert st["counters"]["dirty_recomputed"] >= 1
+    doc = json.loads(r.hget(key, "json"))
+    assert doc["mode"] == "personal" and doc["version"] % 2 == 1
