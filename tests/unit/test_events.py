@@ -6,8 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.core.events import (
+    EVENT_TYPES,
     InvalidRecord,
     ItemUpdate,
     UserEvent,
@@ -251,3 +254,84 @@ def test_encode_item_update_round_trips():
     np.testing.assert_array_equal(back.embedding, vec)
     gone = decode_item_update(b"7", encode_item_update(ItemUpdate("7", "delete")), dim=4)
     assert gone.op == "delete"
+
+
+# --- the fast validator agrees with the schema -------------------------------------------
+
+_VALUES = [
+    None, True, False, 0, 1, -1, 7, 0.5, 5, 5.0, 4.75, 7.0, 7.5, -0.0, 1e400, -1e400,
+    2**53 - 1, 2**53, 9007199254740991.0, 9007199254740992.0, 4102444800, 4102444800.5,
+    "", "x", "42", "a\nb", "ab\n", "\x7f", "tab\there", "ü" * 128, "ü" * 129, "click",
+    "rating", "hover", [], ["1"], {}, {"page": "home"}, {str(i): i for i in range(33)},
+    {str(i): i for i in range(32)},
+]  # fmt: skip
+
+
+def _corpus() -> list[dict]:
+    docs = [dict(BASE), {**BASE, "type": "rating", "rating": 4.5}, {}]
+    for field in ("event_id", "user_id", "item_id", "type", "rating", "timestamp", "context"):
+        for value in _VALUES:
+            for base in (BASE, {**BASE, "type": "rating", "rating": 3}):
+                docs.append({**base, field: value})
+        docs.append({k: v for k, v in BASE.items() if k != field})
+    for event_type in (*EVENT_TYPES, "Click", ""):
+        docs.append({**BASE, "type": event_type})
+    docs.append({**BASE, "extra": 1})
+    docs.append({**BASE, "Event_id": "e"})
+    return docs
+
+
+def test_fast_validator_agrees_with_the_schema_on_a_corpus():
+    from app.core.events import _event_is_valid
+    from app.schemas import first_error
+
+    corpus = _corpus()
+    valid = 0
+    for doc in corpus:
+        expected = first_error("user-event", doc) is None
+        assert _event_is_valid(doc) is expected, doc
+        valid += expected
+    # both kinds are well represented
+    assert 50 < valid < len(corpus) - 50
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["event_id", "user_id", "item_id", "type", "rating", "timestamp", "context", "x"]
+        ),
+        st.one_of(
+            st.sampled_from(_VALUES),
+            st.text(max_size=140),
+            st.integers(min_value=-10, max_value=2**54),
+            st.floats(allow_nan=False),
+            st.sampled_from(EVENT_TYPES),
+        ),
+    )
+)
+def test_fast_validator_agrees_with_the_schema_on_random_documents(doc):
+    from app.core.events import _event_is_valid
+    from app.schemas import first_error
+
+    assert _event_is_valid(doc) is (first_error("user-event", doc) is None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {
+            "event_id": st.text(min_size=1, max_size=130),
+            "user_id": st.one_of(st.text(max_size=130), st.integers(-2, 2**53 + 2)),
+            "item_id": st.one_of(st.text(max_size=130), st.floats(allow_nan=False)),
+            "type": st.sampled_from(EVENT_TYPES),
+            "timestamp": st.floats(allow_nan=False, min_value=-1, max_value=5e9),
+        },
+        optional={"rating": st.floats(allow_nan=False, min_value=0, max_value=6)},
+    )
+)
+def test_fast_validator_agrees_on_nearly_valid_events(doc):
+    from app.core.events import _event_is_valid
+    from app.schemas import first_error
+
+    assert _event_is_valid(doc) is (first_error("user-event", doc) is None)
