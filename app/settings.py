@@ -134,7 +134,7 @@ class ItemSettings(_Section):
 
 
 class EmbeddingUpdateSettings(_Section):
-    half_life_seconds: float = Field(14 * 24 * 3600, gt=0)
+    half_life_seconds: float = Field(30 * 24 * 3600, gt=0)
     """Older engagement counts half as much after this long."""
     weight_click: float = 1.0
     """Pull of a click toward the item."""
@@ -214,7 +214,7 @@ class RecallSettings(_Section):
     """How many similar users to draw items from."""
     genre_min_ratings: int = Field(3, ge=1)
     """Ratings an item needs before the genre rule trusts its average."""
-    popularity_half_life_seconds: float = Field(24 * 3600, gt=0)
+    popularity_half_life_seconds: float = Field(30 * 24 * 3600, gt=0)
     """Half-life of trending scores."""
 
 
