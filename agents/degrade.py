@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from app.core.user_state import UserState
@@ -27,6 +28,17 @@ from app.storage.redis_store import RETRYABLE
 log = logging.getLogger("nearline.degrade")
 
 _admin: AIOKafkaAdminClient | None = None
+_offsets: AIOKafkaConsumer | None = None
+
+
+async def _end_offsets(tps: list[Any]) -> tuple[dict[Any, int], dict[Any, int]]:
+    """(earliest, latest) offsets from a group-less client: asking through Faust's consumer
+    thread waits behind its fetch loop (about a second per call)."""
+    global _offsets
+    if _offsets is None:
+        _offsets = AIOKafkaConsumer(group_id=None, **client_kwargs(settings.kafka))
+        await _offsets.start()
+    return await _offsets.beginning_offsets(tps), await _offsets.end_offsets(tps)
 
 
 async def _committed(tps: list[Any]) -> dict[Any, int]:
@@ -47,15 +59,17 @@ async def measure_lag() -> dict[int, int]:
     End offsets are asked of the broker every time: Faust's own monitor only learns them
     from fetches, so its lag freezes exactly when the consumer stalls."""
     topic = events_topic.get_topic_name()
-    tps = sorted(tp for tp in app.consumer.assignment() if tp.topic == topic)
+    tps = [
+        TopicPartition(tp.topic, tp.partition)
+        for tp in sorted(app.consumer.assignment())
+        if tp.topic == topic
+    ]
     if not tps:
         return {}
-    end = await app.consumer.highwaters(*tps)
+    start, end = await _end_offsets(tps)
     committed = await _committed(tps)
-    missing = [tp for tp in tps if tp not in committed]
-    if missing:  # nothing committed yet: the group starts from the earliest offset
-        committed.update(await app.consumer.earliest_offsets(*missing))
-    return {tp.partition: max(0, end[tp] - committed[tp]) for tp in tps}
+    # nothing committed yet: the group starts from the earliest offset
+    return {tp.partition: max(0, end[tp] - committed.get(tp, start[tp])) for tp in tps}
 
 
 @app.timer(interval=settings.degrade.check_interval)
@@ -63,8 +77,10 @@ async def lag_monitor() -> None:
     now = time.time()
     try:
         override = await runtime.store.read_override()
+        runtime.redis_ping_ok = True
     except RETRYABLE:
         override = None
+        runtime.redis_ping_ok = False
     if override in ("auto", "degraded", "normal") and override != runtime.policy.override:
         runtime.policy.set_override(override, now)
         log_event("mode override", override=override, mode=runtime.policy.mode)

@@ -59,6 +59,7 @@ async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
 
 
 async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
+    started = time.perf_counter()
     records = [_record(e) for e in events]
     by_pos = {(r.partition, r.offset): e for r, e in zip(records, events, strict=True)}
     degraded = runtime.policy.mode == "degraded" and bool(runtime.popular_rows)
@@ -72,6 +73,9 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
     sends = []
     for dl in result.dead_letters:
         runtime.dead_letters[dl.value["reason"]] += 1
+        src = dl.value["source"]
+        log_event("dead letter", reason=dl.value["reason"], partition=src["partition"],
+                  offset=src["offset"], mode=runtime.policy.mode)
         sends.append(await events_dlq_topic.send(key=dl.key, value=dl.encode()))
 
     # Faust writes a table key to the changelog partition of the *current* event; in a
@@ -106,6 +110,11 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
     runtime.counters["lists_degraded"] += len(result.dirty)
     runtime.counters["dead_letters"] += len(result.dead_letters)
     runtime.last_batch_at = time.time()
+    runtime.metrics.observe_batch(
+        len(records),
+        time.perf_counter() - started,
+        [runtime.last_batch_at - r.timestamp for r in result.last_record.values() if r.timestamp],
+    )
     stamps = [r.timestamp for r in records if r.timestamp]
     if stamps:
         runtime.last_message_time = max(runtime.last_message_time, max(stamps))

@@ -1,23 +1,132 @@
-"""Web views of the worker: status as JSON, and a user's list from Redis."""
+"""Web views of the worker: read path, health, status (JSON and page), Prometheus metrics."""
 
 from __future__ import annotations
 
+import hmac
+import time
+from pathlib import Path
 from typing import Any
 
-from app.runtime import app, runtime
+from app.logs import use_json_logs
+from app.metrics import CONTENT_TYPE
+from app.runtime import app, events_topic, runtime, settings
+from app.serving import BadRequest, check_user_id, parse_k
+
+STATUS_PAGE = Path(__file__).resolve().parent / "status_page.html"
+
+
+def _error(web: Any, status: int, message: str) -> Any:
+    return web.json({"error": message, "status": status}, status=status)
+
+
+def _denied(web: Any, request: Any) -> Any | None:
+    """401 unless the request carries the configured bearer token (no token: open)."""
+    token = settings.serve.token
+    if token is None:
+        return None
+    sent = request.headers.get("Authorization", "")
+    expected = f"Bearer {token.get_secret_value()}"
+    if hmac.compare_digest(sent.encode(), expected.encode()):
+        return None
+    return _error(web, 401, "missing or wrong bearer token")
+
+
+async def _recommendations(web: Any, request: Any, user_id: str) -> Any:
+    if (denied := _denied(web, request)) is not None:
+        return denied
+    try:
+        check_user_id(user_id)
+        k = parse_k(request.query.get("k"), settings.serve.default_k)
+    except BadRequest as exc:
+        return _error(web, 400, str(exc))
+    result = await runtime.reader.read(user_id)
+    return web.json(result.response(k, time.time(), settings.serve.stale_after_seconds))
+
+
+@app.page("/recommendations/{user_id}")
+async def recommendations(web: Any, request: Any, user_id: str) -> Any:
+    return await _recommendations(web, request, user_id)
+
+
+@app.page("/recommendations/{user_id}/")
+async def recommendations_slash(web: Any, request: Any, user_id: str) -> Any:
+    return await _recommendations(web, request, user_id)
+
+
+def health_checks() -> dict[str, bool]:
+    topic = events_topic.get_topic_name()
+    assigned = [tp for tp in app.consumer.assignment() if tp.topic == topic]
+    recovery = getattr(app.tables, "recovery", None)
+    check_every = settings.degrade.check_interval
+    return {
+        # the lag monitor asks the broker every check: a recent answer means it is reachable
+        "broker": runtime.lag_measured_at > time.time() - max(5.0, 5 * check_every),
+        "redis": runtime.redis_ok and runtime.redis_ping_ok,
+        "partitions_assigned": bool(assigned),
+        "recovery_done": bool(recovery is not None and recovery.completed.is_set()),
+        "catalog_loaded": runtime.catalog_ready.is_set(),
+    }
+
+
+async def _health(web: Any, request: Any) -> Any:
+    checks = health_checks()
+    ready = all(checks.values())
+    return web.json(
+        {"live": True, "ready": ready, "checks": checks, "mode": runtime.policy.mode},
+        status=200 if ready else 503,
+    )
+
+
+@app.page("/health")
+async def health(web: Any, request: Any) -> Any:
+    return await _health(web, request)
+
+
+@app.page("/health/")
+async def health_slash(web: Any, request: Any) -> Any:
+    return await _health(web, request)
 
 
 @app.page("/status/")
 async def status(web: Any, request: Any) -> Any:
+    if (denied := _denied(web, request)) is not None:
+        return denied
     return web.json(runtime.status())
 
 
-@app.page("/recommendations/{user_id}/")
-async def recommendations(web: Any, request: Any, user_id: str) -> Any:
-    value = await runtime.store.read_list(user_id)
-    if value is None:
-        value = await runtime.store.read_cold_start()
-        if value is None:
-            return web.json({"error": "no list for user and no cold-start list yet"}, status=404)
-        value = dict(value, user_id=user_id)
-    return web.json(value)
+@app.page("/status/history/")
+async def status_history(web: Any, request: Any) -> Any:
+    if (denied := _denied(web, request)) is not None:
+        return denied
+    since = request.query.get("since")
+    try:
+        floor = float(since) if since else 0.0
+    except ValueError:
+        return _error(web, 400, "since must be a unix time in seconds")
+    return web.json({"samples": [s for s in runtime.history if s["t"] > floor]})
+
+
+@app.page("/status/page/")
+async def status_page(web: Any, request: Any) -> Any:
+    if (denied := _denied(web, request)) is not None:
+        return denied
+    return web.html(STATUS_PAGE.read_text(encoding="utf-8"))
+
+
+@app.page("/metrics")
+async def metrics(web: Any, request: Any) -> Any:
+    if (denied := _denied(web, request)) is not None:
+        return denied
+    return web.bytes(runtime.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+@app.task
+async def structured_logs() -> None:
+    """NEARLINE_SERVE__LOG_JSON=true: one JSON object per log line from here on."""
+    if settings.serve.log_json:
+        use_json_logs()
+
+
+@app.page("/{tail:.*}")
+async def not_found(web: Any, request: Any, tail: str) -> Any:
+    return _error(web, 404, f"no such endpoint: /{tail[:100]}")

@@ -400,6 +400,7 @@ def bench() -> None:
 
 
 import app.bench.commands  # noqa: E402,F401  registers the benchmarks
+import app.ops  # noqa: E402,F401  registers lag, status and dlq
 import app.quality.commands  # noqa: E402,F401  registers train-embeddings and evaluate
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
 import logging
 import time
 from collections import Counter, OrderedDict, deque
@@ -13,7 +13,10 @@ from app.core.degrade import LagPolicy, LagThresholds
 from app.core.factory import build_recommender
 from app.core.user_state import UserState
 from app.faust_app import create_app
+from app.logs import log_fields
+from app.metrics import Metrics
 from app.processing import BatchProcessor
+from app.serving import ListReader
 from app.settings import Settings, load_settings_or_exit
 from app.storage.redis_store import RedisStore
 
@@ -35,6 +38,8 @@ class Runtime:
         self.dead_letters: Counter[str] = Counter()
         self.started_at = time.time()
         self.redis_ok = True
+        self.redis_ping_ok = True
+        """Result of the last Redis ping by the lag monitor (readiness, even without traffic)."""
         self.last_batch_at = 0.0
         self.last_event_time = 0.0
         self.last_message_time = 0.0
@@ -50,6 +55,8 @@ class Runtime:
         self.lag: dict[int, int] = {}
         """Lag per assigned user-events partition at the last measurement."""
         self.lag_measured_at = 0.0
+        self.metrics = Metrics(self.status)
+        self._reader: ListReader | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=3600)
         """One sample per lag check: time, lag, mode, events/s (for the status page)."""
 
@@ -59,6 +66,24 @@ class Runtime:
         if self._store is None:
             self._store = RedisStore(self.settings.redis)
         return self._store
+
+    @property
+    def reader(self) -> ListReader:
+        if self._reader is None:
+            self._reader = ListReader(
+                self.store,
+                cache_ttl=self.settings.serve.cache_ttl_seconds,
+                default=self.default_list,
+            )
+        return self._reader
+
+    def default_list(self) -> dict[str, Any]:
+        """Built-in last resort: the in-memory popular list (works with Redis down)."""
+        rec = self.recommender
+        if not len(rec.catalog):
+            return {"items": [], "mode": "cold_start", "degraded": False, "version": 0}
+        shared = dataclasses.replace(rec.popular_list(rec.config.top_n), mode="cold_start")
+        return shared.to_json(version=0, generated_at=time.time())
 
     @property
     def catalog_ready(self) -> asyncio.Event:
@@ -99,6 +124,10 @@ class Runtime:
                 for t in self.policy.transitions[-20:]
             ],
             "redis_ok": self.redis_ok,
+            "redis_errors": self._store.errors if self._store else 0,
+            "redis_retries": self._store.retries if self._store else 0,
+            "reads": dict(self._reader.reads) if self._reader else {},
+            "throughput_eps": self.history[-1]["eps"] if self.history else 0.0,
             "counters": dict(self.counters),
             "dead_letters": dict(self.dead_letters),
             "last_batch_at": self.last_batch_at,
@@ -108,9 +137,8 @@ class Runtime:
 
 
 def log_event(msg: str, **fields: Any) -> None:
-    """Structured log line: message plus key=value fields."""
-    extra = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in fields.items())
-    log.info("%s %s", msg, extra)
+    """Structured log line: message plus fields (user_id=, partition=, offset=, mode=...)."""
+    log_fields(log, msg, **fields)
 
 
 settings = load_settings_or_exit()

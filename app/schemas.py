@@ -10,7 +10,14 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-SCHEMA_NAMES = ("user-event", "item-update", "recommendation", "redis-user-list", "dead-letter")
+SCHEMA_NAMES = (
+    "user-event",
+    "item-update",
+    "recommendation",
+    "redis-user-list",
+    "dead-letter",
+    "recommendation-response",
+)
 
 
 def schemas_dir() -> Path:

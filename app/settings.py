@@ -255,6 +255,19 @@ class DegradeSettings(_Section):
         return self
 
 
+class ServeSettings(_Section):
+    cache_ttl_seconds: float = Field(2.0, ge=0, le=3600)
+    """TTL of the in-process list cache on the read path (0 = no cache)."""
+    stale_after_seconds: float = Field(3600.0, gt=0)
+    """A list older than this is reported stale."""
+    default_k: int = Field(10, ge=1, le=1000)
+    """Items returned when the request has no k."""
+    token: SecretStr | None = None
+    """When set, HTTP endpoints other than /health require `Authorization: Bearer <token>`."""
+    log_json: bool = False
+    """Log one JSON object per line (with user_id, partition, offset, mode where they apply)."""
+
+
 class Settings(BaseSettings):
     """Everything the worker and the CLI can be told; NEARLINE_<SECTION>__<FIELD>."""
 
@@ -276,6 +289,7 @@ class Settings(BaseSettings):
     recall: RecallSettings = RecallSettings()
     ranking: RankingSettings = RankingSettings()
     degrade: DegradeSettings = DegradeSettings()
+    serve: ServeSettings = ServeSettings()
 
 
 class SettingsError(ValueError):

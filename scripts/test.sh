@@ -27,6 +27,16 @@ if [[ "${NEARLINE_SKIP_INSTALL:-0}" != 1 ]]; then
 fi
 
 # Which services do we own? Only those not already running before we were called.
+# The status page test drives Debian's headless Chromium.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "test.sh: installing chromium (apt-get) for the status page browser test"
+  if [[ "$(id -u)" == 0 ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    sudo -n apt-get update -qq && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  fi
+fi
+
 started=()
 for svc in kafka redis; do
   if "${SERVICES[@]}" status "$svc" >/dev/null 2>&1; then

@@ -1,0 +1,138 @@
+"""Prometheus metrics of one worker: hot-path histograms plus values read from the runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class RuntimeCollector(Collector):
+    """Counters and gauges the worker already keeps, read at scrape time (no hot-path cost)."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        s = self.snapshot()
+        c = s["counters"]
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, value=value)
+
+        yield counter("nearline_events_in", "User events consumed.", c.get("events_in", 0))
+        yield counter(
+            "nearline_events_applied", "Events applied to user state.", c.get("events_applied", 0)
+        )
+        yield counter(
+            "nearline_events_duplicate",
+            "Redelivered or duplicate events that changed nothing.",
+            c.get("events_duplicate", 0),
+        )
+        lists = CounterMetricFamily(
+            "nearline_lists_written",
+            "Per-user lists written to Redis and published.",
+            labels=["mode"],
+        )
+        lists.add_metric(["personal"], c.get("lists_written", 0) - c.get("lists_degraded", 0))
+        lists.add_metric(["degraded"], c.get("lists_degraded", 0))
+        lists.add_metric(["recomputed"], c.get("dirty_recomputed", 0))
+        yield lists
+        dead = CounterMetricFamily(
+            "nearline_dead_letters", "Records sent to a dead-letter topic.", labels=["reason"]
+        )
+        for reason, n in sorted(s["dead_letters"].items()):
+            dead.add_metric([reason], n)
+        yield dead
+        yield counter(
+            "nearline_item_updates",
+            "Item updates applied to the catalog.",
+            c.get("item_updates", 0),
+        )
+        yield counter(
+            "nearline_redis_errors",
+            "Redis writes that failed after all retries.",
+            s["redis_errors"],
+        )
+        yield counter(
+            "nearline_redis_retries", "Redis attempts retried with backoff.", s["redis_retries"]
+        )
+        reads = CounterMetricFamily(
+            "nearline_reads", "List reads by the tier that served them.", labels=["tier"]
+        )
+        for tier, n in sorted(s["reads"].items()):
+            reads.add_metric([tier], n)
+        yield reads
+        lag = GaugeMetricFamily(
+            "nearline_consumer_lag", "High-water mark minus committed offset.", labels=["partition"]
+        )
+        for part, value in sorted(s["lag_by_partition"].items()):
+            lag.add_metric([str(part)], value)
+        yield lag
+        mode = GaugeMetricFamily("nearline_mode", "1 for the current mode.", labels=["mode"])
+        for m in ("normal", "degraded"):
+            mode.add_metric([m], 1.0 if s["mode"] == m else 0.0)
+        yield mode
+        yield GaugeMetricFamily(
+            "nearline_degraded",
+            "1 while serving degraded lists.",
+            value=1.0 if s["mode"] == "degraded" else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "nearline_dirty_users", "Users waiting for a normal recompute.", value=s["dirty_users"]
+        )
+        yield GaugeMetricFamily(
+            "nearline_catalog_items", "Items in the in-memory catalog.", value=s["items"]
+        )
+        yield GaugeMetricFamily(
+            "nearline_redis_up",
+            "1 when the last Redis write succeeded.",
+            value=1.0 if s["redis_ok"] else 0.0,
+        )
+        age = s.get("newest_event_age_s")
+        if age is not None:
+            yield GaugeMetricFamily(
+                "nearline_newest_event_age_seconds",
+                "Age of the newest processed event (Kafka timestamp).",
+                value=age,
+            )
+
+
+class Metrics:
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry()
+        self.batch_size = Histogram(
+            "nearline_batch_size_events",
+            "Events per micro-batch.",
+            registry=self.registry,
+            buckets=(1, 5, 10, 25, 50, 100, 200, 500, 1000, 2000, 5000),
+        )
+        self.batch_seconds = Histogram(
+            "nearline_batch_processing_seconds",
+            "Wall time of one micro-batch: decode, state, lists, Redis, publish.",
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.freshness = Histogram(
+            "nearline_event_to_list_seconds",
+            "From an event's Kafka timestamp to its user's list being in Redis.",
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.registry.register(RuntimeCollector(snapshot))
+
+    def observe_batch(self, n: int, seconds: float, freshness: list[float]) -> None:
+        self.batch_size.observe(n)
+        self.batch_seconds.observe(seconds)
+        for f in freshness:
+            self.freshness.observe(max(f, 0.0))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

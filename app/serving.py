@@ -1,0 +1,182 @@
+"""Read path: a user's list through tiers (cache -> Redis -> popular/cold-start -> default).
+
+The tier choice is a pure function (`resolve`), shared by the worker's HTTP view
+(`ListReader`, with an aiocache in-process cache) and by `get_recommendations`, the
+small client function for services that read Redis directly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from app.storage import keys
+
+TIERS = ("cache", "redis", "popular", "cold_start", "default")
+MAX_K = 1000
+
+
+class BadRequest(ValueError):
+    """Invalid read input; the message is safe to return to the caller."""
+
+
+def parse_k(raw: str | None, default: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        k = int(raw)
+    except ValueError:
+        raise BadRequest(f"k must be an integer, got {raw[:32]!r}") from None
+    if not 1 <= k <= MAX_K:
+        raise BadRequest(f"k must be between 1 and {MAX_K}, got {k}")
+    return k
+
+
+def check_user_id(user_id: str) -> str:
+    if not user_id or len(user_id) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in user_id):
+        raise BadRequest("user_id must be 1 to 128 printable characters")
+    return user_id
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    user_id: str
+    tier: str
+    value: dict[str, Any]
+    """The stored list (redis-user-list schema) the response was made from."""
+
+    def response(self, k: int, now: float, stale_after: float) -> dict[str, Any]:
+        """schemas/recommendation-response.schema.json."""
+        v = self.value
+        shared = self.tier in ("popular", "cold_start", "default")
+        generated = float(v.get("generated_at", 0.0))
+        age = max(0.0, now - generated) if generated else None
+        return {
+            "user_id": self.user_id,
+            "k": k,
+            "items": v.get("items", [])[:k],
+            "tier": self.tier,
+            # a shared list answers a user without one: that is cold start, not overload
+            "mode": "cold_start" if shared else v.get("mode", "cold_start"),
+            "degraded": False if shared else bool(v.get("degraded", False)),
+            # personal lists go stale with time; shared lists are refreshed on a timer
+            "stale": self.tier == "default" or (age is not None and age > stale_after),
+            "version": v.get("version", 0),
+            "generated_at": generated,
+            "age_seconds": None if age is None else round(age, 3),
+            "model_version": v.get("model_version", ""),
+        }
+
+
+def resolve(
+    user_id: str,
+    *,
+    cached: dict[str, Any] | None = None,
+    personal: dict[str, Any] | None = None,
+    popular: dict[str, Any] | None = None,
+    cold_start: dict[str, Any] | None = None,
+    default: dict[str, Any] | None = None,
+) -> ReadResult:
+    """First tier that has a list wins; the default tier always answers (maybe empty)."""
+    if cached is not None:
+        return ReadResult(user_id, "cache", cached)
+    if personal is not None:
+        return ReadResult(user_id, "redis", personal)
+    if popular is not None and popular.get("items"):
+        return ReadResult(user_id, "popular", popular)
+    if cold_start is not None and cold_start.get("items"):
+        return ReadResult(user_id, "cold_start", cold_start)
+    fallback = default or {"items": [], "mode": "cold_start", "degraded": False}
+    return ReadResult(user_id, "default", fallback)
+
+
+def _loads(raw: bytes | str | None) -> dict[str, Any] | None:
+    return None if raw is None else json.loads(raw)
+
+
+class ListReader:
+    """The worker's read path: aiocache memory cache in front of Redis."""
+
+    def __init__(self, store: Any, *, cache_ttl: float, default: Any) -> None:
+        from aiocache import SimpleMemoryCache
+
+        self.store = store
+        self.cache_ttl = cache_ttl
+        self.cache = SimpleMemoryCache()
+        self.default = default
+        """Callable returning the built-in default list (the worker's in-memory popular list)."""
+        self.reads: Counter[str] = Counter()
+        self.redis_errors = 0
+
+    async def read(self, user_id: str) -> ReadResult:
+        from app.storage.redis_store import RETRYABLE
+
+        cached = await self.cache.get(user_id)
+        if cached is not None:
+            result = resolve(user_id, cached=cached)
+        else:
+            p = self.store.prefix
+            try:
+                pipe = self.store.client.pipeline(transaction=False)
+                pipe.hget(keys.user_list(p, user_id), "json")
+                pipe.get(keys.popular_list(p))
+                pipe.get(keys.cold_start_list(p))
+                personal, popular, cold = await pipe.execute()
+                result = resolve(
+                    user_id,
+                    personal=_loads(personal),
+                    popular=_loads(popular),
+                    cold_start=_loads(cold),
+                    default=self.default(),
+                )
+            except RETRYABLE:
+                self.redis_errors += 1
+                result = resolve(user_id, default=self.default())
+            if result.tier == "redis" and self.cache_ttl > 0:
+                await self.cache.set(user_id, result.value, ttl=self.cache_ttl)
+        self.reads[result.tier] += 1
+        return result
+
+
+def get_recommendations(
+    user_id: str,
+    k: int = 10,
+    *,
+    url: str = "redis://127.0.0.1:6379/0",
+    prefix: str = "nl:",
+    client: Any = None,
+    stale_after: float = 3600.0,
+    default: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """For services that read Redis directly: the same tiers as the worker (minus its cache).
+
+    >>> get_recommendations("42", k=5)["items"]      # doctest: +SKIP
+    """
+    import redis
+
+    check_user_id(user_id)
+    if not 1 <= k <= MAX_K:
+        raise BadRequest(f"k must be between 1 and {MAX_K}, got {k}")
+    r = client or redis.Redis.from_url(url)
+    try:
+        pipe = r.pipeline(transaction=False)
+        pipe.hget(keys.user_list(prefix, user_id), "json")
+        pipe.get(keys.popular_list(prefix))
+        pipe.get(keys.cold_start_list(prefix))
+        personal, popular, cold = pipe.execute()
+        result = resolve(
+            user_id,
+            personal=_loads(personal),
+            popular=_loads(popular),
+            cold_start=_loads(cold),
+            default=default,
+        )
+    except (redis.ConnectionError, redis.TimeoutError):
+        result = resolve(user_id, default=default)
+    finally:
+        if client is None:
+            r.close()
+    return result.response(k, time.time(), stale_after)
