@@ -76,6 +76,7 @@ class ItemCatalog:
         self._lsh: LSHIndex | None = None
         self.version = 0
         """Bumped on every change; caches derived from the catalog compare it."""
+        self._newest: tuple[int, np.ndarray, np.ndarray] | None = None
 
     # -- lookups --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -117,6 +118,17 @@ class ItemCatalog:
 
     def live_keys(self) -> np.ndarray:
         return np.flatnonzero(self._live)
+
+    def newest_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """Recommendable keys, newest release first (ties by key), and their negated release
+        times (ascending, for searchsorted); cached until the catalog changes, since sorting
+        every item per user list was the costliest step of a recommendation."""
+        if self._newest is None or self._newest[0] != self.version:
+            keys = np.flatnonzero(self._recommendable[: self.capacity])
+            release = self._release[keys]
+            order = np.lexsort((keys, -release))
+            self._newest = (self.version, keys[order], -release[order])
+        return self._newest[1], self._newest[2]
 
     @property
     def uses_lsh(self) -> bool:

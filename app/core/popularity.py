@@ -105,8 +105,15 @@ def _top_keys(score: np.ndarray, mask: np.ndarray, k: int, *, positive: bool) ->
     keys = np.flatnonzero(ok)
     if len(keys) == 0 or k <= 0:
         return np.zeros(0, np.int64)
+    values = score[keys]
+    if len(keys) > 2 * k:
+        # Only the best k need sorting: keep every key scoring at least the k-th best (ties
+        # included, so the key order below still decides among equals).
+        kth = values[np.argpartition(values, len(values) - k)[len(values) - k]]
+        near = values >= kth
+        keys, values = keys[near], values[near]
     # lexsort: primary -score, secondary key, so equal scores come out in key order
-    order = np.lexsort((keys, -score[keys]))
+    order = np.lexsort((keys, -values))
     return keys[order[:k]].astype(np.int64)
 
 

@@ -39,6 +39,13 @@ class RecallContext:
     def admissible(self, key: int) -> bool:
         return key not in self.exclude and bool(self.catalog.recommendable_mask[key])
 
+    def admissible_mask(self, keys: np.ndarray) -> np.ndarray:
+        """`admissible` for an array of keys at once."""
+        ok = self.catalog.recommendable_mask[keys]
+        if self.exclude and len(keys):
+            ok &= ~np.isin(keys, np.fromiter(self.exclude, np.int64, len(self.exclude)))
+        return ok
+
 
 @dataclass(frozen=True)
 class ChannelConfig:
@@ -54,13 +61,12 @@ RecallFn = Callable[[RecallContext, int], list[Candidate]]
 def _take(
     ctx: RecallContext, keys: np.ndarray, scores: np.ndarray, k: int, name: str
 ) -> list[Candidate]:
-    out: list[Candidate] = []
-    for key, score in zip(keys.tolist(), scores.tolist(), strict=True):
-        if ctx.admissible(key):
-            out.append(Candidate(key, float(score), name))
-            if len(out) == k:
-                break
-    return out
+    keys = np.asarray(keys, dtype=np.int64)
+    sel = np.flatnonzero(ctx.admissible_mask(keys))[:k]
+    return [
+        Candidate(key, float(score), name)
+        for key, score in zip(keys[sel].tolist(), np.asarray(scores)[sel].tolist(), strict=True)
+    ]
 
 
 def _search_admissible(
@@ -83,17 +89,28 @@ def item2item_recall(ctx: RecallContext, k: int, seeds: int = 5) -> list[Candida
     """Neighbours of the last liked items; an item near several seeds keeps its best score."""
     if k <= 0:
         return []
-    best: dict[int, float] = {}
+    found_keys, found_scores = [], []
     for item_id in reversed(ctx.user.liked[-seeds:]):
         vec = ctx.catalog.vector(item_id)
         if vec is None:
             continue
         keys, scores = _search_admissible(ctx, vec, k)
-        for key, score in zip(keys.tolist(), scores.tolist(), strict=True):
-            if ctx.admissible(key) and score > best.get(key, -np.inf):
-                best[key] = score
-    ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-    return [Candidate(key, float(score), "item2item") for key, score in ranked]
+        found_keys.append(keys)
+        found_scores.append(scores)
+    if not found_keys:
+        return []
+    keys = np.concatenate(found_keys).astype(np.int64, copy=False)
+    scores = np.concatenate(found_scores)
+    ok = ctx.admissible_mask(keys)
+    keys, scores = keys[ok], scores[ok]
+    # Best score first (ties by key): the first occurrence of a key is its best score.
+    order = np.lexsort((keys, -scores))
+    keys, scores = keys[order], scores[order]
+    first = np.sort(np.unique(keys, return_index=True)[1])[:k]
+    return [
+        Candidate(key, float(score), "item2item")
+        for key, score in zip(keys[first].tolist(), scores[first].tolist(), strict=True)
+    ]
 
 
 def similar_users_recall(ctx: RecallContext, k: int, n_users: int = 20) -> list[Candidate]:
@@ -161,15 +178,13 @@ def newest_recall(ctx: RecallContext, k: int) -> list[Candidate]:
     """Most recently released items that are out by the stream's clock."""
     if k <= 0:
         return []
-    cap = ctx.catalog.capacity
-    release = ctx.catalog.release_ts[:cap]
-    ok = ctx.catalog.recommendable_mask[:cap] & (release <= ctx.now)
-    keys = np.flatnonzero(ok)
-    if len(keys) == 0:
+    keys, neg_release = ctx.catalog.newest_order()
+    # Sorted newest first: items not yet out by the stream's clock are a prefix to skip.
+    start = int(np.searchsorted(neg_release, -ctx.now, side="left"))
+    stop = start + k + len(ctx.exclude)
+    if start >= len(keys):
         return []
-    order = np.lexsort((keys, -release[keys]))
-    keys = keys[order[: k + len(ctx.exclude)]]
-    return _take(ctx, keys, release[keys], k, "newest")
+    return _take(ctx, keys[start:stop], -neg_release[start:stop], k, "newest")
 
 
 def build_channels(
