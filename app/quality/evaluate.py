@@ -150,9 +150,7 @@ def prepare(
         ids, matrix = read_embeddings(embeddings_path, expected_dim=dim)
         emb_info: dict[str, Any] = {"source": str(embeddings_path), "items": len(ids)}
     else:
-        tc = train_config or TrainConfig(
-            dim=dim, rating_center=settings.embedding.rating_center
-        )
+        tc = train_config or TrainConfig(dim=dim, rating_center=settings.embedding.rating_center)
         if tc.dim != dim:
             raise EvaluationError(f"training dim {tc.dim} != NEARLINE_ITEMS__EMBEDDING_DIM {dim}")
         try:
@@ -207,9 +205,7 @@ class Baselines:
         return {
             "popularity": tuple(item_id(k) for k in self.popularity(ctx, n)),
             "trending": tuple(item_id(c.key) for c in trending_recall(ctx, n)),
-            "genre": tuple(
-                item_id(c.key) for c in genre_recall(ctx, n, self.genre_min_ratings)
-            ),
+            "genre": tuple(item_id(c.key) for c in genre_recall(ctx, n, self.genre_min_ratings)),
         }
 
 

@@ -41,5 +41,11 @@ def test_e2e_replay_through_the_worker_matches_in_process(tmp_path):
     assert e2e["lists_out"] == e2e["lists_written"] >= report["events"]["scored"]
     pipeline = e2e["methods"]["pipeline"]
     assert set(pipeline["channels"]) <= {
-        "embedding", "item2item", "similar_users", "genre", "trending", "newest", "cold_start"
+        "embedding",
+        "item2item",
+        "similar_users",
+        "genre",
+        "trending",
+        "newest",
+        "cold_start",
     }

@@ -63,8 +63,19 @@ def test_training_is_seeded_and_writes_the_item2vec_format(small_sample, tmp_pat
     out, users = tmp_path / "items.txt", tmp_path / "users.txt"
     res = CliRunner().invoke(
         main,
-        ["train-embeddings", "--ratings", str(small_sample.ratings_path), "--dim", "8",
-         "--out", str(out), "--users-out", str(users), "--seed", "1"],
+        [
+            "train-embeddings",
+            "--ratings",
+            str(small_sample.ratings_path),
+            "--dim",
+            "8",
+            "--out",
+            str(out),
+            "--users-out",
+            str(users),
+            "--seed",
+            "1",
+        ],
     )
     assert res.exit_code == 0, res.output
     ids, matrix = read_embeddings(out, expected_dim=8)
@@ -104,8 +115,11 @@ def test_cooccurrence_only_pairs_liked_items_of_one_user_within_the_window():
     from app.data.loaders import Rating
 
     rows = [
-        Rating("u1", "a", 5, 1), Rating("u1", "b", 5, 2), Rating("u1", "c", 1, 3),
-        Rating("u1", "d", 5, 4), Rating("u2", "e", 5, 1),
+        Rating("u1", "a", 5, 1),
+        Rating("u1", "b", 5, 2),
+        Rating("u1", "c", 1, 3),
+        Rating("u1", "d", 5, 4),
+        Rating("u2", "e", 5, 1),
     ]
     table = RatingTable.from_ratings(rows)
     c = cooccurrence(table, TrainConfig(window=1, min_rating=4.0)).toarray()
@@ -171,8 +185,9 @@ def test_evaluate_runs_on_a_movielens_format_file(small_sample, tmp_path, monkey
     assert report["events"]["train"] == round(0.8 * 6000)
     pipe = report["methods"]["pipeline"]
     assert sum(c["hits"] for c in pipe["channels"].values()) == pipe["hits"]
-    best_baseline = max(report["methods"][m]["hit_rate@10"] for m in ("popularity", "trending",
-                                                                     "genre"))
+    best_baseline = max(
+        report["methods"][m]["hit_rate@10"] for m in ("popularity", "trending", "genre")
+    )
     assert pipe["hit_rate@10"] > best_baseline
     assert "| **full pipeline** |" in res.output
 
@@ -182,9 +197,19 @@ def test_evaluate_with_given_embeddings(small_sample, tmp_path, monkeypatch):
     out = tmp_path / "report"
     res = CliRunner().invoke(
         main,
-        ["evaluate", "--ratings", str(small_sample.ratings_path), "--movies",
-         str(small_sample.movies_path), "--embeddings", str(small_sample.embeddings_path),
-         "--k", "5", "--out", str(out)],
+        [
+            "evaluate",
+            "--ratings",
+            str(small_sample.ratings_path),
+            "--movies",
+            str(small_sample.movies_path),
+            "--embeddings",
+            str(small_sample.embeddings_path),
+            "--k",
+            "5",
+            "--out",
+            str(out),
+        ],
     )
     assert res.exit_code == 0, res.output
     report = json.loads((out / "quality.json").read_text())
@@ -199,8 +224,9 @@ def test_cli_errors_are_one_line(small_sample, tmp_path, monkeypatch):
     monkeypatch.setenv("NEARLINE_ITEMS__EMBEDDING_DIM", "16")
     r, m = str(small_sample.ratings_path), str(small_sample.movies_path)
     run = CliRunner().invoke
-    line = _one_line_error(run(main, ["evaluate", "--ratings", str(tmp_path / "no.csv"),
-                                      "--movies", m]))
+    line = _one_line_error(
+        run(main, ["evaluate", "--ratings", str(tmp_path / "no.csv"), "--movies", m])
+    )
     assert "no.csv" in line and "no such file" in line
 
     bad = tmp_path / "bad.csv"
@@ -211,19 +237,48 @@ def test_cli_errors_are_one_line(small_sample, tmp_path, monkeypatch):
     line = _one_line_error(run(main, ["evaluate", "--ratings", r, "--movies", m, "--k", "50"]))
     assert "NEARLINE_RANKING__TOP_N" in line
 
-    line = _one_line_error(run(main, ["evaluate", "--ratings", r, "--movies", m,
-                                      "--embeddings", str(small_sample.embeddings_path)],
-                               env={"NEARLINE_ITEMS__EMBEDDING_DIM": "8"}))
+    line = _one_line_error(
+        run(
+            main,
+            [
+                "evaluate",
+                "--ratings",
+                r,
+                "--movies",
+                m,
+                "--embeddings",
+                str(small_sample.embeddings_path),
+            ],
+            env={"NEARLINE_ITEMS__EMBEDDING_DIM": "8"},
+        )
+    )
     assert "embeddings.txt" in line
 
     low = tmp_path / "low.csv"
     low.write_text("userId,movieId,rating,timestamp\n1,2,1.0,100\n1,3,2.0,101\n")
-    line = _one_line_error(run(main, ["train-embeddings", "--ratings", str(low), "--dim", "8",
-                                      "--out", str(tmp_path / "o.txt")]))
+    line = _one_line_error(
+        run(
+            main,
+            [
+                "train-embeddings",
+                "--ratings",
+                str(low),
+                "--dim",
+                "8",
+                "--out",
+                str(tmp_path / "o.txt"),
+            ],
+        )
+    )
     assert "nothing to learn" in line and not (tmp_path / "o.txt").exists()
 
-    line = _one_line_error(run(main, ["evaluate", "--ratings", r, "--movies", m],
-                               env={"NEARLINE_RANKING__TOP_N": "zero"}))
+    line = _one_line_error(
+        run(
+            main,
+            ["evaluate", "--ratings", r, "--movies", m],
+            env={"NEARLINE_RANKING__TOP_N": "zero"},
+        )
+    )
     assert "NEARLINE_RANKING__TOP_N" in line
 
 
@@ -250,16 +305,20 @@ def test_compare_takes_the_latest_list_published_before_each_event():
     ]
 
     def out(offset: int, items: list[str]) -> SimpleNamespace:
-        doc = {"user_id": "u", "source": {"offset": offset},
-               "items": [{"item_id": i, "channel": "embedding"} for i in items]}
+        doc = {
+            "user_id": "u",
+            "source": {"offset": offset},
+            "items": [{"item_id": i, "channel": "embedding"} for i in items],
+        }
         return SimpleNamespace(value=json.dumps(doc).encode())
 
     # published out of order; the list made at offset 12 (after event c) must not be used
     # for c itself
     outputs = [out(12, ["d", "y"]), out(11, ["c", "x"]), out(10, ["q"])]
     in_process = {"pipeline": {"hit_rate@1": 1.0, "ndcg@1": 1.0, "mrr": 0.75}}
-    got = compare(prepared, replayed, EvalConfig(k=1), inputs, outputs, in_process=in_process,
-                  info={})
+    got = compare(
+        prepared, replayed, EvalConfig(k=1), inputs, outputs, in_process=in_process, info={}
+    )
     agreement = got["agreement"]
     assert agreement["missing_lists"] == 0
     assert agreement["identical_top_k"] == pytest.approx(0.5)  # event d: e2e had d first
