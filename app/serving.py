@@ -111,6 +111,21 @@ class ListReader:
         self.reads: Counter[str] = Counter()
         self.redis_errors = 0
 
+    async def _shared(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Popularity and cold-start lists: shared by all users, so cached like a hot list."""
+        hit = await self.cache.get("\0shared")
+        if hit is not None:
+            return hit
+        p = self.store.prefix
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.get(keys.popular_list(p))
+        pipe.get(keys.cold_start_list(p))
+        popular, cold = await pipe.execute()
+        value = (_loads(popular), _loads(cold))
+        if self.cache_ttl > 0:
+            await self.cache.set("\0shared", value, ttl=self.cache_ttl)
+        return value
+
     async def read(self, user_id: str) -> ReadResult:
         from app.storage.redis_store import RETRYABLE
 
@@ -120,18 +135,14 @@ class ListReader:
         else:
             p = self.store.prefix
             try:
-                pipe = self.store.client.pipeline(transaction=False)
-                pipe.hget(keys.user_list(p, user_id), "json")
-                pipe.get(keys.popular_list(p))
-                pipe.get(keys.cold_start_list(p))
-                personal, popular, cold = await pipe.execute()
-                result = resolve(
-                    user_id,
-                    personal=_loads(personal),
-                    popular=_loads(popular),
-                    cold_start=_loads(cold),
-                    default=self.default(),
-                )
+                # one round trip when the user has a list; the shared lists only on a miss
+                personal = await self.store.client.hget(keys.user_list(p, user_id), "json")
+                if personal is not None:
+                    result = resolve(user_id, personal=_loads(personal))
+                else:
+                    popular, cold = await self._shared()
+                    result = resolve(user_id, popular=popular, cold_start=cold,
+                                     default=self.default())
             except RETRYABLE:
                 self.redis_errors += 1
                 result = resolve(user_id, default=self.default())

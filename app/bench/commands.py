@@ -107,3 +107,68 @@ def bench_lsh(
     )
     click.echo(json.dumps(figures["summary"], indent=2))
     click.echo(f"wrote {out_dir / 'lsh.json'} and {out_dir / 'lsh.png'}")
+
+
+@bench.command("serve")
+@OUT
+@click.option("--seconds", default=5.0, show_default=True, type=click.FloatRange(1, 120),
+              help="Length of each measured round.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1, 20))
+@click.option("--users", default=200, show_default=True, type=click.IntRange(1, 100_000))
+@one_line_errors
+def bench_serve(out_dir: Path, seconds: float, repeats: int, users: int) -> None:
+    """The read path on loopback: HTTP cache hits and Redis reads vs a bare Redis HGET."""
+    from app.bench.serve import run
+
+    figures = run(out_dir, seconds=seconds, repeats=repeats, users=users)
+    click.echo(json.dumps({"median": figures["median"], "ratios": figures["ratios"]}, indent=2))
+    click.echo(f"wrote {out_dir / 'serve.json'} and {out_dir / 'serve.png'}")
+
+
+@bench.command("pipeline")
+@OUT
+@click.option("--items", "n_items", default=100_000, show_default=True, type=click.IntRange(1000))
+@click.option("--dim", default=64, show_default=True, type=click.IntRange(2, 1024))
+@click.option("--users", default=20_000, show_default=True, type=click.IntRange(10))
+@click.option("--events", "n_events", default=40_000, show_default=True, type=click.IntRange(1000))
+@click.option("--paced-seconds", default=20.0, show_default=True, type=click.FloatRange(2, 600))
+@click.option("--batch-size", default=200, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--partitions", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--core-events", default=10_000, show_default=True, type=click.IntRange(500))
+@click.option("--no-scale", is_flag=True, help="Skip the one-vs-two-processes runs.")
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(10))
+@one_line_errors
+def bench_pipeline(
+    out_dir: Path,
+    n_items: int,
+    dim: int,
+    users: int,
+    n_events: int,
+    paced_seconds: float,
+    batch_size: int,
+    partitions: int,
+    core_events: int,
+    no_scale: bool,
+    timeout: float,
+) -> None:
+    """Events/s per worker process end to end on real Kafka + Redis, lists/s, freshness
+    p50/p99 at half that rate, one vs two processes; baselines: a bare consumer of the same
+    topic and the in-process core."""
+    from app.bench.pipeline import run
+
+    figures = run(
+        out_dir,
+        n_items=n_items,
+        dim=dim,
+        n_users=users,
+        n_events=n_events,
+        paced_seconds=paced_seconds,
+        batch_size=batch_size,
+        partitions=partitions,
+        core_events=core_events,
+        scale=not no_scale,
+        timeout=timeout,
+        log=lambda m: click.echo(m, err=True),
+    )
+    click.echo(json.dumps(figures["summary"], indent=2))
+    click.echo(f"wrote {out_dir / 'pipeline.json'} and {out_dir / 'pipeline.png'}")
