@@ -69,6 +69,7 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
     runtime.counters["events_in"] += len(records)
     runtime.counters["events_applied"] += result.applied
     runtime.counters["events_duplicate"] += result.duplicates
+    runtime.counters["lists_reemitted"] += result.reemitted
 
     sends = []
     for dl in result.dead_letters:

@@ -75,6 +75,8 @@ class BatchResult:
     """A record of each changed user from this batch (same partition as the user's state)."""
     dirty: list[str] = field(default_factory=list)
     """Users served the degraded list in this batch: recompute them after recovery."""
+    reemitted: int = 0
+    """Users whose list was emitted again for a redelivered batch (no state change)."""
     applied: int = 0
     duplicates: int = 0
     valid: int = 0
@@ -129,14 +131,21 @@ class BatchProcessor:
         for user_id, items in per_user.items():
             state = load_state(user_id) or UserState(user_id=user_id)
             changed = False
+            # An offset at or below the last applied one is Kafka redelivering after a crash
+            # or rebalance: the table changelog got ahead of the committed offset, so the
+            # list write or publish may not have happened. Emit the list again; the Redis
+            # write is versioned, so doing it twice is harmless.
+            redelivered = items[0][1].offset <= state.last_offset
             for event, record in items:
                 if self.rec.apply(state, event, record.offset):
                     out.applied += 1
                     changed = True
                 else:
                     out.duplicates += 1
+            if not changed and not (redelivered and state.n_events):
+                continue  # duplicate event ids only: state, list and output stay as they are
             if not changed:
-                continue  # a pure redelivery: state, list and output stay as they are
+                out.reemitted += 1
             state.partition = items[-1][1].partition
             out.states[user_id] = state
             out.last_record[user_id] = items[-1][1]
