@@ -316,7 +316,16 @@ def tune_lsh(
             f"{p.w:6.2f} {p.m:3d} {p.L:4d} {p.probes:6d} {r.recall:10.3f} "
             f"{r.qps:9.0f} {r.mean_candidates:8.0f}{mark}"
         )
+    exact_qps = _exact_qps(matrix.astype(np.float32), k, queries)
     p = best.params
+    if exact_qps >= best.qps:
+        click.echo(
+            f"\nexact search answers {exact_qps:.0f} q/s here, faster than the best LSH setting "
+            f"({best.qps:.0f} q/s): keep NEARLINE_LSH__EXACT_BELOW above {len(matrix)} "
+            f"(now {s.lsh.exact_below}) and the worker searches exactly."
+        )
+    else:
+        click.echo(f"\nexact search: {exact_qps:.0f} q/s ({best.qps / exact_qps:.1f}x slower)")
     click.echo(
         f"\nset: NEARLINE_LSH__W={p.w} NEARLINE_LSH__M={p.m} NEARLINE_LSH__TABLES={p.L} "
         f"NEARLINE_LSH__PROBES={p.probes}  (recall@{k}={best.recall:.3f}, "
@@ -340,6 +349,23 @@ def tune_lsh(
                 indent=2,
             )
         )
+
+
+def _exact_qps(matrix: Any, k: int, n_queries: int) -> float:
+    """Queries/s of the exact twin on catalogue rows, the baseline LSH must beat."""
+    import time
+
+    import numpy as np
+
+    from app.core.lsh import ExactIndex
+
+    index = ExactIndex(matrix.shape[1])
+    index.upsert_many(np.arange(len(matrix)), matrix)
+    rows = np.random.default_rng(0).choice(len(matrix), size=min(n_queries, len(matrix)))
+    start = time.perf_counter()
+    for r in rows.tolist():
+        index.search(matrix[r], k)
+    return len(rows) / max(time.perf_counter() - start, 1e-9)
 
 
 def _catalog_from_redis(s: Settings) -> Any:

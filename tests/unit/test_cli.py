@@ -27,8 +27,9 @@ def test_load_items_bad_embedding_line_is_one_line_and_publishes_nothing(tmp_pat
     monkeypatch.setenv("NEARLINE_ITEMS__EMBEDDING_DIM", "3")
     emb = tmp_path / "emb.txt"
     emb.write_text("1:0.1 0.2 0.3\n2:0.1 oops 0.3\n")
-    res = CliRunner().invoke(main, ["load-items", "--movies", str(_movies(tmp_path)),
-                                    "--embeddings", str(emb)])
+    res = CliRunner().invoke(
+        main, ["load-items", "--movies", str(_movies(tmp_path)), "--embeddings", str(emb)]
+    )
     assert res.exit_code == 1
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ")
@@ -40,8 +41,9 @@ def test_load_items_wrong_dimension_names_the_line(tmp_path, monkeypatch):
     emb = tmp_path / "emb.npy"
     np.save(emb, np.ones((2, 4), dtype=np.float32))
     (tmp_path / "emb.ids.txt").write_text("1\n2\n")
-    res = CliRunner().invoke(main, ["load-items", "--movies", str(_movies(tmp_path)),
-                                    "--embeddings", str(emb)])
+    res = CliRunner().invoke(
+        main, ["load-items", "--movies", str(_movies(tmp_path)), "--embeddings", str(emb)]
+    )
     assert res.exit_code == 1
     assert res.output.startswith("error: ") and "dimension" in res.output.lower()
 
@@ -63,8 +65,14 @@ def test_recs_with_invalid_setting_names_the_variable(monkeypatch):
 
 
 def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
-                          cwd=REPO, env={**os.environ, **env}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, **env},
+        timeout=60,
+    )
 
 
 def test_worker_stops_at_start_on_invalid_setting():
@@ -79,3 +87,25 @@ def test_faust_entry_point_stops_on_invalid_setting():
     assert res.returncode != 0
     assert "invalid setting NEARLINE_WORKER__BATCH_SIZE" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_tune_lsh_on_an_embedding_file_recommends_settings(tmp_path, monkeypatch):
+    from app.core.lsh_tune import clustered_vectors
+
+    monkeypatch.setenv("NEARLINE_ITEMS__EMBEDDING_DIM", "16")
+    vecs = clustered_vectors(3000, 16, seed=3)
+    emb = tmp_path / "emb.txt"
+    emb.write_text(
+        "".join(f"{i}:" + " ".join(f"{x:.5f}" for x in v) + "\n" for i, v in enumerate(vecs))
+    )
+    out = tmp_path / "tune.json"
+    res = CliRunner().invoke(
+        main, ["tune-lsh", "--embeddings", str(emb), "--queries", "50", "--json-out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "recommended" in res.output and "NEARLINE_LSH__W=" in res.output
+    import json
+
+    rows = json.loads(out.read_text())
+    assert rows and all(0.0 <= r["recall"] <= 1.0 for r in rows)
+    assert max(r["recall"] for r in rows) >= 0.9
