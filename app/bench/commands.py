@@ -111,8 +111,13 @@ def bench_lsh(
 
 @bench.command("serve")
 @OUT
-@click.option("--seconds", default=5.0, show_default=True, type=click.FloatRange(1, 120),
-              help="Length of each measured round.")
+@click.option(
+    "--seconds",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(1, 120),
+    help="Length of each measured round.",
+)
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1, 20))
 @click.option("--users", default=200, show_default=True, type=click.IntRange(1, 100_000))
 @one_line_errors

@@ -81,6 +81,9 @@ def core_throughput(
     warm_events: int = 5000,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    from app.blas import limit_blas_threads
+
+    limit_blas_threads(1)  # as in a worker process
     t = time.perf_counter()
     processor = build_processor(cat)
     load_s = time.perf_counter() - t

@@ -444,6 +444,9 @@ def run(
     budget_s: float,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    from app.blas import limit_blas_threads
+
+    limit_blas_threads(1)  # every figure is for one thread, as in the worker
     started = time.perf_counter()
     results = []
     for n in sizes:
