@@ -91,10 +91,7 @@ class ItemStats:
             cap = catalog.capacity
             rating = self.bayes_rating(cap)
             mask = catalog.recommendable_mask[:cap] & (self.rating_count(cap) >= min_ratings)
-            in_genre = np.zeros(cap, bool)
-            for key in np.flatnonzero(mask).tolist():
-                if genre in catalog.meta(key).genres:
-                    in_genre[key] = True
+            in_genre = mask & catalog.genre_mask(genre)
             hit = _top_keys(rating, in_genre, 200, positive=False)
             self._genre_cache[(genre, min_ratings)] = hit
         return hit[:k]
