@@ -84,11 +84,31 @@ def _parse_json(raw: bytes, max_bytes: int) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidRecord("not_utf8", f"invalid UTF-8 at byte {exc.start}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        doc = json.loads(text, parse_constant=_reject_constant)
+        if _SURROGATE_ESCAPE.search(raw) is not None:
+            # "\ud800" is valid JSON but decodes to a lone surrogate: not text, so it
+            # could never be encoded again (Redis key, Kafka key); a pair is fine.
+            json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        return doc
     except RecursionError:
         raise InvalidRecord("not_json", "JSON nested too deeply") from None
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode()
+        raise InvalidRecord("not_utf8", f"string with a lone surrogate {bad}") from None
     except ValueError as exc:
         raise InvalidRecord("not_json", str(exc)[:300]) from None
+
+
+# A \u escape of a UTF-16 surrogate: the only way valid UTF-8 JSON yields a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _schema_problem(name: str, doc: Any) -> str | None:
+    try:
+        return first_error(name, doc)
+    except RecursionError:
+        # json parsed it, but the validator (or its message) recursed deeper than that
+        raise InvalidRecord("schema", "value nested too deeply") from None
 
 
 def _id(value: Any) -> str:
@@ -166,7 +186,7 @@ def decode_event(raw: bytes | None, *, max_bytes: int = 65536) -> UserEvent:
     if not isinstance(doc, dict):
         raise InvalidRecord("not_object", f"expected a JSON object, got {type(doc).__name__}")
     if not _event_is_valid(doc):
-        problem = first_error("user-event", doc)
+        problem = _schema_problem("user-event", doc)
         if problem is not None:
             raise InvalidRecord("schema", problem)
     rating = doc.get("rating")
@@ -194,7 +214,7 @@ def decode_item_update(
     doc = _parse_json(raw, max_bytes)
     if not isinstance(doc, dict):
         raise InvalidRecord("not_object", f"expected a JSON object, got {type(doc).__name__}")
-    problem = first_error("item-update", doc)
+    problem = _schema_problem("item-update", doc)
     if problem is not None:
         raise InvalidRecord("schema", problem)
     item_id = _id(doc["item_id"])
