@@ -6,6 +6,8 @@
 #
 # Usage: scripts/services.sh start  [kafka|redis|all]   (default: all)
 #        scripts/services.sh stop   [kafka|redis|all]
+#        scripts/services.sh restart [kafka|redis|all]  stop, then start again; Kafka keeps
+#                                    its data (same cluster id, topics, offsets, groups)
 #        scripts/services.sh status [kafka|redis|all]   exit 0 iff all named services run
 #        scripts/services.sh wait   [kafka|redis|all]   block until they accept clients
 #
@@ -20,9 +22,13 @@
 #   NEARLINE_REDIS_START_TIMEOUT    seconds to wait for Redis       default: 30
 #   NEARLINE_STOP_TIMEOUT           seconds between TERM and KILL   default: 30
 #   NEARLINE_MVN_TIMEOUT            seconds for the Maven resolve   default: 600
+#   NEARLINE_KAFKA_KEEP_DATA        1: `start kafka` reuses formatted storage in the state
+#                                   dir instead of formatting afresh   default: 0
 #
 # Every `start kafka` formats fresh KRaft storage with a new cluster id: stale consumer
-# groups from an earlier run confuse Faust's rebalancing, so nothing is kept.
+# groups from an earlier run confuse Faust's rebalancing, so nothing is kept. `restart
+# kafka` (or NEARLINE_KAFKA_KEEP_DATA=1) is the exception: it models a broker restart, so
+# the same storage comes back. Redis runs without persistence, so a restarted one is empty.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,6 +50,7 @@ KAFKA_START_TIMEOUT="${NEARLINE_KAFKA_START_TIMEOUT:-90}"
 REDIS_START_TIMEOUT="${NEARLINE_REDIS_START_TIMEOUT:-30}"
 STOP_TIMEOUT="${NEARLINE_STOP_TIMEOUT:-30}"
 MVN_TIMEOUT="${NEARLINE_MVN_TIMEOUT:-600}"
+KAFKA_KEEP_DATA="${NEARLINE_KAFKA_KEEP_DATA:-0}"
 
 KAFKA_PID="$STATE/kafka.pid"
 KAFKA_PORTFILE="$STATE/kafka.port"
@@ -351,19 +358,28 @@ start_kafka() {
 
   local t0 cluster_id
   t0=$(now)
-  rm -rf "$KAFKA_DATA" "$STATE/kafka-logs"
-  mkdir -p "$KAFKA_DATA" "$STATE/kafka-logs"
-  write_kafka_props
-  kafka_java_opts
-  cluster_id="$(new_cluster_id)"
-  : >"$KAFKA_LOG"
-  printf '=== %s: formatting fresh KRaft storage, cluster id %s\n' "$(date -Is)" "$cluster_id" >>"$KAFKA_LOG"
-  if ! timeout 120 java -Xmx256m "-Dlog4j.configuration=file:$KAFKA_LOG4J" -cp "$KAFKA_LIBS/*" \
-    kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_PROPS" --ignore-formatted \
-    </dev/null >>"$KAFKA_LOG" 2>&1 9>&-; then
-    printf 'error: formatting Kafka storage failed (log: %s)\n' "$KAFKA_LOG" >&2
-    log_tail "$KAFKA_LOG" 40
-    exit 1
+  if [[ "$KAFKA_KEEP_DATA" == 1 && -f "$KAFKA_DATA/meta.properties" ]]; then
+    # a restart: same storage, cluster id, topics and committed offsets
+    mkdir -p "$STATE/kafka-logs"
+    write_kafka_props
+    kafka_java_opts
+    printf '=== %s: reusing KRaft storage in %s (%s)\n' "$(date -Is)" "$KAFKA_DATA" \
+      "$(grep '^cluster.id=' "$KAFKA_DATA/meta.properties" || true)" >>"$KAFKA_LOG"
+  else
+    rm -rf "$KAFKA_DATA" "$STATE/kafka-logs"
+    mkdir -p "$KAFKA_DATA" "$STATE/kafka-logs"
+    write_kafka_props
+    kafka_java_opts
+    cluster_id="$(new_cluster_id)"
+    : >"$KAFKA_LOG"
+    printf '=== %s: formatting fresh KRaft storage, cluster id %s\n' "$(date -Is)" "$cluster_id" >>"$KAFKA_LOG"
+    if ! timeout 120 java -Xmx256m "-Dlog4j.configuration=file:$KAFKA_LOG4J" -cp "$KAFKA_LIBS/*" \
+      kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_PROPS" --ignore-formatted \
+      </dev/null >>"$KAFKA_LOG" 2>&1 9>&-; then
+      printf 'error: formatting Kafka storage failed (log: %s)\n' "$KAFKA_LOG" >&2
+      log_tail "$KAFKA_LOG" 40
+      exit 1
+    fi
   fi
   printf '=== %s: starting kafka.Kafka %s\n' "$(date -Is)" "$KAFKA_VERSION" >>"$KAFKA_LOG"
   spawn "$KAFKA_PID" "$KAFKA_LOG" java "${JAVA_OPTS[@]}" -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_PROPS"
@@ -567,6 +583,22 @@ main() {
         case "$s" in
           kafka) stop_service kafka "$KAFKA_PID" "$KAFKA_PORTFILE" "$KAFKA_MATCH" ;;
           redis) stop_service redis "$REDIS_PID" "$REDIS_PORTFILE" "$REDIS_MATCH" ;;
+        esac
+      done
+      ;;
+    restart)
+      svcs="$(services_for "${1:-all}")"
+      with_state_lock
+      for s in $svcs; do
+        case "$s" in
+          kafka)
+            stop_service kafka "$KAFKA_PID" "$KAFKA_PORTFILE" "$KAFKA_MATCH"
+            KAFKA_KEEP_DATA=1 start_kafka
+            ;;
+          redis)
+            stop_service redis "$REDIS_PID" "$REDIS_PORTFILE" "$REDIS_MATCH"
+            start_redis
+            ;;
         esac
       done
       ;;
