@@ -191,6 +191,80 @@ def _unique_sorted(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a[starts], counts
 
 
+class _KeyMap:
+    """key -> row. Keys below a bound that grows with the map live in an int32 array (4 B a
+    key: the catalog and the user directory use dense keys 0, 1, 2, ...); other keys in a dict
+    (~100 B an entry, which at 1M keys was as much as the LSH buckets)."""
+
+    # A key is stored densely when below max(_DENSE_MIN, 4 x the keys held) at insertion.
+    _DENSE_MIN = 1 << 16
+
+    def __init__(self) -> None:
+        self._dense = np.full(0, -1, dtype=np.int32)
+        self._sparse: dict[int, int] = {}
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key) is not None  # type: ignore[arg-type]
+
+    def get(self, key: int) -> int | None:
+        if not isinstance(key, int | np.integer):
+            return None
+        key = int(key)
+        if 0 <= key < self._dense.shape[0]:
+            row = int(self._dense[key])
+            if row >= 0:
+                return row
+        return self._sparse.get(key) if self._sparse else None
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Rows of int64 `keys` (-1 where absent), vectorised."""
+        rows = np.full(keys.shape[0], -1, dtype=np.int64)
+        inside = (keys >= 0) & (keys < self._dense.shape[0])
+        rows[inside] = self._dense[keys[inside]]
+        if self._sparse:
+            get = self._sparse.get
+            for i in np.flatnonzero(rows < 0).tolist():
+                rows[i] = get(int(keys[i]), -1)
+        return rows
+
+    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Insert keys known to be absent."""
+        if keys.shape[0] == 0:
+            return
+        self._n += keys.shape[0]
+        bound = max(self._DENSE_MIN, 4 * self._n)
+        dense = keys < bound
+        if dense.any():
+            top = int(keys[dense].max()) + 1
+            if top > self._dense.shape[0]:
+                grown = np.full(min(bound, max(top, 2 * self._dense.shape[0])), -1, np.int32)
+                grown[: self._dense.shape[0]] = self._dense
+                self._dense = grown
+            self._dense[keys[dense]] = rows[dense]
+        if not dense.all():
+            self._sparse.update(zip(keys[~dense].tolist(), rows[~dense].tolist(), strict=True))
+
+    def pop(self, key: int) -> int | None:
+        if not isinstance(key, int | np.integer):
+            return None
+        key = int(key)
+        if 0 <= key < self._dense.shape[0] and self._dense[key] >= 0:
+            row = int(self._dense[key])
+            self._dense[key] = -1
+        else:
+            row = self._sparse.pop(key, None)  # type: ignore[assignment]
+        if row is not None:
+            self._n -= 1
+        return row
+
+    def memory_bytes(self) -> int:
+        return self._dense.nbytes + 100 * len(self._sparse)
+
+
 class _VectorStore:
     """Growable float32 matrix with a key -> row map and a free list of rows."""
 
@@ -200,7 +274,7 @@ class _VectorStore:
         self.dim = dim
         self._vectors = np.zeros((0, dim), dtype=np.float32)
         self._row_keys = np.full(0, -1, dtype=np.int64)  # -1 marks a free row
-        self._key_to_row: dict[int, int] = {}
+        self._key_to_row = _KeyMap()
         self._free: list[int] = []
         self._high = 0  # rows >= _high were never used, so scans stop there
         self._grow(capacity)
@@ -218,7 +292,10 @@ class _VectorStore:
 
     def vector(self, key: int) -> np.ndarray:
         """A copy of the stored float32 vector; KeyError if absent."""
-        return self._vectors[self._key_to_row[key]].copy()
+        row = self._key_to_row.get(key)
+        if row is None:
+            raise KeyError(key)
+        return self._vectors[row].copy()
 
     def _grow(self, needed: int) -> None:
         cap = self._row_keys.shape[0]
@@ -248,22 +325,18 @@ class _VectorStore:
 
     def _place(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows for unique `keys`, allocating for new ones; returns (rows, existed)."""
-        lookup = self._key_to_row.get
-        found = [lookup(key) for key in keys.tolist()]
-        existed = np.fromiter((r is not None for r in found), dtype=bool, count=len(found))
-        new = self._new_rows(len(found) - int(existed.sum()))
-        fill = iter(new)
-        rows = np.fromiter(
-            (r if r is not None else next(fill) for r in found), dtype=np.int64, count=len(found)
-        )
-        if new:
-            fresh = ~existed
-            self._key_to_row.update(zip(keys[fresh].tolist(), rows[fresh].tolist(), strict=True))
+        rows = self._key_to_row.lookup(keys)
+        existed = rows >= 0
+        fresh = ~existed
+        n_new = int(fresh.sum())
+        if n_new:
+            rows[fresh] = self._new_rows(n_new)
+            self._key_to_row.add(keys[fresh], rows[fresh])
             self._row_keys[rows[fresh]] = keys[fresh]
         return rows, existed
 
     def _release(self, key: int) -> int | None:
-        row = self._key_to_row.pop(key, None)
+        row = self._key_to_row.pop(key)
         if row is not None:
             self._row_keys[row] = -1
             self._vectors[row] = 0.0
@@ -274,9 +347,9 @@ class _VectorStore:
         # len(), not truthiness: exclude may be a numpy array.
         if exclude is None or len(exclude) == 0:
             return _EMPTY_KEYS
-        lookup = self._key_to_row.get
-        rows = [r for key in exclude if (r := lookup(key)) is not None]
-        return np.asarray(rows, dtype=np.int64)
+        keys = np.fromiter(exclude, dtype=np.int64, count=len(exclude))
+        rows = self._key_to_row.lookup(keys)
+        return rows[rows >= 0]
 
     @staticmethod
     def _dedupe_last(keys: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -292,7 +365,7 @@ class _VectorStore:
         return (
             self._vectors.nbytes
             + self._row_keys.nbytes
-            + 100 * len(self._key_to_row)
+            + self._key_to_row.memory_bytes()
             + 8 * len(self._free)
         )
 
@@ -404,7 +477,6 @@ class LSHIndex(_VectorStore):
         L, m = params.L, params.m
         self._table_bits = max(1, (L - 1).bit_length())
         self._table_tags = np.arange(L, dtype=np.uint64) << np.uint64(64 - self._table_bits)
-        self._codes = np.zeros((0, L), dtype=np.int64)
         self._stale = np.zeros(0, dtype=bool)
         super().__init__(params.dim)
         rng = np.random.default_rng(params.seed)
@@ -435,7 +507,10 @@ class LSHIndex(_VectorStore):
         self._scan = np.arange(self._SCAN_WIDTH)
         self._set_layout(np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int32))
         self._delta: dict[int, set[int]] = {}
-        self._pending: set[int] = set()
+        # Rows in the delta -> their (L,) tagged keys. Only these rows keep their keys: the
+        # codes of every row would cost 8 B per row and table (as much as the vectors at
+        # L = 32, d = 64), and the arrays drop a row by marking it stale, without its keys.
+        self._pending: dict[int, np.ndarray] = {}
 
     # -- hashing -------------------------------------------------------------------------------
 
@@ -494,11 +569,9 @@ class LSHIndex(_VectorStore):
     def _grow_extra(self, old_cap: int, new_cap: int) -> None:
         if new_cap >= 2**31:
             raise ValueError("LSHIndex holds at most 2^31 - 1 rows (int32 row ids)")
-        codes = np.zeros((new_cap, self.params.L), dtype=np.int64)
-        codes[:old_cap] = self._codes
         stale = np.zeros(new_cap, dtype=bool)
         stale[:old_cap] = self._stale
-        self._codes, self._stale = codes, stale
+        self._stale = stale
 
     def _set_layout(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Install entries sorted by tagged key: distinct keys, bucket offsets, directory."""
@@ -540,39 +613,58 @@ class LSHIndex(_VectorStore):
         pos = pos[self._bucket_keys[pos] == keys]
         return self._bucket_starts[pos], self._bucket_starts[pos + 1]
 
+    def _row_codes(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), L) int64 bucket keys of stored rows, re-hashed from their vectors."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.shape[0] == 0:
+            return np.zeros((0, self.params.L), dtype=np.int64)
+        return self._codes_bulk(np.take(self._vectors, rows, axis=0))
+
     def _leave(self, row: int) -> None:
         """Withdraw a row's current entries: stale in the arrays, deleted from the delta."""
         self._stale[row] = True
-        if row in self._pending:
-            self._pending.discard(row)
-            for key in self._tagged(self._codes[row]).tolist():
+        keys = self._pending.pop(row, None)
+        if keys is not None:
+            for key in keys.tolist():
                 members = self._delta[key]
                 members.discard(row)
                 # Empty buckets are deleted so an updated index equals one rebuilt from scratch.
                 if not members:
                     del self._delta[key]
 
-    def _join(self, rows: np.ndarray) -> None:
-        """Enter rows (codes already set) into the delta, merging it once it grows large."""
+    def _join(self, rows: np.ndarray, codes: np.ndarray) -> None:
+        """Enter rows with their (n, L) codes into the delta, merging it once it grows large."""
         delta = self._delta
-        for row, keys in zip(rows.tolist(), self._tagged(self._codes[rows]).tolist(), strict=True):
-            for key in keys:
+        for row, keys in zip(rows.tolist(), self._tagged(codes), strict=True):
+            for key in keys.tolist():
                 members = delta.get(key)
                 if members is None:
                     delta[key] = {row}
                 else:
                     members.add(row)
-            self._pending.add(row)
+            self._pending[row] = keys
         if len(self._pending) > max(64, len(self) // 32):
-            self._merge(np.empty(0, dtype=np.int64))
+            self._merge(np.empty(0, dtype=np.int64), np.empty((0, self.params.L), np.int64))
 
-    def _merge(self, extra_rows: np.ndarray) -> None:
-        """Fold pending rows and `extra_rows` into the arrays and drop stale entries."""
-        pending = np.fromiter(self._pending, dtype=np.int64, count=len(self._pending))
-        rows = np.union1d(pending, extra_rows)
+    def _merge(self, extra_rows: np.ndarray, extra_codes: np.ndarray) -> None:
+        """Fold pending rows and `extra_rows` (with their codes; none of them pending) into the
+        arrays and drop stale entries."""
+        rows = np.concatenate(
+            [np.fromiter(self._pending, dtype=np.int64, count=len(self._pending)), extra_rows]
+        )
+        tagged = np.concatenate(
+            [
+                np.stack(list(self._pending.values()))
+                if self._pending
+                else np.empty((0, self.params.L), dtype=np.uint64),
+                self._tagged(extra_codes),
+            ]
+        )
+        by_row = np.argsort(rows, kind="stable")  # rows ascending within each bucket
+        rows, tagged = rows[by_row], tagged[by_row]
         keep = ~self._stale[self._entry_rows]
         old_keys, old_rows = self._entry_keys()[keep], self._entry_rows[keep]
-        new_keys = self._tagged(self._codes[rows]).ravel()
+        new_keys = tagged.ravel()
         new_rows = np.repeat(rows.astype(np.int32), self.params.L)
         order = np.argsort(new_keys, kind="stable")
         new_keys, new_rows = new_keys[order], new_rows[order]
@@ -597,7 +689,8 @@ class LSHIndex(_VectorStore):
         keys = np.concatenate([e[0] for e in entries])
         rows = np.concatenate([e[1] for e in entries])
         tables = (keys >> np.uint64(64 - self._table_bits)).astype(np.int64)
-        codes = self._codes[rows, tables]
+        distinct, at = np.unique(rows, return_inverse=True)
+        codes = self._row_codes(distinct)[at, tables]
         # An entry whose key disagrees with its row's current code would be a layout bug.
         expected = (codes.view(np.uint64) >> np.uint64(self._table_bits)) | self._table_tags[tables]
         if not np.array_equal(expected, keys):
@@ -615,16 +708,19 @@ class LSHIndex(_VectorStore):
         """Insert `key`, or move it: leave its old buckets, re-hash, join the new ones."""
         key = _check_key(key)
         v = _as_vector(vector, self.dim)
-        codes = self._codes_of(v[None, :])[0][0]
+        codes = self._codes_of(v[None, :])[0]
         rows, existed = self._place(np.array([key], dtype=np.int64))
         row = int(rows[0])
-        self._vectors[row] = v
         if existed[0]:
-            if np.array_equal(self._codes[row], codes):
+            old = self._pending.get(row)
+            if old is None:  # in the arrays: its keys are those of its stored vector
+                old = self._tagged(self._codes_of(self._vectors[row][None, :])[0])[0]
+            self._vectors[row] = v
+            if np.array_equal(old, self._tagged(codes)[0]):
                 return  # same buckets: only the re-rank vector changed
             self._leave(row)
-        self._codes[row] = codes
-        self._join(rows)
+        self._vectors[row] = v
+        self._join(rows, codes)
 
     def upsert_many(self, keys: Sequence[int] | np.ndarray, matrix: np.ndarray) -> None:
         """Vectorised bulk insert or move; a key repeated in the batch keeps its last vector."""
@@ -640,12 +736,11 @@ class LSHIndex(_VectorStore):
         for row in rows[existed].tolist():
             self._leave(row)
         self._vectors[rows] = x
-        self._codes[rows] = codes
         if rows.shape[0] + len(self._pending) > max(64, len(self) // 32):
             # Large batch (e.g. the initial load): straight into the arrays.
-            self._merge(rows)
+            self._merge(rows, codes)
         else:
-            self._join(rows)
+            self._join(rows, codes)
 
     def remove(self, key: int) -> bool:
         """Delete `key` from its buckets and the store; False if it was absent."""
@@ -780,11 +875,12 @@ class LSHIndex(_VectorStore):
 
     def memory_bytes(self) -> int:
         """Approximate bytes held: vectors, codes, the bucket arrays and the delta."""
-        total = self._store_memory_bytes() + self._codes.nbytes + self._stale.nbytes
+        total = self._store_memory_bytes() + self._stale.nbytes
         total += self._entry_rows.nbytes + self._bucket_keys.nbytes
         total += self._bucket_starts.nbytes + self._directory.nbytes
         total += self._a.nbytes + self._b.nbytes + self._steps.nbytes
         total += sys.getsizeof(self._delta) + sys.getsizeof(self._pending)
+        total += sum(keys.nbytes + 100 for keys in self._pending.values())
         # Each delta set plus its key int (~40 B); row ints mostly shared with _pending.
         total += sum(sys.getsizeof(members) + 40 for members in self._delta.values())
         return total

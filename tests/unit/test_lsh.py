@@ -190,7 +190,8 @@ def test_max_candidates_caps_by_table_hits(clustered_index):
         assert set(kept.tolist()) <= set(full.tolist())
         # Table hits of each candidate, recomputed from signatures.
         sig = clustered_index.signature(q)
-        hits = {int(key): int((clustered_index._codes[key] == sig).sum()) for key in full}
+        codes = clustered_index._row_codes(full)  # keys are rows in this index
+        hits = {int(key): int((c == sig).sum()) for key, c in zip(full, codes, strict=True)}
         dropped = set(full.tolist()) - set(kept.tolist())
         if dropped:
             trimmed += 1
@@ -315,8 +316,13 @@ def test_signature_golden_values():
 
 def test_signature_matches_bulk_codes():
     index = build(PARAMS, CLUSTERED[:200])
+    entry_keys = index._entry_keys()
     for row in range(0, 200, 17):
-        np.testing.assert_array_equal(index.signature(CLUSTERED[row]), index._codes[row])
+        # The keys the bulk load filed the row under are those of its signature.
+        stored = np.sort(entry_keys[index._entry_rows == row])
+        np.testing.assert_array_equal(
+            stored, np.sort(index._tagged(index.signature(CLUSTERED[row])))
+        )
 
 
 @pytest.mark.parametrize(
@@ -406,5 +412,6 @@ def test_empty_index_and_memory_estimate():
     assert index.candidates(CLUSTERED[0]).size == 0
     empty = index.memory_bytes()
     index.upsert_many(np.arange(len(CLUSTERED)), CLUSTERED)
-    # At least the vectors and one sorted entry (12 B) per item and table.
-    assert index.memory_bytes() >= empty + CLUSTERED.nbytes + 12 * len(CLUSTERED) * PARAMS.L
+    # At least the vectors and a row id (4 B) per item and table (plus the bucket keys); the
+    # per-row codes (8 B per item and table) are no longer kept.
+    assert index.memory_bytes() >= empty + CLUSTERED.nbytes + 4 * len(CLUSTERED) * PARAMS.L
