@@ -58,6 +58,10 @@ def create_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=max(4 * w.batch_size, 1000),
         broker_commit_every=1000,
         broker_commit_interval=1.0,
+        # A killed worker holds its partitions until its session expires (Faust: 60 s);
+        # heartbeats come from the consumer thread, so a busy batch does not miss them.
+        broker_session_timeout=w.session_timeout,
+        broker_heartbeat_interval=min(3.0, w.session_timeout / 3),
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         autodiscover=False,
