@@ -324,3 +324,18 @@ def test_compare_takes_the_latest_list_published_before_each_event():
     assert agreement["identical_top_k"] == pytest.approx(0.5)  # event d: e2e had d first
     assert got["methods"]["pipeline"]["hit_rate@1"] == 1.0
     assert agreement["hit_disagreements"] == 1
+
+
+def test_pipeline_beats_every_baseline_on_the_default_sample(tmp_path):
+    """The README's claim, on the README's data: `nearline sample` with its defaults."""
+    from app.quality.evaluate import evaluate, prepare
+    from app.settings import load_settings
+
+    info = generate_sample(tmp_path / "sample")  # the defaults of `nearline sample`
+    settings = load_settings()
+    config = EvalConfig()
+    prepared = prepare(settings, info.ratings_path, info.movies_path, None, config)
+    report, _ = evaluate(settings, prepared, config)
+    hit = {m: r["hit_rate@10"] for m, r in report["methods"].items()}
+    assert report["events"]["scored"] > 4000
+    assert hit["pipeline"] > 2 * max(hit["popularity"], hit["trending"], hit["genre"]), hit
