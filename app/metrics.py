@@ -93,7 +93,7 @@ class RuntimeCollector(Collector):
         )
         yield GaugeMetricFamily(
             "nearline_redis_up",
-            "1 when the last Redis write succeeded.",
+            "1 when the last Redis write and the last ping succeeded.",
             value=1.0 if s["redis_ok"] else 0.0,
         )
         age = s.get("newest_event_age_s")

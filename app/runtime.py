@@ -123,7 +123,8 @@ class Runtime:
                 {"at": t.at, "mode": t.mode, "lag": t.lag, "reason": t.reason}
                 for t in self.policy.transitions[-20:]
             ],
-            "redis_ok": self.redis_ok,
+            # the last batch write and the last ping (a quiet worker notices an outage too)
+            "redis_ok": self.redis_ok and self.redis_ping_ok,
             "redis_errors": self._store.errors if self._store else 0,
             "redis_retries": self._store.retries if self._store else 0,
             "reads": dict(self._reader.reads) if self._reader else {},

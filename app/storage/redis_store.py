@@ -102,9 +102,10 @@ class RedisStore:
         try:
             async for attempt in self._retrying():
                 with attempt:
-                    pipe = self.client.pipeline(transaction=False)
-                    await build(pipe)
-                    return list(await pipe.execute())
+                    # the context resets the pipeline on failure, returning its connection
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        await build(pipe)
+                        return list(await pipe.execute())
         except RETRYABLE:
             self.errors += 1
             raise
