@@ -128,6 +128,10 @@ async def refresh_lists() -> None:
     for genre, lst in rec.genre_popular_lists(n).items():
         shared[keys.genre_list(prefix, genre)] = lst.to_json(version=0, generated_at=stamp)
     await runtime.store.write_shared_lists(shared)
+    # A/B online metric: this worker's counts since the last flush, summed in Redis
+    delta = runtime.experiment_delta()
+    await runtime.store.add_experiment_counts(settings.experiments.name, delta)
+    runtime.experiment_flushed(delta)
 
 
 @app.timer(interval=settings.degrade.refresh_seconds)

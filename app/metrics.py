@@ -96,6 +96,25 @@ class RuntimeCollector(Collector):
             "1 when the last Redis write and the last ping succeeded.",
             value=1.0 if s["redis_ok"] else 0.0,
         )
+        exp = s.get("experiment")
+        if exp:
+            counts = CounterMetricFamily(
+                "nearline_experiment_events",
+                "Online A/B metric counts per variant: events, events_on_list, positives, hits,"
+                " lists.",
+                labels=["variant", "metric"],
+            )
+            rate = GaugeMetricFamily(
+                "nearline_experiment_hit_rate",
+                "Share of positive events whose item was in the user's current list.",
+                labels=["variant"],
+            )
+            for row in exp["variants"]:
+                for m in ("events", "events_on_list", "positives", "hits", "lists"):
+                    counts.add_metric([row["variant"], m], row[m])
+                rate.add_metric([row["variant"]], row["hit_rate"])
+            yield counts
+            yield rate
         age = s.get("newest_event_age_s")
         if age is not None:
             yield GaugeMetricFamily(

@@ -244,3 +244,39 @@ def dlq(topic: str | None, limit: int, redrive: bool, reason: str | None) -> Non
     if redrive:
         click.echo(f"re-drove {sent} dead letters to their source topics")
     sys.stdout.flush()
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def experiments(as_json: bool) -> None:
+    """A/B variants with their traffic and online figures, summed over all workers."""
+    import asyncio
+
+    from app.core.experiments import Variant, summarize
+    from app.storage.redis_store import RedisStore
+
+    s = settings()
+
+    async def read() -> dict[str, int]:
+        store = RedisStore(s.redis)
+        try:
+            return await store.read_experiment_counts(s.experiments.name)
+        finally:
+            await store.close()
+
+    variants = [Variant(v.name, v.share) for v in s.experiments.variants]
+    rows = summarize(asyncio.run(read()), variants)
+    if as_json:
+        click.echo(json.dumps({"experiment": s.experiments.name, "variants": rows}, indent=2))
+        return
+    click.echo(f"experiment {s.experiments.name}")
+    click.echo(
+        f"{'variant':<16} {'share':>6} {'lists':>8} {'events':>8} {'positives':>9} "
+        f"{'hit rate':>9} {'on list':>8}"
+    )
+    for r in rows:
+        click.echo(
+            f"{r['variant']:<16} {r['share']:>6.2f} {r['lists']:>8} {r['events']:>8} "
+            f"{r['positives']:>9} {r['hit_rate']:>9.3f} {r['on_list_rate']:>8.3f}"
+        )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.core.events import InvalidRecord, UserEvent, decode_event
+from app.core.experiments import OnlineMetric, Variant, assign
 from app.core.pipeline import RecList, Recommender
 from app.core.user_state import UserState
 from app.storage.redis_store import ListWrite
@@ -86,11 +87,30 @@ class BatchProcessor:
     """Decodes, groups by user, applies events in order, recomputes each touched user once."""
 
     def __init__(
-        self, recommender: Recommender, *, max_event_bytes: int, source_topic: str
+        self,
+        recommender: Recommender,
+        *,
+        max_event_bytes: int,
+        source_topic: str,
+        variants: dict[str, Recommender] | None = None,
+        experiment: str = "default",
     ) -> None:
         self.rec = recommender
         self.max_event_bytes = max_event_bytes
         self.source_topic = source_topic
+        # A/B: per-variant views over the shared core; one variant = no experiment at all
+        self.variants = variants or {recommender.variant: recommender}
+        self.experiment = experiment
+        self._variant_list = [Variant(name, 0.0) for name in self.variants]
+        self.metric = OnlineMetric()
+
+    def set_shares(self, shares: dict[str, float]) -> None:
+        self._variant_list = [Variant(name, shares[name]) for name in self.variants]
+
+    def recommender_for(self, user_id: str) -> Recommender:
+        if len(self.variants) == 1:
+            return self.rec
+        return self.variants[assign(user_id, self.experiment, self._variant_list)]
 
     def decode(self, record: RawRecord) -> UserEvent | DeadLetter:
         try:
@@ -136,10 +156,15 @@ class BatchProcessor:
             # list write or publish may not have happened. Emit the list again; the Redis
             # write is versioned, so doing it twice is harmless.
             redelivered = items[0][1].offset <= state.last_offset
+            rec = self.recommender_for(user_id)
+            current = set(state.last_list)
             for event, record in items:
                 if self.rec.apply(state, event, record.offset):
                     out.applied += 1
                     changed = True
+                    self.metric.observe(
+                        rec.variant, event.item_id, self.rec.policy.is_like(event), current
+                    )
                 else:
                     out.duplicates += 1
             if not changed and not (redelivered and state.n_events):
@@ -150,11 +175,13 @@ class BatchProcessor:
             out.states[user_id] = state
             out.last_record[user_id] = items[-1][1]
             if degraded is not None:
-                rec_list = self.rec.degraded_list(state, degraded)
+                rec_list = rec.degraded_list(state, degraded)
                 out.dirty.append(user_id)
             else:
                 self.rec.touch(state)
-                rec_list = self.rec.recommend(state)
+                rec_list = rec.recommend(state)
+            state.last_list = [i.item_id for i in rec_list.items]
+            self.metric.list_written(rec.variant)
             last = items[-1][1]
             write, result = self.output(state, rec_list, last.topic, last.partition, generated)
             out.lists.append((rec_list, write, result))
@@ -181,7 +208,9 @@ class BatchProcessor:
     def recompute(self, state: UserState) -> tuple[RecList, ListWrite, dict[str, Any]]:
         """A normal list for a user served degraded lists while the worker was behind."""
         self.rec.touch(state)
-        rec_list = self.rec.recommend(state)
+        rec_list = self.recommender_for(state.user_id).recommend(state)
+        # kept in memory only: the table is written by the agent's next event for the user
+        state.last_list = [i.item_id for i in rec_list.items]
         write, result = self.output(
             state, rec_list, self.source_topic, max(state.partition, 0), time.time()
         )

@@ -10,14 +10,15 @@ from collections import Counter, OrderedDict, deque
 from typing import Any
 
 from app.core.degrade import LagPolicy, LagThresholds
-from app.core.factory import build_recommender
+from app.core.experiments import Variant, summarize
+from app.core.factory import build_recommender, build_variants
 from app.core.user_state import UserState
 from app.faust_app import create_app
 from app.logs import log_fields
 from app.metrics import Metrics
 from app.processing import BatchProcessor
 from app.serving import ListReader
-from app.settings import Settings, load_settings_or_exit
+from app.settings import Settings, SettingsError, load_settings_or_exit
 from app.storage.redis_store import RedisStore
 
 log = logging.getLogger("nearline")
@@ -29,11 +30,19 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.recommender = build_recommender(settings)
+        try:
+            variants = build_variants(settings, self.recommender)
+        except SettingsError as exc:
+            raise SystemExit(f"error: {exc}") from None
         self.processor = BatchProcessor(
             self.recommender,
             max_event_bytes=settings.worker.max_event_bytes,
             source_topic=settings.topics.user_events,
+            variants=variants,
+            experiment=settings.experiments.name,
         )
+        self.processor.set_shares({v.name: v.share for v in settings.experiments.variants})
+        self._flushed_experiment: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
         self.dead_letters: Counter[str] = Counter()
         self.started_at = time.time()
@@ -66,6 +75,23 @@ class Runtime:
         if self._store is None:
             self._store = RedisStore(self.settings.redis)
         return self._store
+
+    @property
+    def experiment_variants(self) -> list[Variant]:
+        return [Variant(v.name, v.share) for v in self.settings.experiments.variants]
+
+    def experiment_delta(self) -> dict[str, int]:
+        """Online-metric counts since the last flush (to add to the shared Redis hash)."""
+        counts = self.processor.metric.counts
+        delta = {
+            k: v - self._flushed_experiment[k]
+            for k, v in counts.items()
+            if v != self._flushed_experiment[k]
+        }
+        return delta
+
+    def experiment_flushed(self, delta: dict[str, int]) -> None:
+        self._flushed_experiment.update(delta)
 
     @property
     def reader(self) -> ListReader:
@@ -133,6 +159,10 @@ class Runtime:
             "dead_letters": dict(self.dead_letters),
             "last_batch_at": self.last_batch_at,
             "model_version": self.recommender.model.version,
+            "experiment": {
+                "name": self.settings.experiments.name,
+                "variants": summarize(self.processor.metric.counts, self.experiment_variants),
+            },
             "embedding_version": self.recommender.embedding_version,
         }
 

@@ -68,6 +68,7 @@ class ReadResult:
             "generated_at": generated,
             "age_seconds": None if age is None else round(age, 3),
             "model_version": v.get("model_version", ""),
+            **({"variant": v["variant"]} if "variant" in v and not shared else {}),
         }
 
 

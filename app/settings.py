@@ -6,7 +6,7 @@ import json
 import os
 import re
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -270,6 +270,45 @@ class ServeSettings(_Section):
     """Log one JSON object per line (with user_id, partition, offset, mode where they apply)."""
 
 
+class VariantSettings(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,40}$")
+    """Variant name, recorded in every list and result."""
+    share: float = Field(gt=0, le=1)
+    """Fraction of users assigned to the variant (shares sum to 1)."""
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Per-variant settings: {"recall": {...}, "ranking": {...}} in the sections' own shape,
+    e.g. {"ranking": {"top_n": 10, "model_path": "b.json"}, "recall": {"genre": {"quota": 40}}}."""
+
+    @model_validator(mode="after")
+    def _known_sections(self) -> VariantSettings:
+        unknown = set(self.overrides) - {"recall", "ranking"}
+        if unknown:
+            raise ValueError(
+                f"variant {self.name!r} overrides {sorted(unknown)}: only recall and ranking"
+                " settings can differ by variant (state and index are shared)"
+            )
+        return self
+
+
+class ExperimentSettings(_Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9._-]{1,40}$")
+    """Experiment name: part of the assignment hash, so a new name reshuffles users."""
+    variants: list[VariantSettings] = Field(
+        default_factory=lambda: [VariantSettings(name="control", share=1.0)]
+    )
+    """JSON list of variants with traffic shares and overrides (default: one, `control`)."""
+
+    @model_validator(mode="after")
+    def _shares(self) -> ExperimentSettings:
+        names = [v.name for v in self.variants]
+        if not names or len(set(names)) != len(names):
+            raise ValueError("NEARLINE_EXPERIMENTS__VARIANTS needs distinct variant names")
+        total = sum(v.share for v in self.variants)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"NEARLINE_EXPERIMENTS__VARIANTS shares sum to {total:g}, not 1")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything the worker and the CLI can be told; NEARLINE_<SECTION>__<FIELD>."""
 
@@ -292,6 +331,7 @@ class Settings(BaseSettings):
     ranking: RankingSettings = RankingSettings()
     degrade: DegradeSettings = DegradeSettings()
     serve: ServeSettings = ServeSettings()
+    experiments: ExperimentSettings = ExperimentSettings()
 
 
 class SettingsError(ValueError):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import ValidationError
+
 from app.core.catalog import IndexConfig, ItemCatalog
 from app.core.pipeline import PipelineConfig, Recommender
-from app.core.rank import ModelError, load_model
+from app.core.rank import ModelError, RankModel, load_model
 from app.core.recall import ChannelConfig
 from app.core.user_state import policy_from_settings
-from app.settings import Settings
+from app.settings import RankingSettings, RecallSettings, Settings, SettingsError
 
 
 def build_recommender(settings: Settings) -> Recommender:
@@ -24,6 +28,57 @@ def build_recommender(settings: Settings) -> Recommender:
         exact_below=lsh.exact_below,
     )
     r = settings.recall
+    config, model = _pipeline(settings, r, settings.ranking, "NEARLINE_RANKING__MODEL_PATH")
+    base = Recommender(
+        ItemCatalog(settings.items.embedding_dim, index),
+        model,
+        config=config,
+        policy=policy_from_settings(settings.embedding, settings.worker),
+        popularity_half_life=r.popularity_half_life_seconds,
+        embedding_version=settings.items.embedding_version,
+    )
+    variants = settings.experiments.variants
+    base.variant = variants[0].name
+    return base
+
+
+def build_variants(settings: Settings, base: Recommender) -> dict[str, Recommender]:
+    """One Recommender per experiment variant, all sharing the base's catalog, statistics
+    and user directory; a variant differs only in its recall and ranking settings."""
+    out: dict[str, Recommender] = {}
+    for v in settings.experiments.variants:
+        try:
+            recall = RecallSettings.model_validate(
+                _merge(settings.recall.model_dump(), v.overrides.get("recall", {}))
+            )
+            ranking = RankingSettings.model_validate(
+                _merge(settings.ranking.model_dump(), v.overrides.get("ranking", {}))
+            )
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise SettingsError(
+                f"invalid setting NEARLINE_EXPERIMENTS__VARIANTS: variant {v.name!r} {where}:"
+                f" {err['msg']}"
+            ) from None
+        config, model = _pipeline(settings, recall, ranking, "NEARLINE_EXPERIMENTS__VARIANTS")
+        out[v.name] = base.as_variant(v.name, config, model)
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _pipeline(
+    settings: Settings, r: RecallSettings, ranking: RankingSettings, model_setting: str
+) -> tuple[PipelineConfig, RankModel]:
     channels = tuple(
         ChannelConfig(name, getattr(r, name).k, getattr(r, name).quota, getattr(r, name).enabled)
         for name in ("embedding", "item2item", "similar_users", "genre", "trending", "newest")
@@ -33,19 +88,12 @@ def build_recommender(settings: Settings) -> Recommender:
         item2item_seeds=r.item2item_seeds,
         similar_users_n=r.similar_users_n,
         genre_min_ratings=r.genre_min_ratings,
-        top_n=settings.ranking.top_n,
-        max_per_genre=settings.ranking.max_per_genre,
+        top_n=ranking.top_n,
+        max_per_genre=ranking.max_per_genre,
         like_threshold=settings.embedding.like_threshold,
     )
     try:
-        model = load_model(settings.ranking.model_path)
+        model = load_model(ranking.model_path)
     except ModelError as exc:
-        raise SystemExit(f"error: invalid setting NEARLINE_RANKING__MODEL_PATH: {exc}") from None
-    return Recommender(
-        ItemCatalog(settings.items.embedding_dim, index),
-        model,
-        config=config,
-        policy=policy_from_settings(settings.embedding, settings.worker),
-        popularity_half_life=r.popularity_half_life_seconds,
-        embedding_version=settings.items.embedding_version,
-    )
+        raise SystemExit(f"error: invalid setting {model_setting}: {exc}") from None
+    return config, model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,7 @@ class RecList:
     model_version: str
     embedding_version: str
     event_time: float
+    variant: str = "control"
 
     @property
     def degraded(self) -> bool:
@@ -77,6 +79,7 @@ class RecList:
             "generated_at": generated_at,
             "version": version,
             "event_time": self.event_time,
+            "variant": self.variant,
         }
 
 
@@ -102,12 +105,29 @@ class Recommender:
         self.stats = ItemStats(popularity_half_life)
         self.users = UserDirectory(catalog.dim, user_index or catalog.config)
         self.embedding_version = embedding_version
+        self.variant = "control"
+        """Experiment variant whose recall/ranking settings this instance uses."""
         self.channels = build_channels(
             list(self.config.channels),
             item2item_seeds=self.config.item2item_seeds,
             similar_users_n=self.config.similar_users_n,
             genre_min_ratings=self.config.genre_min_ratings,
         )
+
+    def as_variant(self, name: str, config: PipelineConfig, model: RankModel) -> Recommender:
+        """A view with other recall/ranking settings over the same catalog, statistics and
+        user directory (the shared state is never copied)."""
+        other = copy.copy(self)
+        other.variant = name
+        other.config = config
+        other.model = model
+        other.channels = build_channels(
+            list(config.channels),
+            item2item_seeds=config.item2item_seeds,
+            similar_users_n=config.similar_users_n,
+            genre_min_ratings=config.genre_min_ratings,
+        )
+        return other
 
     # -- state ----------------------------------------------------------------------------
     def apply(self, state: UserState, event: UserEvent, offset: int) -> bool:
@@ -234,4 +254,5 @@ class Recommender:
             model_version=self.model.version,
             embedding_version=self.embedding_version,
             event_time=state.last_event_time,
+            variant=self.variant,
         )

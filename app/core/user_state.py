@@ -73,6 +73,8 @@ class UserState:
     last_event_time: float = 0.0
     partition: int = -1
     """Source partition of the user's events (set by the batch processor)."""
+    last_list: list[str] = field(default_factory=list)
+    """Item ids of the list last written for the user (the online hit-rate metric)."""
 
     @property
     def embedding(self) -> np.ndarray | None:
@@ -98,6 +100,7 @@ class UserState:
             "n": self.n_events,
             "et": self.last_event_time,
             "p": self.partition,
+            "ll": self.last_list,
         }
         if self.taste is not None:
             doc["t"] = base64.b64encode(np.asarray(self.taste, dtype="<f4").tobytes()).decode()
@@ -122,6 +125,7 @@ class UserState:
             n_events=doc["n"],
             last_event_time=doc["et"],
             partition=doc.get("p", -1),
+            last_list=list(doc.get("ll", ())),
         )
 
 

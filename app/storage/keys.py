@@ -48,3 +48,8 @@ def dirty_users(prefix: str) -> str:
 def degrade_override(prefix: str) -> str:
     """String: operator override of the mode for every worker: auto, degraded or normal."""
     return f"{prefix}degrade:override"
+
+
+def experiment_counts(prefix: str, experiment: str) -> str:
+    """Hash: `<variant>:<metric>` -> count, summed over all workers (online A/B metric)."""
+    return f"{prefix}exp:{experiment}"

@@ -208,6 +208,21 @@ class RedisStore:
         members = await self.client.zrange(keys.dirty_users(self.prefix), 0, limit - 1)
         return [m.decode() for m in members]
 
+    async def add_experiment_counts(self, experiment: str, delta: dict[str, int]) -> None:
+        if not delta:
+            return
+
+        async def build(pipe: Any) -> None:
+            key = keys.experiment_counts(self.prefix, experiment)
+            for field, n in delta.items():
+                pipe.hincrby(key, field, n)
+
+        await self._run(build)
+
+    async def read_experiment_counts(self, experiment: str) -> dict[str, int]:
+        raw = await self.client.hgetall(keys.experiment_counts(self.prefix, experiment))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
     async def read_override(self) -> str | None:
         raw = await self.client.get(keys.degrade_override(self.prefix))
         return None if raw is None else raw.decode()
