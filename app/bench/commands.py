@@ -177,3 +177,36 @@ def bench_pipeline(
     )
     click.echo(json.dumps(figures["summary"], indent=2))
     click.echo(f"wrote {out_dir / 'pipeline.json'} and {out_dir / 'pipeline.png'}")
+
+
+@bench.command("memory")
+@OUT
+@click.option("--index-sizes", default="100000,1000000", show_default=True)
+@click.option("--dims", default="32,64", show_default=True)
+@click.option("--catalog-items", default=100_000, show_default=True, type=click.IntRange(1000))
+@click.option("--users", default=100_000, show_default=True, type=click.IntRange(100))
+@click.option("--events-per-user", default=10, show_default=True, type=click.IntRange(1, 1000))
+@one_line_errors
+def bench_memory(
+    out_dir: Path,
+    index_sizes: str,
+    dims: str,
+    catalog_items: int,
+    users: int,
+    events_per_user: int,
+) -> None:
+    """Bytes per item in the index and catalogue, per user in Redis (MEMORY USAGE) and in the
+    worker; 1M users extrapolated from the measured count."""
+    from app.bench.memory import run
+
+    figures = run(
+        out_dir,
+        index_sizes=_ints(index_sizes),
+        dims=_ints(dims),
+        catalog_items=catalog_items,
+        users=users,
+        events_per_user=events_per_user,
+        log=lambda m: click.echo(m, err=True),
+    )
+    click.echo(json.dumps(figures["summary"], indent=2))
+    click.echo(f"wrote {out_dir / 'memory.json'} and {out_dir / 'memory.png'}")

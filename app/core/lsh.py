@@ -325,6 +325,15 @@ class _VectorStore:
 
     def _place(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows for unique `keys`, allocating for new ones; returns (rows, existed)."""
+        if keys.shape[0] == 1:  # the streaming case: skip the vectorised path's overhead
+            key = int(keys[0])
+            found = self._key_to_row.get(key)
+            if found is not None:
+                return np.array([found], dtype=np.int64), np.ones(1, dtype=bool)
+            row = self._new_rows(1)[0]
+            self._key_to_row.add(keys, np.array([row], dtype=np.int64))
+            self._row_keys[row] = key
+            return np.array([row], dtype=np.int64), np.zeros(1, dtype=bool)
         rows = self._key_to_row.lookup(keys)
         existed = rows >= 0
         fresh = ~existed
