@@ -1,0 +1,516 @@
+"""Fault-injection harness: own Redis and Kafka instances, tracked producing, and the
+exactly-once check of a run against a pure in-process replay of the same events.
+
+The shared test services are never stopped: a test that stops Redis or restarts the broker
+starts its own instance here, on free ports and in its own directory, and cleans it up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.core.events import ItemUpdate, UserEvent, decode_item_update, encode_item_update
+from app.localrun import free_port
+from app.producer import make_producer
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = REPO / "scripts" / "services.sh"
+T0 = 1_700_000_000.0
+
+
+# -- own services ------------------------------------------------------------------------------
+
+
+class OwnRedis:
+    """A redis-server of the test's own. With `persistent`, an append-only file in its dir
+    survives stop/start (a Redis restart keeps data, as a production Redis would)."""
+
+    def __init__(
+        self, tmp: Path, *, persistent: bool = True, extra: Sequence[str] = (), port: int = 0
+    ) -> None:
+        self.port = port or free_port()
+        self.dir = Path(tmp) / f"redis-{self.port}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.persistent = persistent
+        self.extra = list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "redis.log"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def args(self) -> list[str]:
+        persist = (
+            ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+            if self.persistent
+            else ["--appendonly", "no", "--save", ""]
+        )
+        return [
+            shutil.which("redis-server") or "/usr/bin/redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            str(self.log),
+            *persist,
+            *self.extra,
+        ]
+
+    def start(self, ping: Callable[[], bool] | None = None, timeout: float = 15) -> OwnRedis:
+        self.proc = subprocess.Popen(
+            self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        ping = ping or self.ping
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"own redis-server exited: {self.log_tail()}")
+            if ping():
+                return self
+            time.sleep(0.05)
+        raise AssertionError(f"own redis-server did not answer: {self.log_tail()}")
+
+    def ping(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+        except redis.exceptions.AuthenticationError:
+            return True  # answers, wants a password
+        except redis.exceptions.ResponseError as exc:
+            return "NOAUTH" in str(exc)
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM: Redis flushes its append-only file and exits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+class OwnKafka:
+    """A broker of the test's own: scripts/services.sh with its own state dir and ports."""
+
+    def __init__(self, tmp: Path, **env: str) -> None:
+        self.port = free_port()
+        self.controller_port = free_port()
+        while self.controller_port == self.port:
+            self.controller_port = free_port()
+        self.dir = Path(tmp) / f"kafka-{self.port}"
+        self.env = {
+            **os.environ,
+            "NEARLINE_SERVICES_DIR": str(self.dir),
+            "NEARLINE_KAFKA_PORT": str(self.port),
+            "NEARLINE_KAFKA_CONTROLLER_PORT": str(self.controller_port),
+            "NEARLINE_KAFKA_HEAP_OPTS": "-Xms256m -Xmx384m",
+            "NEARLINE_STOP_TIMEOUT": "20",
+            **env,
+        }
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _run(self, cmd: str) -> float:
+        t0 = time.monotonic()
+        res = subprocess.run(
+            ["bash", str(SERVICES), cmd, "kafka"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        if res.returncode != 0:
+            raise AssertionError(f"services.sh {cmd} kafka failed:\n{res.stdout}\n{res.stderr}")
+        return time.monotonic() - t0
+
+    def start(self) -> float:
+        return self._run("start")
+
+    def stop(self) -> float:
+        return self._run("stop")
+
+    def restart(self) -> float:
+        return self._run("restart")
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            lines = (self.dir / "kafka.log").read_text(errors="replace").splitlines()
+            return "\n".join(lines[-n:])
+        except OSError:
+            return ""
+
+
+# -- events and producing ----------------------------------------------------------------------
+
+TYPES = ["rating", "rating", "click", "click", "view", "like", "dislike", "skip", "purchase",
+         "add_to_cart", "share"]  # fmt: skip
+
+
+def event_stream(
+    users: Sequence[str],
+    items: Sequence[str],
+    per_user: int,
+    *,
+    seed: int,
+    unknown: int = 0,
+    start: int = 0,
+) -> list[UserEvent]:
+    """Seeded events of every type, each user's timestamps increasing, users interleaved;
+    `start` continues users' streams (event ids and times after the first wave)."""
+    rng = random.Random(seed)
+    per: dict[str, list[UserEvent]] = {}
+    for u in users:
+        evs = []
+        for i in range(start, start + per_user):
+            t = rng.choice(TYPES)
+            item = rng.choice(items) if i >= unknown else f"unknown-item-{i}"
+            evs.append(
+                UserEvent(
+                    event_id=f"{u}-{i}",
+                    user_id=u,
+                    item_id=item,
+                    type=t,
+                    timestamp=T0 + 60.0 * i + rng.random(),
+                    rating=rng.choice([0.5, 1.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0])
+                    if t == "rating"
+                    else None,
+                )
+            )
+        per[u] = evs
+    out: list[UserEvent] = []
+    cursors = {u: 0 for u in users}
+    live = list(users)
+    while live:
+        u = rng.choice(live)
+        out.append(per[u][cursors[u]])
+        cursors[u] += 1
+        if cursors[u] == per_user:
+            live.remove(u)
+    return out
+
+
+@dataclass(frozen=True)
+class Produced:
+    event: UserEvent
+    partition: int
+    offset: int
+
+
+@dataclass
+class BackgroundProducer:
+    """Produces events at a steady rate in a thread, keeping each record's partition and
+    offset (the producer retries through broker restarts: idempotent, acks=all)."""
+
+    settings: Any
+    events: Sequence[UserEvent]
+    rate: float
+    produced: list[Produced] = field(default_factory=list)
+    sent: int = 0
+    error: BaseException | None = None
+    _thread: threading.Thread | None = None
+
+    def start(self) -> BackgroundProducer:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            producer = make_producer(self.settings, retries=2**31 - 1, delivery_timeout_ms=180_000)
+            topic = self.settings.topics.user_events
+            futures = []
+            start = time.monotonic()
+            try:
+                for i, ev in enumerate(self.events):
+                    futures.append(
+                        (ev, producer.send(topic, key=ev.user_id.encode(), value=ev.encode()))
+                    )
+                    self.sent = i + 1
+                    if self.rate > 0:
+                        ahead = (i + 1) / self.rate - (time.monotonic() - start)
+                        if ahead > 0.002:
+                            time.sleep(ahead)
+                producer.flush(timeout=180)
+                for ev, fut in futures:
+                    md = fut.get(timeout=180)
+                    self.produced.append(Produced(ev, md.partition, md.offset))
+            finally:
+                producer.close(timeout=10)
+        except BaseException as exc:  # surfaced by join()
+            self.error = exc
+
+    def join(self, timeout: float = 240) -> list[Produced]:
+        assert self._thread is not None
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError("producer did not finish in time")
+        if self.error is not None:
+            raise self.error
+        assert len(self.produced) == len(self.events)
+        return self.produced
+
+
+def produce_tracked(settings: Any, events: Sequence[UserEvent]) -> list[Produced]:
+    return BackgroundProducer(settings, events, rate=0).start().join()
+
+
+# -- the exactly-once check --------------------------------------------------------------------
+
+
+def worker_items(updates: Sequence[ItemUpdate], dim: int) -> list[ItemUpdate]:
+    """The items as a worker sees them: encoded for the topic (values rounded), decoded."""
+    return [decode_item_update(u.item_id.encode(), encode_item_update(u), dim=dim) for u in updates]
+
+
+def replay(settings: Any, updates: Sequence[ItemUpdate], produced: Sequence[Produced]) -> dict:
+    """Pure in-process reference: every event applied once, in partition-offset order,
+    through the same core (app.core) the worker uses."""
+    from app.core.factory import build_recommender
+    from app.core.user_state import UserState
+
+    rec = build_recommender(settings)
+    rec.catalog.upsert_many(worker_items(updates, settings.items.embedding_dim))
+    rec.catalog.reindex()
+    states: dict[str, UserState] = {}
+    for p in sorted(produced, key=lambda p: (p.partition, p.offset)):
+        st = states.setdefault(p.event.user_id, UserState(user_id=p.event.user_id))
+        assert rec.apply(st, p.event, p.offset)
+    return states
+
+
+@dataclass
+class Check:
+    produced: int
+    users: int
+    lost: int
+    applied_twice: int
+    missing_users: list[str]
+    embedding_mismatch: list[str]
+    stale_lists: list[str]
+    details: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.lost
+            or self.applied_twice
+            or self.missing_users
+            or self.embedding_mismatch
+            or self.stale_lists
+        )
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "events_produced": self.produced,
+            "users": self.users,
+            "lost": self.lost,
+            "applied_twice": self.applied_twice,
+            "embeddings_differing": len(self.embedding_mismatch),
+            "lists_not_current": len(self.stale_lists),
+        }
+
+
+def read_user_rows(r: Any, prefix: str, users: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+    pipe = r.pipeline(transaction=False)
+    for u in users:
+        pipe.hgetall(f"{prefix}emb:{{{u}}}")
+        pipe.hget(f"{prefix}rec:{{{u}}}", "json")
+    out = pipe.execute()
+    return {u: (out[2 * i], out[2 * i + 1]) for i, u in enumerate(users)}
+
+
+def check_against_replay(
+    r: Any, prefix: str, reference: dict, produced: Sequence[Produced]
+) -> Check:
+    """Every user's Redis state vs the replay: n (events applied), embedding, and a list
+    that reflects the last event (event_time, version 2 * last offset + 1)."""
+    last: dict[str, Produced] = {}
+    for p in produced:
+        cur = last.get(p.event.user_id)
+        if cur is None or p.offset > cur.offset:
+            last[p.event.user_id] = p
+    users = sorted(reference)
+    rows = read_user_rows(r, prefix, users)
+    c = Check(len(produced), len(users), 0, 0, [], [], [], [])
+    for u in users:
+        ref = reference[u]
+        emb, raw_list = rows[u]
+        if raw_list is None or (not emb and ref.embedding is not None):
+            c.missing_users.append(u)
+            c.lost += ref.n_events
+            continue
+        if not emb:  # no usable signal yet (unknown items only): no embedding is mirrored
+            continue
+        n = int(emb[b"n"])
+        c.lost += max(0, ref.n_events - n)
+        c.applied_twice += max(0, n - ref.n_events)
+        vec = np.frombuffer(emb.get(b"vec", b""), dtype="<f4")
+        want = ref.embedding
+        if want is None or vec.shape != want.shape or not np.allclose(vec, want, atol=1e-5):
+            c.embedding_mismatch.append(u)
+            c.details.append(f"{u}: embedding differs (n={n}, ref n={ref.n_events})")
+        doc = json.loads(raw_list)
+        want_version = 2 * last[u].offset + 1
+        if doc["version"] != want_version or doc["event_time"] != last[u].event.timestamp:
+            c.stale_lists.append(u)
+            c.details.append(
+                f"{u}: list version {doc['version']} event_time {doc['event_time']}, "
+                f"want {want_version} / {last[u].event.timestamp}"
+            )
+    return c
+
+
+def wait_lists_current(
+    r: Any,
+    prefix: str,
+    produced: Sequence[Produced],
+    timeout: float,
+    alive: Callable[[], bool] = lambda: True,
+) -> float:
+    """Wait until every user's list has the version of its last event; seconds waited."""
+    want: dict[str, int] = {}
+    for p in produced:
+        want[p.event.user_id] = max(want.get(p.event.user_id, -1), 2 * p.offset + 1)
+    users = sorted(want)
+    t0 = time.monotonic()
+    behind: list[str] = users
+    while time.monotonic() - t0 < timeout:
+        assert alive(), "worker died while catching up"
+        pipe = r.pipeline(transaction=False)
+        for u in behind:
+            pipe.hget(f"{prefix}rec:{{{u}}}", "ver")
+        try:
+            vers = pipe.execute()
+        except Exception:  # Redis briefly away (outage tests): keep waiting
+            time.sleep(0.5)
+            continue
+        behind = [u for u, v in zip(behind, vers, strict=True) if v is None or int(v) < want[u]]
+        if not behind:
+            return time.monotonic() - t0
+        time.sleep(0.3)
+    raise AssertionError(f"{len(behind)} users' lists not current after {timeout:.0f}s: "
+                         f"{behind[:5]}")  # fmt: skip
+
+
+def http_get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    """(status, body) of a GET on a worker, errors included (503 from /health is data)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=3) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def metric(port: int, name: str) -> float | None:
+    """One unlabelled sample of the worker's /metrics."""
+    status, body = http_get(port, "/metrics")
+    if status != 200:
+        return None
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def poll_until(pred: Callable[[], bool], timeout: float, what: str, every: float = 0.2) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(every)
+    raise AssertionError(f"timeout ({timeout:.0f}s) waiting for {what}")
+
+
+def catalog_on(env: dict[str, str], tmp: Path, *, n_items: int = 600, seed: int = 11) -> Any:
+    """What the catalog_run fixture does, against the broker named in `env` (an own one)."""
+    from app.data.sample import generate_sample
+    from app.kafka_clients import ensure_topics
+    from app.localrun import settings_for
+    from app.producer import item_updates_from_files, publish_items
+    from tests.integration.conftest import CatalogRun
+
+    s = settings_for(env)
+    info = generate_sample(
+        tmp / "sample", n_items=n_items, n_users=80, n_ratings=3000,
+        dim=s.items.embedding_dim, seed=seed,
+    )  # fmt: skip
+    ensure_topics(s)
+    updates, _ = item_updates_from_files(
+        info.movies_path, info.embeddings_path, dim=s.items.embedding_dim
+    )
+    publish_items(s, updates)
+    truth = json.loads(info.truth_path.read_text())
+    return CatalogRun(env=env, settings=s, info=info, truth=truth, updates=updates)
+
+
+class ProgressSampler:
+    """Samples a worker's events_in in a thread; the longest stretch without progress
+    while events were still outstanding is how long a fault stalled consumption."""
+
+    def __init__(self, worker: Any, every: float = 0.25) -> None:
+        self.worker = worker
+        self.every = every
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> ProgressSampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            st = self.worker.status()
+            if st is not None:
+                self.samples.append((time.monotonic(), st["counters"].get("events_in", 0)))
+            self._stop.wait(self.every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def longest_stall(self, total: int) -> float:
+        """Seconds of the longest gap between increases of events_in below `total`."""
+        longest, last_t, last_n = 0.0, None, -1
+        for t, n in self.samples:
+            if n > last_n or n >= total:
+                if last_t is not None and last_n < total:
+                    longest = max(longest, t - last_t)
+                last_t, last_n = t, n
+        return longest
