@@ -210,3 +210,29 @@ def bench_memory(
     )
     click.echo(json.dumps(figures["summary"], indent=2))
     click.echo(f"wrote {out_dir / 'memory.json'} and {out_dir / 'memory.png'}")
+
+
+@bench.command("profile")
+@OUT
+@click.option("--items", default=100_000, show_default=True, type=click.IntRange(1000))
+@click.option("--dim", default=64, show_default=True, type=click.IntRange(2, 1024))
+@click.option("--events", default=6000, show_default=True, type=click.IntRange(200))
+@click.option("--lsh-items", default=1_000_000, show_default=True, type=click.IntRange(1000))
+@click.option("--queries", default=2000, show_default=True, type=click.IntRange(10))
+@one_line_errors
+def bench_profile(
+    out_dir: Path, items: int, dim: int, events: int, lsh_items: int, queries: int
+) -> None:
+    """pyinstrument profiles of the in-process pipeline and of LSH queries (text files)."""
+    from app.bench.profile import run
+
+    for path in run(
+        out_dir,
+        items=items,
+        dim=dim,
+        events=events,
+        lsh_n=lsh_items,
+        queries=queries,
+        log=lambda m: click.echo(m, err=True),
+    ):
+        click.echo(f"wrote {path}")
