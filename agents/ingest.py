@@ -81,10 +81,18 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
 
     # Faust writes a table key to the changelog partition of the *current* event; in a
     # batch that spans partitions, point it at an event of this user's own partition.
-    for user_id, state in result.states.items():
-        last = result.last_record[user_id]
-        stream._set_current_event(by_pos[(last.partition, last.offset)])
-        user_table[user_id.encode()] = state.to_bytes()
+    # Then put the stream's current event back: take_events() files the record that is
+    # waiting to enter the next batch under stream.current_event once this batch is
+    # done, so a stale event left here would replace that record (lost, never acked)
+    # with a copy of one from this batch.
+    pending = stream.current_event
+    try:
+        for user_id, state in result.states.items():
+            last = result.last_record[user_id]
+            stream._set_current_event(by_pos[(last.partition, last.offset)])
+            user_table[user_id.encode()] = state.to_bytes()
+    finally:
+        stream._set_current_event(pending)
 
     dirty = set(result.dirty)
     clean = [uid for uid in result.states if uid not in dirty]

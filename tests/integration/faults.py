@@ -232,6 +232,8 @@ class BackgroundProducer:
     settings: Any
     events: Sequence[UserEvent]
     rate: float
+    bad_every: int = 0
+    """> 0: after every bad_every-th event also send a record that is not JSON (same key)."""
     produced: list[Produced] = field(default_factory=list)
     sent: int = 0
     error: BaseException | None = None
@@ -254,6 +256,8 @@ class BackgroundProducer:
                         (ev, producer.send(topic, key=ev.user_id.encode(), value=ev.encode()))
                     )
                     self.sent = i + 1
+                    if self.bad_every and i % self.bad_every == 0:
+                        producer.send(topic, key=ev.user_id.encode(), value=b"{not json")
                     if self.rate > 0:
                         ahead = (i + 1) / self.rate - (time.monotonic() - start)
                         if ahead > 0.002:
@@ -290,9 +294,16 @@ def worker_items(updates: Sequence[ItemUpdate], dim: int) -> list[ItemUpdate]:
     return [decode_item_update(u.item_id.encode(), encode_item_update(u), dim=dim) for u in updates]
 
 
-def replay(settings: Any, updates: Sequence[ItemUpdate], produced: Sequence[Produced]) -> dict:
+def replay(
+    settings: Any,
+    updates: Sequence[ItemUpdate],
+    produced: Sequence[Produced],
+    applied: list[Produced] | None = None,
+) -> dict:
     """Pure in-process reference: every event applied once, in partition-offset order,
-    through the same core (app.core) the worker uses."""
+    through the same core (app.core) the worker uses. With `applied`, repeated event ids
+    are allowed (skipped, as the worker does) and the events that applied are collected;
+    without, every event must apply."""
     from app.core.factory import build_recommender
     from app.core.user_state import UserState
 
@@ -302,7 +313,11 @@ def replay(settings: Any, updates: Sequence[ItemUpdate], produced: Sequence[Prod
     states: dict[str, UserState] = {}
     for p in sorted(produced, key=lambda p: (p.partition, p.offset)):
         st = states.setdefault(p.event.user_id, UserState(user_id=p.event.user_id))
-        assert rec.apply(st, p.event, p.offset)
+        ok = rec.apply(st, p.event, p.offset)
+        if applied is None:
+            assert ok, f"event {p.event.event_id} did not apply in the replay"
+        elif ok:
+            applied.append(p)
     return states
 
 
@@ -348,15 +363,27 @@ def read_user_rows(r: Any, prefix: str, users: Sequence[str]) -> dict[str, tuple
 
 
 def check_against_replay(
-    r: Any, prefix: str, reference: dict, produced: Sequence[Produced]
+    r: Any,
+    prefix: str,
+    reference: dict,
+    produced: Sequence[Produced],
+    duplicates: Sequence[Produced] = (),
 ) -> Check:
     """Every user's Redis state vs the replay: n (events applied), embedding, and a list
-    that reflects the last event (event_time, version 2 * last offset + 1)."""
+    that reflects the last event (event_time = the newest event time, version = 2 * last
+    offset + 1); `produced` are the events that applied."""
     last: dict[str, Produced] = {}
     for p in produced:
         cur = last.get(p.event.user_id)
         if cur is None or p.offset > cur.offset:
             last[p.event.user_id] = p
+    # A repeated event id changes nothing, but when it shares a batch with a new event the
+    # list is made after it, so it carries the duplicate's (higher) offset.
+    later_dups: dict[str, set[int]] = {}
+    for d in duplicates:
+        u = d.event.user_id
+        if u in last and d.offset > last[u].offset:
+            later_dups.setdefault(u, set()).add(2 * d.offset + 1)
     users = sorted(reference)
     rows = read_user_rows(r, prefix, users)
     c = Check(len(produced), len(users), 0, 0, [], [], [], [])
@@ -379,11 +406,12 @@ def check_against_replay(
             c.details.append(f"{u}: embedding differs (n={n}, ref n={ref.n_events})")
         doc = json.loads(raw_list)
         want_version = 2 * last[u].offset + 1
-        if doc["version"] != want_version or doc["event_time"] != last[u].event.timestamp:
+        versions = {want_version} | later_dups.get(u, set())
+        if doc["version"] not in versions or doc["event_time"] != ref.last_event_time:
             c.stale_lists.append(u)
             c.details.append(
                 f"{u}: list version {doc['version']} event_time {doc['event_time']}, "
-                f"want {want_version} / {last[u].event.timestamp}"
+                f"want {want_version} / {ref.last_event_time}"
             )
     return c
 
@@ -514,3 +542,16 @@ class ProgressSampler:
                     longest = max(longest, t - last_t)
                 last_t, last_n = t, n
         return longest
+
+
+def produce_raw_tracked(
+    settings: Any, topic: str, records: Sequence[tuple[bytes | None, bytes | None]]
+) -> list[tuple[int, int]]:
+    """Produce raw records; (partition, offset) of each, in order."""
+    producer = make_producer(settings)
+    try:
+        futures = [producer.send(topic, key=k, value=v) for k, v in records]
+        producer.flush(timeout=120)
+        return [(md.partition, md.offset) for md in (f.get(timeout=60) for f in futures)]
+    finally:
+        producer.close(timeout=10)

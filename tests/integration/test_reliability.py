@@ -15,8 +15,10 @@ import time
 
 import pytest
 
+from app.schemas import validate
 from tests.integration.conftest import redis_client, run_env
 from tests.integration.faults import (
+    T0,
     BackgroundProducer,
     OwnKafka,
     OwnRedis,
@@ -289,3 +291,289 @@ def test_broker_restart_under_load_worker_reconnects_nothing_lost(
     )
     assert check.ok, "\n".join(check.details[:20])
     assert w.alive
+
+
+# -- hostile input --------------------------------------------------------------------------
+
+
+def _hostile_events(items: list[str], dim: int) -> list[tuple[str, bytes | None, bytes | None]]:
+    """(category, key, value) records for user-events: valid ones mixed with everything
+    a broken or hostile producer can send."""
+    import random
+
+    from app.core.events import UserEvent
+
+    rng = random.Random(7)
+    out: list[tuple[str, bytes | None, bytes | None]] = []
+
+    def ev(user, i, item=None, t=None, **kw):
+        doc = {
+            "event_id": f"{user}-{i}",
+            "user_id": user,
+            "item_id": item if item is not None else items[(i * 7) % len(items)],
+            "type": "click",
+            "timestamp": T0 + 60 * i if t is None else t,
+            **kw,
+        }
+        return doc
+
+    def add(cat, doc_or_bytes, key=None, user=None):
+        if isinstance(doc_or_bytes, bytes | type(None)):
+            value = doc_or_bytes
+        else:
+            value = json.dumps(doc_or_bytes).encode()
+            user = user if user is not None else doc_or_bytes.get("user_id")
+        if key is None and isinstance(user, str | int):
+            key = str(user).encode("utf-8", errors="surrogatepass")
+        out.append((cat, key, value))
+
+    # valid traffic for a few users (their state must come out exact)
+    for u in range(6):
+        for i in range(8):
+            add("valid", ev(f"host-{u}", i, type="rating", rating=0.5 + (i % 10) / 2))
+    # random bytes, with and without keys
+    for _ in range(60):
+        blob = rng.randbytes(rng.randint(0, 300))
+        add("random_bytes", blob, key=rng.choice([None, b"host-0", rng.randbytes(8)]))
+    add("empty_value", b"", key=b"host-0")
+    add("tombstone", None, key=b"host-0")
+    # deep and huge JSON
+    add("deep_json", ("[" * 20000 + "]" * 20000).encode(), key=b"host-0")
+    for depth in (500, 800, 900, 950, 980, 990, 995):
+        add("deep_json", json.dumps(ev("host-0", 100))[:-1].encode()
+            + b', "user_id": ' + b"[" * depth + b"]" * depth + b"}", key=b"host-0")  # fmt: skip
+    add("deep_context", ev("deep-ctx", 0, context={"a": json.loads("[" * 200 + "]" * 200)}))
+    add("huge_json", json.dumps(ev("host-1", 101, context={"pad": "x" * 70_000})).encode())
+    add("huge_json", json.dumps([0] * 200_000).encode(), key=b"host-1")  # ~600 kB
+    add("big_valid", ev("big", 0, context={str(k): "y" * 1000 for k in range(32)}))
+    add("too_many_context_keys", ev("host-1", 102, context={str(k): k for k in range(33)}))
+    # wrong types
+    for field, bad in [
+        ("user_id", ["host-2"]), ("user_id", True), ("user_id", -1), ("user_id", 1.5),
+        ("item_id", {"id": 1}), ("item_id", ""), ("timestamp", "yesterday"),
+        ("timestamp", None), ("type", 3), ("type", "CLICK"), ("rating", "5"),
+        ("event_id", 17), ("context", [1, 2]), ("extra_field", 1),
+    ]:  # fmt: skip
+        doc = ev("host-2", 200)
+        doc[field] = bad
+        add(f"wrong_type:{field}", doc, key=b"host-2")
+    add("rating_without_value", ev("host-2", 201, type="rating"))
+    add("not_object", b'["host-2", "click"]', key=b"host-2")
+    add("not_object", b'"just a string"', key=b"host-2")
+    # NaN / inf / out-of-range numbers
+    base = json.dumps(ev("host-3", 300, type="rating", rating=4.0))
+    add("nan", base.replace("4.0", "NaN").encode(), key=b"host-3")
+    add("inf", base.replace("4.0", "Infinity").encode(), key=b"host-3")
+    add("inf", base.replace("4.0", "-Infinity").encode(), key=b"host-3")
+    add("overflow", base.replace("4.0", "1e400").encode(), key=b"host-3")
+    add("overflow", json.dumps(ev("host-3", 301)).replace(
+        str(T0 + 60 * 301), "1e400").encode(), key=b"host-3")  # fmt: skip
+    add("big_int", json.dumps(ev("host-3", 302)).encode().replace(b'"host-3",', b"9" * 5000
+        + b",", 1), key=b"host-3")  # fmt: skip
+    add("rating_out_of_range", ev("host-3", 303, type="rating", rating=5.5))
+    # unicode edge cases
+    for user in ["émile", "用户", "\U0001f600", "a\u200db", "\u202eevil", "e\u0301", "\u00e9",
+                 "u\u2028", "u\n", "x" * 128, "\ufeffbom"]:  # fmt: skip
+        add("unicode_ok", ev(user, 0))
+    add("unicode_too_long", ev("x" * 129, 0))
+    add("lone_surrogate", json.dumps(ev("\ud800-user", 0)).encode(), key=b"x")
+    add("lone_surrogate", json.dumps(ev("host-4", 400, item="\udfff")).encode(), key=b"host-4")
+    add("lone_surrogate", json.dumps(ev("host-4", 401, context={"\ud83d": 1})).encode(),
+        key=b"host-4")  # fmt: skip
+    add("invalid_utf8", b'{"event_id":"e","user_id":"\xc0\xaf","item_id":"1"}', key=b"host-4")
+    add("invalid_utf8", b"\xef\xbb\xbf" + json.dumps(ev("host-4", 402)).encode(), key=b"host-4")
+    add("control_char", ev("ctl\u0001", 0))
+    add("cesu8", json.dumps(ev("\ud83d\ude00x", 0), ensure_ascii=False).encode(
+        "utf-8", errors="surrogatepass"), key=b"x")  # fmt: skip
+    # keys
+    add("bad_key", ev("host-5", 500), key=b"someone-else")
+    add("bad_key", json.dumps(ev("host-5", 501)).encode(), key=None, user=None)
+    add("int_user_id", ev(123456, 0), key=b"123456")
+    # duplicates: the same event id again (and again, later), applied once
+    dup = ev("dup-user", 0, type="like")
+    for _ in range(3):
+        add("duplicate_id", dup)
+    add("duplicate_id", ev("dup-user", 0, type="purchase"))  # same id, other content
+    add("valid", ev("dup-user", 1))
+    add("duplicate_id", dup)
+    # unknown items, timestamps at the edges of the schema and beyond
+    add("unknown_item", ev("host-5", 502, item="no-such-item"))
+    add("unknown_item", ev("host-5", 503, item=99999999))
+    add("far_past", ev("time-user", 0, t=0))
+    add("far_future", ev("time-user", 1, t=4102444800))
+    add("valid", ev("time-user", 2))
+    add("beyond_future", ev("time-user", 3, t=4102444801))
+    add("negative_time", ev("time-user", 4, t=-1))
+    add("valid", ev("time-user", 5, t=T0 + 1e6))
+    del UserEvent, dim
+    return out
+
+
+def _hostile_items(dim: int) -> list[tuple[str, bytes | None, bytes | None, str | None]]:
+    """(category, key, value, expected dead-letter reason or None) for item-updates."""
+    good = [0.1] * dim
+
+    def up(item_id: str, embedding=good, **kw) -> bytes:
+        doc = {"item_id": item_id, "op": "upsert", "embedding": embedding, **kw}
+        return json.dumps(doc).encode()
+
+    odd = {"genres": ["{x}", "a:b", "\u00e9"], "year": 2200, "release_ts": 4102444800}
+    return [
+        ("wrong_dim", b"hx-1", up("hx-1", [0.1] * (dim + 3)), "bad_embedding"),
+        ("wrong_dim", b"hx-2", up("hx-2", [0.1, 0.2]), "bad_embedding"),
+        ("zero_vector", b"hx-3", up("hx-3", [0.0] * dim), "bad_embedding"),
+        ("float32_overflow", b"hx-4", up("hx-4", [1e39] * dim), "bad_embedding"),
+        ("nan", b"hx-5", up("hx-5").replace(b"0.1", b"NaN", 1), "not_json"),
+        ("lone_surrogate", b"hx-6", up("hx-\udc00"), "not_utf8"),
+        ("lone_surrogate_genre", b"hx-7", up("hx-7", genres=["\ud800"]), "not_utf8"),
+        ("not_json", b"hx-8", b"{nope", "not_json"),
+        ("random_bytes", b"hx-9", bytes(range(256)), "not_utf8"),
+        ("tombstone_unknown", b"hx-never-existed", None, None),
+        ("tombstone_empty_key", b"", None, "bad_key"),
+        ("wrong_type", b"hx-10", up("hx-10", "0.1,0.2"), "schema"),
+        ("odd_genre", b"hx-11", up("hx-11", **odd), None),
+    ]
+
+
+def test_hostile_input_ends_in_state_or_dead_letters_and_worker_survives(catalog_run, workers):
+    from app.core.events import InvalidRecord, decode_item_update
+    from app.core.factory import build_recommender
+    from app.processing import BatchProcessor, DeadLetter, RawRecord
+    from tests.integration.conftest import consume_all
+    from tests.integration.faults import Produced, produce_raw_tracked
+
+    run = catalog_run
+    s = run.settings
+    dim = s.items.embedding_dim
+    w = workers({**run.env, **STEADY})
+    w.wait_ready()
+    items = sorted(run.truth["items"])
+
+    corpus = _hostile_events(items, dim)
+    positions = produce_raw_tracked(s, s.topics.user_events, [(k, v) for _, k, v in corpus])
+    bad_items = _hostile_items(dim)
+    produce_raw_tracked(s, s.topics.item_updates, [(k, v) for _, k, v, _ in bad_items])
+    n_items = len(run.updates) + len(bad_items)
+
+    # What the pure decoder says about each record: accepted (an event) or a reason.
+    decoder = BatchProcessor(
+        build_recommender(s), max_event_bytes=s.worker.max_event_bytes,
+        source_topic=s.topics.user_events,
+    )  # fmt: skip
+    accepted: list[Produced] = []
+    want_dlq: dict[tuple[int, int], str] = {}
+    for (cat, key, value), (part, off) in zip(corpus, positions, strict=True):
+        got = decoder.decode(RawRecord(s.topics.user_events, part, off, key, value))
+        if isinstance(got, DeadLetter):
+            want_dlq[(part, off)] = got.value["reason"]
+        else:
+            assert not cat.startswith(("random", "deep_json", "huge", "wrong", "nan", "inf",
+                                        "overflow", "lone", "invalid", "bad_key")), cat  # fmt: skip
+            accepted.append(Produced(got, part, off))
+
+    st = w.wait(
+        lambda st: (
+            st["counters"].get("events_in", 0) >= len(corpus)
+            and st["counters"].get("item_updates", 0)
+            + sum(v for k, v in st["dead_letters"].items() if k.startswith("item_"))
+            >= n_items
+        ),
+        90,
+        "the whole corpus consumed",
+    )
+    assert w.alive, w.log_tail()
+
+    # Every rejected record is on the dead-letter topic, once, with the decoder's reason.
+    dlq = consume_all(s.topics.user_events_dlq, min_records=len(want_dlq), timeout=30)
+    got_dlq: dict[tuple[int, int], str] = {}
+    for m in dlq:
+        doc = json.loads(m.value)
+        validate("dead-letter", doc)
+        pos = (doc["source"]["partition"], doc["source"]["offset"])
+        assert pos not in got_dlq, f"dead-lettered twice: {pos}"
+        got_dlq[pos] = doc["reason"]
+        assert doc["detail"]
+    assert got_dlq == want_dlq
+
+    # Every accepted record's effect is in its user's state, exactly once.
+    applied: list[Produced] = []
+    reference = replay(s, run.updates, accepted, applied)
+    r = redis_client()
+    wait_lists_current(r, s.redis.key_prefix, applied, 60, lambda: w.alive)
+    dups = [p for p in accepted if p not in applied]
+    check = check_against_replay(r, s.redis.key_prefix, reference, applied, dups)
+    assert check.ok, "\n".join(check.details[:20])
+    assert st["counters"]["events_applied"] == len(applied)
+    assert st["counters"]["events_duplicate"] == len(accepted) - len(applied)
+
+    # Item updates: each bad one on item-updates-dlq with its reason, the others applied.
+    want_items: list[str] = []
+    for cat, key, value, reason in bad_items:
+        try:
+            decode_item_update(key, value, dim=dim)
+            got = None
+        except InvalidRecord as exc:
+            got = exc.reason
+        assert got == reason, (cat, got, reason)
+        if reason:
+            want_items.append(reason)
+    idlq = consume_all(s.topics.item_updates_dlq, min_records=len(want_items), timeout=30)
+    assert sorted(json.loads(m.value)["reason"] for m in idlq) == sorted(want_items)
+    assert r.exists(f"{s.redis.key_prefix}item:{{hx-11}}")
+
+    # Still serving: a normal event after all that gets a normal list.
+    from app.core.events import UserEvent
+    from app.producer import produce_events
+
+    produce_events(s, [UserEvent("after-0", "after-user", items[0], "like", T0)])
+    w.wait_events(len(corpus) + 1, timeout=30)
+    assert json.loads(r.hget(f"{s.redis.key_prefix}rec:{{after-user}}", "json"))["items"]
+    assert w.alive
+
+    by_reason: dict[str, int] = {}
+    for reason in got_dlq.values():
+        by_reason[reason] = by_reason.get(reason, 0) + 1
+    report(
+        "hostile_input",
+        inputs_tried=len(corpus) + len(bad_items),
+        user_event_records=len(corpus),
+        item_update_records=len(bad_items),
+        categories=len({c.split(":")[0] for c, _, _ in corpus} | {c for c, *_ in bad_items}),
+        accepted_applied=len(applied),
+        accepted_duplicates=len(accepted) - len(applied),
+        dead_lettered=len(got_dlq),
+        dead_letter_reasons=dict(sorted(by_reason.items())),
+        item_dead_letters=len(idlq),
+        unaccounted=len(corpus) - len(accepted) - len(got_dlq),
+        lost=check.lost,
+        applied_twice=check.applied_twice,
+        worker_crashes=0,
+    )
+
+
+def test_dead_letters_interleaved_with_events_lose_no_event(catalog_run, workers):
+    """A batch with a dead letter awaits its dead-letter send before it writes the user
+    table; a record arriving in that window was once filed under a stale event by
+    take_events() (lost until a restart, a copy of an old one processed instead)."""
+    run = catalog_run
+    s = run.settings
+    w = workers({**run.env, **STEADY})
+    w.wait_ready()
+    items = sorted(run.truth["items"])
+    users = [f"mix-{u}" for u in range(60)]
+    events = event_stream(users, items, per_user=30, seed=6)
+    # a steady flow, so records keep arriving while a batch is being written
+    produced = BackgroundProducer(s, events, rate=400, bad_every=3).start().join()
+    r = redis_client()
+    wait_lists_current(r, s.redis.key_prefix, produced, 60, lambda: w.alive)
+    check = check_against_replay(r, s.redis.key_prefix, replay(s, run.updates, produced), produced)
+    st = w.status()
+    bad = st["dead_letters"].get("not_json", 0)
+    report(
+        "dead_letters_interleaved",
+        **check.figures(),
+        dead_letters=bad,
+        events_in=st["counters"].get("events_in", 0),
+    )
+    assert check.ok, "\n".join(check.details[:20])
+    assert bad == len(range(0, len(events), 3))
