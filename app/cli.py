@@ -49,7 +49,28 @@ def settings() -> Settings:
     return load_settings()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsage(click.Group):
+    """A bad flag or argument is one line too (`error: ...`, exit 2), like a bad file."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+            msg = " ".join(exc.format_message().split())
+            click.echo(f"error: {where}{msg} (see --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """nearline-rec: a streaming nearline recommendation worker (Faust + Kafka + Redis)."""
 
@@ -180,12 +201,14 @@ def replay(ratings: Path, rate: float, limit: int) -> None:
 
     from tqdm import tqdm
 
-    from app.data.loaders import read_ratings
+    from app.data.loaders import LoadError, read_ratings
     from app.kafka_clients import ensure_topics
     from app.producer import events_from_ratings, produce_events
 
     s = settings()
     rows = read_ratings(ratings)  # whole file checked before the first event is produced
+    if not rows:
+        raise LoadError(ratings, None, "no ratings after the header")
     if limit:
         rows = rows[:limit]
     ensure_topics(s)

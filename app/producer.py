@@ -45,6 +45,8 @@ def item_updates_from_files(
     changes nothing.
     """
     movies = {m.item_id: m for m in read_movies(movies_path)}
+    if not movies:
+        raise LoadError(str(movies_path), None, "no movies after the header")
     ids, matrix = read_embeddings(embeddings_path, ids_path=ids_path, expected_dim=dim)
     updates = []
     vec_of = {item_id: row for row, item_id in enumerate(ids)}
