@@ -87,8 +87,10 @@ def main() -> None:
 def worker(loglevel: str) -> None:
     """Run a worker (same as `faust -A app.worker worker`); creates missing topics first."""
     from app.kafka_clients import ensure_topics
+    from app.storage.redis_store import check_access
 
     s = settings()
+    check_access(s.redis)  # wrong credentials or certificate: one line now, not endless retries
     created = ensure_topics(s)
     if created:
         click.echo(f"created topics: {', '.join(created)}", err=True)
@@ -101,6 +103,8 @@ def worker(loglevel: str) -> None:
         "--loglevel",
         faust_level,
         "--web-host",
+        s.worker.web_host,
+        "--web-bind",
         s.worker.web_host,
         "--web-port",
         str(s.worker.web_port),

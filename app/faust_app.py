@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from typing import Any
 
 import faust
 
 from app.settings import KafkaSettings, Settings
+
+# The Kafka clients' debug logs print every request, the SASL login with its password
+# included: those loggers stay at INFO even when the worker runs at debug.
+for _name in ("aiokafka.conn", "kafka.conn", "kafka.net.connection", "kafka.protocol.parser"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 
 def ssl_context(cfg: KafkaSettings) -> ssl.SSLContext | None:
@@ -51,6 +57,8 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=settings.topics.replication_factor,
         # Lists, lag and state are ours to report; keep Faust's own output quiet.
         web_host=w.web_host,
+        # web_host only names the server in URLs; Faust binds web_bind (default 0.0.0.0)
+        web_bind=w.web_host,
         web_port=w.web_port,
         web_in_thread=False,
         processing_guarantee="at_least_once",

@@ -51,11 +51,79 @@ class TopicError(RuntimeError):
     """A topic exists with a layout the worker cannot use."""
 
 
+def check_broker(cfg: KafkaSettings, timeout_s: float = 10.0) -> None:
+    """Connect once to the first bootstrap server that answers, TLS handshake and SASL
+    login included, and raise SettingsError with one clear line when the broker refuses
+    the credentials or the certificate. (The clients themselves only report "unable to
+    bootstrap" after their timeout.) An unreachable broker is left to the clients."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+        return  # inside a running loop (not the CLI): the clients report for themselves
+    except RuntimeError:
+        pass
+    quiet = logging.getLogger("aiokafka.conn")  # its "password in the clear" warning: once
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        for hostport in client_kwargs(cfg)["bootstrap_servers"]:
+            if _probe(cfg, hostport, timeout_s):
+                return
+    finally:
+        quiet.setLevel(level)
+
+
+def _probe(cfg: KafkaSettings, hostport: str, timeout_s: float) -> bool:
+    """True when the broker took the connection, False when it does not answer;
+    SettingsError when it refused the credentials or the certificate."""
+    import asyncio
+    import ssl
+
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import KafkaError as AIOKafkaError
+
+    from app.settings import SettingsError
+
+    kw = client_kwargs(cfg)
+    del kw["bootstrap_servers"]
+    host, port = hostport.rsplit(":", 1)
+
+    async def connect() -> None:
+        conn = await asyncio.wait_for(
+            create_conn(host, int(port), request_timeout_ms=int(timeout_s * 1000), **kw),
+            timeout_s,
+        )
+        conn.close()
+
+    try:
+        asyncio.run(connect())
+        return True
+    except ssl.SSLError as exc:
+        reason = getattr(exc, "reason", None) or exc.__class__.__name__
+        detail = getattr(exc, "verify_message", None) or str(exc)
+        raise SettingsError(
+            f"TLS handshake with Kafka at {hostport} failed ({reason}: {detail}); check "
+            "NEARLINE_KAFKA__SSL_CAFILE and NEARLINE_KAFKA__SECURITY_PROTOCOL"
+        ) from None
+    except AIOKafkaError as exc:
+        if "Sasl" in type(exc).__name__ or "Authentication" in str(exc):
+            raise SettingsError(
+                f"Kafka at {hostport} refused SASL user {cfg.sasl_username!r} "
+                f"({cfg.sasl_mechanism}): {exc}; check NEARLINE_KAFKA__SASL_USERNAME and "
+                "NEARLINE_KAFKA__SASL_PASSWORD"
+            ) from None
+        return False
+    except (OSError, TimeoutError):
+        return False  # this server does not answer; try the next one
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create missing topics with the configured partitions; return the names created."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    check_broker(settings.kafka)  # wrong credentials or certificate: one clear line, at once
     admin = KafkaAdminClient(
         client_id=f"{settings.worker.app_id}-admin",
         request_timeout_ms=int(timeout_s * 1000),

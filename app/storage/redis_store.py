@@ -73,6 +73,59 @@ def make_client(cfg: RedisSettings) -> aioredis.Redis:
     return aioredis.Redis.from_url(cfg.url, **kwargs)
 
 
+def check_access(cfg: RedisSettings) -> None:
+    """PING once and raise SettingsError with one clear line when Redis refuses the
+    credentials or the TLS handshake fails (the worker would otherwise retry them as an
+    outage forever). A Redis that is merely down is left to the worker's retries."""
+    from urllib.parse import urlsplit
+
+    import redis
+
+    from app.settings import SettingsError
+
+    parts = urlsplit(cfg.url)
+    where = f"{parts.hostname}:{parts.port or 6379}"  # never the URL: it may hold a password
+    kwargs: dict[str, Any] = {
+        "username": cfg.username,
+        "password": cfg.password.get_secret_value() if cfg.password else None,
+        "socket_timeout": cfg.socket_timeout,
+        "socket_connect_timeout": cfg.socket_timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if cfg.url.startswith("rediss://") and cfg.ssl_ca_certs:
+        kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
+    client = redis.Redis.from_url(cfg.url, **kwargs)
+    user = cfg.username or parts.username or "default"
+    try:
+        client.ping()
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        msg = " ".join(str(exc).split())
+        if cfg.password is None and parts.password is None:
+            raise SettingsError(
+                f"Redis at {where} requires a login; set NEARLINE_REDIS__USERNAME and "
+                "NEARLINE_REDIS__PASSWORD"
+            ) from None
+        if isinstance(exc, redis.AuthenticationError) or msg.startswith(
+            ("NOAUTH", "WRONGPASS", "NOPERM", "invalid username")
+        ):
+            raise SettingsError(
+                f"Redis at {where} refused user {user!r}: {msg}; check "
+                "NEARLINE_REDIS__USERNAME and NEARLINE_REDIS__PASSWORD"
+            ) from None
+        raise
+    except RedisConnectionError as exc:
+        msg = " ".join(str(exc).split())
+        if "SSL" in msg or "TLS" in msg or "certificate" in msg:
+            raise SettingsError(
+                f"TLS handshake with Redis at {where} failed: {msg}; check NEARLINE_REDIS__URL "
+                "(rediss://) and NEARLINE_REDIS__SSL_CA_CERTS"
+            ) from None
+    except (RedisTimeoutError, OSError):
+        pass
+    finally:
+        client.close()
+
+
 class RedisStore:
     def __init__(self, cfg: RedisSettings) -> None:
         self.cfg = cfg

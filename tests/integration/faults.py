@@ -38,19 +38,27 @@ class OwnRedis:
     survives stop/start (a Redis restart keeps data, as a production Redis would)."""
 
     def __init__(
-        self, tmp: Path, *, persistent: bool = True, extra: Sequence[str] = (), port: int = 0
+        self,
+        tmp: Path,
+        *,
+        persistent: bool = True,
+        extra: Sequence[str] = (),
+        port: int = 0,
+        tls: ThrowawayCA | None = None,
     ) -> None:
         self.port = port or free_port()
         self.dir = Path(tmp) / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.persistent = persistent
         self.extra = list(extra)
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "redis.log"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://127.0.0.1:{self.port}/0"
 
     def args(self) -> list[str]:
         persist = (
@@ -69,8 +77,19 @@ class OwnRedis:
             "--logfile",
             str(self.log),
             *persist,
+            *self.tls_args(),
             *self.extra,
         ]
+
+    def tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return [
+            "--port", "0", "--tls-port", str(self.port),
+            "--tls-cert-file", str(self.tls.server_cert),
+            "--tls-key-file", str(self.tls.server_key),
+            "--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no",
+        ]  # fmt: skip
 
     def start(self, ping: Callable[[], bool] | None = None, timeout: float = 15) -> OwnRedis:
         self.proc = subprocess.Popen(
@@ -89,12 +108,11 @@ class OwnRedis:
     def ping(self) -> bool:
         import redis
 
+        tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
         try:
-            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
-        except redis.exceptions.AuthenticationError:
-            return True  # answers, wants a password
-        except redis.exceptions.ResponseError as exc:
-            return "NOAUTH" in str(exc)
+            return bool(redis.Redis(port=self.port, socket_timeout=1, **tls).ping())
+        except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError):
+            return True  # answers, wants a login
         except (redis.ConnectionError, redis.TimeoutError):
             return False
 
@@ -113,6 +131,54 @@ class OwnRedis:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+
+@dataclass(frozen=True)
+class ThrowawayCA:
+    """A throwaway CA and a server certificate for 127.0.0.1 / localhost (openssl)."""
+
+    dir: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.dir / "ca.pem"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.dir / "server.pem"
+
+    @property
+    def server_key(self) -> Path:
+        return self.dir / "server.key"
+
+    @property
+    def server_bundle(self) -> Path:
+        """Key (PKCS#8) + certificate chain in one PEM: Kafka's PEM keystore."""
+        return self.dir / "server-bundle.pem"
+
+    @classmethod
+    def make(cls, d: Path, name: str = "nearline-test-ca") -> ThrowawayCA:
+        d.mkdir(parents=True, exist_ok=True)
+
+        def run(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", f"/CN={name}")  # fmt: skip
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out",
+            "server.csr", "-subj", "/CN=localhost")  # fmt: skip
+        (d / "ext.cnf").write_text(
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+            "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        )
+        run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2",
+            "-extfile", "ext.cnf")  # fmt: skip
+        ca = cls(d)
+        ca.server_bundle.write_bytes(ca.server_key.read_bytes() + ca.server_cert.read_bytes())
+        for p in (ca.server_key, ca.server_bundle, d / "ca.key"):
+            p.chmod(0o600)
+        return ca
 
 
 class OwnKafka:

@@ -1,0 +1,294 @@
+"""Authenticated and encrypted connections, configured only through settings.
+
+- Redis with an ACL user and password (own redis-server, default user disabled);
+- Kafka over SASL/PLAIN, and SASL over TLS, on listeners of an own broker
+  (scripts/services.sh NEARLINE_KAFKA_SASL_PORT / NEARLINE_KAFKA_SASL_SSL_PORT);
+- Redis over TLS (own redis-server --tls-port), with a throwaway CA made by openssl;
+- the HTTP endpoints: loopback by default, a bearer token when NEARLINE_SERVE__TOKEN is set.
+
+Every worker here runs at log level debug, and no password or token may appear in its
+log, in /status/, /metrics, /health or any error message. Wrong credentials and an
+unknown certificate authority stop `nearline worker` at once with one clear line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.core.events import UserEvent
+from app.localrun import WorkerProcess, settings_for
+from app.producer import produce_events
+from tests.integration.conftest import REPO, redis_client, run_env
+from tests.integration.faults import (
+    T0,
+    OwnKafka,
+    OwnRedis,
+    ThrowawayCA,
+    catalog_on,
+    http_get,
+)
+from tests.reliability_report import report
+
+pytestmark = pytest.mark.integration
+
+
+def _secret(tag: str) -> str:
+    return f"{tag}-{secrets.token_hex(8)}"
+
+
+@pytest.fixture
+def debug_workers(tmp_path: Path) -> Iterator:
+    """Worker processes at log level debug (the chattiest, where secrets leak first)."""
+    started: list[WorkerProcess] = []
+
+    def make(env: dict[str, str], name: str = "worker") -> WorkerProcess:
+        w = WorkerProcess(env, tmp_path, name, loglevel="debug")
+        started.append(w)
+        return w.start()
+
+    yield make
+    for w in started:
+        w.stop(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory) -> ThrowawayCA:
+    return ThrowawayCA.make(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def secure_kafka(tmp_path_factory, ca) -> Iterator[tuple[OwnKafka, dict[str, int], str]]:
+    """An own broker with SASL_PLAINTEXT and SASL_SSL listeners (PLAIN), user `nearline`."""
+    from app.localrun import free_port
+
+    password = _secret("kafka-pw")
+    ports = {"sasl": free_port(), "sasl_ssl": free_port()}
+    kafka = OwnKafka(
+        tmp_path_factory.mktemp("kafka"),
+        NEARLINE_KAFKA_SASL_PORT=str(ports["sasl"]),
+        NEARLINE_KAFKA_SASL_SSL_PORT=str(ports["sasl_ssl"]),
+        NEARLINE_KAFKA_SASL_USERS=f"nearline:{password},other:other-pw",
+        NEARLINE_KAFKA_SSL_PEM=str(ca.server_bundle),
+    )
+    kafka.start()
+    yield kafka, ports, password
+    kafka.stop()
+
+
+def _cli_worker(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """`nearline worker` as an operator runs it; expected to stop at once here."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "worker"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _assert_clear_refusal(res: subprocess.CompletedProcess, *fragments: str, secret: str) -> str:
+    assert res.returncode != 0, res.stdout + res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    assert secret not in res.stdout + res.stderr
+    return lines[0]
+
+
+def _no_secret_anywhere(w: WorkerProcess, secrets_: list[str], token: str | None = None) -> None:
+    texts = {"log": w.log_path.read_text(errors="replace")}
+    for path in ("/status/", "/metrics", "/health", "/status/history/"):
+        texts[path] = http_get(w.port, path, token)[1]
+    texts["401"] = http_get(w.port, "/status/")[1]
+    for where, text in texts.items():
+        for s in secrets_:
+            assert s not in text, f"secret found in {where}"
+
+
+def _produce_and_wait(run, w: WorkerProcess, users: int = 4) -> None:
+    items = sorted(run.truth["items"])
+    events = [
+        UserEvent(f"sec-{u}-{i}", f"sec-user-{u}", items[(u * 5 + i) % len(items)], "like", T0 + i)
+        for u in range(users)
+        for i in range(5)
+    ]
+    produce_events(run.settings, events)
+    w.wait(lambda st: st["counters"].get("lists_written", 0) >= users, 60, "lists written")
+
+
+def _listening_addresses(port: int) -> set[str]:
+    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
+    addrs = set()
+    for line in out.splitlines():
+        local = line.split()[3]
+        host, _, p = local.rpartition(":")
+        if p == str(port):
+            addrs.add(host)
+    return addrs
+
+
+def test_redis_acl_user_http_token_loopback_and_no_secret_leaks(
+    catalog_run, debug_workers, tmp_path
+):
+    password, token = _secret("redis-pw"), _secret("http-token")
+    acl = ["--user", "default", "off",
+           "--user", "nearline", "on", f">{password}", "~*", "&*", "+@all"]  # fmt: skip
+    own = OwnRedis(tmp_path, persistent=False, extra=acl).start()
+    try:
+        env = {
+            **catalog_run.env,
+            "NEARLINE_REDIS__URL": own.url,  # no credentials in the URL: settings only
+            "NEARLINE_REDIS__USERNAME": "nearline",
+            "NEARLINE_REDIS__PASSWORD": password,
+            "NEARLINE_SERVE__TOKEN": token,
+        }
+        w = debug_workers(env)
+        # /status/ wants the token now
+        w.status = lambda: json.loads(http_get(w.port, "/status/", token)[1] or "null")
+        w.wait_ready()
+        _produce_and_wait(catalog_run, w)
+
+        import redis
+
+        r = redis.Redis.from_url(own.url, username="nearline", password=password)
+        prefix = catalog_run.settings.redis.key_prefix
+        assert r.hget(f"{prefix}rec:{{sec-user-0}}", "json") is not None
+        with pytest.raises(redis.exceptions.RedisError):
+            redis.Redis.from_url(own.url).get("x")  # the default user is off
+
+        # HTTP: every endpoint but /health wants the token; the server is on loopback only
+        statuses = {}
+        for path in ("/status/", "/metrics", "/recommendations/sec-user-0/", "/status/page/"):
+            statuses[path] = (http_get(w.port, path)[0], http_get(w.port, path, token)[0])
+            assert statuses[path] == (401, 200), (path, statuses[path])
+        assert http_get(w.port, "/status/", "wrong-token")[0] == 401
+        assert http_get(w.port, "/health")[0] in (200, 503)  # open, for probes
+        assert _listening_addresses(w.port) == {"127.0.0.1"}
+
+        _no_secret_anywhere(w, [password, token], token)
+
+        # Wrong password: one clear line at start, naming the settings, not the password.
+        wrong = _secret("wrong-pw")
+        line = _assert_clear_refusal(
+            _cli_worker({**env, "NEARLINE_REDIS__PASSWORD": wrong}),
+            "refused user 'nearline'",
+            "NEARLINE_REDIS__PASSWORD",
+            secret=wrong,
+        )
+        missing = _assert_clear_refusal(
+            _cli_worker({k: v for k, v in env.items() if not k.startswith("NEARLINE_REDIS__USER")
+                         and k != "NEARLINE_REDIS__PASSWORD"}),
+            "requires a login",
+            secret=password,
+        )  # fmt: skip
+    finally:
+        own.stop()
+    report(
+        "security_redis_acl_http_token",
+        redis_acl_user="ok",
+        wrong_password_message=line,
+        no_credentials_message=missing,
+        http_401_without_token=sorted(statuses),
+        web_bind=sorted(_listening_addresses(w.port)) or ["127.0.0.1"],
+        secrets_in_logs_status_metrics=0,
+    )
+
+
+def test_kafka_sasl_plain_listener(secure_kafka, run_id, debug_workers, tmp_path):
+    kafka, ports, password = secure_kafka
+    plain_env = {**run_env(run_id), "NEARLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap}
+    run = catalog_on(plain_env, tmp_path)  # topics and items through the admin listener
+    env = {
+        **plain_env,
+        "NEARLINE_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['sasl']}",
+        "NEARLINE_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "NEARLINE_KAFKA__SASL_MECHANISM": "PLAIN",
+        "NEARLINE_KAFKA__SASL_USERNAME": "nearline",
+        "NEARLINE_KAFKA__SASL_PASSWORD": password,
+    }
+    run.settings = settings_for(env)  # events are produced over SASL too
+    w = debug_workers(env)
+    w.wait_ready()
+    _produce_and_wait(run, w)
+    assert redis_client().hget(f"{run.settings.redis.key_prefix}rec:{{sec-user-1}}", "json")
+    _no_secret_anywhere(w, [password])
+
+    wrong = _secret("wrong-pw")
+    t0 = time.monotonic()
+    line = _assert_clear_refusal(
+        _cli_worker({**env, "NEARLINE_KAFKA__SASL_PASSWORD": wrong}),
+        "refused SASL user 'nearline'",
+        "NEARLINE_KAFKA__SASL_PASSWORD",
+        secret=wrong,
+    )
+    report(
+        "security_kafka_sasl",
+        listener="SASL_PLAINTEXT/PLAIN",
+        lists_written=w.status()["counters"]["lists_written"],
+        wrong_password_message=line,
+        wrong_password_exit_s=round(time.monotonic() - t0, 1),
+        secrets_in_logs_status_metrics=0,
+    )
+
+
+def test_kafka_sasl_over_tls_and_redis_over_tls(secure_kafka, ca, run_id, debug_workers, tmp_path):
+    kafka, ports, password = secure_kafka
+    own = OwnRedis(tmp_path, persistent=False, tls=ca).start()
+    try:
+        plain_env = {**run_env(run_id), "NEARLINE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap}
+        run = catalog_on(plain_env, tmp_path)
+        env = {
+            **plain_env,
+            "NEARLINE_KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{ports['sasl_ssl']}",
+            "NEARLINE_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "NEARLINE_KAFKA__SASL_USERNAME": "nearline",
+            "NEARLINE_KAFKA__SASL_PASSWORD": password,
+            "NEARLINE_KAFKA__SSL_CAFILE": str(ca.ca),
+            "NEARLINE_REDIS__URL": own.url,  # rediss://
+            "NEARLINE_REDIS__SSL_CA_CERTS": str(ca.ca),
+        }
+        run.settings = settings_for(env)
+        w = debug_workers(env)
+        w.wait_ready()
+        _produce_and_wait(run, w)
+        import redis
+
+        r = redis.Redis.from_url(own.url, ssl_ca_certs=str(ca.ca))
+        assert r.hget(f"{run.settings.redis.key_prefix}rec:{{sec-user-2}}", "json") is not None
+        _no_secret_anywhere(w, [password])
+
+        # A CA that did not sign the servers' certificates: both refused, one line each.
+        stranger = ThrowawayCA.make(tmp_path / "other-ca", name="some-other-ca")
+        kafka_line = _assert_clear_refusal(
+            _cli_worker({**env, "NEARLINE_KAFKA__SSL_CAFILE": str(stranger.ca)}),
+            "TLS handshake with Kafka",
+            "CERTIFICATE_VERIFY_FAILED",
+            secret=password,
+        )
+        redis_line = _assert_clear_refusal(
+            _cli_worker({**env, "NEARLINE_REDIS__SSL_CA_CERTS": str(stranger.ca)}),
+            "TLS handshake with Redis",
+            secret=password,
+        )
+    finally:
+        own.stop()
+    report(
+        "security_tls",
+        kafka_listener="SASL_SSL/PLAIN",
+        redis="rediss:// (redis-server --tls-port)",
+        untrusted_ca_kafka_message=kafka_line,
+        untrusted_ca_redis_message=redis_line,
+        secrets_in_logs_status_metrics=0,
+    )
