@@ -129,13 +129,26 @@ def _produce_and_wait(run, w: WorkerProcess, users: int = 4) -> None:
 
 
 def _listening_addresses(port: int) -> set[str]:
-    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
-    addrs = set()
-    for line in out.splitlines():
-        local = line.split()[3]
-        host, _, p = local.rpartition(":")
-        if p == str(port):
-            addrs.add(host)
+    """Addresses with a TCP socket listening on `port` (from /proc/net/tcp and tcp6)."""
+    import ipaddress
+
+    addrs: set[str] = set()
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            hex_addr, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A = LISTEN
+                continue
+            raw = bytes.fromhex(hex_addr)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, size, 4))
+            ip = ipaddress.ip_address(raw)
+            mapped = getattr(ip, "ipv4_mapped", None)
+            addrs.add(str(mapped or ip))
     return addrs
 
 
