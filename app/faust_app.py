@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -48,6 +49,8 @@ def broker_url(cfg: KafkaSettings) -> str:
 
 def create_app(settings: Settings) -> faust.App:
     w = settings.worker
+    # Faust creates only the last level of its data folder
+    Path(w.data_dir).mkdir(parents=True, exist_ok=True)
     return faust.App(
         w.app_id,
         broker=broker_url(settings.kafka),
@@ -73,4 +76,6 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         autodiscover=False,
+        # not the working directory: a checkout should not fill with <app-id>-data folders
+        datadir=f"{w.data_dir}/{w.app_id}",
     )

@@ -112,6 +112,8 @@ class WorkerSettings(_Section):
     """Seconds to wait for a micro-batch to fill."""
     max_event_bytes: int = Field(64 * 1024, ge=256)
     """Events larger than this go to the dead-letter topic."""
+    data_dir: str = "/tmp/nearline-rec"
+    """Where Faust keeps per-app local data (one folder per app id below it)."""
     store: str = "memory://"
     """Faust table store (memory:// replays the changelog on start; rocksdb:// keeps it)."""
     web_host: str = "127.0.0.1"
