@@ -172,7 +172,18 @@ def get_recommendations(
     check_user_id(user_id)
     if not 1 <= k <= MAX_K:
         raise BadRequest(f"k must be between 1 and {MAX_K}, got {k}")
-    r = client or redis.Redis.from_url(url)
+    if client is None:
+        from app.storage.redis_store import split_cluster_flag
+
+        plain_url, cluster = split_cluster_flag(url)  # ?cluster=true: Redis Cluster
+        if cluster:
+            from redis.cluster import RedisCluster
+
+            r = RedisCluster.from_url(plain_url)
+        else:
+            r = redis.Redis.from_url(plain_url)
+    else:
+        r = client
     try:
         pipe = r.pipeline(transaction=False)
         pipe.hget(keys.user_list(prefix, user_id), "json")

@@ -77,7 +77,7 @@ class TopicSettings(_Section):
 
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
-    """Redis URL (redis:// or rediss:// for TLS)."""
+    """Redis URL (redis:// or rediss:// for TLS; add ?cluster=true for Redis Cluster)."""
     username: str | None = None
     """ACL user name (None = default user)."""
     password: SecretStr | None = None

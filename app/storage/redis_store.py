@@ -58,19 +58,39 @@ def decode_vector(raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4").copy()
 
 
-def make_client(cfg: RedisSettings) -> aioredis.Redis:
-    # One retry layer only (tenacity); redis-py's own retries are switched off.
+def split_cluster_flag(url: str) -> tuple[str, bool]:
+    """`?cluster=true` on NEARLINE_REDIS__URL selects a Redis Cluster client (the URL names
+    any one node); the flag is no connection option, so it comes off the URL."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    flags = [v for k, v in query if k == "cluster"]
+    if not flags:
+        return url, False
+    rest = urlencode([(k, v) for k, v in query if k != "cluster"])
+    on = flags[-1].lower() in ("1", "true", "yes", "on")
+    return urlunsplit(parts._replace(query=rest)), on
+
+
+def make_client(cfg: RedisSettings) -> Any:
+    # One retry layer only (tenacity); redis-py's own retries are switched off (a cluster
+    # client keeps its own, which follow MOVED/ASK redirections).
+    url, cluster = split_cluster_flag(cfg.url)
     kwargs: dict[str, Any] = {
         "username": cfg.username,
         "password": cfg.password.get_secret_value() if cfg.password else None,
         "socket_timeout": cfg.socket_timeout,
         "socket_connect_timeout": cfg.socket_timeout,
-        "retry": Retry(NoBackoff(), 0),
         "decode_responses": False,
     }
-    if cfg.url.startswith("rediss://") and cfg.ssl_ca_certs:
+    if url.startswith("rediss://") and cfg.ssl_ca_certs:
         kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
-    return aioredis.Redis.from_url(cfg.url, **kwargs)
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url, **kwargs)
+    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **kwargs)
 
 
 def check_access(cfg: RedisSettings) -> None:
@@ -83,7 +103,8 @@ def check_access(cfg: RedisSettings) -> None:
 
     from app.settings import SettingsError
 
-    parts = urlsplit(cfg.url)
+    url = split_cluster_flag(cfg.url)[0]  # one node answers PING for the whole cluster
+    parts = urlsplit(url)
     where = f"{parts.hostname}:{parts.port or 6379}"  # never the URL: it may hold a password
     kwargs: dict[str, Any] = {
         "username": cfg.username,
@@ -92,9 +113,9 @@ def check_access(cfg: RedisSettings) -> None:
         "socket_connect_timeout": cfg.socket_timeout,
         "retry": Retry(NoBackoff(), 0),
     }
-    if cfg.url.startswith("rediss://") and cfg.ssl_ca_certs:
+    if url.startswith("rediss://") and cfg.ssl_ca_certs:
         kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
-    client = redis.Redis.from_url(cfg.url, **kwargs)
+    client = redis.Redis.from_url(url, **kwargs)
     user = cfg.username or parts.username or "default"
     try:
         client.ping()
@@ -131,9 +152,18 @@ class RedisStore:
         self.cfg = cfg
         self.prefix = cfg.key_prefix
         self.client = make_client(cfg)
-        self._cas = self.client.register_script(CAS_HSET)
+        self.cluster = split_cluster_flag(cfg.url)[1]
+        self._cas_script = self.client.register_script(CAS_HSET)
         self.errors = 0
         self.retries = 0
+
+    async def _cas(self, *, keys: list[str], args: list[Any], client: Any) -> Any:
+        """Queue the versioned write on a pipeline. A cluster pipeline sends the script
+        itself (EVAL): its nodes' script caches are not loaded for it, and a restarted node
+        would have forgotten them."""
+        if self.cluster:
+            return client.eval(CAS_HSET, len(keys), *keys, *args)
+        return await self._cas_script(keys=keys, args=args, client=client)
 
     async def close(self) -> None:
         await self.client.aclose()

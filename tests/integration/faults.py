@@ -621,3 +621,65 @@ def produce_raw_tracked(
         return [(md.partition, md.offset) for md in (f.get(timeout=60) for f in futures)]
     finally:
         producer.close(timeout=10)
+
+
+class OwnRedisCluster:
+    """Three redis-server primaries on loopback in cluster mode (no replicas), joined with
+    `redis-cli --cluster create`: the slots are spread over all three."""
+
+    def __init__(self, tmp: Path, nodes: int = 3) -> None:
+        self.nodes = [
+            OwnRedis(
+                tmp,
+                persistent=False,
+                # an explicit bus port: the default (port + 10000) overflows for high ports
+                extra=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--cluster-port",
+                    str(free_port()),
+                ],  # fmt: skip
+            )  # fmt: skip
+            for _ in range(nodes)
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0?cluster=true"
+
+    def start(self) -> OwnRedisCluster:
+        import redis
+
+        for n in self.nodes:
+            n.start()
+        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        res = subprocess.run(
+            [shutil.which("redis-cli") or "redis-cli", "--cluster", "create", *addrs,
+             "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise AssertionError(f"redis-cli --cluster create failed:\n{res.stdout}\n{res.stderr}")
+
+        def ok() -> bool:
+            for n in self.nodes:
+                info = redis.Redis(port=n.port, decode_responses=True).cluster("info")
+                if info.get("cluster_state") != "ok":
+                    return False
+            return True
+
+        poll_until(ok, 30, "cluster_state:ok on every node")
+        return self
+
+    def client(self) -> Any:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster(host="127.0.0.1", port=self.nodes[0].port)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()

@@ -577,3 +577,73 @@ def test_dead_letters_interleaved_with_events_lose_no_event(catalog_run, workers
     )
     assert check.ok, "\n".join(check.details[:20])
     assert bad == len(range(0, len(events), 3))
+
+
+# -- past one machine -----------------------------------------------------------------------
+
+
+def test_redis_cluster_three_nodes_two_workers_lists_and_reads(catalog_run, workers, tmp_path):
+    """The worker against a three-node Redis Cluster (NEARLINE_REDIS__URL ...?cluster=true)
+    and two worker processes on a multi-partition topic: lists land and reads work exactly
+    as on one Redis; every user's keys share one slot ({user} hash tag)."""
+    from app.serving import get_recommendations
+    from tests.integration.faults import OwnRedisCluster
+
+    run = catalog_run
+    s = run.settings
+    cluster = OwnRedisCluster(tmp_path).start()
+    try:
+        env = {**run.env, **STEADY, "NEARLINE_REDIS__URL": cluster.url}
+        a = workers(env, name="a")
+        b = workers(env, name="b")
+        a.wait_ready()
+        b.wait_ready()
+        poll_until(lambda: _spread([a, b], s.topics.partitions), 60, "both workers assigned")
+        items = sorted(run.truth["items"])
+        users = [f"cl-{u}" for u in range(90)]
+        events = event_stream(users, items, per_user=20, seed=8)
+        produced = BackgroundProducer(s, events, rate=900).start().join()
+        rc = cluster.client()
+        prefix = s.redis.key_prefix
+        wait_lists_current(rc, prefix, produced, 90, lambda: a.alive and b.alive)
+        check = check_against_replay(rc, prefix, replay(s, run.updates, produced), produced)
+        assert check.ok, "\n".join(check.details[:20])
+
+        # one slot per user, users over every node
+        for u in users[:10]:
+            slots = {
+                rc.execute_command("CLUSTER KEYSLOT", key)
+                for key in (f"{prefix}rec:{{{u}}}", f"{prefix}emb:{{{u}}}")
+            }
+            assert len(slots) == 1, (u, slots)
+        import redis
+
+        keys_per_node = [redis.Redis(port=n.port).dbsize() for n in cluster.nodes]
+        assert all(k > 0 for k in keys_per_node), keys_per_node
+
+        # reads: the client function and the worker's HTTP read path, as on one Redis
+        for u in users[:5]:
+            stored = json.loads(rc.hget(f"{prefix}rec:{{{u}}}", "json"))
+            body = get_recommendations(u, k=10, url=cluster.url, prefix=prefix)
+            assert body["tier"] == "redis"
+            assert [i["item_id"] for i in body["items"]] == [
+                i["item_id"] for i in stored["items"][:10]
+            ]
+            status, text = http_get(a.port, f"/recommendations/{u}/?k=10")
+            assert status == 200 and json.loads(text)["tier"] in ("redis", "cache")
+        st_a, st_b = a.status(), b.status()
+        report(
+            "redis_cluster",
+            **check.figures(),
+            nodes=len(cluster.nodes),
+            keys_per_node=keys_per_node,
+            workers=2,
+            lists_written={"a": st_a["counters"]["lists_written"],
+                           "b": st_b["counters"]["lists_written"]},
+        )  # fmt: skip
+        assert a.alive and b.alive
+    finally:
+        for w in (locals().get("a"), locals().get("b")):
+            if w is not None:
+                w.stop(timeout=20)
+        cluster.stop()
