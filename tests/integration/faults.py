@@ -103,6 +103,7 @@ class OwnRedis:
             if ping():
                 return self
             time.sleep(0.05)
+        self.stop()
         raise AssertionError(f"own redis-server did not answer: {self.log_tail()}")
 
     def ping(self) -> bool:
@@ -652,6 +653,13 @@ class OwnRedisCluster:
         return f"redis://127.0.0.1:{self.nodes[0].port}/0?cluster=true"
 
     def start(self) -> OwnRedisCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # no node left behind
+            raise
+
+    def _start(self) -> OwnRedisCluster:
         import redis
 
         for n in self.nodes:
