@@ -159,6 +159,8 @@ class ThrowawayCA:
 
     @classmethod
     def make(cls, d: Path, name: str = "nearline-test-ca") -> ThrowawayCA:
+        if shutil.which("openssl") is None:
+            raise AssertionError("openssl not found: install it (apt-get install -y openssl)")
         d.mkdir(parents=True, exist_ok=True)
 
         def run(*args: str) -> None:
