@@ -89,51 +89,81 @@ def run(out_dir: Path, *, seconds: float, repeats: int, users: int) -> dict[str,
         base_env = isolated_env(f"bench-serve-{int(time.time())}")
         s = settings_for(base_env)
         ensure_topics(s)
-        updates, _ = item_updates_from_files(sample.movies_path, sample.embeddings_path,
-                                             dim=s.items.embedding_dim)
+        updates, _ = item_updates_from_files(
+            sample.movies_path, sample.embeddings_path, dim=s.items.embedding_dim
+        )
         publish_items(s, updates)
         ids = [u.item_id for u in updates]
         user_ids = [f"reader-{u}" for u in range(users)]
-        events = [UserEvent(f"r{u}-{j}", uid, ids[(u * 13 + j * 7) % len(ids)], "like", 1.7e9 + j)
-                  for u, uid in enumerate(user_ids) for j in range(3)]
+        events = [
+            UserEvent(f"r{u}-{j}", uid, ids[(u * 13 + j * 7) % len(ids)], "like", 1.7e9 + j)
+            for u, uid in enumerate(user_ids)
+            for j in range(3)
+        ]
         # one worker with the cache on (reads after the first hit it), one with it off
-        cached = WorkerProcess({**base_env, "NEARLINE_SERVE__CACHE_TTL_SECONDS": "3600"}, work,
-                               "cached", "warning").start()
+        cached = WorkerProcess(
+            {**base_env, "NEARLINE_SERVE__CACHE_TTL_SECONDS": "3600"}, work, "cached", "warning"
+        ).start()
         workers.append(cached)
         cached.wait_ready(180)
         produce_events(s, events)
         cached.wait(lambda st: st["counters"].get("lists_written", 0) >= users, 180, "lists")
-        direct = WorkerProcess({**base_env, "NEARLINE_SERVE__CACHE_TTL_SECONDS": "0",
-                                "NEARLINE_WORKER__APP_ID": base_env["NEARLINE_WORKER__APP_ID"]
-                                + "-nocache"}, work, "nocache", "warning").start()
+        direct = WorkerProcess(
+            {
+                **base_env,
+                "NEARLINE_SERVE__CACHE_TTL_SECONDS": "0",
+                "NEARLINE_WORKER__APP_ID": base_env["NEARLINE_WORKER__APP_ID"] + "-nocache",
+            },
+            work,
+            "nocache",
+            "warning",
+        ).start()
         workers.append(direct)
         direct.wait_ready(180)
         _measure(_http_load, (cached.port, user_ids, 1.0))  # warm the cache and connections
         redis_keys = [keys.user_list(s.redis.key_prefix, u) for u in user_ids]
-        rounds: dict[str, list[dict[str, Any]]] = {"http_cache": [], "http_redis": [],
-                                                    "bare_redis_hget": []}
+        rounds: dict[str, list[dict[str, Any]]] = {
+            "http_cache": [],
+            "http_redis": [],
+            "bare_redis_hget": [],
+        }
         for _ in range(repeats):
             rounds["http_cache"].append(_measure(_http_load, (cached.port, user_ids, seconds)))
             rounds["http_redis"].append(_measure(_http_load, (direct.port, user_ids, seconds)))
             rounds["bare_redis_hget"].append(
-                _measure(_redis_load, (s.redis.url, redis_keys, seconds)))
+                _measure(_redis_load, (s.redis.url, redis_keys, seconds))
+            )
         st = cached.status() or {}
     finally:
         for w in workers:
             w.stop()
         stop_services(started)
-    med = {name: {k: median([r[k] for r in rs]) for k in ("rps", "p50_ms", "p99_ms")}
-           for name, rs in rounds.items()}
+    med = {
+        name: {k: median([r[k] for r in rs]) for k in ("rps", "p50_ms", "p99_ms")}
+        for name, rs in rounds.items()
+    }
     floor = med["bare_redis_hget"]
-    ratios = {name: {"rps_vs_bare_redis": round(m["rps"] / floor["rps"], 3),
-                     "p50_vs_bare_redis": round(m["p50_ms"] / floor["p50_ms"], 2),
-                     "p99_vs_bare_redis": round(m["p99_ms"] / floor["p99_ms"], 2)}
-              for name, m in med.items() if name != "bare_redis_hget"}
-    figures = {"params": {"seconds": seconds, "repeats": repeats, "users": users,
-                          "client": "one keep-alive connection, one request at a time, "
-                                    "second process"},
-               "median": med, "ratios": ratios, "rounds": rounds,
-               "worker_reads_by_tier": st.get("reads", {})}
+    ratios = {
+        name: {
+            "rps_vs_bare_redis": round(m["rps"] / floor["rps"], 3),
+            "p50_vs_bare_redis": round(m["p50_ms"] / floor["p50_ms"], 2),
+            "p99_vs_bare_redis": round(m["p99_ms"] / floor["p99_ms"], 2),
+        }
+        for name, m in med.items()
+        if name != "bare_redis_hget"
+    }
+    figures = {
+        "params": {
+            "seconds": seconds,
+            "repeats": repeats,
+            "users": users,
+            "client": "one keep-alive connection, one request at a time, second process",
+        },
+        "median": med,
+        "ratios": ratios,
+        "rounds": rounds,
+        "worker_reads_by_tier": st.get("reads", {}),
+    }
     write_result(out_dir, "serve", figures)
     _plot(out_dir / "serve.png", med)
     return figures

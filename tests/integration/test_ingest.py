@@ -96,9 +96,11 @@ def test_malformed_events_are_dead_lettered_and_valid_ones_processed(catalog_run
 
     # counters move during the batch (the dead-letter sends yield): wait for both
     status = worker.wait(
-        lambda st: st["counters"].get("events_in", 0) >= len(records)
-        and sum(st["dead_letters"].values()) >= len(BAD)
-        and st["counters"].get("events_applied", 0) >= len(records) - len(BAD),
+        lambda st: (
+            st["counters"].get("events_in", 0) >= len(records)
+            and sum(st["dead_letters"].values()) >= len(BAD)
+            and st["counters"].get("events_applied", 0) >= len(records) - len(BAD)
+        ),
         120,
         "all records handled",
     )
