@@ -116,6 +116,8 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
     if sends:
         await asyncio.gather(*sends)
     runtime.counters["lists_written"] += len(result.lists)
+    # only now are the batch's effects (table, Redis, topic) all done: waiters key on this
+    runtime.counters["events_done"] += len(records)
     runtime.counters["lists_degraded"] += len(result.dirty)
     runtime.counters["dead_letters"] += len(result.dead_letters)
     runtime.last_batch_at = time.time()

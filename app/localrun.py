@@ -152,8 +152,9 @@ class WorkerProcess:
         return self.wait(lambda s: bool(s.get("catalog_ready")), timeout, "catalog ready")
 
     def wait_events(self, n: int, timeout: float = 120) -> dict[str, Any]:
+        # events_done moves after a batch's table, Redis and topic writes; events_in before
         return self.wait(
-            lambda s: s["counters"].get("events_in", 0) >= n, timeout, f"{n} events consumed"
+            lambda s: s["counters"].get("events_done", 0) >= n, timeout, f"{n} events handled"
         )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> None:

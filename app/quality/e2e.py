@@ -129,7 +129,7 @@ def run_e2e(
         with tqdm(total=n, desc="worker", unit="ev", disable=not config.progress) as bar:
 
             def consumed(st: dict[str, Any]) -> bool:
-                done = int(st.get("counters", {}).get("events_in", 0))
+                done = int(st.get("counters", {}).get("events_done", 0))
                 bar.update(done - bar.n)
                 return done >= n
 
