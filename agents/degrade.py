@@ -197,3 +197,15 @@ async def recompute_dirty() -> None:
         except RETRYABLE as exc:
             log.warning("recompute paused, redis unavailable: %s", exc)
             await asyncio.sleep(1.0)
+
+
+@app.on_before_shutdown.connect
+async def close_lag_clients(app: Any, **kwargs: Any) -> None:
+    """The lag monitor's own clients are not Faust's: close them with the worker."""
+    global _admin, _offsets
+    if _offsets is not None:
+        await _offsets.stop()
+        _offsets = None
+    if _admin is not None:
+        await _admin.close()
+        _admin = None
