@@ -148,6 +148,9 @@ class BatchProcessor:
             out.valid += 1
             per_user.setdefault(decoded.user_id, []).append((decoded, record))
         generated = time.time() if now is None else now
+        # Apply every user's events first, then make the lists: the stream statistics stay
+        # fixed while the batch's lists are made, so what derives from them is computed once.
+        touched: list[tuple[UserState, Recommender, list[tuple[UserEvent, RawRecord]]]] = []
         for user_id, items in per_user.items():
             state = load_state(user_id) or UserState(user_id=user_id)
             changed = False
@@ -174,11 +177,14 @@ class BatchProcessor:
             state.partition = items[-1][1].partition
             out.states[user_id] = state
             out.last_record[user_id] = items[-1][1]
+            if degraded is None:
+                self.rec.touch(state)
+            touched.append((state, rec, items))
+        for state, rec, items in touched:
             if degraded is not None:
                 rec_list = rec.degraded_list(state, degraded)
-                out.dirty.append(user_id)
+                out.dirty.append(state.user_id)
             else:
-                self.rec.touch(state)
                 rec_list = rec.recommend(state)
             state.last_list = [i.item_id for i in rec_list.items]
             self.metric.list_written(rec.variant)

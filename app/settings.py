@@ -214,6 +214,8 @@ class RecallSettings(_Section):
     """Most recently released items."""
     item2item_seeds: int = Field(5, ge=1, le=100)
     """How many last liked items seed item-to-item."""
+    item2item_cache: int = Field(10_000, ge=0, le=10_000_000)
+    """Items whose neighbour lists stay in memory (~3 KB each; 0 = search every time)."""
     similar_users_n: int = Field(20, ge=1, le=1000)
     """How many similar users to draw items from."""
     genre_min_ratings: int = Field(3, ge=1)

@@ -9,6 +9,7 @@ import numpy as np
 
 from app.core.events import ItemUpdate
 from app.core.lsh import ExactIndex, LSHIndex, LSHParams, default_params
+from app.core.neighbours import NeighbourCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,8 @@ class IndexConfig:
     vote_threshold: int = 2
     seed: int = 42
     exact_below: int = 50_000
+    neighbour_cache: int = 10_000
+    """Seed items whose neighbour lists `ItemCatalog.neighbours` keeps (0 = none)."""
 
     def params_for(self, n_items: int, dim: int) -> LSHParams:
         base = default_params(max(n_items, 1), dim)
@@ -72,12 +75,18 @@ class ItemCatalog:
         self._live = np.zeros(0, dtype=bool)
         self._recommendable = np.zeros(0, dtype=bool)
         self._release = np.zeros(0, dtype=np.float64)
+        self._genre_n = np.zeros(0, dtype=np.int32)
+        """How many genres each key carries."""
+        self._primary = np.zeros(0, dtype=np.int32)
+        """Code of each key's first genre (-1: none); `genre_names` maps codes back."""
+        self._genre_codes: dict[str, int] = {}
         self._exact = ExactIndex(dim)
         self._lsh: LSHIndex | None = None
         self.version = 0
         """Bumped on every change; caches derived from the catalog compare it."""
         self._newest: tuple[int, np.ndarray, np.ndarray] | None = None
         self._genre_masks: dict[str, np.ndarray] = {}
+        self._neighbours = NeighbourCache(dim, self.config.neighbour_cache)
         """Per genre, which keys carry it; kept up to date on every change (a rebuild walked
         every item in Python on each catalog change, ~1 s at 100k items)."""
 
@@ -132,6 +141,10 @@ class ItemCatalog:
         return mask[: self.capacity]
 
     def _set_genres(self, key: int, old: tuple[str, ...], new: tuple[str, ...]) -> None:
+        self._genre_n[key] = len(new)
+        self._primary[key] = (
+            self._genre_codes.setdefault(new[0], len(self._genre_codes)) if new else -1
+        )
         for g in old:
             if g not in new:
                 self._genre_masks[g][key] = False
@@ -142,6 +155,14 @@ class ItemCatalog:
                     mask if mask is not None else np.zeros(0, bool), max(key + 1, self.capacity)
                 )
             mask[key] = True
+
+    def genre_counts(self, keys: np.ndarray) -> np.ndarray:
+        """How many genres each of `keys` carries."""
+        return self._genre_n[keys]
+
+    def primary_genres(self, keys: np.ndarray) -> np.ndarray:
+        """A code for the first genre of each of `keys` (-1: none): equal codes, equal genre."""
+        return self._primary[keys]
 
     def newest_order(self) -> tuple[np.ndarray, np.ndarray]:
         """Recommendable keys, newest release first (ties by key), and their negated release
@@ -176,6 +197,8 @@ class ItemCatalog:
             self._live = np.concatenate([self._live, np.zeros(grow, bool)])
             self._recommendable = np.concatenate([self._recommendable, np.zeros(grow, bool)])
             self._release = np.concatenate([self._release, np.zeros(grow)])
+            self._genre_n = np.concatenate([self._genre_n, np.zeros(grow, np.int32)])
+            self._primary = np.concatenate([self._primary, np.full(grow, -1, np.int32)])
         return key
 
     def apply(self, update: ItemUpdate) -> bool:
@@ -206,6 +229,11 @@ class ItemCatalog:
         _, last = np.unique(keys[::-1], return_index=True)
         sel = len(keys) - 1 - last
         keys, mat = keys[sel], mat[sel]
+        if len(self._neighbours):
+            # a neighbour list may change where the new vectors arrive or the old ones left
+            moved = keys[self._live[keys]]
+            self._neighbours.drop_seeds(moved)
+            self._neighbours.changed(np.vstack([self._vectors[moved], mat]))
         self._vectors[keys] = mat
         self._live[keys] = True
         self._exact.upsert_many(keys, mat)
@@ -223,6 +251,9 @@ class ItemCatalog:
         self._set_genres(key, self._meta.pop(key).genres, ())
         self._live[key] = False
         self._recommendable[key] = False
+        if len(self._neighbours):
+            self._neighbours.drop_seeds(np.array([key]))
+            self._neighbours.changed(self._vectors[key][None, :])
         self._vectors[key] = 0.0
         self._exact.remove(key)
         if self._lsh is not None:
@@ -233,8 +264,11 @@ class ItemCatalog:
     def reindex(self) -> None:
         """(Re)build the LSH index with parameters for the current size (exact when small)."""
         if len(self._meta) < self.config.exact_below or self.config.exact_below == 0 and not self:
+            if self._lsh is not None:
+                self._neighbours.clear()
             self._lsh = None
             return
+        self._neighbours.clear()  # another index may answer differently
         params = self.config.params_for(len(self._meta), self.dim)
         lsh = LSHIndex(params)
         keys = self.live_keys()
@@ -251,6 +285,24 @@ class ItemCatalog:
         q = unit(query)
         index = self._exact if (exact or self._lsh is None) else self._lsh
         return index.search(q, k, exclude=exclude)
+
+    def neighbours(self, key: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top-m items nearest to item `key` (not itself), as `search` finds them; served
+        from a cache that catalog changes invalidate exactly (app/core/neighbours.py)."""
+        seed = self._vectors[key]
+        if self._lsh is not None and self._lsh.params.max_candidates:
+            # a candidate cap makes one item's arrival push another out: not cacheable
+            return self.search(seed, m, exclude={key})
+        hit = self._neighbours.get(key, m)
+        if hit is not None:
+            return hit
+        keys, scores = self.search(seed, m, exclude={key})
+        self._neighbours.put(key, seed, m, keys, scores)
+        return keys, scores
+
+    @property
+    def neighbour_cache(self) -> NeighbourCache:
+        return self._neighbours
 
 
 def _grown(mask: np.ndarray, size: int) -> np.ndarray:

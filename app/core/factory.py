@@ -26,6 +26,7 @@ def build_recommender(settings: Settings) -> Recommender:
         vote_threshold=lsh.vote_threshold,
         seed=lsh.seed,
         exact_below=lsh.exact_below,
+        neighbour_cache=settings.recall.item2item_cache,
     )
     r = settings.recall
     config, model = _pipeline(settings, r, settings.ranking, "NEARLINE_RANKING__MODEL_PATH")

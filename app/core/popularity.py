@@ -31,6 +31,22 @@ class ItemStats:
         self.version = 0
         self._genre_cache: dict[tuple[str, int], np.ndarray] = {}
         self._genre_cache_key: tuple[int, int] = (-1, -1)
+        # Derived arrays, valid while `version` (and the capacity or catalog) is unchanged:
+        # the lists of one micro-batch are made after all its events, so they share them.
+        self._derived: dict[tuple[object, ...], np.ndarray] = {}
+        self._derived_version = -1
+        self._top_asked = 0
+
+    def _cached(self, key: tuple[object, ...]) -> np.ndarray | None:
+        if self._derived_version != self.version:
+            self._derived.clear()
+            self._derived_version = self.version
+        return self._derived.get(key)
+
+    def _keep(self, key: tuple[object, ...], value: np.ndarray) -> np.ndarray:
+        value.setflags(write=False)  # shared by every caller until the next event
+        self._derived[key] = value
+        return value
 
     def _grow(self, n: int) -> None:
         if n > len(self._pop):
@@ -57,28 +73,45 @@ class ItemStats:
         self.version += 1
 
     def popularity(self, capacity: int) -> np.ndarray:
-        """Decayed popularity as of `now`, for keys [0, capacity)."""
+        """Decayed popularity as of `now`, for keys [0, capacity) (read-only)."""
+        hit = self._cached(("pop", capacity))
+        if hit is not None:
+            return hit
         self._grow(capacity)
         scale = 2.0 ** ((self._t_ref - self.now) / self.half_life) if self.now else 1.0
-        return self._pop[:capacity] * scale
+        return self._keep(("pop", capacity), self._pop[:capacity] * scale)
 
     def rating_count(self, capacity: int) -> np.ndarray:
         self._grow(capacity)
         return self._rating_n[:capacity]
 
     def bayes_rating(self, capacity: int) -> np.ndarray:
-        """Mean rating shrunk toward the global mean by prior_count pseudo-ratings."""
+        """Mean rating shrunk toward the global mean by prior_count pseudo-ratings (read-only)."""
+        hit = self._cached(("rating", capacity))
+        if hit is not None:
+            return hit
         self._grow(capacity)
         n = self._rating_n[:capacity]
         s = self._rating_sum[:capacity]
         total_n = float(n.sum())
         global_mean = float(s.sum()) / total_n if total_n else 3.0
-        return (s + self.prior_count * global_mean) / (n + self.prior_count)
+        rating = (s + self.prior_count * global_mean) / (n + self.prior_count)
+        return self._keep(("rating", capacity), rating)
 
     def top_popular(self, catalog: ItemCatalog, k: int) -> np.ndarray:
         """Recommendable keys by decayed popularity (ties by key), most popular first."""
-        pop = self.popularity(catalog.capacity)
-        return _top_keys(pop, catalog.recommendable_mask[: catalog.capacity], k, positive=True)
+        cap = catalog.capacity
+        key = ("top", catalog.version, cap)
+        hit = self._cached(key)
+        asked = self._top_asked if hit is not None else 0
+        # a top-n list's prefix is the top-k list: one sort serves every k up to n
+        if hit is None or k > asked:
+            self._top_asked = max(k, 256)
+            mask = catalog.recommendable_mask[:cap]
+            hit = self._keep(
+                key, _top_keys(self.popularity(cap), mask, self._top_asked, positive=True)
+            )
+        return hit[:k]
 
     def genre_top(self, catalog: ItemCatalog, genre: str, min_ratings: int, k: int) -> np.ndarray:
         """Best-rated recommendable items of a genre, with at least min_ratings ratings."""

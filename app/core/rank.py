@@ -88,12 +88,17 @@ def features(cands: list[Candidate], ctx: RecallContext, model: RankModel) -> np
     if ctx.embedding is not None:
         x[:, 0] = ctx.catalog.vectors(keys) @ ctx.embedding
     # recall scores live on different scales per channel: rank-normalise within the channel
-    by_channel: dict[str, list[int]] = {}
-    for i, c in enumerate(cands):
-        by_channel.setdefault(c.channel, []).append(i)
-    for idx in by_channel.values():
-        for rank, i in enumerate(sorted(idx, key=lambda i: -cands[i].score)):
-            x[i, 1] = 1.0 - rank / max(len(idx), 1)
+    codes: dict[str, int] = {}
+    channel = np.fromiter(
+        (codes.setdefault(c.channel, len(codes)) for c in cands), dtype=np.int64, count=n
+    )
+    score = np.fromiter((c.score for c in cands), dtype=np.float64, count=n)
+    order = np.lexsort((np.arange(n), -score, channel))  # by channel, best first, stable
+    ch_sorted = channel[order]
+    group_start = np.flatnonzero(np.r_[True, ch_sorted[1:] != ch_sorted[:-1]])
+    group_size = np.diff(np.r_[group_start, n])
+    rank_in = np.arange(n) - np.repeat(group_start, group_size)
+    x[order, 1] = 1.0 - rank_in / np.repeat(group_size, group_size)
     pop = ctx.stats.popularity(ctx.catalog.capacity)
     top = float(pop.max()) if len(pop) else 0.0
     if top > 0:
@@ -103,10 +108,13 @@ def features(cands: list[Candidate], ctx: RecallContext, model: RankModel) -> np
     genres = liked_genres(ctx)
     total = sum(genres.values())
     if total:
-        for i, key in enumerate(keys.tolist()):
-            g = ctx.catalog.meta(key).genres
-            if g:
-                x[i, 4] = sum(genres.get(name, 0) for name in g) / (total * len(g)) * len(genres)
+        # per item: (user's count of each of its genres, summed) / (total * its genre count)
+        matched = np.zeros(n, dtype=np.int64)
+        for name, count in genres.items():
+            matched += count * ctx.catalog.genre_mask(name)[keys]
+        n_genres = ctx.catalog.genre_counts(keys)
+        has = n_genres > 0
+        x[has, 4] = matched[has] / (total * n_genres[has]) * len(genres)
         x[:, 4] = np.minimum(x[:, 4], 1.0)
     return x
 
@@ -121,21 +129,26 @@ def rank(
     w = np.array([model.weights[f] for f in FEATURES])
     bonus = np.array([model.channel_bonus.get(c.channel, 0.0) for c in cands])
     scores = x @ w + bonus
-    keys = np.array([c.key for c in cands])
+    keys = np.fromiter((c.key for c in cands), dtype=np.int64, count=len(cands))
     order = np.lexsort((keys, -scores))  # deterministic: ties by key
+    primary = ctx.catalog.primary_genres(keys).tolist()
+    rounded = scores.tolist()
     out: list[Ranked] = []
-    per_genre: dict[str, int] = {}
+    per_genre: dict[int, int] = {}
     skipped: list[int] = []
     for i in order.tolist():
-        g = ctx.catalog.meta(cands[i].key).genres
-        primary = g[0] if g else ""
-        if per_genre.get(primary, 0) >= max_per_genre:
+        g = primary[i]
+        if per_genre.get(g, 0) >= max_per_genre:
             skipped.append(i)
             continue
-        per_genre[primary] = per_genre.get(primary, 0) + 1
-        out.append(Ranked(cands[i].key, round(float(scores[i]), 6), cands[i].channel))
+        per_genre[g] = per_genre.get(g, 0) + 1
+        out.append(Ranked(cands[i].key, round(rounded[i], 6), cands[i].channel))
         if len(out) == top_n:
             return out
+    # a narrow catalog may not fill the list under the cap: fill from what the cap held back
+    for i in skipped[: top_n - len(out)]:
+        out.append(Ranked(cands[i].key, round(rounded[i], 6), cands[i].channel))
+    return out
     # a narrow catalog may not fill the list under the cap: fill from what the cap held back
     for i in skipped[: top_n - len(out)]:
         out.append(Ranked(cands[i].key, round(float(scores[i]), 6), cands[i].channel))

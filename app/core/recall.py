@@ -72,9 +72,12 @@ def _take(
 def _search_admissible(
     ctx: RecallContext, query: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
+    return ctx.catalog.search(query, _want(ctx, k), exclude=ctx.exclude)
+
+
+def _want(ctx: RecallContext, k: int) -> int:
     # Ask for extra: the index excludes seen items but not non-recommendable ones.
-    want = k + min(len(ctx.catalog) // 20, 4 * k) + 8
-    return ctx.catalog.search(query, want, exclude=ctx.exclude)
+    return k + min(len(ctx.catalog) // 20, 4 * k) + 8
 
 
 def embedding_recall(ctx: RecallContext, k: int) -> list[Candidate]:
@@ -86,15 +89,19 @@ def embedding_recall(ctx: RecallContext, k: int) -> list[Candidate]:
 
 
 def item2item_recall(ctx: RecallContext, k: int, seeds: int = 5) -> list[Candidate]:
-    """Neighbours of the last liked items; an item near several seeds keeps its best score."""
+    """Neighbours of the last liked items; an item near several seeds keeps its best score.
+
+    A seed's neighbour list is the same for every user, so it comes from the catalog's
+    cache; the user's seen items are filtered out after the lookup."""
     if k <= 0:
         return []
+    want = _want(ctx, k)
     found_keys, found_scores = [], []
     for item_id in reversed(ctx.user.liked[-seeds:]):
-        vec = ctx.catalog.vector(item_id)
-        if vec is None:
+        key = ctx.catalog.key(item_id)
+        if key is None:
             continue
-        keys, scores = _search_admissible(ctx, vec, k)
+        keys, scores = ctx.catalog.neighbours(key, want)
         found_keys.append(keys)
         found_scores.append(scores)
     if not found_keys:

@@ -104,3 +104,25 @@ def test_recency_and_log_scaled():
     out = log_scaled(np.array([0.0, 1.0, 9.0]))
     np.testing.assert_allclose(out, [0.0, np.log(2) / np.log(10), 1.0])
     assert log_scaled(np.zeros(3)).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_derived_arrays_are_shared_until_the_next_event_and_agree_with_a_fresh_sort():
+    """popularity/rating/top lists are computed once per statistics version: every k is a
+    prefix of one sort, an event or a catalog change recomputes, and the arrays are read-only."""
+    from app.core.popularity import _top_keys
+
+    cat = catalog(n=600)
+    s = ItemStats(HOUR)
+    rng = np.random.default_rng(1)
+    for step in range(40):
+        s.add(int(rng.integers(0, 600)), float(rng.random()), T0 + step, float(rng.integers(1, 6)))
+        pop = s.popularity(cat.capacity)
+        assert s.popularity(cat.capacity) is pop
+        assert not pop.flags.writeable
+        for k in (3, 300, 10, 500):
+            fresh = _top_keys(pop, cat.recommendable_mask[: cat.capacity], k, positive=True)
+            assert s.top_popular(cat, k).tolist() == fresh.tolist()
+        assert s.bayes_rating(cat.capacity) is s.bayes_rating(cat.capacity)
+    before = s.top_popular(cat, 5).tolist()
+    cat.remove(cat.item_id(before[0]))  # a catalog change: the top list is made again
+    assert s.top_popular(cat, 5).tolist() == before[1:] + s.top_popular(cat, 5).tolist()[4:]

@@ -188,3 +188,57 @@ def test_features_are_bounded():
     assert np.all(x[:, 1:] >= 0) and np.all(x[:, 1:] <= 1.0 + 1e-9)
     assert np.all(np.abs(x[:, 0]) <= 1.0 + 1e-6)
     assert x[3, 2] == pytest.approx(1.0)  # the most popular candidate scores 1
+
+
+def _reference_features(cands, ctx, model) -> np.ndarray:
+    """The features written one candidate at a time, as the definition reads."""
+    from app.core.recall import liked_genres
+
+    x = np.zeros((len(cands), len(FEATURES)))
+    pop = ctx.stats.popularity(ctx.catalog.capacity)
+    top = float(pop.max())
+    genres = liked_genres(ctx)
+    total = sum(genres.values())
+    for i, c in enumerate(cands):
+        x[i, 0] = float(ctx.catalog.vectors(np.array([c.key]))[0] @ ctx.embedding)
+        same = sorted(
+            (j for j, o in enumerate(cands) if o.channel == c.channel),
+            key=lambda j: -cands[j].score,
+        )
+        x[i, 1] = 1.0 - same.index(i) / len(same)
+        x[i, 2] = np.log1p(pop[c.key]) / np.log1p(top) if top > 0 else 0.0
+        age = max(ctx.now - ctx.catalog.release_ts[c.key], 0.0) / 86400.0
+        x[i, 3] = 0.5 ** (age / model.recency_half_life_days)
+        g = ctx.catalog.meta(c.key).genres
+        if total and g:
+            x[i, 4] = min(sum(genres.get(n, 0) for n in g) / (total * len(g)) * len(genres), 1.0)
+    return x
+
+
+def test_vectorised_features_equal_the_definition():
+    rng = np.random.default_rng(5)
+    names = ["A", "B", "C", "D"]
+    cat = ItemCatalog(DIM)
+    cat.upsert_many(
+        item(
+            f"i{n}",
+            rng.standard_normal(DIM),
+            genres=tuple(rng.choice(names, int(rng.integers(0, 3)), replace=False)),
+            release_ts=T0 - float(rng.integers(1, 900)) * 86400,
+        )
+        for n in range(60)
+    )
+    rec = Recommender(cat, load_model())
+    user = UserState("u")
+    for n in range(12):
+        rec.apply(user, event(f"e{n}", f"i{n}", user_id="u", type="like", ts=T0 + n), n)
+    ctx = rec.context(user)
+    channels = ["embedding", "item2item", "genre", "trending"]
+    # repeated scores inside a channel: ties keep the candidates' order
+    cands = [Candidate(k, float(rng.integers(0, 5)), channels[k % 4]) for k in range(12, 60)]
+    np.testing.assert_allclose(
+        features(cands, ctx, rec.model),
+        _reference_features(cands, ctx, rec.model),
+        rtol=1e-12,
+        atol=1e-6,
+    )
