@@ -84,7 +84,13 @@ class ItemCatalog:
         self._lsh: LSHIndex | None = None
         self.version = 0
         """Bumped on every change; caches derived from the catalog compare it."""
-        self._newest: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._newest: tuple[np.ndarray, np.ndarray] | None = None
+        """Recommendable keys newest first and their negated release times; kept up to date
+        item by item (a re-sort of every item on each new item cost ~10 ms at 100k)."""
+        self.ranking_version = 0
+        """Bumped when an item that may carry statistics changes what the popularity and genre
+        rules may return: it leaves, returns, is retired or un-retired, or changes genres.
+        Not bumped by a brand-new item (no statistics yet) or a moved vector."""
         self._genre_masks: dict[str, np.ndarray] = {}
         self._neighbours = NeighbourCache(dim, self.config.neighbour_cache)
         """Per genre, which keys carry it; kept up to date on every change (a rebuild walked
@@ -168,12 +174,33 @@ class ItemCatalog:
         """Recommendable keys, newest release first (ties by key), and their negated release
         times (ascending, for searchsorted); cached until the catalog changes, since sorting
         every item per user list was the costliest step of a recommendation."""
-        if self._newest is None or self._newest[0] != self.version:
+        if self._newest is None:
             keys = np.flatnonzero(self._recommendable[: self.capacity])
             release = self._release[keys]
             order = np.lexsort((keys, -release))
-            self._newest = (self.version, keys[order], -release[order])
-        return self._newest[1], self._newest[2]
+            self._newest = (keys[order], -release[order])
+        return self._newest
+
+    def _renew(self, keys: np.ndarray) -> None:
+        """Re-place `keys` in the newest-first order after their release or flag changed."""
+        if self._newest is None:
+            return
+        if len(keys) > 256:
+            self._newest = None  # a bulk change: one sort later is cheaper
+            return
+        order, neg = self._newest
+        gone = np.isin(order, keys)
+        if gone.any():
+            order, neg = order[~gone], neg[~gone]
+        for key in sorted(keys.tolist()):
+            if not self._recommendable[key]:
+                continue
+            v = -self._release[key]
+            lo = int(np.searchsorted(neg, v, side="left"))
+            hi = int(np.searchsorted(neg, v, side="right"))
+            at = lo + int(np.searchsorted(order[lo:hi], key))  # ties by key
+            order, neg = np.insert(order, at, key), np.insert(neg, at, v)
+        self._newest = (order, neg)
 
     @property
     def uses_lsh(self) -> bool:
@@ -213,12 +240,20 @@ class ItemCatalog:
         ups = [u for u in updates if u.op == "upsert" and u.embedding is not None]
         if not ups:
             return 0
+        known = len(self._ids)  # keys below this existed before: they may carry statistics
         keys = np.fromiter(
             (self._ensure_key(u.item_id) for u in ups), dtype=np.int64, count=len(ups)
         )
         mat = np.vstack([unit(u.embedding) for u in ups])  # type: ignore[arg-type]
+        ranking_changed = False
         for key, u in zip(keys.tolist(), ups, strict=True):
             before = self._meta.get(key)
+            if key < known and (
+                before is None
+                or before.recommendable != u.recommendable
+                or before.genres != tuple(u.genres)
+            ):
+                ranking_changed = True
             self._set_genres(key, before.genres if before else (), tuple(u.genres))
             self._meta[key] = ItemMeta(
                 u.item_id, u.title, tuple(u.genres), u.year, u.recommendable, u.release_ts
@@ -241,6 +276,8 @@ class ItemCatalog:
             self._lsh.upsert_many(keys, mat)
         elif len(self._meta) >= max(self.config.exact_below, 1):  # 0 = always LSH
             self.reindex()
+        self._renew(keys)
+        self.ranking_version += ranking_changed
         self.version += 1
         return len(ups)
 
@@ -258,6 +295,8 @@ class ItemCatalog:
         self._exact.remove(key)
         if self._lsh is not None:
             self._lsh.remove(key)
+        self._renew(np.array([key]))
+        self.ranking_version += 1
         self.version += 1
         return True
 

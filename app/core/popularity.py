@@ -101,7 +101,8 @@ class ItemStats:
     def top_popular(self, catalog: ItemCatalog, k: int) -> np.ndarray:
         """Recommendable keys by decayed popularity (ties by key), most popular first."""
         cap = catalog.capacity
-        key = ("top", catalog.version, cap)
+        # a brand-new item has no popularity yet, so only `ranking_version` matters
+        key = ("top", catalog.ranking_version)
         hit = self._cached(key)
         asked = self._top_asked if hit is not None else 0
         # a top-n list's prefix is the top-k list: one sort serves every k up to n
@@ -115,7 +116,9 @@ class ItemStats:
 
     def genre_top(self, catalog: ItemCatalog, genre: str, min_ratings: int, k: int) -> np.ndarray:
         """Best-rated recommendable items of a genre, with at least min_ratings ratings."""
-        cache_key = (catalog.version, self.version // 200)  # refresh every ~200 events
+        # refresh every ~200 events; a brand-new item has no ratings, so only
+        # `ranking_version` can change the answer on the catalog's side
+        cache_key = (catalog.ranking_version, self.version // 200)
         if cache_key != self._genre_cache_key:
             self._genre_cache = {}
             self._genre_cache_key = cache_key

@@ -8,7 +8,7 @@ import pytest
 from app.core.catalog import IndexConfig, ItemCatalog
 from app.core.events import ItemUpdate
 from app.core.users import UserDirectory
-from tests.unit.factories import cluster_vectors, item, two_clusters
+from tests.unit.factories import T0, cluster_vectors, item, two_clusters
 
 DIM = 16
 
@@ -245,3 +245,57 @@ def test_exact_below_zero_means_lsh_from_the_first_item():
     users = UserDirectory(4, IndexConfig(exact_below=0))
     users.update("u", np.array([1, 0, 0, 0], np.float32), [])
     assert users.lsh is not None
+
+
+def test_newest_order_kept_item_by_item_equals_a_fresh_sort():
+    """New, re-dated, retired, returning and deleted items (many sharing a release time):
+    the order kept up to date equals sorting every item again."""
+    rng = np.random.default_rng(4)
+    cat = ItemCatalog(4)
+    cat.upsert_many(
+        [
+            item(f"i{k}", rng.standard_normal(4), year=int(rng.integers(1990, 1995)))
+            for k in range(50)
+        ]
+    )
+    cat.newest_order()  # built once; every change below updates it in place
+    for step in range(200):
+        k = int(rng.integers(0, 80))
+        op = int(rng.integers(0, 3))
+        if op == 0:
+            cat.remove(f"i{k}")
+        else:
+            cat.upsert_many(
+                [
+                    item(
+                        f"i{k}",
+                        rng.standard_normal(4),
+                        year=int(rng.integers(1990, 1995)),
+                        recommendable=bool(rng.random() < 0.8),
+                        release_ts=None if op == 1 else T0 - float(rng.integers(0, 5)) * 86400,
+                    )
+                ]
+            )
+        keys, neg = cat.newest_order()
+        live = np.flatnonzero(cat.recommendable_mask[: cat.capacity])
+        order = np.lexsort((live, -cat.release_ts[live]))
+        assert keys.tolist() == live[order].tolist(), f"step {step}"
+        assert neg.tolist() == (-cat.release_ts[live][order]).tolist()
+
+
+def test_ranking_version_moves_only_when_rules_could_answer_differently():
+    cat = ItemCatalog(4)
+    cat.upsert_many([item("a", [1, 0, 0, 0], genres=("X",)), item("b", [0, 1, 0, 0])])
+    v = cat.ranking_version
+    cat.upsert_many([item("c", [0, 0, 1, 0])])  # brand new: no statistics yet
+    cat.upsert_many([item("a", [0, 0, 0, 1], genres=("X",))])  # a moved vector
+    assert cat.ranking_version == v
+    for change in (
+        lambda: cat.upsert_many([item("a", [0, 0, 0, 1], genres=("Y",))]),
+        lambda: cat.upsert_many([item("b", [0, 1, 0, 0], recommendable=False)]),
+        lambda: cat.remove("c"),
+        lambda: cat.upsert_many([item("c", [0, 0, 1, 0])]),  # returns
+    ):
+        change()
+        assert cat.ranking_version == v + 1
+        v += 1
