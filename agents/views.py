@@ -40,7 +40,16 @@ async def _recommendations(web: Any, request: Any, user_id: str) -> Any:
     except BadRequest as exc:
         return _error(web, 400, str(exc))
     result = await runtime.reader.read(user_id)
-    return web.json(result.response(k, time.time(), settings.serve.stale_after_seconds))
+    return web.json(
+        result.response(k, time.time(), settings.serve.stale_after_seconds, titles=_title)
+    )
+
+
+def _title(item_id: str) -> str | None:
+    """An item's title from the worker's catalog (lists in Redis store no titles)."""
+    catalog = runtime.recommender.catalog
+    key = catalog.key(item_id)
+    return None if key is None else catalog.meta(key).title
 
 
 @app.page("/recommendations/{user_id}")

@@ -228,10 +228,11 @@ def replay(ratings: Path, rate: float, limit: int) -> None:
 
 @main.command()
 @click.argument("user_id")
-@click.option("--json", "as_json", is_flag=True, help="Print the stored JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the decoded list as JSON.")
 @one_line_errors
 def recs(user_id: str, as_json: bool) -> None:
-    """Show a user's list as stored in Redis, with the channel of each item."""
+    """Show a user's list as stored in Redis, with the channel of each item (titles from
+    the item mirror in Redis; scores are not stored there)."""
     import asyncio
 
     from app.storage.redis_store import RedisStore
@@ -239,7 +240,7 @@ def recs(user_id: str, as_json: bool) -> None:
     async def read() -> dict[str, Any] | None:
         store = RedisStore(settings().redis)
         try:
-            return await store.read_list(user_id)
+            return await store.read_list(user_id, titles="mirror")
         finally:
             await store.close()
 
@@ -260,9 +261,10 @@ def format_list(value: dict[str, Any], limit: int = 10) -> str:
     )
     lines = [head]
     for i, item in enumerate(value["items"][:limit], 1):
+        score = f" {item['score']:.3f}" if "score" in item else ""
         lines.append(
             f"  {i:2d}. {item.get('title') or item['item_id']:<48.48} "
-            f"{item['channel']:<13} {item['score']:.3f}"
+            f"{item['channel']:<13}{score}".rstrip()
         )
     return "\n".join(lines)
 

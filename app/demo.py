@@ -119,7 +119,7 @@ def _report(
     async def read(users: list[str]) -> list[Any]:
         store = RedisStore(s.redis)
         try:
-            return [await store.read_list(u) for u in users]
+            return [await store.read_list(u, titles="mirror") for u in users]
         finally:
             await store.close()
 

@@ -8,12 +8,17 @@ small client function for services that read Redis directly.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from app.storage import keys
+from app.storage.codec import CorruptRecord
+
+log = logging.getLogger(__name__)
 
 TIERS = ("cache", "redis", "popular", "cold_start", "default")
 MAX_K = 1000
@@ -48,16 +53,26 @@ class ReadResult:
     value: dict[str, Any]
     """The stored list (redis-user-list schema) the response was made from."""
 
-    def response(self, k: int, now: float, stale_after: float) -> dict[str, Any]:
-        """schemas/recommendation-response.schema.json."""
+    def response(
+        self,
+        k: int,
+        now: float,
+        stale_after: float,
+        titles: Callable[[str], str | None] | None = None,
+    ) -> dict[str, Any]:
+        """schemas/recommendation-response.schema.json. `titles` fills the title of items
+        that have none (a user's list in Redis stores no titles; shared lists do)."""
         v = self.value
         shared = self.tier in ("popular", "cold_start", "default")
         generated = float(v.get("generated_at", 0.0))
         age = max(0.0, now - generated) if generated else None
+        items = v.get("items", [])[:k]
+        if titles is not None and any("title" not in i for i in items):
+            items = [with_title(i, titles) for i in items]
         return {
             "user_id": self.user_id,
             "k": k,
-            "items": v.get("items", [])[:k],
+            "items": items,
             "tier": self.tier,
             # a shared list answers a user without one: that is cold start, not overload
             "mode": "cold_start" if shared else v.get("mode", "cold_start"),
@@ -70,6 +85,13 @@ class ReadResult:
             "model_version": v.get("model_version", ""),
             **({"variant": v["variant"]} if "variant" in v and not shared else {}),
         }
+
+
+def with_title(item: dict[str, Any], titles: Callable[[str], str | None]) -> dict[str, Any]:
+    if "title" in item:
+        return item
+    title = titles(item["item_id"])
+    return item if title is None else {**item, "title": title}
 
 
 def resolve(
@@ -111,6 +133,8 @@ class ListReader:
         """Callable returning the built-in default list (the worker's in-memory popular list)."""
         self.reads: Counter[str] = Counter()
         self.redis_errors = 0
+        self.corrupt = 0
+        """User records that could not be decoded (served as if the user had none)."""
 
     async def _shared(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """Popularity and cold-start lists: shared by all users, so cached like a hot list."""
@@ -128,22 +152,31 @@ class ListReader:
         return value
 
     async def read(self, user_id: str) -> ReadResult:
+        """The user's list through the tiers. A list from Redis has no titles: the caller
+        fills them at response time (`ReadResult.response(titles=...)`, the worker from its
+        catalog)."""
         from app.storage.redis_store import RETRYABLE
 
         cached = await self.cache.get(user_id)
         if cached is not None:
             result = resolve(user_id, cached=cached)
         else:
-            p = self.store.prefix
             try:
-                # one round trip when the user has a list; the shared lists only on a miss
-                personal = await self.store.client.hget(keys.user_list(p, user_id), "json")
+                # one round trip when the user has a list and this process knows its codes;
+                # the shared lists only on a miss
+                try:
+                    personal = await self.store.read_list(user_id)
+                except CorruptRecord as exc:
+                    self.corrupt += 1
+                    log.warning("user %r: unreadable record in Redis: %s", user_id, exc)
+                    personal = None
                 if personal is not None:
-                    result = resolve(user_id, personal=_loads(personal))
+                    result = resolve(user_id, personal=personal)
                 else:
                     popular, cold = await self._shared()
-                    result = resolve(user_id, popular=popular, cold_start=cold,
-                                     default=self.default())
+                    result = resolve(
+                        user_id, popular=popular, cold_start=cold, default=self.default()
+                    )
             except RETRYABLE:
                 self.redis_errors += 1
                 result = resolve(user_id, default=self.default())
@@ -151,6 +184,11 @@ class ListReader:
                 await self.cache.set(user_id, result.value, ttl=self.cache_ttl)
         self.reads[result.tier] += 1
         return result
+
+
+_BOOKS: dict[tuple[str, str], Any] = {}
+"""Code books of get_recommendations, per (url, prefix): codes are stable, so a process
+learns each once (checked against the registry's epoch on every call)."""
 
 
 def get_recommendations(
@@ -162,12 +200,24 @@ def get_recommendations(
     client: Any = None,
     stale_after: float = 3600.0,
     default: dict[str, Any] | None = None,
+    titles: bool = True,
+    codes: Any = None,
 ) -> dict[str, Any]:
     """For services that read Redis directly: the same tiers as the worker (minus its cache).
+
+    One round trip when the user has no list (or it names only codes this process already
+    knows and `titles` is False); one more to learn unknown item codes (HMGET on the code
+    registry) and one more for titles (`titles=True`: from the item mirror
+    `<prefix>item:{id}` meta, for the k items returned). `codes`: a CodeBook to use (by
+    default one per url and prefix, kept for the life of the process; with `client`, a
+    fresh one unless given).
 
     >>> get_recommendations("42", k=5)["items"]      # doctest: +SKIP
     """
     import redis
+
+    from app.storage import codec
+    from app.storage.codes import CodeBook, mirror_titles_sync, resolve_sync
 
     check_user_id(user_id)
     if not 1 <= k <= MAX_K:
@@ -182,17 +232,43 @@ def get_recommendations(
             r = RedisCluster.from_url(plain_url)
         else:
             r = redis.Redis.from_url(plain_url)
+        book = codes if codes is not None else _BOOKS.setdefault((url, prefix), CodeBook())
     else:
         r = client
+        book = codes if codes is not None else CodeBook()
     try:
         pipe = r.pipeline(transaction=False)
-        pipe.hget(keys.user_list(prefix, user_id), "json")
+        pipe.get(keys.user_list(prefix, user_id))
         pipe.get(keys.popular_list(prefix))
         pipe.get(keys.cold_start_list(prefix))
-        personal, popular, cold = pipe.execute()
+        pipe.hget(keys.codes_meta(prefix), "epoch")
+        raw, popular, cold, epoch = pipe.execute(raise_on_error=False)
+        for reply in (popular, cold, epoch):
+            if isinstance(reply, Exception):
+                raise reply
+        personal = None
+        # a key still in the previous layout (a hash) answers WRONGTYPE: no list yet
+        if raw is not None and not isinstance(raw, redis.ResponseError):
+            if isinstance(raw, Exception):
+                raise raw
+            try:
+                rec = codec.decode(raw)
+            except codec.CorruptRecord:
+                rec = None
+            if rec is not None:
+                book.check_epoch(epoch)
+                resolve_sync(r, prefix, book, [rec])
+                personal = codec.list_from_record(
+                    rec, user_id, item_id=book.item_id.get, string=book.string.get
+                )
+                if titles:
+                    found = mirror_titles_sync(
+                        r, prefix, [i["item_id"] for i in personal["items"][:k]]
+                    )
+                    personal["items"] = [with_title(i, found.get) for i in personal["items"][:k]]
         result = resolve(
             user_id,
-            personal=_loads(personal),
+            personal=personal,
             popular=_loads(popular),
             cold_start=_loads(cold),
             default=default,

@@ -6,13 +6,44 @@ from __future__ import annotations
 
 
 def user_list(prefix: str, user_id: str) -> str:
-    """Hash: ver = list version, json = schemas/redis-user-list.schema.json."""
+    """String: the user's binary record (app/storage/codec.py, schemas/redis-user-list.md):
+    version, list (item codes and channels) and embedding (float16)."""
     return f"{prefix}rec:{{{user_id}}}"
 
 
-def user_embedding(prefix: str, user_id: str) -> str:
-    """Hash: ver, vec = little-endian float32 bytes, n = events applied, t = last event time."""
+def legacy_user_embedding(prefix: str, user_id: str) -> str:
+    """The embedding hash of the layout before the binary record; the first record write
+    of a user deletes it (same hash tag, so the Lua script may touch it)."""
     return f"{prefix}emb:{{{user_id}}}"
+
+
+# The code registry: every key carries the hash tag {codes}, so they share one cluster slot
+# and one Lua script can assign codes atomically.
+
+
+def item_codes(prefix: str) -> str:
+    """Hash: item id -> item code (a small integer used in user records)."""
+    return f"{prefix}{{codes}}:item:code"
+
+
+def item_ids(prefix: str) -> str:
+    """Hash: item code -> item id."""
+    return f"{prefix}{{codes}}:item:id"
+
+
+def string_codes(prefix: str) -> str:
+    """Hash: string (model version, embedding version, variant) -> code."""
+    return f"{prefix}{{codes}}:str:code"
+
+
+def strings(prefix: str) -> str:
+    """Hash: string code -> string."""
+    return f"{prefix}{{codes}}:str:id"
+
+
+def codes_meta(prefix: str) -> str:
+    """Hash: epoch (random token of this registry), item / str (last code assigned)."""
+    return f"{prefix}{{codes}}:meta"
 
 
 def item(prefix: str, item_id: str) -> str:

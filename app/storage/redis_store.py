@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from tenacity import (
@@ -23,9 +24,12 @@ from tenacity import (
 )
 
 from app.settings import RedisSettings
-from app.storage import keys
+from app.storage import codec, keys
+from app.storage.codes import INTERN, CodeBook, intern_args, titles_from_meta
 
 log = logging.getLogger(__name__)
+
+TitleSource = Callable[[str], str | None] | Literal["mirror"] | None
 
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -36,6 +40,29 @@ local cur = redis.call('HGET', KEYS[1], 'ver')
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'ver', ARGV[1], unpack(ARGV, 3))
 if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+# The user record (app/storage/codec.py): one string, version in bytes 1..8 big-endian.
+# KEYS[1]=record, KEYS[2]=the user's embedding hash of the previous layout (same slot);
+# ARGV: version, ttl, record. A key still in the previous layout (a hash with `ver`) is
+# compared by that version, then replaced, and its embedding hash deleted.
+CAS_RECORD = """
+local cur = redis.pcall('GETRANGE', KEYS[1], 1, 8)
+if type(cur) == 'table' then
+  local old = redis.call('HGET', KEYS[1], 'ver')
+  if old and tonumber(old) >= tonumber(ARGV[1]) then return 0 end
+  redis.call('DEL', KEYS[1], KEYS[2])
+elseif #cur == 8 then
+  local v = 0
+  for i = 1, 8 do v = v * 256 + string.byte(cur, i) end
+  if v >= tonumber(ARGV[1]) then return 0 end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[3])
+end
 return 1
 """
 
@@ -153,17 +180,65 @@ class RedisStore:
         self.prefix = cfg.key_prefix
         self.client = make_client(cfg)
         self.cluster = split_cluster_flag(cfg.url)[1]
-        self._cas_script = self.client.register_script(CAS_HSET)
+        self._scripts = {
+            src: self.client.register_script(src) for src in (CAS_HSET, CAS_RECORD, INTERN)
+        }
+        self.codes = CodeBook()
+        """This process's copy of the code registry (item ids, version strings)."""
         self.errors = 0
         self.retries = 0
 
-    async def _cas(self, *, keys: list[str], args: list[Any], client: Any) -> Any:
-        """Queue the versioned write on a pipeline. A cluster pipeline sends the script
-        itself (EVAL): its nodes' script caches are not loaded for it, and a restarted node
-        would have forgotten them."""
+    async def _script(self, src: str, *, keys: list[str], args: list[Any], client: Any) -> Any:
+        """Queue a script call on a pipeline. A cluster pipeline sends the script itself
+        (EVAL): its nodes' script caches are not loaded for it, and a restarted node would
+        have forgotten them."""
         if self.cluster:
-            return client.eval(CAS_HSET, len(keys), *keys, *args)
-        return await self._cas_script(keys=keys, args=args, client=client)
+            return client.eval(src, len(keys), *keys, *args)
+        return await self._scripts[src](keys=keys, args=args, client=client)
+
+    async def _cas(self, *, keys: list[str], args: list[Any], client: Any) -> Any:
+        """Queue the versioned hash write (item mirror) on a pipeline."""
+        return await self._script(CAS_HSET, keys=keys, args=args, client=client)
+
+    async def _queue_intern(self, pipe: Any, items: Sequence[str], strings: Sequence[str]) -> None:
+        for kind, names in (("item", items), ("str", strings)):
+            if names:
+                ks, args = intern_args(self.prefix, kind, names, self.codes.candidate)
+                await self._script(INTERN, keys=ks, args=args, client=pipe)
+
+    async def intern(self, items: Sequence[str] = (), strings: Sequence[str] = ()) -> None:
+        """Make sure the code book knows these item ids and strings (one round trip when
+        some are new to this process, none otherwise)."""
+        for _ in range(3):
+            new_items = self.codes.missing_items(items)
+            new_strings = self.codes.missing_strings(strings)
+            if not new_items and not new_strings:
+                return
+
+            async def build(pipe: Any) -> None:
+                await self._queue_intern(pipe, new_items, new_strings)  # noqa: B023
+
+            self.codes.learn_interned(await self._run(build), new_items, new_strings)
+        raise RuntimeError("the code registry changed its epoch three times in a row")
+
+    async def resolve(self, records: Sequence[codec.UserRecord]) -> None:
+        """Learn the names of codes in `records` this process does not know (HMGET, one
+        round trip, none when it knows them all). Codes the registry lacks stay unknown."""
+        items, strs = self.codes.unknown_codes(records)
+        if not items and not strs:
+            return
+
+        async def build(pipe: Any) -> None:
+            pipe.hget(keys.codes_meta(self.prefix), "epoch")
+            if items:
+                pipe.hmget(keys.item_ids(self.prefix), items)
+            if strs:
+                pipe.hmget(keys.strings(self.prefix), strs)
+
+        out = await self._run(build)
+        self.codes.learn_names(
+            out[0], items, out[1] if items else [], strs, out[-1] if strs else []
+        )
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -200,7 +275,7 @@ class RedisStore:
         except RETRYABLE:
             return False
 
-    # -- user lists -----------------------------------------------------------------------
+    # -- user records ---------------------------------------------------------------------
     async def write_lists(
         self,
         writes: Sequence[ListWrite],
@@ -209,57 +284,116 @@ class RedisStore:
         clean: Sequence[str] = (),
         now: float = 0.0,
     ) -> list[bool]:
-        """Write lists (and user embeddings) in one pipeline; True where the write was newer.
+        """Write users' records (list + embedding, app/storage/codec.py) in one pipeline;
+        True where the write was newer. Ids and strings this process has no code for are
+        interned first (one more round trip, only then).
 
         `dirty` users are added to the recompute set (keeping their first mark: oldest
         first), `clean` ones removed from it, in the same round trip."""
         if not writes and not dirty and not clean:
             return []
         ttl = self.cfg.list_ttl_seconds
+        await self.intern(
+            [i["item_id"] for w in writes for i in w.value.get("items", ())],
+            [
+                s
+                for w in writes
+                for s in (
+                    w.value.get("model_version", ""),
+                    w.value.get("embedding_version", ""),
+                    w.value.get("variant") or "",
+                )
+            ],
+        )
+        book = self.codes
+        blobs = [
+            codec.encode(
+                codec.record_from_list(
+                    w.value,
+                    version=w.version,
+                    embedding=w.embedding,
+                    n_events=w.n_events,
+                    event_time=w.event_time,
+                    item_code=book.item_code.__getitem__,
+                    string_code=book.string_code.__getitem__,
+                )
+            )
+            for w in writes
+        ]
 
         async def build(pipe: Any) -> None:
             if dirty:
                 pipe.zadd(keys.dirty_users(self.prefix), dict.fromkeys(dirty, now), nx=True)
             if clean:
                 pipe.zrem(keys.dirty_users(self.prefix), *clean)
-            for w in writes:
-                body = json.dumps(w.value, separators=(",", ":"))
-                await self._cas(
-                    keys=[keys.user_list(self.prefix, w.user_id)],
-                    args=[w.version, ttl, "json", body],
+            for w, blob in zip(writes, blobs, strict=True):
+                await self._script(
+                    CAS_RECORD,
+                    keys=[
+                        keys.user_list(self.prefix, w.user_id),
+                        keys.legacy_user_embedding(self.prefix, w.user_id),
+                    ],
+                    args=[w.version, ttl, blob],
                     client=pipe,
                 )
-                if w.embedding is not None:
-                    await self._cas(
-                        keys=[keys.user_embedding(self.prefix, w.user_id)],
-                        args=[
-                            w.version,
-                            ttl,
-                            "vec",
-                            encode_vector(w.embedding),
-                            "n",
-                            w.n_events,
-                            "t",
-                            w.event_time,
-                        ],
-                        client=pipe,
-                    )
+            if writes:
+                pipe.hget(keys.codes_meta(self.prefix), "epoch")
 
         results = await self._run(build)
+        if writes:
+            # Redis lost the registry (its data): forget the codes, learn them again next time
+            book.check_epoch(results[-1])
         i = int(bool(dirty)) + int(bool(clean))
-        out = []
-        for w in writes:
-            out.append(bool(results[i]))
-            i += 2 if w.embedding is not None else 1
-        return out
+        return [bool(x) for x in results[i : i + len(writes)]]
 
-    async def read_list(self, user_id: str) -> dict[str, Any] | None:
-        raw = await self.client.hget(keys.user_list(self.prefix, user_id), "json")
-        return None if raw is None else json.loads(raw)
+    async def read_record(self, user_id: str) -> codec.UserRecord | None:
+        """The user's record, decoded (codes not resolved); None when there is none, or
+        while the key still holds the previous layout (a hash) until its next write."""
+        try:
+            raw = await self.client.get(keys.user_list(self.prefix, user_id))
+        except ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                return None
+            raise
+        return None if raw is None else codec.decode(raw)
+
+    async def read_list(self, user_id: str, *, titles: TitleSource = None) -> dict[str, Any] | None:
+        """The user's list (redis-user-list schema, without scores); items whose code the
+        registry does not know are skipped. `titles`: None (no titles), a function item
+        id -> title, or "mirror" (from the item mirror in Redis, one more round trip)."""
+        rec = await self.read_record(user_id)
+        if rec is None:
+            return None
+        await self.resolve([rec])
+        book = self.codes
+        value = codec.list_from_record(
+            rec,
+            user_id,
+            item_id=book.item_id.get,
+            string=book.string.get,
+            title=None if titles == "mirror" else titles,
+        )
+        if titles == "mirror":
+            found = await self.mirror_titles([i["item_id"] for i in value["items"]])
+            for item in value["items"]:
+                if item["item_id"] in found:
+                    item["title"] = found[item["item_id"]]
+        return value
+
+    async def mirror_titles(self, item_ids: Sequence[str]) -> dict[str, str]:
+        if not item_ids:
+            return {}
+
+        async def build(pipe: Any) -> None:
+            for i in item_ids:
+                pipe.hget(keys.item(self.prefix, i), "meta")
+
+        return titles_from_meta(item_ids, await self._run(build))
 
     async def read_embedding(self, user_id: str) -> np.ndarray | None:
-        raw = await self.client.hget(keys.user_embedding(self.prefix, user_id), "vec")
-        return None if raw is None else decode_vector(raw)
+        """The user's embedding as float32 (stored as float16)."""
+        rec = await self.read_record(user_id)
+        return None if rec is None else rec.embedding
 
     async def write_cold_start(self, value: dict[str, Any]) -> None:
         body = json.dumps(value, separators=(",", ":"))
@@ -321,7 +455,11 @@ class RedisStore:
     ) -> None:
         """Mirror item upserts/deletes; version = item-updates offset, so replays are no-ops."""
 
+        new = self.codes.missing_items([u[0] for u in upserts])
+
         async def build(pipe: Any) -> None:
+            # codes are assigned with the mirror write (same round trip) and never removed
+            await self._queue_intern(pipe, new, ())
             for item_id, ver, meta, vec in upserts:
                 await self._cas(
                     keys=[keys.item(self.prefix, item_id)],
@@ -334,4 +472,6 @@ class RedisStore:
                 pipe.srem(keys.items_index(self.prefix), item_id)
 
         if upserts or deletes:
-            await self._run(build)
+            out = await self._run(build)
+            if new:
+                self.codes.learn_interned(out[:1], new, ())

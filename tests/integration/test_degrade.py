@@ -11,6 +11,7 @@ import pytest
 from app.core.events import UserEvent
 from app.producer import produce_events
 from app.schemas import validate
+from app.storage.codes import read_users_sync
 from tests.integration.conftest import consume_all, redis_client
 
 pytestmark = pytest.mark.integration
@@ -96,15 +97,12 @@ def test_burst_degrades_recovers_and_recomputes_every_dirty_user(catalog_run, wo
     # Every user ends with a normal list in Redis, and every event's effect is in its state.
     r = redis_client()
     prefix = s.redis.key_prefix
-    pipe = r.pipeline()
+    stored = read_users_sync(r, prefix, [f"burst-{u}" for u in range(n_users)])
     for u in range(n_users):
-        pipe.hget(f"{prefix}rec:{{burst-{u}}}", "json")
-        pipe.hget(f"{prefix}emb:{{burst-{u}}}", "n")
-    out = pipe.execute()
-    for u in range(n_users):
-        doc = json.loads(out[2 * u])
+        rec = stored[f"burst-{u}"]
+        doc = rec.list
         assert doc["mode"] == "personal" and not doc["degraded"], f"burst-{u} still {doc['mode']}"
-        assert int(out[2 * u + 1]) == per_user, f"burst-{u}: {out[2 * u + 1]} events applied"
+        assert rec.n_events == per_user, f"burst-{u}: {rec.n_events} events applied"
     assert r.zcard(f"{prefix}dirty") == 0
     popular = json.loads(r.get(f"{prefix}list:popular"))
     validate("redis-user-list", popular)
@@ -148,8 +146,11 @@ def test_operator_override_forces_modes_and_auto_recovers(catalog_run, workers):
     produce_events(s, [UserEvent("o-1", "op-user", items[1], "like", 1.7e9 + 1)])
     worker.wait_events(2)
     r = redis_client()
-    key = f"{s.redis.key_prefix}rec:{{op-user}}"
-    doc = json.loads(r.hget(key, "json"))
+
+    def stored() -> dict:
+        return read_users_sync(r, s.redis.key_prefix, ["op-user"])["op-user"].list
+
+    doc = stored()
     assert doc["degraded"] and doc["mode"] == "degraded"
     assert not {items[0], items[1]} & {i["item_id"] for i in doc["items"]}
     cli("degrade", "auto")
@@ -159,5 +160,5 @@ def test_operator_override_forces_modes_and_auto_recovers(catalog_run, workers):
         "back to normal with the dirty user recomputed",
     )
     assert st["counters"]["dirty_recomputed"] >= 1
-    doc = json.loads(r.hget(key, "json"))
+    doc = stored()
     assert doc["mode"] == "personal" and doc["version"] % 2 == 1

@@ -14,6 +14,7 @@ from app.core.events import UserEvent
 from app.core.experiments import Variant, assign
 from app.producer import produce_events
 from app.schemas import validate
+from app.storage.codes import read_users_sync
 from tests.integration.conftest import REPO, redis_client
 
 pytestmark = pytest.mark.integration
@@ -46,7 +47,7 @@ def test_two_variants_make_different_lists_with_separate_figures(catalog_run, wo
     worker.wait(lambda st: st["counters"].get("lists_written", 0) >= len(users), 60, "lists")
 
     r = redis_client()
-    lists = {u: json.loads(r.hget(f"{s.redis.key_prefix}rec:{{{u}}}", "json")) for u in users}
+    lists = {u: rec.list for u, rec in read_users_sync(r, s.redis.key_prefix, users).items()}
     split = [Variant("control", 0.5), Variant("short", 0.5)]
     for u, doc in lists.items():
         validate("redis-user-list", doc)

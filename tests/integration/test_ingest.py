@@ -8,6 +8,7 @@ import json
 import pytest
 
 from app.schemas import validate
+from app.storage.codes import read_users_sync
 from tests.integration.conftest import KAFKA, consume_all, redis_client
 
 pytestmark = pytest.mark.integration
@@ -123,7 +124,7 @@ def test_malformed_events_are_dead_lettered_and_valid_ones_processed(catalog_run
 
     r = redis_client()
     for user in valid_users:
-        raw = r.hget(f"{s.redis.key_prefix}rec:{{{user}}}", "json")
-        assert raw is not None, f"no list for {user}"
-        validate("redis-user-list", json.loads(raw))
+        rec = read_users_sync(r, s.redis.key_prefix, [user])[user]
+        assert rec is not None, f"no list for {user}"
+        validate("redis-user-list", rec.list)
     assert worker.alive and worker.status() is not None

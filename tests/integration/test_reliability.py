@@ -16,6 +16,7 @@ import time
 import pytest
 
 from app.schemas import validate
+from app.storage.codes import read_users_sync
 from tests.integration.conftest import redis_client, run_env
 from tests.integration.faults import (
     T0,
@@ -527,7 +528,8 @@ def test_hostile_input_ends_in_state_or_dead_letters_and_worker_survives(catalog
 
     produce_events(s, [UserEvent("after-0", "after-user", items[0], "like", T0)])
     w.wait_events(len(corpus) + 1, timeout=30)
-    assert json.loads(r.hget(f"{s.redis.key_prefix}rec:{{after-user}}", "json"))["items"]
+    after = read_users_sync(r, s.redis.key_prefix, ["after-user"])["after-user"]
+    assert after is not None and after.list["items"]
     assert w.alive
 
     by_reason: dict[str, int] = {}
@@ -623,7 +625,7 @@ def test_redis_cluster_three_nodes_two_workers_lists_and_reads(catalog_run, work
 
         # reads: the client function and the worker's HTTP read path, as on one Redis
         for u in users[:5]:
-            stored = json.loads(rc.hget(f"{prefix}rec:{{{u}}}", "json"))
+            stored = read_users_sync(rc, prefix, [u])[u].list
             body = get_recommendations(u, k=10, url=cluster.url, prefix=prefix)
             assert body["tier"] == "redis"
             assert [i["item_id"] for i in body["items"]] == [

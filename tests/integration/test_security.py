@@ -27,6 +27,7 @@ import pytest
 from app.core.events import UserEvent
 from app.localrun import WorkerProcess, settings_for
 from app.producer import produce_events
+from app.storage.codes import read_users_sync
 from tests.integration.conftest import REPO, redis_client, run_env
 from tests.integration.faults import (
     T0,
@@ -177,7 +178,7 @@ def test_redis_acl_user_http_token_loopback_and_no_secret_leaks(
 
         r = redis.Redis.from_url(own.url, username="nearline", password=password)
         prefix = catalog_run.settings.redis.key_prefix
-        assert r.hget(f"{prefix}rec:{{sec-user-0}}", "json") is not None
+        assert read_users_sync(r, prefix, ["sec-user-0"])["sec-user-0"] is not None
         with pytest.raises(redis.exceptions.RedisError):
             redis.Redis.from_url(own.url).get("x")  # the default user is off
 
@@ -235,7 +236,8 @@ def test_kafka_sasl_plain_listener(secure_kafka, run_id, debug_workers, tmp_path
     w = debug_workers(env)
     w.wait_ready()
     _produce_and_wait(run, w)
-    assert redis_client().hget(f"{run.settings.redis.key_prefix}rec:{{sec-user-1}}", "json")
+    stored = read_users_sync(redis_client(), run.settings.redis.key_prefix, ["sec-user-1"])
+    assert stored["sec-user-1"] is not None
     _no_secret_anywhere(w, [password])
 
     wrong = _secret("wrong-pw")
@@ -279,7 +281,8 @@ def test_kafka_sasl_over_tls_and_redis_over_tls(secure_kafka, ca, run_id, debug_
         import redis
 
         r = redis.Redis.from_url(own.url, ssl_ca_certs=str(ca.ca))
-        assert r.hget(f"{run.settings.redis.key_prefix}rec:{{sec-user-2}}", "json") is not None
+        prefix = run.settings.redis.key_prefix
+        assert read_users_sync(r, prefix, ["sec-user-2"])["sec-user-2"] is not None
         _no_secret_anywhere(w, [password])
 
         # A CA that did not sign the servers' certificates: both refused, one line each.

@@ -22,8 +22,12 @@ def test_every_setting_is_in_the_readme_table_with_its_default():
 def test_redis_key_layout_table_matches_key_builders():
     table = dict(re.findall(r"^\| `P` `([^`]+)` \| (\w+) \|", README, re.M))
     built = {
-        keys.user_list("P", "<user_id>"): "hash",
-        keys.user_embedding("P", "<user_id>"): "hash",
+        keys.user_list("P", "<user_id>"): "string",
+        keys.item_codes("P"): "hash",
+        keys.item_ids("P"): "hash",
+        keys.string_codes("P"): "hash",
+        keys.strings("P"): "hash",
+        keys.codes_meta("P"): "hash",
         keys.item("P", "<item_id>"): "hash",
         keys.items_index("P"): "set",
         keys.cold_start_list("P"): "string",

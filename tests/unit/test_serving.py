@@ -144,3 +144,24 @@ def test_json_log_lines_carry_fields():
     )
     text = records[0].getMessage()
     assert text == 'mode change user_id="42" partition=3 offset=17 mode="degraded"'
+
+
+def test_titles_fill_items_without_one_and_keep_the_rest():
+    stored = dict(
+        LIST,
+        items=[
+            {"item_id": "1", "channel": "genre"},
+            {"item_id": "2", "channel": "genre", "title": "Kept"},
+            {"item_id": "3", "channel": "trending"},
+        ],
+    )
+    body = resolve("u", personal=stored).response(
+        3, 1001.0, 60, titles={"1": "One", "2": "Other"}.get
+    )
+    validate("recommendation-response", body)
+    assert body["items"] == [
+        {"item_id": "1", "channel": "genre", "title": "One"},
+        {"item_id": "2", "channel": "genre", "title": "Kept"},
+        {"item_id": "3", "channel": "trending"},
+    ]
+    assert "title" not in stored["items"][0]  # the stored (cached) list is not changed

@@ -1,0 +1,244 @@
+"""The per-user Redis record: one compact little-endian binary string (pure functions).
+
+Layout of format 1 (schemas/redis-user-list.md has the same table):
+
+    offset size  field
+    0      1     format (1)
+    1      8     version, uint64 BIG-endian (every format keeps it here: the Lua
+                 compare-and-set reads these 8 bytes without knowing the rest)
+    9      8     generated_at, float64 (unix seconds)
+    17     8     event_time, float64 (newest event reflected in the list and embedding)
+    25     4     n_events, uint32 (events applied to the user's state)
+    29     1     mode: 1 personal, 2 cold_start, 3 degraded
+    30     2     model_version code (string registry, 0 = "")
+    32     2     embedding_version code (string registry, 0 = "")
+    34     2     variant code (string registry, 0 = no variant)
+    36     2     d, embedding dimension (0 = no embedding)
+    38     2     n, number of items
+    40     2d    embedding, float16
+    40+2d  4n    items, best first: uint32 = item code (low 28 bits) | channel code << 28
+
+Every field but the version is little-endian. Scores are not stored (the recommendations
+topic carries them); titles come from the catalog. Item codes and version strings are
+small integers interned in a registry (app.storage.codes).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+FORMAT = 1
+_HEAD = struct.Struct(">BQ")  # format, version (big-endian so byte order is numeric order)
+_REST = struct.Struct("<ddIBHHHHH")
+HEADER_BYTES = _HEAD.size + _REST.size  # 40
+VERSION_OFFSET = 1
+
+MODES = ("personal", "cold_start", "degraded")
+"""mode code = index + 1 (0 is never written, so a zeroed header is caught as corrupt)."""
+CHANNELS = (
+    "embedding",
+    "item2item",
+    "similar_users",
+    "genre",
+    "trending",
+    "newest",
+    "popular",
+    "cold_start",
+)
+"""channel code = index; append only (codes are stored). At most 16 (4 bits)."""
+CHANNEL_CODE = {c: i for i, c in enumerate(CHANNELS)}
+MAX_ITEM_CODE = (1 << 28) - 1
+MAX_STRING_CODE = (1 << 16) - 1
+MAX_VERSION = (1 << 53) - 1
+"""Lua numbers are doubles: the compare-and-set is exact up to 2^53."""
+FLOAT16_MAX = 65504.0
+
+
+class CorruptRecord(ValueError):
+    """A stored value that is not a user record this code can read."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    version: int
+    generated_at: float
+    event_time: float
+    n_events: int
+    mode: str
+    model_code: int
+    embedding_code: int
+    variant_code: int
+    embedding: np.ndarray | None
+    """float32 (stored as float16)."""
+    items: tuple[tuple[int, str], ...]
+    """(item code, channel), best first."""
+
+
+def version_bytes(version: int) -> bytes:
+    return version.to_bytes(8, "big")
+
+
+def encode(rec: UserRecord) -> bytes:
+    if not 0 <= rec.version <= MAX_VERSION:
+        raise ValueError(f"version {rec.version} outside 0..2^53-1")
+    if rec.mode not in MODES:
+        raise ValueError(f"unknown mode {rec.mode!r}; known: {', '.join(MODES)}")
+    for name, code in (
+        ("model_version", rec.model_code),
+        ("embedding_version", rec.embedding_code),
+        ("variant", rec.variant_code),
+    ):
+        if not 0 <= code <= MAX_STRING_CODE:
+            raise ValueError(f"{name} code {code} outside 0..{MAX_STRING_CODE}")
+    if rec.embedding is None:
+        emb = b""
+        dim = 0
+    else:
+        vec = np.asarray(rec.embedding, dtype=np.float32).ravel()
+        dim = int(vec.size)
+        if dim > 0xFFFF:
+            raise ValueError(f"embedding dimension {dim} above 65535")
+        emb = np.clip(vec, -FLOAT16_MAX, FLOAT16_MAX).astype("<f2").tobytes()
+    n = len(rec.items)
+    if n > 0xFFFF:
+        raise ValueError(f"{n} items, at most 65535")
+    words = np.empty(n, dtype="<u4")
+    for i, (code, channel) in enumerate(rec.items):
+        ch = CHANNEL_CODE.get(channel)
+        if ch is None:
+            raise ValueError(f"unknown channel {channel!r}; known: {', '.join(CHANNELS)}")
+        if not 1 <= code <= MAX_ITEM_CODE:
+            raise ValueError(f"item code {code} outside 1..{MAX_ITEM_CODE}")
+        words[i] = code | (ch << 28)
+    return b"".join(
+        (
+            _HEAD.pack(FORMAT, rec.version),
+            _REST.pack(
+                rec.generated_at,
+                rec.event_time,
+                min(max(int(rec.n_events), 0), 0xFFFFFFFF),
+                MODES.index(rec.mode) + 1,
+                rec.model_code,
+                rec.embedding_code,
+                rec.variant_code,
+                dim,
+                n,
+            ),
+            emb,
+            words.tobytes(),
+        )
+    )
+
+
+def stored_version(raw: bytes) -> int:
+    """The version of any format (bytes 1..8, big-endian)."""
+    if len(raw) < HEADER_BYTES:
+        raise CorruptRecord(f"user record of {len(raw)} bytes, shorter than its header")
+    return int.from_bytes(raw[1:9], "big")
+
+
+def decode(raw: bytes) -> UserRecord:
+    if len(raw) < HEADER_BYTES:
+        raise CorruptRecord(f"user record of {len(raw)} bytes, shorter than its header")
+    fmt, version = _HEAD.unpack_from(raw, 0)
+    if fmt != FORMAT:
+        raise CorruptRecord(f"user record format {fmt}; this code reads format {FORMAT}")
+    generated, event_time, n_events, mode, model, emb_v, variant, dim, n = _REST.unpack_from(
+        raw, _HEAD.size
+    )
+    want = HEADER_BYTES + 2 * dim + 4 * n
+    if len(raw) != want:
+        raise CorruptRecord(
+            f"user record of {len(raw)} bytes; its header (d={dim}, {n} items) says {want}"
+        )
+    if not 1 <= mode <= len(MODES):
+        raise CorruptRecord(f"user record with mode code {mode}")
+    embedding = None
+    if dim:
+        embedding = np.frombuffer(raw, "<f2", dim, HEADER_BYTES).astype(np.float32)
+    words = np.frombuffer(raw, "<u4", n, HEADER_BYTES + 2 * dim)
+    codes = (words & MAX_ITEM_CODE).tolist()
+    chans = (words >> 28).tolist()
+    if n and (max(chans) >= len(CHANNELS) or min(codes) == 0):
+        raise CorruptRecord("user record with an unknown channel code or item code 0")
+    return UserRecord(
+        version=version,
+        generated_at=generated,
+        event_time=event_time,
+        n_events=n_events,
+        mode=MODES[mode - 1],
+        model_code=model,
+        embedding_code=emb_v,
+        variant_code=variant,
+        embedding=embedding,
+        items=tuple(zip(codes, (CHANNELS[c] for c in chans), strict=True)),
+    )
+
+
+def record_from_list(
+    value: Mapping[str, Any],
+    *,
+    version: int,
+    embedding: np.ndarray | None,
+    n_events: int,
+    event_time: float,
+    item_code: Callable[[str], int],
+    string_code: Callable[[str], int],
+) -> UserRecord:
+    """The record of a list value (redis-user-list schema, as RecList.to_json makes it)."""
+    variant = value.get("variant")
+    return UserRecord(
+        version=version,
+        generated_at=float(value.get("generated_at", 0.0)),
+        event_time=float(event_time or value.get("event_time") or 0.0),
+        n_events=n_events,
+        mode=value.get("mode", "personal"),
+        model_code=string_code(value.get("model_version", "")),
+        embedding_code=string_code(value.get("embedding_version", "")),
+        variant_code=string_code(variant) if variant else 0,
+        embedding=embedding,
+        items=tuple((item_code(i["item_id"]), i["channel"]) for i in value.get("items", ())),
+    )
+
+
+def list_from_record(
+    rec: UserRecord,
+    user_id: str,
+    *,
+    item_id: Callable[[int], str | None],
+    string: Callable[[int], str | None],
+    title: Callable[[str], str | None] | None = None,
+) -> dict[str, Any]:
+    """The decoded list (redis-user-list schema, without scores). Items whose code the
+    registry does not know are skipped; `title` fills titles where it knows one."""
+    items: list[dict[str, Any]] = []
+    for code, channel in rec.items:
+        iid = item_id(code)
+        if iid is None:
+            continue
+        entry: dict[str, Any] = {"item_id": iid, "channel": channel}
+        t = title(iid) if title is not None else None
+        if t is not None:
+            entry["title"] = t
+        items.append(entry)
+    out: dict[str, Any] = {
+        "user_id": user_id,
+        "items": items,
+        "degraded": rec.mode == "degraded",
+        "mode": rec.mode,
+        "model_version": (string(rec.model_code) or "") if rec.model_code else "",
+        "embedding_version": (string(rec.embedding_code) or "") if rec.embedding_code else "",
+        "generated_at": rec.generated_at,
+        "version": rec.version,
+        "event_time": rec.event_time,
+    }
+    if rec.variant_code:
+        variant = string(rec.variant_code)
+        if variant:
+            out["variant"] = variant
+    return out
