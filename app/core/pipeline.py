@@ -103,7 +103,7 @@ class Recommender:
         self.config = config or PipelineConfig()
         self.policy = policy or UpdatePolicy(like_threshold=self.config.like_threshold)
         self.stats = ItemStats(popularity_half_life)
-        self.users = UserDirectory(catalog.dim, user_index or catalog.config)
+        self.users = UserDirectory(catalog.dim, user_index or catalog.config, item_key=catalog.key)
         self.embedding_version = embedding_version
         self.variant = "control"
         """Experiment variant whose recall/ranking settings this instance uses."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from app.core.catalog import IndexConfig, unit
@@ -16,13 +18,22 @@ class UserDirectory:
     the item index is built once and updated incrementally from then on.
     """
 
-    def __init__(self, dim: int, config: IndexConfig | None = None, recent: int = 20) -> None:
+    def __init__(
+        self,
+        dim: int,
+        config: IndexConfig | None = None,
+        recent: int = 20,
+        item_key: Callable[[str], int | None] | None = None,
+    ) -> None:
         self.dim = dim
+        self.item_key = item_key
+        """Item id -> catalog key, for `liked_keys` (None: not kept)."""
         self.config = config or IndexConfig()
         self.recent = recent
         self._key: dict[str, int] = {}
         self._ids: list[str] = []
         self._liked: dict[int, tuple[str, ...]] = {}
+        self._liked_keys: dict[int, tuple[int, ...]] = {}
         self._exact = ExactIndex(dim)
         self._lsh: LSHIndex | None = None
 
@@ -47,7 +58,13 @@ class UserDirectory:
     def update(self, user_id: str, embedding: np.ndarray | None, liked: list[str]) -> None:
         """Move the user to the buckets of its new embedding (or drop it when it has none)."""
         key = self.key(user_id)
-        self._liked[key] = tuple(liked[-self.recent :])
+        recent = tuple(liked[-self.recent :])
+        self._liked[key] = recent
+        if self.item_key is not None:
+            # mapped to catalog keys once here, not by every list that reads them
+            self._liked_keys[key] = tuple(
+                -1 if (k := self.item_key(i)) is None else k for i in recent
+            )
         if embedding is None:
             self._exact.remove(key)
             if self._lsh is not None:
@@ -79,3 +96,8 @@ class UserDirectory:
     def liked(self, user_id: str) -> tuple[str, ...]:
         key = self._key.get(user_id)
         return () if key is None else self._liked.get(key, ())
+
+    def liked_keys(self, user_id: str) -> tuple[int, ...]:
+        """Catalog keys of `liked` as of the user's last update (-1: unknown then)."""
+        key = self._key.get(user_id)
+        return () if key is None else self._liked_keys.get(key, ())

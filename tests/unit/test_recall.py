@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -139,7 +141,7 @@ def test_channel_excludes_whatever_the_context_excludes(ctx, name):
     first = RECALL[name](ctx, 5)
     assert first
     banned = {c.key for c in first[:2]}
-    narrower = RecallContext(**{**ctx.__dict__, "exclude": ctx.exclude | banned})
+    narrower = dataclasses.replace(ctx, exclude=ctx.exclude | banned)
     again = RECALL[name](narrower, 5)
     assert not banned & {c.key for c in again}
 
@@ -233,7 +235,7 @@ def test_newest_returns_released_items_newest_first(ctx):
 def test_newest_waits_for_the_release(world):
     rec, _, _ = world
     ctx = rec.context(action_fan(rec))
-    later = RecallContext(**{**ctx.__dict__, "now": T0 + 31 * DAY})
+    later = dataclasses.replace(ctx, now=T0 + 31 * DAY)
     assert item_ids(later, newest_recall(later, 1)) == ["future"]
 
 
