@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from app.core import fastjson
 from app.core.user_state import UserState
 from app.kafka_clients import client_kwargs
 from app.runtime import (
@@ -159,9 +159,7 @@ async def recompute_some(budget: int) -> int:
     writes = [w for _, w, _ in outputs]
     await runtime.store.write_lists(writes, clean=[w.user_id for w in writes], now=time.time())
     sends = [
-        await recommendations_topic.send(
-            key=w.user_id.encode(), value=json.dumps(doc, separators=(",", ":")).encode()
-        )
+        await recommendations_topic.send(key=w.user_id.encode(), value=fastjson.dumps(doc))
         for _, w, doc in outputs
     ]
     if sends:

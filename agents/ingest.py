@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from app.core import fastjson
 from app.processing import RawRecord
 from app.runtime import (
     app,
@@ -75,8 +75,13 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
     for dl in result.dead_letters:
         runtime.dead_letters[dl.value["reason"]] += 1
         src = dl.value["source"]
-        log_event("dead letter", reason=dl.value["reason"], partition=src["partition"],
-                  offset=src["offset"], mode=runtime.policy.mode)
+        log_event(
+            "dead letter",
+            reason=dl.value["reason"],
+            partition=src["partition"],
+            offset=src["offset"],
+            mode=runtime.policy.mode,
+        )
         sends.append(await events_dlq_topic.send(key=dl.key, value=dl.encode()))
 
     # Faust writes a table key to the changelog partition of the *current* event; in a
@@ -108,9 +113,7 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
         runtime.dirty.pop(uid, None)
     for _, write, doc in result.lists:
         sends.append(
-            await recommendations_topic.send(
-                key=write.user_id.encode(), value=json.dumps(doc, separators=(",", ":")).encode()
-            )
+            await recommendations_topic.send(key=write.user_id.encode(), value=fastjson.dumps(doc))
         )
     # Publishes must be on the broker before the batch is acked (commit after effects).
     if sends:

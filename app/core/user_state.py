@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from app.core import fastjson
 from app.core.events import UserEvent
 
 
@@ -104,11 +104,11 @@ class UserState:
         }
         if self.taste is not None:
             doc["t"] = base64.b64encode(np.asarray(self.taste, dtype="<f4").tobytes()).decode()
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return fastjson.dumps(doc)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
-        doc = json.loads(raw)
+        doc = fastjson.loads(raw)
         taste = None
         if "t" in doc:
             taste = np.frombuffer(base64.b64decode(doc["t"]), dtype="<f4").astype(np.float32)
