@@ -92,8 +92,21 @@ class LSHParams:
 #  300,000  32  2.0  16  32   8     0.933       1172 (0.39%)    0.261     -*   1.24*     3.07    262
 #
 # 1,000,000  64  2.0  16  32   8     0.914       2815 (0.28%)   (nearline bench lsh, held-out
-# 1,000,000  64  2.0  15  32   8     0.960       5792 (0.58%)    queries of the same mixture;
-#                                                                  m=15 is the default past 300k)
+# 1,000,000  64  2.0  15  32   8     0.960       5792 (0.58%)    queries of the same mixture,
+#                                                                  fixed +-1 probes per table)
+#
+# The rows above were measured with 8 fixed single-coordinate probes per table. Probes are now
+# shared out among all tables by boundary distance, with two-coordinate steps (`_probe_keys`),
+# which re-ranks fewer candidates for the same recall at 1M x 64 (held-out queries, 500):
+#
+#        n   d    w   m   L probes recall@10 candidates   memory_bytes / raw vectors
+# 1,000,000  64  2.0  15  32   8     0.953       5580       (sweep on the new probing)
+# 1,000,000  64  2.0  16  32  12     0.962       4102       2.1x (too many distinct buckets)
+# 1,000,000  64  2.0  16  24  20     0.956       4676       1.83x: the default past 300k
+# 1,000,000  64  2.0  15  28  12     0.972       6926
+# 1,000,000  64  2.0  17  32  20     0.956       3074       ~2.2x
+# Fewer tables with more probes save memory (4 B an entry, ~9.5 B a bucket); larger m with
+# more probes save candidates, at ~0.2 us a probe to look up.
 #
 # * measured while other jobs kept both cores busy: single-query p99 swung from 0.35 to 8 ms
 #   between passes (different queries each time) and exact read 5.7-7.9 ms, so neither is
@@ -110,7 +123,7 @@ _DEFAULTS: tuple[tuple[int, dict[int, tuple[float, int, int, int]]], ...] = (
     (5_000, {32: (2.0, 12, 16, 8), 64: (2.0, 12, 16, 8)}),
     (50_000, {32: (2.0, 14, 32, 8), 64: (2.0, 14, 32, 8)}),
     (300_000, {32: (2.0, 14, 32, 4), 64: (2.0, 14, 32, 8)}),
-    (sys.maxsize, {32: (2.0, 16, 32, 8), 64: (2.0, 15, 32, 8)}),
+    (sys.maxsize, {32: (2.0, 16, 32, 8), 64: (2.0, 16, 24, 20)}),
 )
 
 
@@ -466,31 +479,77 @@ class ExactIndex(_VectorStore):
         return self._store_memory_bytes()
 
 
+def _merge_sorted(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    """Merge two runs of parallel arrays, each sorted by its first array (stable: a before b)."""
+    if a[0].shape[0] == 0:
+        return b
+    if b[0].shape[0] == 0:
+        return a
+    at = np.searchsorted(a[0], b[0], side="right")
+    return tuple(np.insert(x, at, y) for x, y in zip(a, b, strict=True))
+
+
+def _sort_run(run: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+    order = np.argsort(run[0], kind="stable")
+    return tuple(x[order] for x in run)
+
+
+def _ranges(sorted_keys: np.ndarray, probes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in `sorted_keys` of every occurrence of each key of sorted `probes`."""
+    lo = np.searchsorted(sorted_keys, probes, side="left")
+    hi = np.searchsorted(sorted_keys, probes, side="right")
+    return lo, hi
+
+
+def _concat_ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Indices of the ranges [start, end) one after another, without a Python loop."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return _EMPTY_KEYS
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return offsets + np.arange(total)
+
+
 class LSHIndex(_VectorStore):
     """E2LSH: h(v) = floor((a.v + b) / w), a ~ N(0, I), b ~ U[0, w); m functions per table
     combined into one bucket key; L tables.
 
-    Layout: every (table, bucket) key is tagged with its table in the top bits, so all tables
-    share flat arrays: the distinct keys sorted, the offset of each bucket's rows, and the rows
-    (int32). A directory on the keys' top bits points at ~2-4 keys, so finding the buckets of
-    all tables and probes costs one short vectorised scan, not a binary search through a large
-    array (that search, ~0.5 us a probe, dominated queries at 100k x 64 tables). About 12-16 B
-    an entry, where dict-of-set buckets cost ~70-250 B.
+    Layout: every (table, bucket) key is shortened to 32 bits, the table in the top bits and the
+    top bits of the 64-bit bucket key below (27 bits a table at L = 17-32; see `_tagged`), so
+    all tables share flat arrays: the distinct keys sorted (uint32), the offset of each bucket's
+    rows (int32), and the rows (int32). A directory (int32) on the keys' top bits points at
+    ~2-4 keys, so finding the buckets of all tables and probes costs one short vectorised scan.
+    About 4 B an entry plus ~9.5 B a bucket.
 
-    Rows upserted since the last merge live in a small delta, {tagged key: set of rows}, and
-    their old entries in the arrays are marked stale. The delta is merged once it holds more
-    than 1/32 of the rows, so a streaming update is O(L) and the merge is amortised.
+    Liveness is an epoch per row: entries in the arrays are live while their row's epoch is 0.
+    Rows upserted since the last merge get a fresh epoch and their entries go to a delta kept
+    as numpy runs, sorted lazily like a log-structured merge tree: an unsorted tail (single
+    upserts append to it), a small sorted run (entries with their epoch) and a large one
+    (compacted: its rows get epoch 1, so it needs no per-entry epoch). A moved or removed row
+    only changes its epoch; its old entries die where they are and are dropped at the next
+    merge of their run. The large run is merged into the arrays once it holds more than 1/8 of
+    the rows, so an update costs O(L) plus amortised sorting, all vectorised.
     """
 
     # Keys the directory scan reads per probe; a cell holding more falls back to searchsorted.
-    _SCAN_WIDTH = 16
+    _SCAN_WIDTH = 8
+    # Delta levels: the tail holds up to _TAIL_ROWS rows' entries unsorted; the small run up to
+    # _SMALL_ROWS rows; the large run up to max(_SMALL_ROWS, len / _MAIN_FRACTION) rows.
+    _TAIL_ROWS = 64
+    _SMALL_ROWS = 2048
+    _MAIN_FRACTION = 8
+    # Epochs: 0 = the row's entries are in the arrays, 1 = in the large run, >= 2 = in the
+    # small run or the tail with that epoch, -1 = no entries (free row).
+    _FIRST_EPOCH = 2
+    _MAX_EPOCH = 2**31 - 2
 
     def __init__(self, params: LSHParams) -> None:
         self.params = params
         L, m = params.L, params.m
         self._table_bits = max(1, (L - 1).bit_length())
-        self._table_tags = np.arange(L, dtype=np.uint64) << np.uint64(64 - self._table_bits)
-        self._stale = np.zeros(0, dtype=bool)
+        self._table_tags = np.arange(L, dtype=np.uint32) << np.uint32(32 - self._table_bits)
+        self._epoch = np.zeros(0, dtype=np.int32)
         super().__init__(params.dim)
         rng = np.random.default_rng(params.seed)
         # The draw order is part of the hash contract: changing it re-buckets every vector, and
@@ -509,21 +568,42 @@ class LSHIndex(_VectorStore):
         # Bucket key of a table = sum_j h_j * r_j mod 2^64 with random odd r_j (`mult`). Two
         # different tuples collide iff sum_j d_j r_j == 0 mod 2^64 (d = their difference): if
         # 2^s is the largest power of two dividing some d_j, then for odd uniform r_j that has
-        # probability <= 2^-(63-s), and |d_j| is at most a few dozen for unit vectors, so
-        # <= ~2^-57 a pair (~2^-50 in the tagged keys, which drop up to 7 low bits to make room
-        # for the table). A collision only merges two buckets (extra candidates, never a lost
-        # neighbour), and linearity lets multi-probe step a key by +-r_j without re-hashing.
+        # probability <= 2^-(63-s), and |d_j| is at most a few dozen for unit vectors. The
+        # layout keeps the top 32 - log2(L) bits of it (27 at L = 17-32), so two buckets of a
+        # table share a layout key with probability ~2^-27: with ~400k buckets a table, a probe
+        # reads a second bucket ~0.3% of the time. A collision only merges two buckets (a few
+        # extra candidates, never a lost neighbour), is the same in every replica and rebuild,
+        # and linearity lets multi-probe step a key by +-r_j without re-hashing.
         self._mult = mult
         # Probe steps per table: first "h_j - 1" for each j, then "h_j + 1".
         self._steps = np.concatenate([-self._mult, self._mult], axis=1)
-        self._table_index = np.arange(L)[:, None]
         self._scan = np.arange(self._SCAN_WIDTH)
-        self._set_layout(np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int32))
-        self._delta: dict[int, set[int]] = {}
-        # Rows in the delta -> their (L,) tagged keys. Only these rows keep their keys: the
-        # codes of every row would cost 8 B per row and table (as much as the vectors at
-        # L = 32, d = 64), and the arrays drop a row by marking it stale, without its keys.
-        self._pending: dict[int, np.ndarray] = {}
+        # Pairs of the 4 nearest single steps of a table, for two-coordinate probes.
+        self._pair_i, self._pair_j = np.triu_indices(4, 1)
+        self._tables = np.arange(L)
+        self._table_rows = self._tables[:, None]
+        self._set_layout(np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.int32))
+        self._reset_delta()
+
+    def _reset_delta(self) -> None:
+        L = self.params.L
+        self._tail_keys = np.empty(self._TAIL_ROWS * L, dtype=np.uint32)
+        self._tail_rows = np.empty(self._TAIL_ROWS * L, dtype=np.int32)
+        self._tail_epochs = np.empty(self._TAIL_ROWS * L, dtype=np.int32)
+        self._tail_n = 0
+        self._small: tuple[np.ndarray, ...] = (
+            np.empty(0, dtype=np.uint32),
+            np.empty(0, dtype=np.int32),
+            np.empty(0, dtype=np.int32),
+        )
+        self._large: tuple[np.ndarray, ...] = (
+            np.empty(0, dtype=np.uint32),
+            np.empty(0, dtype=np.int32),
+        )
+        self._next_epoch = self._FIRST_EPOCH
+        # Rows whose entries in the arrays are dead (moved or removed since the last merge);
+        # while 0, queries skip the liveness check of the arrays.
+        self._dead_in_main = 0
 
     # -- hashing -------------------------------------------------------------------------------
 
@@ -553,9 +633,10 @@ class LSHIndex(_VectorStore):
         return codes
 
     def _tagged(self, codes: np.ndarray) -> np.ndarray:
-        """Layout keys: table index in the top bits, the bucket key's high bits below."""
+        """uint32 layout keys: table index in the top bits, the bucket key's top bits below."""
         # codes: (..., L); the last axis is the table.
-        return (codes.view(np.uint64) >> np.uint64(self._table_bits)) | self._table_tags
+        top = (codes.view(np.uint64) >> np.uint64(32 + self._table_bits)).astype(np.uint32)
+        return top | self._table_tags
 
     def signature(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
         """(L,) int64 bucket keys of one vector, e.g. to mirror buckets as `lsh:{t}:{key}`."""
@@ -563,52 +644,81 @@ class LSHIndex(_VectorStore):
         return self._codes_of(v[None, :])[0][0]
 
     def _probe_keys(self, codes: np.ndarray, frac: np.ndarray, probes: int) -> np.ndarray:
-        """Sorted tagged keys of each table's bucket and of the `probes` neighbouring buckets
-        most likely to hold near neighbours: single-coordinate steps, nearest boundary first."""
+        """Sorted layout keys of each table's bucket and of `probes` x L neighbouring buckets,
+        shared out among the tables by how likely they are to hold near neighbours.
+
+        Query-directed multi-probe (Lv et al. 2007): stepping coordinate j of a table down
+        (up) crosses a boundary at distance frac_j (1 - frac_j), in units of w; a neighbour
+        lies across a set of boundaries with probability falling with the sum of their squared
+        distances. The candidates are each table's 2m single steps and the 6 pairs of its 4
+        nearest ones; the `probes` x L of lowest score over all tables are read, so a table
+        whose projections sit near boundaries gets more probes than one where they sit mid-
+        bucket. They are the lowest scores, so more probes only add buckets.
+        """
         if probes == 0:
             return np.sort(self._tagged(codes))
-        # Distance (in units of w) from the projection to the lower and the upper boundary.
-        dist = np.concatenate([frac, 1.0 - frac], axis=1)
-        order = np.argsort(dist, axis=1, kind="stable")[:, :probes]
-        table = np.empty((probes + 1, self.params.L), dtype=np.uint64)
-        table[0] = codes.view(np.uint64)
-        table[1:] = (table[0][:, None] + self._steps[self._table_index, order]).T
+        L, m = self.params.L, self.params.m
+        dist = np.concatenate([frac, 1.0 - frac], axis=1)  # (L, 2m)
+        sq = dist * dist
+        i, j = self._pair_i, self._pair_j
+        near = np.argpartition(sq, 3, axis=1)[:, :4]  # the 4 nearest, in no particular order
+        near_sq = np.take_along_axis(sq, near, axis=1)
+        pair_sq = near_sq[:, i] + near_sq[:, j]
+        # Both directions of one coordinate are not a perturbation.
+        coord = near % m
+        pair_sq[coord[:, i] == coord[:, j]] = np.inf
+        scores = np.concatenate([sq, pair_sq], axis=1).ravel()  # (L, 2m + 6) flattened
+        total = probes * L  # <= 2mL, so never an infinite score
+        chosen = np.argpartition(scores, total)[:total]
+        rows = self._table_rows
+        steps = np.concatenate(
+            [self._steps, self._steps[rows, near[:, i]] + self._steps[rows, near[:, j]]], axis=1
+        )
+        base = codes.view(np.uint64)
+        tables = chosen // steps.shape[1]
+        raw = np.concatenate([base, base[tables] + steps.ravel()[chosen]])
+        top = (raw >> np.uint64(32 + self._table_bits)).astype(np.uint32)
         # Deduped: only a hash collision could repeat a key, and a row must count at most once
         # per table in the votes.
-        return _unique_sorted(self._tagged(table.view(np.int64)).ravel())[0]
+        return _unique_sorted(top | self._table_tags[np.concatenate([self._tables, tables])])[0]
 
     # -- layout --------------------------------------------------------------------------------
 
     def _grow_extra(self, old_cap: int, new_cap: int) -> None:
         if new_cap >= 2**31:
             raise ValueError("LSHIndex holds at most 2^31 - 1 rows (int32 row ids)")
-        stale = np.zeros(new_cap, dtype=bool)
-        stale[:old_cap] = self._stale
-        self._stale = stale
+        epoch = np.full(new_cap, -1, dtype=np.int32)
+        epoch[:old_cap] = self._epoch
+        self._epoch = epoch
 
     def _set_layout(self, keys: np.ndarray, rows: np.ndarray) -> None:
-        """Install entries sorted by tagged key: distinct keys, bucket offsets, directory."""
+        """Install entries sorted by layout key: distinct keys, bucket offsets, directory."""
         n = keys.shape[0]
+        if n >= 2**31:
+            raise ValueError("LSHIndex holds at most 2^31 - 1 entries (int32 offsets)")
         first = np.empty(n, dtype=bool)
         first[:1] = True
         np.not_equal(keys[1:], keys[:-1], out=first[1:])
         starts = np.flatnonzero(first)
         self._bucket_keys = keys[starts]
-        self._bucket_starts = np.append(starts, n).astype(np.int32 if n < 2**31 else np.int64)
+        self._bucket_starts = np.append(starts, n).astype(np.int32)
         self._entry_rows = rows
         # 2^bits cells for D distinct keys: D/4 < 2^bits <= D/2 (at least 2 cells), so a cell
-        # holds ~2-4 keys, since tagged keys are spread evenly over each table's range (up to
+        # holds ~2-4 keys, since layout keys are spread evenly over each table's range (up to
         # twice that when L is not a power of two and some table tags go unused).
-        bits = max(1, starts.shape[0].bit_length() - 2)
-        self._dir_shift = np.uint64(64 - bits)
-        cells = np.arange(2**bits, dtype=np.uint64) << self._dir_shift
-        self._directory = np.append(np.searchsorted(self._bucket_keys, cells), starts.shape[0])
+        bits = min(32, max(1, starts.shape[0].bit_length() - 2))
+        self._dir_shift = np.uint32(32 - bits)
+        cells = np.arange(2**bits, dtype=np.uint64) << np.uint64(32 - bits)
+        self._directory = np.append(
+            np.searchsorted(self._bucket_keys, cells.astype(np.uint32) if bits < 32 else cells),
+            starts.shape[0],
+        ).astype(np.int32)
 
     def _entry_keys(self) -> np.ndarray:
         return np.repeat(self._bucket_keys, np.diff(self._bucket_starts))
 
     def _bucket_ranges(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[start, end) in `_entry_rows` of the buckets of `keys` (sorted) that exist."""
+        """[start, end) in `_entry_rows` of the buckets of `keys` (sorted uint32) that exist."""
         n_buckets = self._bucket_keys.shape[0]
         cell = (keys >> self._dir_shift).astype(np.intp)
         lo = self._directory[cell]
@@ -617,7 +727,7 @@ class LSHIndex(_VectorStore):
         # below it, read in one (probes, _SCAN_WIDTH) gather.
         window = self._bucket_keys[np.minimum(lo[:, None] + self._scan, n_buckets - 1)]
         below = (window < keys[:, None]) & (self._scan < in_cell[:, None])
-        pos = lo + below.sum(axis=1)
+        pos = lo + below.sum(axis=1, dtype=np.int32)
         crowded = in_cell > self._SCAN_WIDTH
         if crowded.any():
             pos[crowded] = np.searchsorted(self._bucket_keys, keys[crowded])
@@ -633,80 +743,117 @@ class LSHIndex(_VectorStore):
             return np.zeros((0, self.params.L), dtype=np.int64)
         return self._codes_bulk(np.take(self._vectors, rows, axis=0))
 
-    def _leave(self, row: int) -> None:
-        """Withdraw a row's current entries: stale in the arrays, deleted from the delta."""
-        self._stale[row] = True
-        keys = self._pending.pop(row, None)
-        if keys is not None:
-            for key in keys.tolist():
-                members = self._delta[key]
-                members.discard(row)
-                # Empty buckets are deleted so an updated index equals one rebuilt from scratch.
-                if not members:
-                    del self._delta[key]
+    def _leave(self, rows: np.ndarray) -> None:
+        """Withdraw the rows' current entries: a new epoch makes them dead wherever they are."""
+        if rows.shape[0]:
+            self._dead_in_main += int(np.count_nonzero(self._epoch[rows] == 0))
+            self._epoch[rows] = -1
 
-    def _join(self, rows: np.ndarray, codes: np.ndarray) -> None:
-        """Enter rows with their (n, L) codes into the delta, merging it once it grows large."""
-        delta = self._delta
-        for row, keys in zip(rows.tolist(), self._tagged(codes), strict=True):
-            for key in keys.tolist():
-                members = delta.get(key)
-                if members is None:
-                    delta[key] = {row}
-                else:
-                    members.add(row)
-            self._pending[row] = keys
-        if len(self._pending) > max(64, len(self) // 32):
-            self._merge(np.empty(0, dtype=np.int64), np.empty((0, self.params.L), np.int64))
+    def _delta_rows(self) -> int:
+        """Rows' worth of entries in the delta, dead ones included (they go at run merges)."""
+        n = self._tail_n + self._small[0].shape[0] + self._large[0].shape[0]
+        return n // self.params.L
 
-    def _merge(self, extra_rows: np.ndarray, extra_codes: np.ndarray) -> None:
-        """Fold pending rows and `extra_rows` (with their codes; none of them pending) into the
-        arrays and drop stale entries."""
-        rows = np.concatenate(
-            [np.fromiter(self._pending, dtype=np.int64, count=len(self._pending)), extra_rows]
-        )
-        tagged = np.concatenate(
-            [
-                np.stack(list(self._pending.values()))
-                if self._pending
-                else np.empty((0, self.params.L), dtype=np.uint64),
-                self._tagged(extra_codes),
-            ]
-        )
-        by_row = np.argsort(rows, kind="stable")  # rows ascending within each bucket
-        rows, tagged = rows[by_row], tagged[by_row]
-        keep = ~self._stale[self._entry_rows]
+    def _join(self, rows: np.ndarray, tagged: np.ndarray) -> None:
+        """Enter rows (not in the delta or arrays) with their (n, L) layout keys."""
+        n, L = rows.shape[0], self.params.L
+        if self._next_epoch + n > self._MAX_EPOCH:
+            self._merge(rows, tagged)
+            return
+        epochs = np.arange(self._next_epoch, self._next_epoch + n, dtype=np.int32)
+        self._next_epoch += n
+        self._epoch[rows] = epochs
+        keys = tagged.ravel()
+        if n <= self._TAIL_ROWS:
+            if self._tail_n + n * L > self._tail_keys.shape[0]:
+                self._flush_tail()
+            at = slice(self._tail_n, self._tail_n + n * L)
+            self._tail_keys[at] = keys
+            self._tail_rows[at] = np.repeat(rows.astype(np.int32), L)
+            self._tail_epochs[at] = np.repeat(epochs, L)
+            self._tail_n += n * L
+        else:
+            run = _sort_run((keys, np.repeat(rows.astype(np.int32), L), np.repeat(epochs, L)))
+            self._small = _merge_sorted(self._small, run)
+        self._cascade()
+
+    def _live(self, run: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        alive = self._epoch[run[1]] == run[2]
+        return tuple(x[alive] for x in run)
+
+    def _flush_tail(self) -> None:
+        if self._tail_n:
+            n = self._tail_n
+            tail = (self._tail_keys[:n], self._tail_rows[:n], self._tail_epochs[:n])
+            self._small = _merge_sorted(self._small, _sort_run(self._live(tail)))
+            self._tail_n = 0
+
+    def _cascade(self) -> None:
+        L = self.params.L
+        if self._small[0].shape[0] > self._SMALL_ROWS * L:
+            small = self._live(self._small)
+            large = self._large
+            # Before the entering rows take epoch 1: rows that left the large run since (a new
+            # epoch) must not revive their entries there.
+            alive = self._epoch[large[1]] == 1
+            self._epoch[small[1]] = 1
+            self._large = _merge_sorted((large[0][alive], large[1][alive]), small[:2])
+            self._small = (self._small[0][:0], self._small[1][:0], self._small[2][:0])
+        if self._large[0].shape[0] > self.merge_rows() * L:
+            self.compact()
+
+    def _merge(self, extra_rows: np.ndarray, extra_tagged: np.ndarray) -> None:
+        """Fold the delta and `extra_rows` (with their layout keys; not in the delta) into the
+        arrays and drop dead entries."""
+        L = self.params.L
+        self._flush_tail()
+        small = self._live(self._small)
+        large_alive = self._epoch[self._large[1]] == 1
+        keep = self._epoch[self._entry_rows] == 0
         old_keys, old_rows = self._entry_keys()[keep], self._entry_rows[keep]
-        new_keys = tagged.ravel()
-        new_rows = np.repeat(rows.astype(np.int32), self.params.L)
+        delta = _merge_sorted((self._large[0][large_alive], self._large[1][large_alive]), small[:2])
+        new_keys = np.concatenate([delta[0], extra_tagged.ravel()])
+        new_rows = np.concatenate([delta[1], np.repeat(extra_rows.astype(np.int32), L)])
         order = np.argsort(new_keys, kind="stable")
         new_keys, new_rows = new_keys[order], new_rows[order]
         if old_keys.size:
             # Linear merge of two sorted runs instead of re-sorting everything.
             at = np.searchsorted(old_keys, new_keys, side="right")
-            self._set_layout(np.insert(old_keys, at, new_keys), np.insert(old_rows, at, new_rows))
+            keys, rows = np.insert(old_keys, at, new_keys), np.insert(old_rows, at, new_rows)
         else:
-            self._set_layout(new_keys, new_rows)
-        self._stale[:] = False
-        self._delta.clear()
-        self._pending.clear()
+            keys, rows = new_keys, new_rows
+        self._set_layout(keys, rows)
+        live = self._epoch[: self._high] >= 0
+        if extra_rows.shape[0]:
+            live[extra_rows] = True
+        self._epoch[: self._high] = np.where(live, 0, -1)
+        self._reset_delta()
+
+    def _delta_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """Live (keys, rows) of the delta."""
+        n = self._tail_n
+        tail = self._live((self._tail_keys[:n], self._tail_rows[:n], self._tail_epochs[:n]))
+        small = self._live(self._small)
+        alive = self._epoch[self._large[1]] == 1
+        keys = np.concatenate([tail[0], small[0], self._large[0][alive]])
+        rows = np.concatenate([tail[1], small[1], self._large[1][alive]])
+        return keys, rows
 
     def buckets(self) -> list[dict[int, frozenset[int]]]:
         """Per table, {bucket key: keys in it}, read from the live layout (arrays and delta);
         for tests and for rebuilding a Redis mirror."""
-        keep = ~self._stale[self._entry_rows]
-        entries = [(self._entry_keys()[keep], self._entry_rows[keep].astype(np.int64))]
-        for key, members in self._delta.items():
-            rows = np.fromiter(members, dtype=np.int64, count=len(members))
-            entries.append((np.full(rows.shape[0], key, dtype=np.uint64), rows))
-        keys = np.concatenate([e[0] for e in entries])
-        rows = np.concatenate([e[1] for e in entries])
-        tables = (keys >> np.uint64(64 - self._table_bits)).astype(np.int64)
+        keep = self._epoch[self._entry_rows] == 0
+        d_keys, d_rows = self._delta_entries()
+        keys = np.concatenate([self._entry_keys()[keep], d_keys])
+        rows = np.concatenate([self._entry_rows[keep], d_rows]).astype(np.int64)
+        tables = (keys >> np.uint32(32 - self._table_bits)).astype(np.int64)
         distinct, at = np.unique(rows, return_inverse=True)
         codes = self._row_codes(distinct)[at, tables]
-        # An entry whose key disagrees with its row's current code would be a layout bug.
-        expected = (codes.view(np.uint64) >> np.uint64(self._table_bits)) | self._table_tags[tables]
-        if not np.array_equal(expected, keys):
+        # An entry whose key disagrees with its row's current code would be a layout bug, and
+        # so would a row holding other than one entry per table.
+        expected = (codes.view(np.uint64) >> np.uint64(32 + self._table_bits)).astype(np.uint32)
+        expected |= self._table_tags[tables]
+        if not np.array_equal(expected, keys) or rows.shape[0] != distinct.shape[0] * self.params.L:
             raise AssertionError("LSH layout out of sync with the stored codes")
         out: list[dict[int, set[int]]] = [{} for _ in range(self.params.L)]
         for t, code, key in zip(
@@ -721,19 +868,7 @@ class LSHIndex(_VectorStore):
         """Insert `key`, or move it: leave its old buckets, re-hash, join the new ones."""
         key = _check_key(key)
         v = _as_vector(vector, self.dim)
-        codes = self._codes_of(v[None, :])[0]
-        rows, existed = self._place(np.array([key], dtype=np.int64))
-        row = int(rows[0])
-        if existed[0]:
-            old = self._pending.get(row)
-            if old is None:  # in the arrays: its keys are those of its stored vector
-                old = self._tagged(self._codes_of(self._vectors[row][None, :])[0])[0]
-            self._vectors[row] = v
-            if np.array_equal(old, self._tagged(codes)[0]):
-                return  # same buckets: only the re-rank vector changed
-            self._leave(row)
-        self._vectors[row] = v
-        self._join(rows, codes)
+        self._upsert_rows(np.array([key], dtype=np.int64), v[None, :])
 
     def upsert_many(self, keys: Sequence[int] | np.ndarray, matrix: np.ndarray) -> None:
         """Vectorised bulk insert or move; a key repeated in the batch keeps its last vector."""
@@ -744,23 +879,70 @@ class LSHIndex(_VectorStore):
         if keys.shape[0] == 0:
             return
         keys, x = self._dedupe_last(keys, x)
-        codes = self._codes_bulk(x)
+        self._upsert_rows(keys, x)
+
+    def _upsert_rows(self, keys: np.ndarray, x: np.ndarray) -> None:
+        if keys.shape[0] == 1:
+            self._upsert_one(int(keys[0]), x[0])
+            return
         rows, existed = self._place(keys)
-        for row in rows[existed].tolist():
-            self._leave(row)
+        if existed.any():
+            # An unchanged vector (e.g. a metadata-only update) keeps its buckets.
+            same = existed & (self._vectors[rows] == x).all(axis=1)
+            if same.any():
+                rows, x, existed = rows[~same], x[~same], existed[~same]
+                if rows.shape[0] == 0:
+                    return
+            self._leave(rows[existed])
+        tagged = self._tagged(self._codes_bulk(x))
         self._vectors[rows] = x
-        if rows.shape[0] + len(self._pending) > max(64, len(self) // 32):
+        if rows.shape[0] > max(self._TAIL_ROWS, len(self) // self._MAIN_FRACTION):
             # Large batch (e.g. the initial load): straight into the arrays.
-            self._merge(rows, codes)
+            self._merge(rows, tagged)
         else:
-            self._join(rows, codes)
+            self._join(rows, tagged)
+
+    def _upsert_one(self, key: int, v: np.ndarray) -> None:
+        """The streaming case, without the vectorised path's per-call overhead."""
+        row = self._key_to_row.get(key)
+        if row is None:
+            row = int(self._place(np.array([key], dtype=np.int64))[0][0])
+        else:
+            if np.array_equal(self._vectors[row], v):
+                return  # same vector, same buckets
+            if self._epoch[row] == 0:
+                self._dead_in_main += 1
+        tagged = self._tagged(self._codes_of(v[None, :])[0][0])
+        self._vectors[row] = v
+        L = self.params.L
+        epoch = self._next_epoch
+        if epoch + 1 > self._MAX_EPOCH or self._tail_n + L > self._tail_keys.shape[0]:
+            self._epoch[row] = -1
+            self._join(np.array([row], dtype=np.int64), tagged[None, :])
+            return
+        self._next_epoch += 1
+        self._epoch[row] = epoch
+        n = self._tail_n
+        self._tail_keys[n : n + L] = tagged
+        self._tail_rows[n : n + L] = row
+        self._tail_epochs[n : n + L] = epoch
+        self._tail_n = n + L
+
+    def compact(self) -> None:
+        """Fold the delta into the sorted arrays now (updates do it once the delta holds more
+        than 1/8 of the rows); queries then read the arrays only."""
+        self._merge(_EMPTY_KEYS, np.empty((0, self.params.L), dtype=np.uint32))
+
+    def merge_rows(self) -> int:
+        """Rows' worth of delta entries at which updates fold the delta into the arrays."""
+        return max(self._SMALL_ROWS, len(self) // self._MAIN_FRACTION)
 
     def remove(self, key: int) -> bool:
         """Delete `key` from its buckets and the store; False if it was absent."""
         row = self._key_to_row.get(key)
         if row is None:
             return False
-        self._leave(row)
+        self._leave(np.array([row], dtype=np.int64))
         self._release(key)
         return True
 
@@ -777,24 +959,31 @@ class LSHIndex(_VectorStore):
         parts: list[np.ndarray] = []
         if self._entry_rows.size:
             starts, ends = self._bucket_ranges(keys)
-            lengths = ends - starts
-            total = int(lengths.sum())
-            if total:
-                # Concatenate the ranges [start, end) without a Python loop.
-                offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-                rows = self._entry_rows[offsets + np.arange(total)]
-                parts.append(rows[~self._stale[rows]])
-        if self._delta:
-            delta = self._delta
-            for key in keys.tolist():
-                members = delta.get(key)
-                if members:
-                    parts.append(np.fromiter(members, dtype=np.int32, count=len(members)))
+            rows = self._entry_rows[_concat_ranges(starts, ends)]
+            if self._dead_in_main:
+                rows = rows[self._epoch[rows] == 0]
+            parts.append(rows)
+        if self._large[0].size:
+            at = _concat_ranges(*_ranges(self._large[0], keys))
+            rows = self._large[1][at]
+            parts.append(rows[self._epoch[rows] == 1])
+        if self._small[0].size:
+            at = _concat_ranges(*_ranges(self._small[0], keys))
+            rows = self._small[1][at]
+            parts.append(rows[self._epoch[rows] == self._small[2][at]])
+        if self._tail_n:
+            tail = self._tail_keys[: self._tail_n]
+            at = np.minimum(np.searchsorted(keys, tail), keys.shape[0] - 1)
+            hit = np.flatnonzero(keys[at] == tail)
+            rows = self._tail_rows[hit]
+            parts.append(rows[self._epoch[rows] == self._tail_epochs[hit]])
         if not parts:
             return _EMPTY_KEYS
         # Rows stay int32 (half the bytes to sort) and come out ascending, which makes the
         # re-rank gather walk the matrix forwards and lets `_rerank` drop exclusions by bisection.
         found = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if found.shape[0] == 0:
+            return _EMPTY_KEYS
         rows, hits = _unique_sorted(found)
         if p.combine == "or" and not p.max_candidates:
             return rows
@@ -887,13 +1076,11 @@ class LSHIndex(_VectorStore):
         return view
 
     def memory_bytes(self) -> int:
-        """Approximate bytes held: vectors, codes, the bucket arrays and the delta."""
-        total = self._store_memory_bytes() + self._stale.nbytes
+        """Approximate bytes held: vectors, key map, bucket arrays, directory and delta."""
+        total = self._store_memory_bytes() + self._epoch.nbytes
         total += self._entry_rows.nbytes + self._bucket_keys.nbytes
         total += self._bucket_starts.nbytes + self._directory.nbytes
-        total += self._a.nbytes + self._b.nbytes + self._steps.nbytes
-        total += sys.getsizeof(self._delta) + sys.getsizeof(self._pending)
-        total += sum(keys.nbytes + 100 for keys in self._pending.values())
-        # Each delta set plus its key int (~40 B); row ints mostly shared with _pending.
-        total += sum(sys.getsizeof(members) + 40 for members in self._delta.values())
+        total += self._a.nbytes + self._b.nbytes + self._steps.nbytes + self._mult.nbytes
+        total += self._tail_keys.nbytes + self._tail_rows.nbytes + self._tail_epochs.nbytes
+        total += sum(x.nbytes for x in self._small) + sum(x.nbytes for x in self._large)
         return total

@@ -172,7 +172,7 @@ def test_directory_scan_agrees_with_binary_search(clustered_index, width):
     index._SCAN_WIDTH, index._scan = width, np.arange(width)
     keys = index._bucket_keys
     rng = np.random.default_rng(2)
-    probes = np.unique(np.concatenate([keys[::7], rng.integers(0, 2**63, 300).astype(np.uint64)]))
+    probes = np.unique(np.concatenate([keys[::7], rng.integers(0, 2**32, 300).astype(np.uint32)]))
     starts, ends = index._bucket_ranges(probes)
     present = np.isin(probes, keys)
     at = np.searchsorted(keys, probes[present])
@@ -204,12 +204,20 @@ def test_max_candidates_caps_by_table_hits(clustered_index):
 # -- updates ----------------------------------------------------------------------------------
 
 
+class SmallLevels(LSHIndex):
+    """Delta levels small enough for a few hundred updates to pass through all of them."""
+
+    _TAIL_ROWS = 4
+    _SMALL_ROWS = 16
+    _MAIN_FRACTION = 4
+
+
 def test_incremental_updates_equal_a_rebuild():
     rng = np.random.default_rng(11)
     params = LSHParams(dim=8, w=1.5, m=4, L=6)
-    index = LSHIndex(params)
+    index = SmallLevels(params)
     live: dict[int, np.ndarray] = {}
-    merged_states = pending_states = 0
+    levels = {"tail": 0, "small": 0, "large": 0, "arrays": 0}
     for step in range(700):
         op = rng.random()
         key = int(rng.integers(0, 400))
@@ -225,21 +233,25 @@ def test_incremental_updates_equal_a_rebuild():
             vs = unit_rows(rng.standard_normal((30, 8)))
             index.upsert_many(batch, vs)  # repeats keep their last vector
             live.update(zip(batch.tolist(), vs, strict=True))
-        if step % 100 == 99 or step == 699:
-            assert all(index._delta.values())  # emptied buckets are dropped, not kept
-            pending_states += bool(index._pending)
-            merged_states += index._entry_rows.size > 0
+        if step % 25 == 24 or step == 699:
+            levels["tail"] += index._tail_n > 0
+            levels["small"] += index._small[0].size > 0
+            levels["large"] += index._large[0].size > 0
+            levels["arrays"] += index._entry_rows.size > 0
             keys = np.array(sorted(live), dtype=np.int64)
             rebuilt = build(params, np.array([live[k] for k in keys]), keys)
             assert index.buckets() == rebuilt.buckets()
             np.testing.assert_array_equal(index.keys(), keys)
             for q in unit_rows(rng.standard_normal((10, 8))):
                 np.testing.assert_array_equal(index.candidates(q), rebuilt.candidates(q))
+                np.testing.assert_array_equal(
+                    index.candidates(q, probes=3), rebuilt.candidates(q, probes=3)
+                )
                 a, b = index.search(q, 5), rebuilt.search(q, 5)
                 np.testing.assert_array_equal(a[0], b[0])
                 np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
-    # Both the delta and the merged sorted array were exercised.
-    assert pending_states > 0 and merged_states > 0
+    # Every level of the delta and the merged arrays were exercised.
+    assert all(levels.values()), levels
 
 
 def test_move_and_vector_round_trip():
