@@ -162,6 +162,10 @@ class ItemCatalog:
                 )
             mask[key] = True
 
+    def genres(self) -> list[str]:
+        """Every genre an item has carried, sorted."""
+        return sorted(self._genre_masks)
+
     def genre_counts(self, keys: np.ndarray) -> np.ndarray:
         """How many genres each of `keys` carries."""
         return self._genre_n[keys]

@@ -9,7 +9,7 @@ from typing import Any
 
 from app.core.catalog import IndexConfig, ItemCatalog
 from app.core.events import UserEvent
-from app.core.popularity import ItemStats
+from app.core.popularity import ItemStats, top_keys
 from app.core.rank import RankModel, rank
 from app.core.recall import (
     Candidate,
@@ -220,19 +220,15 @@ class Recommender:
         """Most popular recommendable items per genre (ready-to-serve cold-start lists)."""
         cap = self.catalog.capacity
         pop = self.stats.popularity(cap)
-        by_genre: dict[str, list[int]] = {}
-        for key in self.stats.top_popular(self.catalog, cap).tolist():
-            for g in self.catalog.meta(key).genres:
-                bucket = by_genre.setdefault(g, [])
-                if len(bucket) < n:
-                    bucket.append(key)
+        ok = self.catalog.recommendable_mask[:cap]
         blank = UserState(user_id="__genre__")
-        return {
-            g: self._finish(
-                blank, [(k, round(float(pop[k]), 6), "popular") for k in keys], "cold_start"
-            )
-            for g, keys in by_genre.items()
-        }
+        out = {}
+        for g in self.catalog.genres():
+            keys = top_keys(pop, ok & self.catalog.genre_mask(g)[:cap], n, positive=True)
+            if len(keys):
+                rows = [(k, round(float(pop[k]), 6), "popular") for k in keys.tolist()]
+                out[g] = self._finish(blank, rows, "cold_start")
+        return out
 
     def degraded_list(self, state: UserState, popular: list[tuple[int, float, str]]) -> RecList:
         """The precomputed popularity list minus what the user has seen: no recall, no ranking."""

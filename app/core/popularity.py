@@ -110,7 +110,7 @@ class ItemStats:
             self._top_asked = max(k, 256)
             mask = catalog.recommendable_mask[:cap]
             hit = self._keep(
-                key, _top_keys(self.popularity(cap), mask, self._top_asked, positive=True)
+                key, top_keys(self.popularity(cap), mask, self._top_asked, positive=True)
             )
         return hit[:k]
 
@@ -128,12 +128,12 @@ class ItemStats:
             rating = self.bayes_rating(cap)
             mask = catalog.recommendable_mask[:cap] & (self.rating_count(cap) >= min_ratings)
             in_genre = mask & catalog.genre_mask(genre)
-            hit = _top_keys(rating, in_genre, 200, positive=False)
+            hit = top_keys(rating, in_genre, 200, positive=False)
             self._genre_cache[(genre, min_ratings)] = hit
         return hit[:k]
 
 
-def _top_keys(score: np.ndarray, mask: np.ndarray, k: int, *, positive: bool) -> np.ndarray:
+def top_keys(score: np.ndarray, mask: np.ndarray, k: int, *, positive: bool) -> np.ndarray:
     ok = mask & (score > 0) if positive else mask
     keys = np.flatnonzero(ok)
     if len(keys) == 0 or k <= 0:

@@ -109,7 +109,7 @@ def test_recency_and_log_scaled():
 def test_derived_arrays_are_shared_until_the_next_event_and_agree_with_a_fresh_sort():
     """popularity/rating/top lists are computed once per statistics version: every k is a
     prefix of one sort, an event or a catalog change recomputes, and the arrays are read-only."""
-    from app.core.popularity import _top_keys
+    from app.core.popularity import top_keys
 
     cat = catalog(n=600)
     s = ItemStats(HOUR)
@@ -120,9 +120,36 @@ def test_derived_arrays_are_shared_until_the_next_event_and_agree_with_a_fresh_s
         assert s.popularity(cat.capacity) is pop
         assert not pop.flags.writeable
         for k in (3, 300, 10, 500):
-            fresh = _top_keys(pop, cat.recommendable_mask[: cat.capacity], k, positive=True)
+            fresh = top_keys(pop, cat.recommendable_mask[: cat.capacity], k, positive=True)
             assert s.top_popular(cat, k).tolist() == fresh.tolist()
         assert s.bayes_rating(cat.capacity) is s.bayes_rating(cat.capacity)
     before = s.top_popular(cat, 5).tolist()
     cat.remove(cat.item_id(before[0]))  # a catalog change: the top list is made again
     assert s.top_popular(cat, 5).tolist() == before[1:] + s.top_popular(cat, 5).tolist()[4:]
+
+
+def test_genre_popular_lists_are_each_genres_most_popular_recommendable_items():
+    from app.core.pipeline import Recommender
+    from app.core.rank import load_model
+
+    cat = ItemCatalog(4)
+    genres = [("A",), ("B",), ("A", "B"), ("C",)]
+    cat.upsert_many(
+        [item(f"i{k}", np.eye(4)[k % 4] + 0.01 * k, genres=genres[k % 4]) for k in range(40)]
+    )
+    cat.upsert_many([item("i2", np.eye(4)[2], genres=("A", "B"), recommendable=False)])
+    rec = Recommender(cat, load_model())
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        rec.stats.add(int(rng.integers(0, 36)), float(rng.random()), T0)  # i36..i39: no events
+    lists = rec.genre_popular_lists(5)
+    pop = rec.stats.popularity(cat.capacity)
+    for g in ("A", "B", "C"):
+        members = [
+            k
+            for k in range(40)
+            if g in cat.meta(k).genres and cat.recommendable_mask[k] and pop[k] > 0
+        ]
+        best = sorted(members, key=lambda k: (-pop[k], k))[:5]
+        assert [i.item_id for i in lists[g].items] == [cat.item_id(k) for k in best]
+    assert "i2" not in {i.item_id for lst in lists.values() for i in lst.items}
