@@ -4,11 +4,13 @@
   sizes; `memory_bytes()` (the arrays it holds) and the process RSS growth, against the raw
   float32 vectors. The catalogue (metadata, its own vector copy, both indexes) is measured at
   `catalog_items` and extrapolated linearly (everything in it is per item).
-- Redis: `users` users written through the real RedisStore (same Lua CAS writes, same JSON
-  lists, same float32 embeddings) under an isolated prefix, then MEMORY USAGE of a sample of
-  keys per component and the growth of INFO used_memory per user; 1M users is that x 1M
-  (Redis memory is linear in keys of one shape). Also measured: the layout the issue's target
-  describes (embedding + 50 item ids), to show what it would take.
+- Redis: `users` users written through the real RedisStore (the same Lua compare-and-set,
+  binary records and TTL as the worker) with the default top_n items and with 50, then
+  MEMORY USAGE of a sample of keys, split into its components (key and Redis objects,
+  header, float16 embedding, 28-bit item codes, 4-bit channels, SDS header and allocator
+  rounding), and the growth of INFO used_memory per user; 1M users is that x 1M (Redis
+  memory is linear in keys of one shape). Baseline in the same run: the previous layout
+  (list JSON hash + float32 embedding hash). Also: the code registry's bytes per item.
 - Worker: per-user state (the table's bytes, the user directory's vector and likes) for
   `users` users with `events_per_user` events each, RSS growth per user.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -93,114 +96,212 @@ def catalog_memory(n: int, dim: int, log: Log) -> dict[str, Any]:
     return out
 
 
-async def _redis_memory(users: int, dim: int, log: Log) -> dict[str, Any]:
-    import redis.asyncio as aioredis
+def _jemalloc_size(n: int) -> int:
+    """jemalloc's size class for an n-byte allocation (x86-64, 16-byte quantum)."""
+    if n <= 8:
+        return 8
+    if n <= 128:
+        return (n + 15) // 16 * 16
+    group = 1 << (n - 1).bit_length() - 3  # four classes between powers of two
+    return (n + group - 1) // group * group
 
+
+def _sds_alloc(payload: int) -> int:
+    """Bytes Redis allocates for a raw string value: SDS header, payload, NUL."""
+    header = 3 if payload < 256 else 5 if payload < 65536 else 9
+    return _jemalloc_size(header + payload + 1)
+
+
+def _user_ids(n: int) -> list[str]:
+    # 7 characters like a MovieLens-size id space; the key is "<prefix>rec:{0000001}"
+    return [f"{u:07d}" for u in range(n)]
+
+
+def _lists(rng: Any, users: list[str], n_items: int, dim: int, top_n: int) -> list[Any]:
     from app.core.pipeline import RecItem, RecList
     from app.processing import list_version
-    from app.settings import load_settings
-    from app.storage import keys as K
-    from app.storage.redis_store import ListWrite, RedisStore
+    from app.storage.redis_store import ListWrite
 
-    prefix = f"bench-mem-{int(time.time())}:"
+    writes = []
+    for u, uid in enumerate(users):
+        items = tuple(
+            RecItem(f"i{int(i)}", round(float(sc), 6), ch, f"Item {int(i)} (2001)")
+            for i, sc, ch in zip(
+                rng.choice(100_000, n_items, replace=False),
+                np.sort(rng.random(n_items))[::-1] * 3,
+                rng.choice(["embedding", "item2item", "genre", "trending"], n_items),
+                strict=True,
+            )
+        )
+        rl = RecList(uid, items, "personal", "linear-default-2", "v1", 1.7e9 + u, "control")
+        version = list_version(1000 + u, "personal")
+        emb = rng.standard_normal(dim).astype(np.float32)
+        value = rl.to_json(version=version, generated_at=1.7e9 + u)
+        writes.append(ListWrite(uid, version, value, emb, 12, 1.7e9 + u))
+    return writes
+
+
+async def _clear(client: Any, prefix: str) -> None:
+    cursor = 0
+    while True:
+        cursor, found = await client.scan(cursor, match=f"{prefix}*", count=5000)
+        if found:
+            await client.delete(*found)
+        if cursor == 0:
+            break
+
+
+async def _used(client: Any) -> int:
+    return int((await client.info("memory"))["used_memory"])
+
+
+async def _redis_layout(
+    client: Any, users: int, dim: int, n_items: int, top_n: int, log: Log
+) -> dict[str, Any]:
+    """`users` users written through the real RedisStore (the same Lua compare-and-set,
+    records and TTL as the worker); MEMORY USAGE of a sample, split into components."""
+    from app.settings import load_settings
+    from app.storage import codec
+    from app.storage import keys as K
+    from app.storage.redis_store import RedisStore
+
+    prefix = "bn:"  # as long as the default "nl:": the key's share is measured as deployed
+    await _clear(client, prefix)
     s = load_settings(redis={"key_prefix": prefix})
     store = RedisStore(s.redis)
-    client = aioredis.Redis.from_url(s.redis.url)
-    rng = np.random.default_rng(0)
-    top_n = s.ranking.top_n
+    rng = np.random.default_rng(dim * 1000 + n_items)
+    ids = _user_ids(users)
     try:
-        used0 = int((await client.info("memory"))["used_memory"])
+        # item codes first (as the worker's item mirror assigns them), measured apart
+        used_r = await _used(client)
+        for start in range(0, 100_000, 10_000):
+            await store.intern([f"i{i}" for i in range(start, start + 10_000)])
+        await store.intern([], ["linear-default-2", "v1", "control"])
+        used0 = await _used(client)
+        registry_per_item = round((used0 - used_r) / 100_000, 1)
         for start in range(0, users, 1000):
-            writes = []
-            for u in range(start, min(users, start + 1000)):
-                items = tuple(
-                    RecItem(f"i{int(i)}", round(float(sc), 6), ch, f"Item {int(i)} (2001)")
-                    for i, sc, ch in zip(
-                        rng.integers(0, 100_000, top_n),
-                        np.sort(rng.random(top_n))[::-1] * 3,
-                        rng.choice(["embedding", "item2item", "genre", "trending"], top_n),
-                        strict=True,
-                    )
-                )
-                rl = RecList(f"u{u}", items, "personal", "linear-default-2", "v1", 1.7e9 + u)
-                version = list_version(1000 + u, "personal")
-                emb = rng.standard_normal(dim).astype(np.float32)
-                writes.append(
-                    ListWrite(
-                        f"u{u}",
-                        version,
-                        rl.to_json(version=version, generated_at=1.7e9 + u),
-                        emb,
-                        12,
-                        1.7e9 + u,
-                    )
-                )
+            writes = _lists(rng, ids[start : start + 1000], n_items, dim, top_n)
             await store.write_lists(writes, now=time.time())
-        used1 = int((await client.info("memory"))["used_memory"])
-        sample = range(0, users, max(1, users // 1000))
-        rec = [
-            int(await client.memory_usage(K.user_list(prefix, f"u{u}"), samples=0) or 0)
-            for u in sample
+        used1 = await _used(client)
+        sample = ids[:: max(1, users // 1000)]
+        usage = [
+            int(await client.memory_usage(K.user_list(prefix, u), samples=0) or 0) for u in sample
         ]
-        emb = [
-            int(await client.memory_usage(K.user_embedding(prefix, f"u{u}"), samples=0) or 0)
-            for u in sample
-        ]
-        json_len = [
-            len(await client.hget(K.user_list(prefix, f"u{u}"), "json") or b"")
-            for u in list(sample)[:200]
-        ]
-        # The layout the target describes: embedding + 50 item ids, packed, in one hash.
-        compact_key = f"{prefix}compact:{{u0}}"
-        await client.hset(
-            compact_key,
-            mapping={
-                "ver": 2001,
-                "vec": rng.standard_normal(dim).astype("<f4").tobytes(),
-                "ids": np.arange(50, dtype="<u4").tobytes(),
-            },
-        )
-        compact = int(await client.memory_usage(compact_key, samples=0) or 0)
-        # ...and as one string: version, float32 embedding, 50 uint32 item keys.
-        packed_key = f"{prefix}packed:{{u0}}"
-        await client.set(
-            packed_key,
-            np.int64(2001).tobytes()
-            + rng.standard_normal(dim).astype("<f4").tobytes()
-            + np.arange(50, dtype="<u4").tobytes(),
-        )
-        packed = int(await client.memory_usage(packed_key, samples=0) or 0)
-        per_user = (used1 - used0) / users
-        out = {
+        raw = await client.get(K.user_list(prefix, ids[0]))
+        rec = codec.decode(raw)
+        assert len(rec.items) == n_items and rec.embedding is not None
+        total = median([float(x) for x in usage])
+        payload = len(raw)
+        value_alloc = _sds_alloc(payload)
+        key = K.user_list(prefix, ids[0])
+        out: dict[str, Any] = {
+            "layout": "binary record (format 1)",
             "users_written": users,
             "dim": dim,
-            "list_items": top_n,
-            "list_json_bytes_median": median([float(x) for x in json_len]),
-            "memory_usage_list_hash": median([float(x) for x in rec]),
-            "memory_usage_embedding_hash": median([float(x) for x in emb]),
-            "memory_usage_per_user": median([float(a + b) for a, b in zip(rec, emb, strict=True)]),
-            "used_memory_growth_per_user": round(per_user, 1),
-            "extrapolated_1m_users_bytes": int(per_user * 1_000_000),
-            "compact_50_ids_plus_embedding_hash": compact,
-            "compact_50_ids_plus_embedding_string": packed,
-            "method": "MEMORY USAGE (samples=0) of 1 in users/1000 users' keys; INFO used_memory "
-            "growth / users (includes the keyspace dict and TTL entries); 1M = per user x 1M",
+            "list_items": n_items,
+            "key_chars": len(key),
+            "memory_usage_per_user": total,
+            "components": {
+                "key_and_redis_overhead": total - value_alloc,
+                "header": codec.HEADER_BYTES,
+                "embedding_float16": 2 * dim,
+                "item_codes_28bit": round(3.5 * n_items, 1),
+                "channels_4bit": round(0.5 * n_items, 1),
+                "sds_header_and_allocator_rounding": value_alloc - payload,
+            },
+            "record_bytes": payload,
+            "used_memory_growth_per_user": round((used1 - used0) / users, 1),
+            "extrapolated_1m_users_bytes": int(total * 1_000_000),
+            "code_registry_bytes_per_item": registry_per_item,
         }
+        out["components_sum"] = round(sum(out["components"].values()), 1)
         log(
-            f"  redis d={dim}: {out['memory_usage_per_user']} B/user by MEMORY USAGE "
-            f"({out['used_memory_growth_per_user']} by used_memory)"
+            f"  redis d={dim} {n_items} items: {total:.0f} B/user by MEMORY USAGE "
+            f"(record {payload} B; {out['used_memory_growth_per_user']} by used_memory)"
         )
         return out
     finally:
-        cursor = 0
-        while True:
-            cursor, found = await client.scan(cursor, match=f"{prefix}*", count=5000)
-            if found:
-                await client.delete(*found)
-            if cursor == 0:
-                break
-        await client.aclose()
+        await _clear(client, prefix)
         await store.close()
+
+
+async def _redis_legacy(client: Any, users: int, dim: int, top_n: int, log: Log) -> dict[str, Any]:
+    """Baseline in the same run: the layout before the binary record (a hash with the list
+    as JSON, scores and titles, and a hash with the float32 embedding), written as that code
+    wrote it: HSET then EXPIRE of each key."""
+    from app.settings import load_settings
+
+    prefix = "bo:"
+    await _clear(client, prefix)
+    ttl = load_settings().redis.list_ttl_seconds
+    rng = np.random.default_rng(dim)
+    ids = _user_ids(users)
+    try:
+        used0 = await _used(client)
+        for start in range(0, users, 1000):
+            writes = _lists(rng, ids[start : start + 1000], top_n, dim, top_n)
+            pipe = client.pipeline(transaction=False)
+            for w in writes:
+                rec, emb = f"{prefix}rec:{{{w.user_id}}}", f"{prefix}emb:{{{w.user_id}}}"
+                body = json.dumps(w.value, separators=(",", ":"))
+                pipe.hset(rec, mapping={"ver": w.version, "json": body})
+                pipe.expire(rec, ttl)
+                vec = np.asarray(w.embedding, dtype="<f4").tobytes()
+                fields = {"ver": w.version, "vec": vec, "n": w.n_events, "t": w.event_time}
+                pipe.hset(emb, mapping=fields)
+                pipe.expire(emb, ttl)
+            await pipe.execute()
+        used1 = await _used(client)
+        sample = ids[:: max(1, users // 1000)]
+        rec_b = [
+            int(await client.memory_usage(f"{prefix}rec:{{{u}}}", samples=0) or 0) for u in sample
+        ]
+        emb_b = [
+            int(await client.memory_usage(f"{prefix}emb:{{{u}}}", samples=0) or 0) for u in sample
+        ]
+        json_len = len(await client.hget(f"{prefix}rec:{{{ids[0]}}}", "json") or b"")
+        out = {
+            "layout": "previous: list hash (JSON) + embedding hash (float32)",
+            "users_written": users,
+            "dim": dim,
+            "list_items": top_n,
+            "list_json_bytes": json_len,
+            "memory_usage_list_hash": median([float(x) for x in rec_b]),
+            "memory_usage_embedding_hash": median([float(x) for x in emb_b]),
+            "memory_usage_per_user": median(
+                [float(a + b) for a, b in zip(rec_b, emb_b, strict=True)]
+            ),
+            "used_memory_growth_per_user": round((used1 - used0) / users, 1),
+        }
+        log(f"  redis d={dim} previous layout: {out['memory_usage_per_user']:.0f} B/user")
+        return out
+    finally:
+        await _clear(client, prefix)
+
+
+async def _redis_memory(users: int, dim: int, log: Log) -> dict[str, Any]:
+    import redis.asyncio as aioredis
+
+    from app.settings import load_settings
+
+    s = load_settings()
+    client = aioredis.Redis.from_url(s.redis.url)
+    top_n = s.ranking.top_n
+    try:
+        layouts = [await _redis_layout(client, users, dim, n, top_n, log) for n in (top_n, 50)]
+        legacy = await _redis_legacy(client, min(users, 20_000), dim, top_n, log)
+    finally:
+        await client.aclose()
+    return {
+        "dim": dim,
+        "record": layouts,
+        "previous_layout": legacy,
+        "target_bytes": 400,
+        "method": "MEMORY USAGE (samples=0) of 1 in users/1000 users' keys (key and value "
+        "allocations, as Redis reports them); used_memory growth / users also counts the "
+        "keyspace and TTL dictionaries. Key: the default prefix length and 7-character user "
+        "ids. 1M users = per user x 1M.",
+    }
 
 
 def worker_memory(users: int, events_per_user: int, dim: int, log: Log) -> dict[str, Any]:
@@ -297,15 +398,20 @@ def summarize(f: dict[str, Any]) -> dict[str, Any]:
             "exact_bytes_per_item": i["exact"]["bytes_per_item"],
         }
     for r in f["redis"]:
-        out[f"redis_d{r['dim']}"] = {
-            "bytes_per_user": r["memory_usage_per_user"],
-            "list": r["memory_usage_list_hash"],
-            "embedding": r["memory_usage_embedding_hash"],
-            "used_memory_per_user": r["used_memory_growth_per_user"],
-            "gb_at_1m_users": round(r["extrapolated_1m_users_bytes"] / 1e9, 2),
-            "compact_hash_bytes": r["compact_50_ids_plus_embedding_hash"],
-            "compact_string_bytes": r["compact_50_ids_plus_embedding_string"],
-        }
+        old = r["previous_layout"]
+        for rec in r["record"]:
+            row = out[f"redis_d{r['dim']}_{rec['list_items']}_items"] = {
+                "bytes_per_user": rec["memory_usage_per_user"],
+                **rec["components"],
+                "used_memory_per_user": rec["used_memory_growth_per_user"],
+                "gb_at_1m_users": round(rec["extrapolated_1m_users_bytes"] / 1e9, 3),
+                "previous_layout_bytes_per_user": old["memory_usage_per_user"],
+                "vs_previous": round(
+                    rec["memory_usage_per_user"] / old["memory_usage_per_user"], 3
+                ),
+            }
+            if r["dim"] == 32:  # the target: d = 32, an embedding and 50 item ids
+                row["target_met"] = rec["memory_usage_per_user"] <= r["target_bytes"]
     for w in f["worker"]:
         out[f"worker_d{w['dim']}"] = {
             "bytes_per_user": w["rss_growth_per_user"],
@@ -343,12 +449,14 @@ def plot(path: Path, f: dict[str, Any]) -> None:
     ax1.legend(fontsize=8)
     names, vals, colors = [], [], []
     for r in f["redis"]:
-        names += [f"Redis list d={r['dim']}", f"Redis emb d={r['dim']}"]
-        vals += [r["memory_usage_list_hash"], r["memory_usage_embedding_hash"]]
-        colors += ["tab:red", "tab:pink"]
-        names.append(f"packed string: 50 ids+emb d={r['dim']}")
-        vals.append(r["compact_50_ids_plus_embedding_string"])
+        old = r["previous_layout"]
+        names.append(f"Redis previous d={r['dim']} ({old['list_items']} items)")
+        vals.append(old["memory_usage_per_user"])
         colors.append("tab:gray")
+        for rec in r["record"]:
+            names.append(f"Redis record d={r['dim']} ({rec['list_items']} items)")
+            vals.append(rec["memory_usage_per_user"])
+            colors.append("tab:red")
     for w in f["worker"]:
         names.append(f"worker d={w['dim']}")
         vals.append(w["rss_growth_per_user"])
