@@ -112,6 +112,8 @@ def lsh_settings(n: int, dim: int) -> list[tuple[str, LSHParams]]:
     for probes in sorted({max(0, base.probes // 2), min(2 * base.m, base.probes * 2)}):
         if probes != base.probes:
             out.append((f"probes={probes}", _with(base, probes=probes)))
+    if base.sketch_keep:
+        out.append(("no sketch", _with(base, sketch_keep=0)))
     out.append(("cap=2000", _with(base, max_candidates=2000)))
     return out
 
@@ -126,6 +128,7 @@ def _with(p: LSHParams, **changes: Any) -> LSHParams:
         "combine": p.combine,
         "vote_threshold": p.vote_threshold,
         "max_candidates": p.max_candidates,
+        "sketch_keep": p.sketch_keep,
         "seed": p.seed,
     }
     fields.update(changes)
@@ -140,6 +143,7 @@ def _describe(p: LSHParams) -> dict[str, Any]:
         "probes": p.probes,
         "combine": p.combine,
         "max_candidates": p.max_candidates,
+        "sketch_keep": p.sketch_keep,
     }
 
 
