@@ -964,14 +964,19 @@ class LSHIndex(_VectorStore):
         if row is None:
             row = int(self._place(np.array([key], dtype=np.int64))[0][0])
         else:
-            if np.array_equal(self._vectors[row], v):
+            if not (self._vectors[row] != v).any():
                 return  # same vector, same buckets
             if self._epoch[row] == 0:
                 self._dead_in_main += 1
-        codes, _, sketch = self._hash(v[None, :])
-        tagged = self._tagged(codes[0])
+        # `_hash` for one vector, without the fractions (only queries probe) and the checks
+        # of the general path: the same products, so the same keys and sketch.
+        raw = v[None, :].astype(np.float64) @ self._a
+        floors = np.floor((raw + self._b) / self.params.w)
+        h = floors.astype(np.int64).view(np.uint64).reshape(self._mult.shape)
+        codes = (h * self._mult).sum(axis=1, dtype=np.uint64)
+        tagged = (codes >> np.uint64(32 + self._table_bits)).astype(np.uint32) | self._table_tags
         self._vectors[row] = v
-        self._sketch[row] = sketch[0]
+        self._sketch[row] = self._sketch_of(raw)[0]
         L = self.params.L
         epoch = self._next_epoch
         if epoch + 1 > self._MAX_EPOCH or self._tail_n + L > self._tail_keys.shape[0]:
