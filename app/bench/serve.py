@@ -42,7 +42,7 @@ def _http_load(port: int, users: list[str], seconds: float, out: Any) -> None:
 
 
 def _redis_load(url: str, keys: list[str], seconds: float, out: Any) -> None:
-    """Second process: the floor, a bare HGET of the same keys from Python."""
+    """Second process: the floor, a bare GET of the same keys from Python."""
     import redis
 
     r = redis.Redis.from_url(url)
@@ -51,7 +51,7 @@ def _redis_load(url: str, keys: list[str], seconds: float, out: Any) -> None:
     i = 0
     while time.perf_counter() < end:
         t = time.perf_counter()
-        r.hget(keys[i % len(keys)], "json")
+        r.get(keys[i % len(keys)])
         lat.append(time.perf_counter() - t)
         i += 1
     out.put({"latencies": lat, "errors": 0, "seconds": seconds})

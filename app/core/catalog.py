@@ -48,6 +48,7 @@ class IndexConfig:
             combine=self.combine,
             vote_threshold=min(self.vote_threshold, self.tables or base.L),
             max_candidates=base.max_candidates,
+            sketch_keep=base.sketch_keep,
             seed=self.seed,
         )
 
