@@ -136,6 +136,12 @@ class Runtime:
                 "combine": params.combine,
             },
             "users_indexed": len(self.recommender.users),
+            "item2item_cache": {
+                "entries": len(cat.neighbour_cache),
+                "hits": cat.neighbour_cache.hits,
+                "misses": cat.neighbour_cache.misses,
+                "dropped": cat.neighbour_cache.dropped,
+            },
             "mode": self.policy.mode,
             "override": self.policy.override,
             "lag": sum(self.lag.values()),

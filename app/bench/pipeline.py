@@ -350,6 +350,7 @@ def run(
             worker.wait_ready(timeout=timeout)
             drain = _drain([worker], n_events, timeout, log)
             figures["one_worker"] = drain
+            drain["item2item_cache"] = (worker.status() or {}).get("item2item_cache")
             max_eps = drain["events_per_s"] or drain["median_interval_eps"] or 100.0
             log(f"  1 worker: {drain['events_per_s']} events/s, {drain['lists_per_s']} lists/s")
             # 2. Freshness at half that rate, with new items arriving.
