@@ -166,7 +166,7 @@ class LSHSettings(_Section):
     tables: int | None = Field(None, ge=1, le=512)
     """Tables L, ORed (None = measured default)."""
     probes: int | None = Field(None, ge=0, le=64)
-    """Extra neighbouring buckets probed per table (None = measured default)."""
+    """Extra buckets probed per table on average, the nearest over all tables (None = default)."""
     combine: Literal["or", "and", "vote"] = "or"
     """How tables combine: any table, all tables, or at least vote_threshold."""
     vote_threshold: int = Field(2, ge=1)
@@ -181,7 +181,7 @@ class LSHSettings(_Section):
         if self.probes is not None and self.m is not None and self.probes > 2 * self.m:
             raise ValueError(
                 f"NEARLINE_LSH__PROBES ({self.probes}) must be at most 2 * NEARLINE_LSH__M"
-                f" ({2 * self.m}): only one-step neighbour buckets are probed"
+                f" ({2 * self.m})"
             )
         return self
 
