@@ -61,6 +61,8 @@ async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
 async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
     started = time.perf_counter()
     records = [_record(e) for e in events]
+    stamps = [r.timestamp for r in records if r.timestamp]
+    waited = time.time() - min(stamps) if stamps else None  # the batch's oldest event
     by_pos = {(r.partition, r.offset): e for r, e in zip(records, events, strict=True)}
     degraded = runtime.policy.mode == "degraded" and bool(runtime.popular_rows)
     result = runtime.processor.process(
@@ -128,8 +130,8 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
         len(records),
         time.perf_counter() - started,
         [runtime.last_batch_at - r.timestamp for r in result.last_record.values() if r.timestamp],
+        waited,
     )
-    stamps = [r.timestamp for r in records if r.timestamp]
     if stamps:
         runtime.last_message_time = max(runtime.last_message_time, max(stamps))
     for state in result.states.values():

@@ -139,6 +139,13 @@ class Metrics:
             registry=self.registry,
             buckets=_LATENCY_BUCKETS,
         )
+        self.waited = Histogram(
+            "nearline_event_wait_seconds",
+            "From an event's Kafka timestamp to the start of its micro-batch (time in Kafka "
+            "and the consumer's buffers; the rest of event_to_list is the batch itself).",
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
         self.freshness = Histogram(
             "nearline_event_to_list_seconds",
             "From an event's Kafka timestamp to its user's list being in Redis.",
@@ -147,7 +154,11 @@ class Metrics:
         )
         self.registry.register(RuntimeCollector(snapshot))
 
-    def observe_batch(self, n: int, seconds: float, freshness: list[float]) -> None:
+    def observe_batch(
+        self, n: int, seconds: float, freshness: list[float], waited: float | None = None
+    ) -> None:
+        if waited is not None:
+            self.waited.observe(max(waited, 0.0))
         self.batch_size.observe(n)
         self.batch_seconds.observe(seconds)
         for f in freshness:
