@@ -110,6 +110,8 @@ class WorkerSettings(_Section):
     """Most events handled in one micro-batch."""
     batch_within: float = Field(0.2, gt=0, le=60)
     """Seconds to wait for a micro-batch to fill."""
+    fetch_max_wait: float = Field(0.05, gt=0, le=10)
+    """Longest the broker holds a consumer fetch with no new data (Faust: 1.5 s)."""
     max_event_bytes: int = Field(64 * 1024, ge=256)
     """Events larger than this go to the dead-letter topic."""
     data_dir: str = "/tmp/nearline-rec"
