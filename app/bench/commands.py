@@ -122,7 +122,7 @@ def bench_lsh(
 @click.option("--users", default=200, show_default=True, type=click.IntRange(1, 100_000))
 @one_line_errors
 def bench_serve(out_dir: Path, seconds: float, repeats: int, users: int) -> None:
-    """The read path on loopback: HTTP cache hits and Redis reads vs a bare Redis HGET."""
+    """The read path on loopback: HTTP cache hits and Redis reads vs a bare Redis GET."""
     from app.bench.serve import run
 
     figures = run(out_dir, seconds=seconds, repeats=repeats, users=users)

@@ -1,4 +1,4 @@
-"""Read-path benchmark: HTTP reads (cache hits, Redis reads) vs a bare Redis HGET, on loopback."""
+"""Read-path benchmark: HTTP reads (cache hits, Redis reads) vs a bare Redis GET, on loopback."""
 
 from __future__ import annotations
 
@@ -125,12 +125,12 @@ def run(out_dir: Path, *, seconds: float, repeats: int, users: int) -> dict[str,
         rounds: dict[str, list[dict[str, Any]]] = {
             "http_cache": [],
             "http_redis": [],
-            "bare_redis_hget": [],
+            "bare_redis_get": [],
         }
         for _ in range(repeats):
             rounds["http_cache"].append(_measure(_http_load, (cached.port, user_ids, seconds)))
             rounds["http_redis"].append(_measure(_http_load, (direct.port, user_ids, seconds)))
-            rounds["bare_redis_hget"].append(
+            rounds["bare_redis_get"].append(
                 _measure(_redis_load, (s.redis.url, redis_keys, seconds))
             )
         st = cached.status() or {}
@@ -142,7 +142,7 @@ def run(out_dir: Path, *, seconds: float, repeats: int, users: int) -> dict[str,
         name: {k: median([r[k] for r in rs]) for k in ("rps", "p50_ms", "p99_ms")}
         for name, rs in rounds.items()
     }
-    floor = med["bare_redis_hget"]
+    floor = med["bare_redis_get"]
     ratios = {
         name: {
             "rps_vs_bare_redis": round(m["rps"] / floor["rps"], 3),
@@ -150,7 +150,7 @@ def run(out_dir: Path, *, seconds: float, repeats: int, users: int) -> dict[str,
             "p99_vs_bare_redis": round(m["p99_ms"] / floor["p99_ms"], 2),
         }
         for name, m in med.items()
-        if name != "bare_redis_hget"
+        if name != "bare_redis_get"
     }
     figures = {
         "params": {
