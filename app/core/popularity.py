@@ -81,6 +81,14 @@ class ItemStats:
         scale = 2.0 ** ((self._t_ref - self.now) / self.half_life) if self.now else 1.0
         return self._keep(("pop", capacity), self._pop[:capacity] * scale)
 
+    def popularity_max(self, capacity: int) -> float:
+        """max(popularity(capacity)), 0.0 when empty; once per statistics version."""
+        hit = self._cached(("pop_max", capacity))
+        if hit is None:
+            pop = self.popularity(capacity)
+            hit = self._keep(("pop_max", capacity), np.array([pop.max() if len(pop) else 0.0]))
+        return float(hit[0])
+
     def rating_count(self, capacity: int) -> np.ndarray:
         self._grow(capacity)
         return self._rating_n[:capacity]

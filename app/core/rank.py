@@ -95,12 +95,15 @@ def features(cands: list[Candidate], ctx: RecallContext, model: RankModel) -> np
     score = np.fromiter((c.score for c in cands), dtype=np.float64, count=n)
     order = np.lexsort((np.arange(n), -score, channel))  # by channel, best first, stable
     ch_sorted = channel[order]
-    group_start = np.flatnonzero(np.r_[True, ch_sorted[1:] != ch_sorted[:-1]])
-    group_size = np.diff(np.r_[group_start, n])
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(ch_sorted[1:], ch_sorted[:-1], out=first[1:])
+    group_start = np.flatnonzero(first)
+    group_size = np.diff(np.append(group_start, n))
     rank_in = np.arange(n) - np.repeat(group_start, group_size)
     x[order, 1] = 1.0 - rank_in / np.repeat(group_size, group_size)
     pop = ctx.stats.popularity(ctx.catalog.capacity)
-    top = float(pop.max()) if len(pop) else 0.0
+    top = ctx.stats.popularity_max(ctx.catalog.capacity)
     if top > 0:
         x[:, 2] = np.log1p(pop[keys]) / math.log1p(top)
     age_days = np.maximum(ctx.now - ctx.catalog.release_ts[keys], 0.0) / 86400.0
