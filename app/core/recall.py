@@ -133,23 +133,25 @@ def similar_users_recall(ctx: RecallContext, k: int, n_users: int = 20) -> list[
     """Recent likes of users whose embeddings share LSH buckets with this user's."""
     if ctx.embedding is None or k <= 0:
         return []
-    keys: list[int] = []
-    weights: list[float] = []
+    keys: list[np.ndarray] = []
+    weights: list[np.ndarray] = []
     for other, sim in ctx.users.similar(ctx.user.user_id, ctx.embedding, n_users):
         if sim <= 0:
             continue
-        for pos, key in enumerate(reversed(ctx.users.liked_keys(other))):
-            if key >= 0:
-                keys.append(key)
-                # newer likes of closer users count more
-                weights.append(sim / (1.0 + 0.1 * pos))
+        liked = ctx.users.liked_keys(other)[::-1]  # newest first
+        known = liked >= 0
+        keys.append(liked[known])
+        # newer likes of closer users count more
+        weights.append(sim / (1.0 + 0.1 * np.flatnonzero(known)))
     if not keys:
         return []
-    all_keys = np.array(keys, dtype=np.int64)
+    all_keys = np.concatenate(keys).astype(np.int64)
+    if len(all_keys) == 0:
+        return []
     ok = ctx.admissible_mask(all_keys)
     distinct, at = np.unique(all_keys[ok], return_inverse=True)
     # bincount adds in input order, as a running sum per key would
-    votes = np.bincount(at, weights=np.array(weights)[ok], minlength=len(distinct))
+    votes = np.bincount(at, weights=np.concatenate(weights)[ok], minlength=len(distinct))
     order = np.lexsort((distinct, -votes))[:k]
     return [
         Candidate(key, score, "similar_users")

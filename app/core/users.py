@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import numpy as np
 
 from app.core.catalog import IndexConfig, unit
 from app.core.lsh import ExactIndex, LSHIndex
+
+_NO_KEYS = np.zeros(0, dtype=np.int32)
 
 
 class UserDirectory:
@@ -33,7 +36,7 @@ class UserDirectory:
         self._key: dict[str, int] = {}
         self._ids: list[str] = []
         self._liked: dict[int, tuple[str, ...]] = {}
-        self._liked_keys: dict[int, tuple[int, ...]] = {}
+        self._liked_keys: dict[int, np.ndarray] = {}
         self._exact = ExactIndex(dim)
         self._lsh: LSHIndex | None = None
 
@@ -58,12 +61,13 @@ class UserDirectory:
     def update(self, user_id: str, embedding: np.ndarray | None, liked: list[str]) -> None:
         """Move the user to the buckets of its new embedding (or drop it when it has none)."""
         key = self.key(user_id)
-        recent = tuple(liked[-self.recent :])
+        # interned: every user who liked an item shares one copy of its id
+        recent = tuple(sys.intern(i) for i in liked[-self.recent :])
         self._liked[key] = recent
         if self.item_key is not None:
             # mapped to catalog keys once here, not by every list that reads them
-            self._liked_keys[key] = tuple(
-                -1 if (k := self.item_key(i)) is None else k for i in recent
+            self._liked_keys[key] = np.array(
+                [-1 if (k := self.item_key(i)) is None else k for i in recent], dtype=np.int32
             )
         if embedding is None:
             self._exact.remove(key)
@@ -97,7 +101,8 @@ class UserDirectory:
         key = self._key.get(user_id)
         return () if key is None else self._liked.get(key, ())
 
-    def liked_keys(self, user_id: str) -> tuple[int, ...]:
-        """Catalog keys of `liked` as of the user's last update (-1: unknown then)."""
+    def liked_keys(self, user_id: str) -> np.ndarray:
+        """Catalog keys (int32) of `liked` as of the user's last update (-1: unknown then)."""
         key = self._key.get(user_id)
-        return () if key is None else self._liked_keys.get(key, ())
+        hit = None if key is None else self._liked_keys.get(key)
+        return _NO_KEYS if hit is None else hit
