@@ -35,3 +35,17 @@ def test_a_lone_surrogate_falls_back_to_the_standard_library():
 
 def test_compact_output_without_spaces():
     assert fastjson.dumps({"a": [1, 2.5, "x"]}) == b'{"a":[1,2.5,"x"]}'
+
+
+def test_dumps_holds_no_more_memory_than_its_length():
+    import tracemalloc
+
+    doc = {"s": [f"item-{n}" for n in range(100)]}
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [fastjson.dumps(doc) for _ in range(200)]
+        per_value = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_value < len(kept[0]) + 200  # the value plus the bytes object and list slot
