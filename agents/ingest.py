@@ -58,17 +58,12 @@ async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
             delay = min(delay * 2, 5.0)
 
 
-def _write_state(user_id: str, value: bytes, partition: int) -> Any:
-    key = user_id.encode()
-    user_table.data[key] = value
-    return user_table.send_changelog(partition, key, value)
-
-
 async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
     started = time.perf_counter()
     records = [_record(e) for e in events]
     stamps = [r.timestamp for r in records if r.timestamp]
     waited = time.time() - min(stamps) if stamps else None  # the batch's oldest event
+    by_pos = {(r.partition, r.offset): e for r, e in zip(records, events, strict=True)}
     degraded = runtime.policy.mode == "degraded" and bool(runtime.popular_rows)
     result = runtime.processor.process(
         records, load_user, degraded=runtime.popular_rows if degraded else None
@@ -91,17 +86,20 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
         )
         sends.append(await events_dlq_topic.send(key=dl.key, value=dl.encode()))
 
-    # The user's state: into the table's store, and its changelog record sent to the
-    # partition of the user's own events, explicitly. Table.__setitem__ would send it with
-    # send_soon and forget it; Faust flushes its producer before committing offsets, but a
-    # record being handed from its buffer to the Kafka client at that moment is in neither,
-    # so a commit could land before the state it covers (a SIGKILL then lost the batch's
-    # events: the restarted worker resumed after them from an older state). The record is
-    # awaited below with the publishes, before the batch is acknowledged.
-    sends.extend(
-        _write_state(user_id, state.to_bytes(), result.last_record[user_id].partition)
-        for user_id, state in result.states.items()
-    )
+    # Faust writes a table key to the changelog partition of the *current* event; in a
+    # batch that spans partitions, point it at an event of this user's own partition.
+    # Then put the stream's current event back: take_events() files the record that is
+    # waiting to enter the next batch under stream.current_event once this batch is
+    # done, so a stale event left here would replace that record (lost, never acked)
+    # with a copy of one from this batch.
+    pending = stream.current_event
+    try:
+        for user_id, state in result.states.items():
+            last = result.last_record[user_id]
+            stream._set_current_event(by_pos[(last.partition, last.offset)])
+            user_table[user_id.encode()] = state.to_bytes()
+    finally:
+        stream._set_current_event(pending)
 
     dirty = set(result.dirty)
     clean = [uid for uid in result.states if uid not in dirty]
@@ -119,8 +117,7 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
         sends.append(
             await recommendations_topic.send(key=write.user_id.encode(), value=fastjson.dumps(doc))
         )
-    # Publishes and state records must be on the broker before the batch is acked (commit
-    # after effects).
+    # Publishes must be on the broker before the batch is acked (commit after effects).
     if sends:
         await asyncio.gather(*sends)
     runtime.counters["lists_written"] += len(result.lists)
