@@ -84,7 +84,8 @@ class ItemCatalog:
         self._exact = ExactIndex(dim)
         self._lsh: LSHIndex | None = None
         self.version = 0
-        """Bumped on every change; caches derived from the catalog compare it."""
+        """Bumped on every change (caches that only depend on what ranking rules read key on
+        `ranking_version`; the newest order and the neighbour cache are updated in place)."""
         self._newest: tuple[np.ndarray, np.ndarray] | None = None
         """Recommendable keys newest first and their negated release times; kept up to date
         item by item (a re-sort of every item on each new item cost ~10 ms at 100k)."""
