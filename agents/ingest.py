@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from aiokafka.errors import KafkaError
+from faust.types import TP
+
 from app.core import fastjson
+from app.kafka_clients import RangeReader
+from app.offsets import Gap
 from app.processing import RawRecord
 from app.runtime import (
     app,
@@ -58,12 +64,128 @@ async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
             delay = min(delay * 2, 5.0)
 
 
+def _write_state(user_id: str, value: bytes, partition: int) -> Any:
+    key = user_id.encode()
+    user_table.data[key] = value
+    return user_table.send_changelog(partition, key, value)
+
+
+async def read_gap_until_done(gap: Gap) -> list[RawRecord]:
+    """The records of a gap, read back from Kafka; an unreachable broker pauses the batch
+    (like a Redis outage) rather than letting it go on without them."""
+    delay = 0.5
+    while True:
+        try:
+            topic = events_topic.get_topic_name()
+            return await _reader().read(topic, gap.partition, gap.start, gap.end)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.warning(
+                "re-reading offsets %s-%s of partition %s failed, retrying: %s",
+                gap.start,
+                gap.end - 1,
+                gap.partition,
+                exc,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+_range_reader: RangeReader | None = None
+
+
+def _reader() -> RangeReader:
+    global _range_reader
+    if _range_reader is None:
+        _range_reader = RangeReader(settings.kafka)
+    return _range_reader
+
+
+async def _fill(gaps: Sequence[Gap], why: str) -> dict[tuple[int, int], list[RawRecord]]:
+    """Read every gap back: {(partition, gap end): its records}."""
+    out = {}
+    for gap in gaps:
+        got = await read_gap_until_done(gap)
+        out[(gap.partition, gap.end)] = got
+        runtime.counters["offset_gaps"] += 1
+        runtime.counters["events_refetched"] += len(got)
+        log_event(
+            "offset gap filled",
+            why=why,
+            partition=gap.partition,
+            start=gap.start,
+            end=gap.end,
+            records=len(got),
+        )
+    return out
+
+
+# One batch at a time: the agent's batches and the tail filler share the frontier.
+_batch_lock = asyncio.Lock()
+
+# Fault injection for the reliability tests: the last record of every batch is dropped
+# here, after take_events() buffered it (so it is acked), which is what Faust's stream does
+# to the records it skips. The commit guard must read each one back, in order.
+_DROP_LAST_OF_BATCH = os.environ.get("NEARLINE_FAULT_DROP_LAST_OF_BATCH") == "1"
+
+
 async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
-    started = time.perf_counter()
+    """One micro-batch from the stream: records Faust jumped over are read back and
+    applied first, in offset order (app.offsets), then the batch's effects are written
+    and the frontier moves past it, before take_events acks the events."""
     records = [_record(e) for e in events]
+    if _DROP_LAST_OF_BATCH:
+        records = records[:-1]
+    frontier = app.frontier
+    assert frontier is not None
+    async with _batch_lock:
+        gaps = frontier.gaps(records)
+        if gaps:
+            fills = await _fill(gaps, "skipped by the stream")
+            merged: list[RawRecord] = []
+            for r in records:
+                merged.extend(fills.pop((r.partition, r.offset), ()))
+                merged.append(r)
+            records = merged
+        await process_records(records)
+        frontier.advance(records)
+
+
+@app.timer(interval=1.0)
+async def fill_owed_tails() -> None:
+    """Faust wanted to commit past records the agent never got, with no later record on
+    that partition to reveal the gap: read them back and apply them, then commit."""
+    frontier = app.frontier
+    if frontier is None or not frontier.owed() or _batch_lock.locked() or app.rebalancing:
+        return
+    async with _batch_lock:
+        mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == frontier.topic}
+        owed = [g for g in frontier.owed() if g.partition in mine]
+        if not owed:
+            return
+        fills = await _fill(owed, "acked but not delivered")
+        records = [r for gap in owed for r in fills[(gap.partition, gap.end)]]
+        if records:
+            await process_records(records)
+        for gap in owed:
+            frontier.filled(gap)
+        positions = frontier.positions()
+        commit = {
+            TP(frontier.topic, g.partition): positions[g.partition]
+            for g in owed
+            if g.partition in positions
+        }
+        try:  # Faust already counts these as committed: no later ack would commit them
+            await app.consumer._commit(commit)
+        except KafkaError as exc:  # a rebalance: the next owner starts from the older commit
+            log.warning("commit after filling a tail failed: %s", exc)
+
+
+async def process_records(records: list[RawRecord]) -> None:
+    """Apply records to users' state and write every effect: table (changelog awaited),
+    Redis lists, recommendations and dead letters on the broker."""
+    started = time.perf_counter()
     stamps = [r.timestamp for r in records if r.timestamp]
     waited = time.time() - min(stamps) if stamps else None  # the batch's oldest event
-    by_pos = {(r.partition, r.offset): e for r, e in zip(records, events, strict=True)}
     degraded = runtime.policy.mode == "degraded" and bool(runtime.popular_rows)
     result = runtime.processor.process(
         records, load_user, degraded=runtime.popular_rows if degraded else None
@@ -86,20 +208,17 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
         )
         sends.append(await events_dlq_topic.send(key=dl.key, value=dl.encode()))
 
-    # Faust writes a table key to the changelog partition of the *current* event; in a
-    # batch that spans partitions, point it at an event of this user's own partition.
-    # Then put the stream's current event back: take_events() files the record that is
-    # waiting to enter the next batch under stream.current_event once this batch is
-    # done, so a stale event left here would replace that record (lost, never acked)
-    # with a copy of one from this batch.
-    pending = stream.current_event
-    try:
-        for user_id, state in result.states.items():
-            last = result.last_record[user_id]
-            stream._set_current_event(by_pos[(last.partition, last.offset)])
-            user_table[user_id.encode()] = state.to_bytes()
-    finally:
-        stream._set_current_event(pending)
+    # The user's state: into the table's store, and its changelog record sent to the
+    # partition of the user's own events, explicitly. Table.__setitem__ would send it with
+    # send_soon and forget it; Faust flushes its producer before committing offsets, but a
+    # record being handed from its buffer to the Kafka client at that moment is in neither,
+    # so a commit could land before the state it covers (a SIGKILL then lost the batch's
+    # events: the restarted worker resumed after them from an older state). The record is
+    # awaited below with the publishes, before the batch is acknowledged.
+    sends.extend(
+        _write_state(user_id, state.to_bytes(), result.last_record[user_id].partition)
+        for user_id, state in result.states.items()
+    )
 
     dirty = set(result.dirty)
     clean = [uid for uid in result.states if uid not in dirty]
@@ -117,7 +236,8 @@ async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
         sends.append(
             await recommendations_topic.send(key=write.user_id.encode(), value=fastjson.dumps(doc))
         )
-    # Publishes must be on the broker before the batch is acked (commit after effects).
+    # Publishes and state records must be on the broker before the batch is acked (commit
+    # after effects).
     if sends:
         await asyncio.gather(*sends)
     runtime.counters["lists_written"] += len(result.lists)
@@ -145,3 +265,12 @@ async def ingest(stream: Any) -> None:
     w = settings.worker
     async for events in stream.take_events(w.batch_size, within=w.batch_within):
         await handle_batch(stream, events)
+
+
+@app.on_before_shutdown.connect
+async def close_range_reader(app: Any, **kwargs: Any) -> None:
+    """The gap filler's consumer is not Faust's: close it with the worker."""
+    global _range_reader
+    if _range_reader is not None:
+        await _range_reader.close()
+        _range_reader = None

@@ -9,7 +9,9 @@ from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
+from app.offsets import OffsetFrontier
 from app.settings import KafkaSettings, Settings
 
 # The Kafka clients' debug logs print every request, the SASL login with its password
@@ -71,8 +73,49 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
+    """Faust's consumer with the worker's commit guard (app.offsets): positions are learned
+    when the consumer seeks to the committed offsets, and no commit of a user-events
+    partition goes past what the agent has processed."""
+
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
+        frontier = self.app.frontier
+        if frontier is not None:
+            frontier.forget()  # no commits until this assignment's positions are known
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        frontier = self.app.frontier
+        if frontier is None:
+            return
+        tps = [tp for tp in self.assignment() if tp.topic == frontier.topic]
+        positions = {}
+        fresh = []
+        for tp in tps:
+            committed = self._committed_offset.get(tp)  # Faust keeps 0 as None
+            if committed is None:
+                fresh.append(tp)
+            else:
+                positions[tp.partition] = committed
+        if fresh:  # nothing committed: the consumer starts at the log start (earliest)
+            earliest = await self.earliest_offsets(*fresh)
+            positions.update({tp.partition: max(earliest.get(tp) or 0, 0) for tp in fresh})
+        frontier.reset(positions)
+
+    async def _commit(self, offsets: Any) -> bool:
+        frontier = self.app.frontier
+        if frontier is not None:
+            mine = {tp.partition: off for tp, off in offsets.items() if tp.topic == frontier.topic}
+            if mine:
+                allowed = frontier.clamp(mine)
+                offsets = {tp: off for tp, off in offsets.items() if tp.topic != frontier.topic}
+                offsets.update({TP(frontier.topic, p): off for p, off in allowed.items()})
+                if not offsets:
+                    return False
+        return bool(await super()._commit(offsets))
 
 
 class _Transport(faust_aiokafka.Transport):
@@ -80,9 +123,11 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class NearlineApp(faust.App):
-    """faust.App whose consumer does not let the broker hold fetches for 1.5 s."""
+    """faust.App whose consumer does not let the broker hold fetches for 1.5 s and never
+    commits a user-events offset the agent has not processed (`frontier`)."""
 
     fetch_max_wait: float = 1.5
+    frontier: OffsetFrontier | None = None
 
     def _new_transport(self) -> Any:
         url = self.conf.broker_consumer[0]
@@ -125,4 +170,5 @@ def create_app(settings: Settings) -> faust.App:
         datadir=f"{w.data_dir}/{w.app_id}",
     )
     app.fetch_max_wait = w.fetch_max_wait
+    app.frontier = OffsetFrontier(settings.topics.user_events)
     return app

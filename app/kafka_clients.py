@@ -159,3 +159,75 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         return created
     finally:
         admin.close()
+
+
+class RangeReader:
+    """Reads a range of offsets of one partition with a group-less aiokafka consumer (the
+    worker's gap filler, app.offsets); one connection, reused."""
+
+    def __init__(self, cfg: KafkaSettings, timeout_s: float = 15.0) -> None:
+        self.cfg = cfg
+        self.timeout_s = timeout_s
+        self._consumer: Any = None
+
+    async def _client(self) -> Any:
+        if self._consumer is None:
+            from aiokafka import AIOKafkaConsumer
+
+            consumer = AIOKafkaConsumer(
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                **client_kwargs(self.cfg),
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
+        """Records with start <= offset < end, in order, as app.processing.RawRecord.
+        Offsets without a record (transaction markers) are simply absent; TimeoutError
+        when the range cannot be read within timeout_s."""
+        import asyncio
+
+        from aiokafka import TopicPartition
+
+        from app.processing import RawRecord
+
+        if end <= start:
+            return []
+        consumer = await self._client()
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        out: list[RawRecord] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=200, max_records=min(end - start, 5000))
+            for m in batch.get(tp, ()):
+                if m.offset >= end:
+                    return out
+                if m.offset >= start:
+                    out.append(
+                        RawRecord(
+                            topic=m.topic,
+                            partition=m.partition,
+                            offset=m.offset,
+                            key=m.key,
+                            value=m.value,
+                            timestamp=m.timestamp / 1000.0 if m.timestamp is not None else None,
+                        )
+                    )
+            if await consumer.position(tp) >= end:
+                return out
+            if loop.time() > deadline:
+                raise TimeoutError(
+                    f"{topic}[{partition}]: offsets {start}-{end - 1} not readable within "
+                    f"{self.timeout_s:g}s (read {len(out)})"
+                )
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
