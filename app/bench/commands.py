@@ -9,6 +9,7 @@ import click
 
 from app.bench import DEFAULT_OUT
 from app.cli import bench, one_line_errors
+from app.settings import WorkerSettings
 
 OUT = click.option(
     "--out",
@@ -137,7 +138,13 @@ def bench_serve(out_dir: Path, seconds: float, repeats: int, users: int) -> None
 @click.option("--users", default=20_000, show_default=True, type=click.IntRange(10))
 @click.option("--events", "n_events", default=40_000, show_default=True, type=click.IntRange(1000))
 @click.option("--paced-seconds", default=20.0, show_default=True, type=click.FloatRange(2, 600))
-@click.option("--batch-size", default=200, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--batch-size",
+    default=WorkerSettings.model_fields["batch_size"].default,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Micro-batch size of the workers (the worker default).",
+)
 @click.option("--partitions", default=4, show_default=True, type=click.IntRange(1, 64))
 @click.option("--core-events", default=10_000, show_default=True, type=click.IntRange(500))
 @click.option("--no-scale", is_flag=True, help="Skip the one-vs-two-processes runs.")
