@@ -36,6 +36,16 @@ class RuntimeCollector(Collector):
             "Redelivered or duplicate events that changed nothing.",
             c.get("events_duplicate", 0),
         )
+        yield counter(
+            "nearline_offset_gaps",
+            "Ranges of user-events offsets the stream skipped, read back and applied.",
+            c.get("offset_gaps", 0),
+        )
+        yield counter(
+            "nearline_events_refetched",
+            "Events read back from Kafka because the stream skipped them.",
+            c.get("events_refetched", 0),
+        )
         lists = CounterMetricFamily(
             "nearline_lists_written",
             "Per-user lists written to Redis and published.",

@@ -105,9 +105,11 @@ def test_records_the_stream_skips_are_read_back_in_order_and_never_committed_unr
     check = check_against_replay(r, s.redis.key_prefix, replay(s, run.updates, produced), produced)
     # the tails: committed == end offset on every partition (lag 0, from the broker)
     st = w.wait(
-        lambda st: bool(st["lag_by_partition"])
-        and not any(st["lag_by_partition"].values())
-        and st["counters"].get("events_refetched", 0) > 0,
+        lambda st: (
+            bool(st["lag_by_partition"])
+            and not any(st["lag_by_partition"].values())
+            and st["counters"].get("events_refetched", 0) > 0
+        ),
         60,
         "every partition committed to its end",
     )
@@ -124,6 +126,8 @@ def test_records_the_stream_skips_are_read_back_in_order_and_never_committed_unr
     assert check.ok, "\n".join(check.details[:20])
     assert tails >= 1, "no partition tail was read back"
     assert st["counters"]["offset_gaps"] >= tails + 1
+    # operators see them in /metrics too
+    assert metric(w.port, "nearline_events_refetched_total") == st["counters"]["events_refetched"]
 
 
 def _assigned(w) -> set[int]:
