@@ -65,6 +65,8 @@ async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
 
 
 def _write_state(user_id: str, value: bytes, partition: int) -> Any:
+    """The user's state into the table's store, its changelog record sent to `partition`
+    (the user's own events' partition); returns the record's future to await."""
     key = user_id.encode()
     user_table.data[key] = value
     return user_table.send_changelog(partition, key, value)
