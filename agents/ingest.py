@@ -130,7 +130,7 @@ _batch_lock = asyncio.Lock()
 _DROP_LAST_OF_BATCH = os.environ.get("NEARLINE_FAULT_DROP_LAST_OF_BATCH") == "1"
 
 
-async def handle_batch(stream: Any, events: Sequence[Any]) -> None:
+async def handle_batch(events: Sequence[Any]) -> None:
     """One micro-batch from the stream: records Faust jumped over are read back and
     applied first, in offset order (app.offsets), then the batch's effects are written
     and the frontier moves past it, before take_events acks the events."""
@@ -266,7 +266,7 @@ async def ingest(stream: Any) -> None:
     await runtime.catalog_ready.wait()
     w = settings.worker
     async for events in stream.take_events(w.batch_size, within=w.batch_within):
-        await handle_batch(stream, events)
+        await handle_batch(events)
 
 
 @app.on_before_shutdown.connect

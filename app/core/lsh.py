@@ -665,10 +665,6 @@ class LSHIndex(_VectorStore):
             bits = np.pad(bits, ((0, 0), (0, 8 - bits.shape[1])))
         return np.ascontiguousarray(bits).view(np.uint64)[:, 0]
 
-    def _project(self, x: np.ndarray) -> np.ndarray:
-        """(n, L*m) projections in units of w, as `_hash` computes them."""
-        return (x.astype(np.float64) @ self._a + self._b) / self.params.w
-
     def _codes_of(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         codes, frac, _ = self._hash(x)
         return codes, frac

@@ -154,7 +154,7 @@ def test_probes_only_add_candidates(clustered_index):
 def test_probes_read_the_nearest_boundary_first():
     index = LSHIndex(LSHParams(dim=4, w=1.0, m=2, L=1, seed=3))
     q = np.array([0.5, 0.5, 0.5, 0.5], dtype=np.float32)
-    proj = index._project(q[None, :])[0]
+    proj = (q.astype(np.float64) @ index._a + index._b) / index.params.w  # h(v) before floor
     frac = proj - np.floor(proj)
     # The nearest boundary over both coordinates and both directions decides the first probe.
     dist = np.concatenate([frac, 1 - frac])
