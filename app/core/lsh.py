@@ -10,10 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.core import lsh_kernels
+
 COMBINE_RULES = ("or", "and", "vote")
 
 _EMPTY_KEYS = np.empty(0, dtype=np.int64)
 _EMPTY_SCORES = np.empty(0, dtype=np.float32)
+_NO_ROWS = np.empty(0, dtype=np.int32)
 
 
 @dataclass(frozen=True)
@@ -585,6 +588,8 @@ class LSHIndex(_VectorStore):
         self._table_tags = np.arange(L, dtype=np.uint32) << np.uint32(32 - self._table_bits)
         self._epoch = np.zeros(0, dtype=np.int32)
         self._sketch = np.zeros(0, dtype=np.uint64)
+        # One byte a row, zero between queries: the compiled query marks rows it has taken.
+        self._mark = np.zeros(0, dtype=np.uint8)
         super().__init__(params.dim)
         rng = np.random.default_rng(params.seed)
         # The draw order is part of the hash contract: changing it re-buckets every vector, and
@@ -742,6 +747,7 @@ class LSHIndex(_VectorStore):
         sketch = np.zeros(new_cap, dtype=np.uint64)
         sketch[:old_cap] = self._sketch
         self._sketch = sketch
+        self._mark = np.zeros(new_cap, dtype=np.uint8)
 
     def _set_layout(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Install entries sorted by layout key: distinct keys, bucket offsets, directory."""
@@ -1009,21 +1015,9 @@ class LSHIndex(_VectorStore):
 
     # -- queries -------------------------------------------------------------------------------
 
-    def _candidate_rows(
-        self, codes: np.ndarray, frac: np.ndarray, probes: int | None
-    ) -> np.ndarray:
-        p = self.params
-        probes = p.probes if probes is None else probes
-        if not 0 <= probes <= 2 * p.m:
-            raise ValueError(f"probes must be in [0, 2*m={2 * p.m}], got {probes}")
-        keys = self._probe_keys(codes, frac, probes)
+    def _delta_candidates(self, keys: np.ndarray) -> list[np.ndarray]:
+        """Live rows of the delta (large run, small run, tail) in the buckets of `keys`."""
         parts: list[np.ndarray] = []
-        if self._entry_rows.size:
-            starts, ends = self._bucket_ranges(keys)
-            rows = self._entry_rows[_concat_ranges(starts, ends)]
-            if self._dead_in_main:
-                rows = rows[self._epoch[rows] == 0]
-            parts.append(rows)
         if self._large[0].size:
             at = _concat_ranges(*_ranges(self._large[0], keys))
             rows = self._large[1][at]
@@ -1038,10 +1032,32 @@ class LSHIndex(_VectorStore):
             hit = np.flatnonzero(keys[at] == tail)
             rows = self._tail_rows[hit]
             parts.append(rows[self._epoch[rows] == self._tail_epochs[hit]])
+        return parts
+
+    def _check_probes(self, probes: int | None) -> int:
+        p = self.params
+        probes = p.probes if probes is None else probes
+        if not 0 <= probes <= 2 * p.m:
+            raise ValueError(f"probes must be in [0, 2*m={2 * p.m}], got {probes}")
+        return probes
+
+    def _candidate_rows(
+        self, codes: np.ndarray, frac: np.ndarray, probes: int | None
+    ) -> np.ndarray:
+        p = self.params
+        keys = self._probe_keys(codes, frac, self._check_probes(probes))
+        parts: list[np.ndarray] = []
+        if self._entry_rows.size:
+            starts, ends = self._bucket_ranges(keys)
+            rows = self._entry_rows[_concat_ranges(starts, ends)]
+            if self._dead_in_main:
+                rows = rows[self._epoch[rows] == 0]
+            parts.append(rows)
+        parts.extend(self._delta_candidates(keys))
         if not parts:
             return _EMPTY_KEYS
         # Rows stay int32 (half the bytes to sort) and come out ascending, which makes the
-        # re-rank gather walk the matrix forwards and lets `_rerank` drop exclusions by bisection.
+        # re-rank gather walk the matrix forwards and lets `_filter_rows` drop exclusions by bisection.
         found = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if found.shape[0] == 0:
             return _EMPTY_KEYS
@@ -1071,33 +1087,93 @@ class LSHIndex(_VectorStore):
         rows = self._candidate_rows(codes[0], frac[0], probes)
         return np.sort(self._row_keys[rows])
 
-    def _rerank(
+    def _query(
         self,
         q: np.ndarray,
-        rows: np.ndarray,
+        codes: np.ndarray,
+        frac: np.ndarray,
+        sketch: np.uint64,
         k: int,
         exclude: Collection[int] | None,
-        sketch: np.uint64 | None = None,
+        probes: int | None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of one hashed query: candidates minus `exclude`, cut to the max(sketch_keep,
+        4 k) nearest by sketch when `sketch_keep` is set, re-ranked exactly."""
+        p = self.params
+        keep = max(p.sketch_keep, 4 * k) if p.sketch_keep else 0
+        probes = self._check_probes(probes)
+        if k <= 0:
+            return _EMPTY_KEYS.copy(), _EMPTY_SCORES.copy()
+        if p.combine != "or" or p.max_candidates:
+            rows = self._filter_rows(
+                self._candidate_rows(codes, frac, probes), exclude, sketch, keep
+            )
+            if rows.shape[0] == 0:
+                return _EMPTY_KEYS.copy(), _EMPTY_SCORES.copy()
+            # np.take, not fancy indexing: ~3x faster for a few thousand rows of a large matrix
+            # (measured 83 vs 255 us for 3,000 rows of 1M x 64).
+            scores = np.take(self._vectors, rows, axis=0) @ q
+            return _top_k(scores, np.take(self._row_keys, rows), k)
+        keys = lsh_kernels.probe_keys(
+            codes.view(np.uint64),
+            frac,
+            probes,
+            self._steps,
+            self._table_tags,
+            np.uint64(32 + self._table_bits),
+        )
+        extra = _NO_ROWS
+        if self._large[0].size or self._small[0].size or self._tail_n:
+            extra = lsh_kernels._delta_rows(
+                keys,
+                *self._large,
+                *self._small,
+                self._tail_keys[: self._tail_n],
+                self._tail_rows[: self._tail_n],
+                self._tail_epochs[: self._tail_n],
+                self._epoch,
+            )
+        rows, scores = lsh_kernels.query(
+            keys,
+            self._bucket_keys,
+            self._bucket_starts,
+            self._directory,
+            self._dir_shift,
+            self._entry_rows,
+            self._epoch,
+            self._dead_in_main > 0,
+            extra,
+            self._excluded_rows(exclude),
+            self._mark,
+            self._sketch,
+            np.uint64(sketch),
+            keep,
+            self._vectors,
+            q,
+        )
+        return _top_k(scores, np.take(self._row_keys, rows), k)
+
+    def _filter_rows(
+        self,
+        rows: np.ndarray,
+        exclude: Collection[int] | None,
+        sketch: np.uint64,
+        keep: int,
+    ) -> np.ndarray:
+        """The rows `_query` re-ranks, for the "and"/"vote" rules and a candidate cap (numpy)."""
         if exclude is not None and len(exclude) and rows.shape[0]:
             ex = self._excluded_rows(exclude)
             at = np.searchsorted(rows, ex)  # rows are ascending
             inside = at < rows.shape[0]
             at, ex = at[inside], ex[inside]
             rows = np.delete(rows, at[rows[at] == ex])
-        if rows.shape[0] == 0 or k <= 0:
-            return _EMPTY_KEYS.copy(), _EMPTY_SCORES.copy()
-        keep = max(self.params.sketch_keep, 4 * k)
-        if self.params.sketch_keep and sketch is not None and rows.shape[0] > keep:
+        if keep and rows.shape[0] > keep:
             # 8 B a candidate instead of its 4 B x dim row; the cut keeps every tie, so the
             # kept set depends on the sketches only, not on the order rows were found in.
             hamming = np.bitwise_count(np.take(self._sketch, rows) ^ sketch)
             cut = np.partition(hamming, keep - 1)[keep - 1]
             rows = rows[hamming <= cut]
-        # np.take, not fancy indexing: ~3x faster for a few thousand rows of a large matrix
-        # (measured 83 vs 255 us for 3,000 rows of 1M x 64).
-        scores = np.take(self._vectors, rows, axis=0) @ q
-        return _top_k(scores, np.take(self._row_keys, rows), k)
+        return rows
 
     def search(
         self,
@@ -1111,8 +1187,7 @@ class LSHIndex(_VectorStore):
         first, ties by key ascending. May return fewer than k: fall back to `ExactIndex`."""
         q = _as_vector(query, self.dim)
         codes, frac, sketch = self._hash(q[None, :])
-        rows = self._candidate_rows(codes[0], frac[0], probes)
-        return self._rerank(q, rows, k, exclude, sketch[0])
+        return self._query(q, codes[0], frac[0], sketch[0], k, exclude, probes)
 
     def search_batch(
         self,
@@ -1128,14 +1203,15 @@ class LSHIndex(_VectorStore):
         if exclude is not None and len(exclude) != qs.shape[0]:
             raise ValueError(f"{len(exclude)} exclude sets for {qs.shape[0]} queries")
         codes, frac, sketches = self._hash(qs)
-        # Per query, not one sort over all (query, row) pairs: ANN-FACTS measured that 2-4x slower.
         return [
-            self._rerank(
+            self._query(
                 qs[i],
-                self._candidate_rows(codes[i], frac[i], probes),
+                codes[i],
+                frac[i],
+                sketches[i],
                 k,
                 exclude[i] if exclude is not None else None,
-                sketches[i],
+                probes,
             )
             for i in range(qs.shape[0])
         ]
@@ -1153,6 +1229,7 @@ class LSHIndex(_VectorStore):
     def memory_bytes(self) -> int:
         """Approximate bytes held: vectors, key map, bucket arrays, directory and delta."""
         total = self._store_memory_bytes() + self._epoch.nbytes + self._sketch.nbytes
+        total += self._mark.nbytes
         total += self._entry_rows.nbytes + self._bucket_keys.nbytes
         total += self._bucket_starts.nbytes + self._directory.nbytes
         total += self._a.nbytes + self._b.nbytes + self._steps.nbytes + self._mult.nbytes

@@ -1,0 +1,274 @@
+"""Compiled query path of `LSHIndex` (numba): probing, bucket lookup, gather, dedupe, sketch cut
+and the exact re-rank of one query, in one call.
+
+The numpy version of this path ran ~40 vectorised calls per query, each paying its own
+dispatch and temporaries, plus a sort of every candidate row; at 100k items that overhead was
+most of a query's time, and at 1M the gather was. Here each phase is a loop over independent
+reads (so the CPU overlaps their cache misses): directory cells, then bucket offsets, then the
+entries; each candidate row is marked once in a byte array (excluded rows are pre-marked, so
+they are never taken), and the rows nearest by sign sketch are kept with a 65-bin histogram
+instead of a partition. The kept rows and the `_top_k` that follows are those of the numpy
+path (`LSHIndex._candidate_rows` + `_filter_rows`, still used for the "and"/"vote" rules and
+a candidate cap); scores are float64 dot products rounded to float32.
+
+Compiled on first use and cached next to this file (numba `cache=True`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_M1 = np.uint64(0x5555555555555555)
+_M2 = np.uint64(0x3333333333333333)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+
+
+@njit(cache=True, inline="always")
+def _popcount(x: np.uint64) -> int:
+    x = x - ((x >> np.uint64(1)) & _M1)
+    x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
+    x = (x + (x >> np.uint64(4))) & _M4
+    return int((x * _H01) >> np.uint64(56))
+
+
+@njit(cache=True, inline="always")
+def _pair(scores, moves, steps, t, at, base, i, j, m):  # type: ignore[no-untyped-def]
+    """Score and key step of the two-coordinate probe of single steps i and j of table t."""
+    # both directions of one coordinate are not a perturbation
+    if (i - m if i >= m else i) == (j - m if j >= m else j):
+        scores[at] = np.inf
+    else:
+        scores[at] = scores[base + i] + scores[base + j]
+    moves[at] = steps[t, i] + steps[t, j]
+
+
+@njit(cache=True)
+def probe_keys(codes, frac, probes, steps, table_tags, shift):  # type: ignore[no-untyped-def]
+    """Layout keys (uint32, unsorted, may repeat on a hash collision) of each table's bucket
+    and of the `probes` x L lowest-scored neighbouring buckets (`LSHIndex._probe_keys`)."""
+    L = frac.shape[0]
+    m = frac.shape[1]
+    total = probes * L
+    out = np.empty(L + total, np.uint32)
+    for t in range(L):
+        out[t] = np.uint32(codes[t] >> shift) | table_tags[t]
+    if total == 0:
+        return out
+    per = 2 * m + 6
+    scores = np.empty(L * per, np.float64)
+    moves = np.empty(L * per, np.uint64)
+    for t in range(L):
+        base = t * per
+        # the squared distance to each of the 2m boundaries (down: frac, up: 1 - frac), and
+        # the 4 nearest kept sorted in registers
+        v0 = v1 = v2 = v3 = np.inf
+        i0 = i1 = i2 = i3 = 0
+        for s in range(2 * m):
+            d = frac[t, s] if s < m else 1.0 - frac[t, s - m]
+            v = d * d
+            scores[base + s] = v
+            moves[base + s] = steps[t, s]
+            if v < v3:
+                if v < v1:
+                    v3, i3, v2, i2 = v2, i2, v1, i1
+                    if v < v0:
+                        v1, i1, v0, i0 = v0, i0, v, s
+                    else:
+                        v1, i1 = v, s
+                elif v < v2:
+                    v3, i3, v2, i2 = v2, i2, v, s
+                else:
+                    v3, i3 = v, s
+        # the 6 pairs of them (np.triu_indices(4, 1) order)
+        at = base + 2 * m
+        _pair(scores, moves, steps, t, at, base, i0, i1, m)
+        _pair(scores, moves, steps, t, at + 1, base, i0, i2, m)
+        _pair(scores, moves, steps, t, at + 2, base, i0, i3, m)
+        _pair(scores, moves, steps, t, at + 3, base, i1, i2, m)
+        _pair(scores, moves, steps, t, at + 4, base, i1, i3, m)
+        _pair(scores, moves, steps, t, at + 5, base, i2, i3, m)
+    cut = np.partition(scores, total - 1)[total - 1]
+    n = L
+    ties = 0
+    for t in range(L):  # every score below the cut, then ties at it until full
+        code = codes[t]
+        tag = table_tags[t]
+        for c in range(t * per, (t + 1) * per):
+            if scores[c] < cut:
+                out[n] = np.uint32((code + moves[c]) >> shift) | tag
+                n += 1
+            elif scores[c] == cut:
+                ties += 1
+    if ties:
+        for t in range(L):
+            for c in range(t * per, (t + 1) * per):
+                if n < L + total and scores[c] == cut:
+                    out[n] = np.uint32((codes[t] + moves[c]) >> shift) | table_tags[t]
+                    n += 1
+    return out
+
+
+@njit(cache=True, inline="always")
+def _lower(a, key, lo, hi):  # type: ignore[no-untyped-def]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True, inline="always")
+def _upper(a, key, lo, hi):  # type: ignore[no-untyped-def]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] <= key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(cache=True)
+def _delta_rows(
+    keys,
+    large_keys,
+    large_rows,
+    small_keys,
+    small_rows,
+    small_epochs,
+    tail_keys,
+    tail_rows,
+    tail_epochs,
+    epoch,
+):  # type: ignore[no-untyped-def]  # noqa: E501
+    """Live rows of the delta runs in the buckets of `keys` (`LSHIndex._delta_candidates`)."""
+    out = []
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        lo = _lower(large_keys, key, 0, large_keys.shape[0])
+        hi = _upper(large_keys, key, lo, large_keys.shape[0])
+        for e in range(lo, hi):
+            r = large_rows[e]
+            if epoch[r] == 1:
+                out.append(r)
+        lo = _lower(small_keys, key, 0, small_keys.shape[0])
+        hi = _upper(small_keys, key, lo, small_keys.shape[0])
+        for e in range(lo, hi):
+            r = small_rows[e]
+            if epoch[r] == small_epochs[e]:
+                out.append(r)
+    if tail_keys.shape[0]:
+        ordered = np.sort(keys)
+        for e in range(tail_keys.shape[0]):
+            at = _lower(ordered, tail_keys[e], 0, ordered.shape[0])
+            if at < ordered.shape[0] and ordered[at] == tail_keys[e]:
+                r = tail_rows[e]
+                if epoch[r] == tail_epochs[e]:
+                    out.append(r)
+    return np.array(out, dtype=np.int32) if out else np.empty(0, np.int32)
+
+
+@njit(cache=True)
+def query(  # type: ignore[no-untyped-def]
+    keys,  # uint32 layout keys to read (probe_keys)
+    bucket_keys,  # uint32 distinct keys, sorted
+    bucket_starts,  # int32 offsets into entry_rows (len = buckets + 1)
+    directory,  # int32 cell -> first bucket (len = cells + 1)
+    dir_shift,  # uint32
+    entry_rows,  # int32
+    epoch,  # int32 per row; entries of the arrays are live while 0
+    check_epoch,  # bool: some rows of the arrays are dead
+    extra,  # int32 live rows found in the delta, may repeat
+    excluded,  # int64 rows never to return
+    mark,  # uint8 per row, all 0 on entry and on return
+    sketches,  # uint64 per row
+    query_sketch,  # uint64
+    keep,  # re-rank only the `keep` nearest by sketch (every tie kept); 0 = all
+    vectors,  # float32 (rows, dim)
+    q,  # float32 (dim,)
+):
+    """(rows int32, scores float32) of the candidates of one query under the "or" rule."""
+    n_probe = keys.shape[0]
+    nb = bucket_keys.shape[0]
+    start = np.empty(n_probe, np.int64)
+    stop = np.empty(n_probe, np.int64)
+    for i in range(n_probe):
+        c = np.int64(keys[i] >> dir_shift)
+        start[i] = directory[c]
+        stop[i] = directory[c + 1]
+    total = extra.shape[0]
+    for i in range(n_probe):
+        key = keys[i]
+        at = _lower(bucket_keys, key, start[i], stop[i])
+        start[i] = at if at < nb and bucket_keys[at] == key else -1
+    for i in range(n_probe):
+        b = start[i]
+        if b >= 0:
+            start[i] = bucket_starts[b]
+            stop[i] = bucket_starts[b + 1]
+            total += stop[i] - start[i]
+        else:
+            start[i] = 0
+            stop[i] = 0
+    rows = np.empty(total, np.int32)
+    n = 0
+    for i in range(n_probe):
+        for e in range(start[i], stop[i]):
+            rows[n] = entry_rows[e]
+            n += 1
+    for j in range(extra.shape[0]):
+        rows[n] = extra[j]
+        n += 1
+    for r in excluded:
+        mark[r] = 1
+    m = 0
+    for j in range(n):
+        r = rows[j]
+        # an extra row is live by construction; a row of the arrays only while its epoch is 0
+        if mark[r] == 0 and (j >= n - extra.shape[0] or not check_epoch or epoch[r] == 0):
+            mark[r] = 1
+            rows[m] = r
+            m += 1
+    for j in range(m):
+        mark[rows[j]] = 0
+    for r in excluded:
+        mark[r] = 0
+    if keep > 0 and m > keep:
+        dist = np.empty(m, np.int64)
+        for j in range(m):
+            dist[j] = _popcount(sketches[rows[j]] ^ query_sketch)
+        hist = np.zeros(65, np.int64)
+        for j in range(m):
+            hist[dist[j]] += 1
+        cut = 64
+        seen = 0
+        for d in range(65):
+            seen += hist[d]
+            if seen >= keep:
+                cut = d
+                break
+        kept = 0
+        for j in range(m):
+            if dist[j] <= cut:
+                rows[kept] = rows[j]
+                kept += 1
+        m = kept
+    out = rows[:m].copy()
+    return out, _dots(vectors, out, q)
+
+
+@njit(cache=True, fastmath=True)
+def _dots(vectors, rows, q):  # type: ignore[no-untyped-def]
+    """float32 inner products of the rows with q (reassociated, so vectorised)."""
+    scores = np.empty(rows.shape[0], np.float32)
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        s = np.float32(0.0)
+        for c in range(q.shape[0]):
+            s += vectors[r, c] * q[c]
+        scores[j] = s
+    return scores
