@@ -33,7 +33,7 @@ class IndexConfig:
     combine: str = "or"
     vote_threshold: int = 2
     seed: int = 42
-    exact_below: int = 50_000
+    exact_below: int = 10_000
     neighbour_cache: int = 10_000
     """Seed items whose neighbour lists `ItemCatalog.neighbours` keeps (0 = none)."""
 

@@ -151,8 +151,22 @@ class LSHParams:
 # without probes, 64 tables are needed (the class defaults: w=2, m=12, L=64 gave 0.94-0.98 at
 # 2k-100k), while 4-8 probes reach it with 32 tables at half the memory and build time. The
 # scanned fraction stays ~1% as n grows, so candidates grow linearly: past 300k a larger m
-# (measured at 300k x 32 only) halves them. Below ~50k items (d=32) exact search is faster
-# than any of these: LSH pays ~80 us of fixed per-query overhead.
+# (measured at 300k x 32 only) halves them. Below ~50k items (d=32) exact search was faster
+# than any of these while the query path was numpy (~80 us of fixed per-query overhead).
+# Compiled (app/core/lsh_kernels.py), one query at a time, k=20, against ExactIndex (300
+# held-out queries, best of 3, one BLAS thread):
+#
+#        n   d   exact q/s   LSH q/s   LSH/exact
+#    5,000  32     29,842    22,733      0.76
+#    5,000  64     22,919    22,737      0.99
+#   10,000  32     20,395    16,426      0.81
+#   10,000  64     15,398    15,335      1.00
+#   20,000  32     12,779    13,999      1.10
+#   20,000  64      9,157    13,514      1.48
+#   50,000  32      5,994    11,436      1.91
+#   50,000  64      3,761    11,088      2.95
+#
+# so the worker's `exact_below` default is 10,000.
 _DEFAULTS: tuple[tuple[int, dict[int, tuple[float, int, int, int, int]]], ...] = (
     # (largest n the row applies to, {measured dim: (w, m, L, probes, sketch_keep)})
     (5_000, {32: (2.0, 12, 16, 8, 0), 64: (2.0, 12, 16, 8, 0)}),
@@ -1057,7 +1071,8 @@ class LSHIndex(_VectorStore):
         if not parts:
             return _EMPTY_KEYS
         # Rows stay int32 (half the bytes to sort) and come out ascending, which makes the
-        # re-rank gather walk the matrix forwards and lets `_filter_rows` drop exclusions by bisection.
+        # re-rank gather walk the matrix forwards and lets `_filter_rows` drop exclusions by
+        # bisection.
         found = np.concatenate(parts) if len(parts) > 1 else parts[0]
         if found.shape[0] == 0:
             return _EMPTY_KEYS

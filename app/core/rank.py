@@ -152,7 +152,3 @@ def rank(
     for i in skipped[: top_n - len(out)]:
         out.append(Ranked(cands[i].key, round(rounded[i], 6), cands[i].channel))
     return out
-    # a narrow catalog may not fill the list under the cap: fill from what the cap held back
-    for i in skipped[: top_n - len(out)]:
-        out.append(Ranked(cands[i].key, round(float(scores[i]), 6), cands[i].channel))
-    return out
