@@ -231,3 +231,51 @@ class RangeReader:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+
+async def send_in_batches(
+    producer: Any, records: list[tuple[str, int | None, bytes, bytes]]
+) -> list[tuple[str, int, int, Any]]:
+    """Publish (topic, partition or None for the key's, key, value) records with one
+    producer batch per partition (aiokafka `create_batch`/`send_batch`) instead of a
+    `send` per record; returns (topic, partition, records, delivery future) per batch.
+
+    Keyed records go where `send` would put them (the producer's key partitioner over all
+    of the topic's partitions); each partition's records keep their order."""
+    by_tp: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+    partitions: dict[str, list[int]] = {}
+    for topic, partition, key, value in records:
+        if partition is None:
+            if topic not in partitions:
+                partitions[topic] = sorted(await producer.partitions_for(topic))
+            every = partitions[topic]
+            partition = producer._partitioner(key, every, every)
+        by_tp.setdefault((topic, partition), []).append((key, value))
+    out: list[tuple[str, int, int, Any]] = []
+    for (topic, partition), items in by_tp.items():
+        batch, n = producer.create_batch(), 0
+        for key, value in items:
+            if batch.append(key=key, value=value, timestamp=None) is not None:
+                n += 1
+                continue
+            if n:  # full: send it, go on in a new one
+                out.append(
+                    (
+                        topic,
+                        partition,
+                        n,
+                        await producer.send_batch(batch, topic, partition=partition),
+                    )
+                )
+                batch, n = producer.create_batch(), 0
+                if batch.append(key=key, value=value, timestamp=None) is not None:
+                    n = 1
+                    continue
+            # larger than a batch: on its own, as `send` does (it enforces max_request_size)
+            fut = await producer.send(topic, value, key=key, partition=partition)
+            out.append((topic, partition, 1, fut))
+        if n:
+            out.append(
+                (topic, partition, n, await producer.send_batch(batch, topic, partition=partition))
+            )
+    return out
