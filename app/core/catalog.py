@@ -110,6 +110,11 @@ class ItemCatalog:
         key = self._key.get(item_id)
         return key if key is not None and key in self._meta else None
 
+    def keys_of(self, item_ids: Iterable[str]) -> set[int]:
+        """Keys of the items that are in the catalog (`key` for many, without a call each)."""
+        get, meta = self._key.get, self._meta
+        return {k for i in item_ids if (k := get(i)) is not None and k in meta}
+
     def item_id(self, key: int) -> str:
         return self._ids[key]
 
@@ -322,14 +327,21 @@ class ItemCatalog:
 
     # -- search ---------------------------------------------------------------------------
     def search(
-        self, query: np.ndarray, k: int, *, exclude: set[int] | None = None, exact: bool = False
+        self,
+        query: np.ndarray,
+        k: int,
+        *,
+        exclude: set[int] | None = None,
+        exact: bool = False,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k items by cosine similarity to query (LSH when built, else exact)."""
+        """Top-k items by cosine similarity to query (LSH when built, else exact); with
+        `allowed` (a bool per key) only the keys it marks True."""
         if k <= 0 or not self._meta:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         q = unit(query)
         index = self._exact if (exact or self._lsh is None) else self._lsh
-        return index.search(q, k, exclude=exclude)
+        return index.search(q, k, exclude=exclude, allowed=allowed)
 
     def neighbours(self, key: int, m: int) -> tuple[np.ndarray, np.ndarray]:
         """The top-m items nearest to item `key` (not itself), as `search` finds them; served

@@ -17,6 +17,7 @@ COMBINE_RULES = ("or", "and", "vote")
 _EMPTY_KEYS = np.empty(0, dtype=np.int64)
 _EMPTY_SCORES = np.empty(0, dtype=np.float32)
 _NO_ROWS = np.empty(0, dtype=np.int32)
+_NO_KEYS_ALLOWED = np.zeros(0, dtype=np.bool_)
 
 
 @dataclass(frozen=True)
@@ -491,13 +492,22 @@ class ExactIndex(_VectorStore):
         *,
         exclude: Collection[int] | None = None,
         probes: int | None = None,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k by inner product, best first, ties by key ascending.
+        """Exact top-k by inner product, best first, ties by key ascending; with `allowed`
+        (a bool per key) only keys it marks True.
 
         `probes` is accepted, and ignored, so that this twin drops in for `LSHIndex`.
         """
         q = _as_vector(query, self.dim)
         invalid, valid = self._scores_mask(exclude)
+        if allowed is not None:
+            keys = self._row_keys[: self._high]
+            ok = (keys >= 0) & (keys < allowed.shape[0])
+            ok[ok] = allowed[keys[ok]]
+            barred = np.flatnonzero(~ok)
+            invalid = np.union1d(invalid, barred)
+            valid = self._high - invalid.shape[0]
         scores = self._vectors[: self._high] @ q
         return self._top(scores, invalid, valid, k)
 
@@ -1111,9 +1121,11 @@ class LSHIndex(_VectorStore):
         k: int,
         exclude: Collection[int] | None,
         probes: int | None,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of one hashed query: candidates minus `exclude`, cut to the max(sketch_keep,
-        4 k) nearest by sketch when `sketch_keep` is set, re-ranked exactly."""
+        """Top-k of one hashed query: candidates minus `exclude` (and keys not `allowed`), cut
+        to the max(sketch_keep, 4 k) nearest by sketch when `sketch_keep` is set, re-ranked
+        exactly."""
         p = self.params
         keep = max(p.sketch_keep, 4 * k) if p.sketch_keep else 0
         probes = self._check_probes(probes)
@@ -1121,7 +1133,7 @@ class LSHIndex(_VectorStore):
             return _EMPTY_KEYS.copy(), _EMPTY_SCORES.copy()
         if p.combine != "or" or p.max_candidates:
             rows = self._filter_rows(
-                self._candidate_rows(codes, frac, probes), exclude, sketch, keep
+                self._candidate_rows(codes, frac, probes), exclude, sketch, keep, allowed
             )
             if rows.shape[0] == 0:
                 return _EMPTY_KEYS.copy(), _EMPTY_SCORES.copy()
@@ -1165,6 +1177,9 @@ class LSHIndex(_VectorStore):
             keep,
             self._vectors,
             q,
+            self._row_keys,
+            _NO_KEYS_ALLOWED if allowed is None else allowed,
+            allowed is not None,
         )
         return _top_k(scores, np.take(self._row_keys, rows), k)
 
@@ -1174,8 +1189,14 @@ class LSHIndex(_VectorStore):
         exclude: Collection[int] | None,
         sketch: np.uint64,
         keep: int,
+        allowed: np.ndarray | None = None,
     ) -> np.ndarray:
         """The rows `_query` re-ranks, for the "and"/"vote" rules and a candidate cap (numpy)."""
+        if allowed is not None and rows.shape[0]:
+            keys = self._row_keys[rows]
+            inside = keys < allowed.shape[0]
+            inside[inside] = allowed[keys[inside]]
+            rows = rows[inside]
         if exclude is not None and len(exclude) and rows.shape[0]:
             ex = self._excluded_rows(exclude)
             at = np.searchsorted(rows, ex)  # rows are ascending
@@ -1197,12 +1218,14 @@ class LSHIndex(_VectorStore):
         *,
         exclude: Collection[int] | None = None,
         probes: int | None = None,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (keys int64, scores float32) by inner product among the candidates, best
-        first, ties by key ascending. May return fewer than k: fall back to `ExactIndex`."""
+        first, ties by key ascending; with `allowed` (a bool per key) only keys it marks True.
+        May return fewer than k: fall back to `ExactIndex`."""
         q = _as_vector(query, self.dim)
         codes, frac, sketch = self._hash(q[None, :])
-        return self._query(q, codes[0], frac[0], sketch[0], k, exclude, probes)
+        return self._query(q, codes[0], frac[0], sketch[0], k, exclude, probes, allowed)
 
     def search_batch(
         self,

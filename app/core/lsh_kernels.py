@@ -190,6 +190,9 @@ def query(  # type: ignore[no-untyped-def]
     keep,  # re-rank only the `keep` nearest by sketch (every tie kept); 0 = all
     vectors,  # float32 (rows, dim)
     q,  # float32 (dim,)
+    row_keys,  # int64 key of each row
+    allowed,  # bool per key: only these keys may be returned (when use_allowed)
+    use_allowed,  # bool
 ):
     """(rows int32, scores float32) of the candidates of one query under the "or" rule."""
     n_probe = keys.shape[0]
@@ -230,6 +233,10 @@ def query(  # type: ignore[no-untyped-def]
         r = rows[j]
         # an extra row is live by construction; a row of the arrays only while its epoch is 0
         if mark[r] == 0 and (j >= n - extra.shape[0] or not check_epoch or epoch[r] == 0):
+            if use_allowed:
+                key = row_keys[r]
+                if key >= allowed.shape[0] or not allowed[key]:
+                    continue
             mark[r] = 1
             rows[m] = r
             m += 1

@@ -152,7 +152,7 @@ class Recommender:
 
     # -- lists ----------------------------------------------------------------------------
     def context(self, state: UserState) -> RecallContext:
-        exclude = {k for k in (self.catalog.key(i) for i in state.seen) if k is not None}
+        exclude = self.catalog.keys_of(state.seen)
         now = max(self.stats.now, state.last_event_time)
         if now <= 0.0 and len(self.catalog):
             # No event seen yet (a fresh or restarted worker): without a stream clock nothing

@@ -78,23 +78,21 @@ def _take(
     ]
 
 
-def _search_admissible(
-    ctx: RecallContext, query: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    return ctx.catalog.search(query, _want(ctx, k), exclude=ctx.exclude)
-
-
 def _want(ctx: RecallContext, k: int) -> int:
     # Ask for extra: the index excludes seen items but not non-recommendable ones.
     return k + min(len(ctx.catalog) // 20, 4 * k) + 8
 
 
 def embedding_recall(ctx: RecallContext, k: int) -> list[Candidate]:
-    """Items nearest to the user embedding (LSH with exact re-rank)."""
+    """Items nearest to the user embedding (LSH with exact re-rank), admissible ones only:
+    the index skips the others while it gathers candidates."""
     if ctx.embedding is None or k <= 0:
         return []
-    keys, scores = _search_admissible(ctx, ctx.embedding, k)
-    return _take(ctx, keys, scores, k, "embedding")
+    keys, scores = ctx.catalog.search(ctx.embedding, k, allowed=ctx._admissible())
+    return [
+        Candidate(key, score, "embedding")
+        for key, score in zip(keys.tolist(), scores.tolist(), strict=True)
+    ]
 
 
 def item2item_recall(ctx: RecallContext, k: int, seeds: int = 5) -> list[Candidate]:
@@ -133,25 +131,27 @@ def similar_users_recall(ctx: RecallContext, k: int, n_users: int = 20) -> list[
     """Recent likes of users whose embeddings share LSH buckets with this user's."""
     if ctx.embedding is None or k <= 0:
         return []
-    keys: list[np.ndarray] = []
-    weights: list[np.ndarray] = []
+    likes: list[np.ndarray] = []
+    sims: list[float] = []
     for other, sim in ctx.users.similar(ctx.user.user_id, ctx.embedding, n_users):
-        if sim <= 0:
-            continue
-        liked = ctx.users.liked_keys(other)[::-1]  # newest first
-        known = liked >= 0
-        keys.append(liked[known])
-        # newer likes of closer users count more
-        weights.append(sim / (1.0 + 0.1 * np.flatnonzero(known)))
-    if not keys:
+        if sim > 0:
+            likes.append(ctx.users.liked_keys(other)[::-1])  # newest first
+            sims.append(sim)
+    if not likes:
         return []
-    all_keys = np.concatenate(keys).astype(np.int64)
+    all_keys = np.concatenate(likes).astype(np.int64)
     if len(all_keys) == 0:
         return []
-    ok = ctx.admissible_mask(all_keys)
+    # newer likes of closer users count more: sim / (1 + 0.1 * position in the user's list)
+    lengths = np.fromiter((len(a) for a in likes), dtype=np.int64, count=len(likes))
+    starts = np.cumsum(lengths) - lengths
+    position = np.arange(len(all_keys)) - np.repeat(starts, lengths)
+    weights = np.repeat(np.asarray(sims), lengths) / (1.0 + 0.1 * position)
+    ok = all_keys >= 0  # -1: not in the catalog when the user liked it
+    ok[ok] = ctx.admissible_mask(all_keys[ok])
     distinct, at = np.unique(all_keys[ok], return_inverse=True)
     # bincount adds in input order, as a running sum per key would
-    votes = np.bincount(at, weights=np.concatenate(weights)[ok], minlength=len(distinct))
+    votes = np.bincount(at, weights=weights[ok], minlength=len(distinct))
     order = np.lexsort((distinct, -votes))[:k]
     return [
         Candidate(key, score, "similar_users")

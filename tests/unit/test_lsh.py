@@ -476,13 +476,15 @@ def test_sketch_keep_zero_reranks_every_candidate(clustered_index):
         LSHParams(dim=DIM, sketch_keep=-1)
 
 
-def numpy_reference_search(index: LSHIndex, q: np.ndarray, k: int, exclude, probes=None):
+def numpy_reference_search(
+    index: LSHIndex, q: np.ndarray, k: int, exclude, probes=None, allowed=None
+):
     """The vectorised numpy query path (still used for "and"/"vote"), with the "or" rule."""
     codes, frac, sketch = index._hash(q[None, :].astype(np.float32))
     p = index.params
     keep = max(p.sketch_keep, 4 * k) if p.sketch_keep else 0
     rows = index._filter_rows(
-        index._candidate_rows(codes[0], frac[0], probes), exclude, sketch[0], keep
+        index._candidate_rows(codes[0], frac[0], probes), exclude, sketch[0], keep, allowed
     )
     scores = index._vectors[rows].astype(np.float64) @ q.astype(np.float64)
     order = np.lexsort((index._row_keys[rows], -scores))[:k]
@@ -509,11 +511,29 @@ def test_compiled_query_equals_the_numpy_path_through_updates(sketch_keep):
             assert index._dead_in_main and (index._tail_n or index._small[0].size)
             for q in unit_rows(rng.standard_normal((15, 12))):
                 exclude = set(rng.integers(0, 420, 25).tolist())
+                allowed = rng.random(400) < 0.7 if rng.random() < 0.5 else None
                 for probes in (None, 0, 9):
-                    want = numpy_reference_search(index, q, 7, exclude, probes)
-                    got = index.search(q, 7, exclude=exclude, probes=probes)
+                    want = numpy_reference_search(index, q, 7, exclude, probes, allowed)
+                    got = index.search(q, 7, exclude=exclude, probes=probes, allowed=allowed)
                     np.testing.assert_array_equal(got[0], want[0])
                     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6)
                     assert not exclude & set(got[0].tolist())
                     compared += 1
     assert compared == 10 * 15 * 3
+
+
+def test_allowed_mask_returns_the_best_allowed_keys(clustered_index, clustered_exact):
+    """`allowed` (a bool per key) keeps the others out while candidates are gathered: the
+    answer is the ranking without it, minus the keys not allowed, cut to k."""
+    rng = np.random.default_rng(31)
+    allowed = rng.random(len(CLUSTERED) - 100) < 0.5  # keys past its end are not allowed
+    for index in (clustered_index, clustered_exact):
+        for q in unit_rows(rng.standard_normal((10, DIM))):
+            every, every_scores = index.search(q, len(CLUSTERED))
+            ok = (every < allowed.shape[0]) & allowed[np.minimum(every, allowed.shape[0] - 1)]
+            keys, scores = index.search(q, 8, allowed=allowed)
+            np.testing.assert_array_equal(keys, every[ok][:8])
+            np.testing.assert_allclose(scores, every_scores[ok][:8], rtol=1e-6)
+            assert allowed[keys].all()
+        # nothing allowed: nothing found
+        assert index.search(CLUSTERED[0], 5, allowed=np.zeros(0, bool))[0].size == 0
