@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.core.catalog import IndexConfig, ItemCatalog
 from app.core.events import UserEvent
@@ -42,8 +42,7 @@ class PipelineConfig:
     like_threshold: float = 4.0
 
 
-@dataclass(frozen=True, slots=True)
-class RecItem:
+class RecItem(NamedTuple):
     item_id: str
     score: float
     channel: str
