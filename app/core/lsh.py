@@ -18,6 +18,8 @@ _EMPTY_KEYS = np.empty(0, dtype=np.int64)
 _EMPTY_SCORES = np.empty(0, dtype=np.float32)
 _NO_ROWS = np.empty(0, dtype=np.int32)
 _NO_KEYS_ALLOWED = np.zeros(0, dtype=np.bool_)
+# Up to this k the compiled insertion top-k beats `_top_k`'s vectorised partition and sort.
+_SMALL_K = 32
 
 
 @dataclass(frozen=True)
@@ -1181,6 +1183,8 @@ class LSHIndex(_VectorStore):
             _NO_KEYS_ALLOWED if allowed is None else allowed,
             allowed is not None,
         )
+        if k <= _SMALL_K:
+            return lsh_kernels.top_small(scores, np.take(self._row_keys, rows), k)
         return _top_k(scores, np.take(self._row_keys, rows), k)
 
     def _filter_rows(

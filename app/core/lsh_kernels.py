@@ -303,3 +303,29 @@ def _dots(vectors, rows, q):  # type: ignore[no-untyped-def]
             s += vectors[r, c] * q[c]
         scores[j] = s
     return scores
+
+
+@njit(cache=True)
+def top_small(scores, keys, k):  # type: ignore[no-untyped-def]
+    """`lsh._top_k` for a small k (insertion into a sorted list of k): best score first,
+    ties by key ascending."""
+    k = min(k, scores.shape[0])
+    best_s = np.empty(k, np.float32)
+    best_k = np.empty(k, np.int64)
+    n = 0
+    for j in range(scores.shape[0]):
+        s = scores[j]
+        key = keys[j]
+        if n == k and (s < best_s[k - 1] or (s == best_s[k - 1] and key > best_k[k - 1])):
+            continue
+        at = n if n < k else k - 1
+        while at > 0 and (s > best_s[at - 1] or (s == best_s[at - 1] and key < best_k[at - 1])):
+            if at < k:
+                best_s[at] = best_s[at - 1]
+                best_k[at] = best_k[at - 1]
+            at -= 1
+        best_s[at] = s
+        best_k[at] = key
+        if n < k:
+            n += 1
+    return best_k, best_s
