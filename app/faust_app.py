@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from mode.services import WaitResults
 
 from app.offsets import OffsetFrontier
 from app.settings import KafkaSettings, Settings
@@ -80,6 +82,24 @@ class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def wait_first(self, *coros: Any, timeout: Any = None) -> Any:
+        """Faust's fetch loop hands each message to the streams with
+        `wait_first(callback(message), suspend_flow.wait())`: four tasks, an asyncio.wait and
+        three cancellations a message, ~40 us, a fifth of the worker's time. The callback
+        almost always finishes in its first step (the stream's queue has room): run it as
+        one task, and race it against the flow being suspended, as Faust does, only when it
+        has not finished after that step."""
+        if timeout is None and len(coros) == 2 and _is_flow_wait(coros[1], self):
+            first = asyncio.ensure_future(coros[0])
+            await asyncio.sleep(0)
+            if first.done():
+                coros[1].close()  # never started
+                if self._stopped.is_set() or self._crashed.is_set():
+                    return WaitResults([], [], True)
+                return WaitResults([coros[0]], [first.result()], False)
+            return await super().wait_first(first, coros[1])
+        return await super().wait_first(*coros, timeout=timeout)
+
     async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
         frontier = self.app.frontier
         if frontier is not None:
@@ -116,6 +136,18 @@ class _Consumer(faust_aiokafka.Consumer):
                 if not offsets:
                     return False
         return bool(await super()._commit(offsets))
+
+
+def _is_flow_wait(coro: Any, consumer: Any) -> bool:
+    """`coro` is `consumer.suspend_flow.wait()`, not yet started."""
+    flow = getattr(consumer, "suspend_flow", None)
+    code = getattr(getattr(type(flow), "wait", None), "__code__", None)
+    return (
+        asyncio.iscoroutine(coro)
+        and getattr(coro, "cr_code", None) is code
+        and getattr(coro, "cr_frame", None) is not None
+        and coro.cr_frame.f_locals.get("self") is flow
+    )
 
 
 class _Transport(faust_aiokafka.Transport):

@@ -18,3 +18,46 @@ async def test_worker_consumer_fetch_wait_comes_from_the_setting():
 def test_worker_class_has_no_spinner_to_force_debug_logging():
     app = create_app(load_settings(worker={"app_id": "t-quiet"}))
     assert app.conf.Worker is QuietWorker
+
+
+async def test_fetch_loop_handoff_runs_the_callback_once_and_races_only_when_it_blocks():
+    """The consumer's per-message wait_first fast path: a callback that finishes in its
+    first step is run exactly once with no race; one that blocks is raced against the flow
+    being suspended, and loses (is cancelled) when the flow is suspended first."""
+    import asyncio
+
+    app = create_app(load_settings(worker={"app_id": "t-handoff"}))
+    consumer = app.consumer
+    calls = []
+
+    async def quick(x):
+        calls.append(x)
+        return x * 2
+
+    got = await consumer.wait_first(quick(21), consumer.suspend_flow.wait())
+    assert calls == [21] and got.done and got.results == [42] and not got.stopped
+
+    gate = asyncio.Event()
+    finished = []
+
+    async def blocked():
+        await gate.wait()
+        finished.append(True)
+
+    async def suspend_soon():
+        await asyncio.sleep(0.05)
+        consumer.suspend_flow.set()
+
+    asyncio.ensure_future(suspend_soon())
+    got = await asyncio.wait_for(
+        consumer.wait_first(blocked(), consumer.suspend_flow.wait()), timeout=5
+    )
+    gate.set()
+    await asyncio.sleep(0.01)
+    assert finished == []  # cancelled when the flow was suspended, as Faust's race does
+    consumer.suspend_flow.clear()
+    # anything else still goes through Faust's own wait_first
+    other = asyncio.Event()
+    other.set()
+    got = await consumer.wait_first(quick(1), other.wait())
+    assert got.done
