@@ -143,8 +143,8 @@ class LSHParams:
 # rows are spread over ~4,400 distinct 4 KB pages for ~4,700 candidates; ordering the rows by
 # table-0 bucket digits or by the nearest of 2,000 pivots changed that by < 3%, so a locality-
 # preserving row order does not shorten the gather); a 64-bit sign sketch (8 B a row) drops
-# them before the gather of their float32 rows. At 100k the candidates are few and it gained
-# nothing measurable.
+# them before the gather of their float32 rows. At 100k the candidates are few and, on the
+# numpy query path, it gained nothing measurable (compiled, it does: see below).
 #
 # * measured while other jobs kept both cores busy: single-query p99 swung from 0.35 to 8 ms
 #   between passes (different queries each time) and exact read 5.7-7.9 ms, so neither is
@@ -170,12 +170,24 @@ class LSHParams:
 #   50,000  64      3,761    11,088      2.95
 #
 # so the worker's `exact_below` default is 10,000.
+#
+# With the compiled query the exact re-rank of every candidate became a visible share of a
+# query below 1M too, and a sketch cut of 200 costs no recall there (bench workload, 500
+# held-out queries, k=10, one query at a time; keep 0 / 200):
+#
+#        n   d  recall@10 (keep 0 / 200)   q/s (keep 0 / 200)
+#   50,000  64      0.984 / 0.984            14,730 / 15,596
+#  100,000  32      0.958 / 0.957            16,589 / 18,330
+#  100,000  64      0.974 / 0.974            11,814 / 14,034
+#  300,000  64      0.978 / 0.978             5,621 / 10,154
+#
+# (1M x 64 keeps 400: 200 read 0.954, nearer the 0.95 floor, for +7% q/s.)
 _DEFAULTS: tuple[tuple[int, dict[int, tuple[float, int, int, int, int]]], ...] = (
     # (largest n the row applies to, {measured dim: (w, m, L, probes, sketch_keep)})
     (5_000, {32: (2.0, 12, 16, 8, 0), 64: (2.0, 12, 16, 8, 0)}),
-    (50_000, {32: (2.0, 14, 32, 8, 0), 64: (2.0, 14, 32, 8, 0)}),
-    (150_000, {32: (2.0, 14, 32, 4, 0), 64: (2.0, 15, 24, 16, 0)}),
-    (300_000, {32: (2.0, 14, 32, 4, 0), 64: (2.0, 14, 32, 8, 0)}),
+    (50_000, {32: (2.0, 14, 32, 8, 200), 64: (2.0, 14, 32, 8, 200)}),
+    (150_000, {32: (2.0, 14, 32, 4, 200), 64: (2.0, 15, 24, 16, 200)}),
+    (300_000, {32: (2.0, 14, 32, 4, 200), 64: (2.0, 14, 32, 8, 200)}),
     (sys.maxsize, {32: (2.0, 16, 32, 10, 400), 64: (2.0, 16, 24, 20, 400)}),
 )
 
