@@ -329,3 +329,16 @@ def top_small(scores, keys, k):  # type: ignore[no-untyped-def]
         if n < k:
             n += 1
     return best_k, best_s
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) every kernel with the types the index passes, so a
+    worker pays it at start rather than in its first batch (~4 s uncached on this machine)."""
+    from app.core.lsh import LSHIndex, LSHParams
+
+    rng = np.random.default_rng(0)
+    index = LSHIndex(LSHParams(dim=8, m=4, L=4, probes=2, sketch_keep=8))
+    index.upsert_many(np.arange(64), rng.standard_normal((64, 8)).astype(np.float32))
+    index.upsert(64, rng.standard_normal(8).astype(np.float32))  # a delta entry
+    index.search(np.ones(8), 4, exclude={1})
+    index.search(np.ones(8), 40, allowed=np.ones(65, dtype=np.bool_))
