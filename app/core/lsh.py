@@ -18,8 +18,6 @@ _EMPTY_KEYS = np.empty(0, dtype=np.int64)
 _EMPTY_SCORES = np.empty(0, dtype=np.float32)
 _NO_ROWS = np.empty(0, dtype=np.int32)
 _NO_KEYS_ALLOWED = np.zeros(0, dtype=np.bool_)
-# Up to this k the compiled insertion top-k beats `_top_k`'s vectorised partition and sort.
-_SMALL_K = 32
 
 
 @dataclass(frozen=True)
@@ -624,6 +622,7 @@ class LSHIndex(_VectorStore):
         self._table_bits = max(1, (L - 1).bit_length())
         self._sketch_bits = min(64, L * m)
         self._table_tags = np.arange(L, dtype=np.uint32) << np.uint32(32 - self._table_bits)
+        self._key_shift = np.uint64(32 + self._table_bits)
         self._epoch = np.zeros(0, dtype=np.int32)
         self._sketch = np.zeros(0, dtype=np.uint64)
         # One byte a row, zero between queries: the compiled query marks rows it has taken.
@@ -1126,7 +1125,7 @@ class LSHIndex(_VectorStore):
         rows = self._candidate_rows(codes[0], frac[0], probes)
         return np.sort(self._row_keys[rows])
 
-    def _query(
+    def _search_numpy(
         self,
         q: np.ndarray,
         codes: np.ndarray,
@@ -1134,48 +1133,51 @@ class LSHIndex(_VectorStore):
         sketch: np.uint64,
         k: int,
         exclude: Collection[int] | None,
-        probes: int | None,
+        probes: int,
         allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of one hashed query: candidates minus `exclude` (and keys not `allowed`), cut
-        to the max(sketch_keep, 4 k) nearest by sketch when `sketch_keep` is set, re-ranked
-        exactly."""
+        """Top-k of one hashed query with the vectorised numpy path: needed for the "and" and
+        "vote" rules and a candidate cap, which count the tables that found each row."""
         p = self.params
         keep = max(p.sketch_keep, 4 * k) if p.sketch_keep else 0
-        probes = self._check_probes(probes)
-        if k <= 0:
+        rows = self._filter_rows(
+            self._candidate_rows(codes, frac, probes), exclude, sketch, keep, allowed
+        )
+        if rows.shape[0] == 0:
             return _EMPTY_KEYS.copy(), _EMPTY_SCORES.copy()
-        if p.combine != "or" or p.max_candidates:
-            rows = self._filter_rows(
-                self._candidate_rows(codes, frac, probes), exclude, sketch, keep, allowed
-            )
-            if rows.shape[0] == 0:
-                return _EMPTY_KEYS.copy(), _EMPTY_SCORES.copy()
-            # np.take, not fancy indexing: ~3x faster for a few thousand rows of a large matrix
-            # (measured 83 vs 255 us for 3,000 rows of 1M x 64).
-            scores = np.take(self._vectors, rows, axis=0) @ q
-            return _top_k(scores, np.take(self._row_keys, rows), k)
-        keys = lsh_kernels.probe_keys(
-            codes.view(np.uint64),
-            frac,
+        # np.take, not fancy indexing: ~3x faster for a few thousand rows of a large matrix
+        # (measured 83 vs 255 us for 3,000 rows of 1M x 64).
+        scores = np.take(self._vectors, rows, axis=0) @ q
+        return _top_k(scores, np.take(self._row_keys, rows), k)
+
+    @property
+    def _compiled(self) -> bool:
+        """The "or" rule without a cap runs compiled; the others need per-row table counts."""
+        return self.params.combine == "or" and not self.params.max_candidates
+
+    def _search_compiled(
+        self,
+        q: np.ndarray,
+        k: int,
+        exclude: Collection[int] | None,
+        probes: int,
+        allowed: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One query under the "or" rule without a cap: hash, probe, gather, sketch cut,
+        re-rank and (small k) top-k in one compiled call (lsh_kernels.search_one)."""
+        p = self.params
+        n = self._tail_n
+        keys, scores, final = lsh_kernels.search_one(
+            q,
+            self._a,
+            self._b,
+            float(p.w),
+            self._mult,
+            self._sketch_bits,
             probes,
             self._steps,
             self._table_tags,
-            np.uint64(32 + self._table_bits),
-        )
-        extra = _NO_ROWS
-        if self._large[0].size or self._small[0].size or self._tail_n:
-            extra = lsh_kernels._delta_rows(
-                keys,
-                *self._large,
-                *self._small,
-                self._tail_keys[: self._tail_n],
-                self._tail_rows[: self._tail_n],
-                self._tail_epochs[: self._tail_n],
-                self._epoch,
-            )
-        rows, scores = lsh_kernels.query(
-            keys,
+            self._key_shift,
             self._bucket_keys,
             self._bucket_starts,
             self._directory,
@@ -1183,21 +1185,25 @@ class LSHIndex(_VectorStore):
             self._entry_rows,
             self._epoch,
             self._dead_in_main > 0,
-            extra,
+            self._large[0],
+            self._large[1],
+            self._small[0],
+            self._small[1],
+            self._small[2],
+            self._tail_keys[:n],
+            self._tail_rows[:n],
+            self._tail_epochs[:n],
             self._excluded_rows(exclude),
             self._mark,
             self._sketch,
-            np.uint64(sketch),
-            keep,
+            max(p.sketch_keep, 4 * k) if p.sketch_keep else 0,
             self._vectors,
-            q,
             self._row_keys,
             _NO_KEYS_ALLOWED if allowed is None else allowed,
             allowed is not None,
+            k,
         )
-        if k <= _SMALL_K:
-            return lsh_kernels.top_small(scores, np.take(self._row_keys, rows), k)
-        return _top_k(scores, np.take(self._row_keys, rows), k)
+        return (keys, scores) if final else _top_k(scores, keys, k)
 
     def _filter_rows(
         self,
@@ -1207,7 +1213,8 @@ class LSHIndex(_VectorStore):
         keep: int,
         allowed: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The rows `_query` re-ranks, for the "and"/"vote" rules and a candidate cap (numpy)."""
+        """The rows `_search_numpy` re-ranks: candidates minus `exclude` and keys not `allowed`,
+        cut to the `keep` nearest by sketch (every tie kept)."""
         if allowed is not None and rows.shape[0]:
             keys = self._row_keys[rows]
             inside = keys < allowed.shape[0]
@@ -1240,8 +1247,13 @@ class LSHIndex(_VectorStore):
         first, ties by key ascending; with `allowed` (a bool per key) only keys it marks True.
         May return fewer than k: fall back to `ExactIndex`."""
         q = _as_vector(query, self.dim)
+        probes = self._check_probes(probes)
+        if k <= 0:
+            return _EMPTY_KEYS.copy(), _EMPTY_SCORES.copy()
+        if self._compiled:
+            return self._search_compiled(q, k, exclude, probes, allowed)
         codes, frac, sketch = self._hash(q[None, :])
-        return self._query(q, codes[0], frac[0], sketch[0], k, exclude, probes, allowed)
+        return self._search_numpy(q, codes[0], frac[0], sketch[0], k, exclude, probes, allowed)
 
     def search_batch(
         self,
@@ -1256,9 +1268,19 @@ class LSHIndex(_VectorStore):
         qs = _as_matrix(queries, self.dim)
         if exclude is not None and len(exclude) != qs.shape[0]:
             raise ValueError(f"{len(exclude)} exclude sets for {qs.shape[0]} queries")
+        probes = self._check_probes(probes)
+        if k <= 0:
+            return [(_EMPTY_KEYS.copy(), _EMPTY_SCORES.copy()) for _ in range(qs.shape[0])]
+        if self._compiled:
+            return [
+                self._search_compiled(
+                    qs[i], k, exclude[i] if exclude is not None else None, probes, None
+                )
+                for i in range(qs.shape[0])
+            ]
         codes, frac, sketches = self._hash(qs)
         return [
-            self._query(
+            self._search_numpy(
                 qs[i],
                 codes[i],
                 frac[i],

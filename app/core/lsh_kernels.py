@@ -331,6 +331,130 @@ def top_small(scores, keys, k):  # type: ignore[no-untyped-def]
     return best_k, best_s
 
 
+@njit(cache=True)
+def hash_query(q, a, b, w, mult, sketch_bits):  # type: ignore[no-untyped-def]
+    """`LSHIndex._hash` of one query: (L,) uint64 bucket keys, (L, m) fractional positions
+    and the uint64 sign sketch (numpy.packbits bit order). float64 throughout, summed in
+    another order than numpy's product: a floor can differ only for a projection within
+    ~1e-16 of a boundary, which moves a query's probes, never a stored row."""
+    dim = a.shape[0]
+    n_proj = a.shape[1]
+    L = mult.shape[0]
+    m = mult.shape[1]
+    raw = np.zeros(n_proj, np.float64)
+    for c in range(dim):
+        qc = np.float64(q[c])
+        for j in range(n_proj):
+            raw[j] += qc * a[c, j]
+    codes = np.empty(L, np.uint64)
+    frac = np.empty((L, m), np.float64)
+    for t in range(L):
+        acc = np.uint64(0)
+        for i in range(m):
+            j = t * m + i
+            p = (raw[j] + b[j]) / w
+            f = np.floor(p)
+            frac[t, i] = p - f
+            acc += np.uint64(np.int64(f)) * mult[t, i]  # wraps mod 2^64, as the hash requires
+        codes[t] = acc
+    sketch = np.uint64(0)
+    for i in range(sketch_bits):
+        if raw[i] > 0:
+            sketch |= np.uint64(1) << np.uint64(8 * (i // 8) + 7 - i % 8)
+    return codes, frac, sketch
+
+
+@njit(cache=True)
+def search_one(  # type: ignore[no-untyped-def]
+    q,
+    a,
+    b,
+    w,
+    mult,
+    sketch_bits,
+    probes,
+    steps,
+    table_tags,
+    shift,
+    bucket_keys,
+    bucket_starts,
+    directory,
+    dir_shift,
+    entry_rows,
+    epoch,
+    check_epoch,
+    large_keys,
+    large_rows,
+    small_keys,
+    small_rows,
+    small_epochs,
+    tail_keys,
+    tail_rows,
+    tail_epochs,
+    excluded,
+    mark,
+    sketches,
+    keep,
+    vectors,
+    row_keys,
+    allowed,
+    use_allowed,
+    k,
+):
+    """One query end to end under the "or" rule: hash, probe, gather, cut, re-rank. Returns
+    (keys, scores, final): the top k, best first, when k <= SMALL_K (final); else every
+    re-ranked candidate, for `lsh._top_k`."""
+    codes, frac, sketch = hash_query(q, a, b, w, mult, sketch_bits)
+    keys = probe_keys(codes, frac, probes, steps, table_tags, shift)
+    if large_keys.shape[0] or small_keys.shape[0] or tail_keys.shape[0]:
+        extra = _delta_rows(
+            keys,
+            large_keys,
+            large_rows,
+            small_keys,
+            small_rows,
+            small_epochs,
+            tail_keys,
+            tail_rows,
+            tail_epochs,
+            epoch,
+        )
+    else:
+        extra = np.empty(0, np.int32)
+    rows, scores = query(
+        keys,
+        bucket_keys,
+        bucket_starts,
+        directory,
+        dir_shift,
+        entry_rows,
+        epoch,
+        check_epoch,
+        extra,
+        excluded,
+        mark,
+        sketches,
+        sketch,
+        keep,
+        vectors,
+        q,
+        row_keys,
+        allowed,
+        use_allowed,
+    )
+    found = np.empty(rows.shape[0], np.int64)
+    for j in range(rows.shape[0]):
+        found[j] = row_keys[rows[j]]
+    if k <= SMALL_K:
+        best_keys, best_scores = top_small(scores, found, k)
+        return best_keys, best_scores, True
+    return found, scores, False
+
+
+# Up to this k the insertion top-k (`top_small`) beats `lsh._top_k`'s partition and sort.
+SMALL_K = 32
+
+
 def warm_up() -> None:
     """Compile (or load from the cache) every kernel with the types the index passes, so a
     worker pays it at start rather than in its first batch (~4 s uncached on this machine)."""
