@@ -112,8 +112,8 @@ class ItemCatalog:
 
     def keys_of(self, item_ids: Iterable[str]) -> set[int]:
         """Keys of the items that are in the catalog (`key` for many, without a call each)."""
-        get, meta = self._key.get, self._meta
-        return {k for i in item_ids if (k := get(i)) is not None and k in meta}
+        meta = self._meta
+        return {k for k in map(self._key.get, item_ids) if k is not None and k in meta}
 
     def item_id(self, key: int) -> str:
         return self._ids[key]
