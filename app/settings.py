@@ -106,7 +106,7 @@ class RedisSettings(_Section):
 class WorkerSettings(_Section):
     app_id: str = Field("nearline-rec", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     """Faust app id = Kafka consumer group; workers with one id share the partitions."""
-    batch_size: int = Field(500, ge=1, le=100_000)
+    batch_size: int = Field(1000, ge=1, le=100_000)
     """Most events handled in one micro-batch (bigger: fewer lists per event, staler lists)."""
     batch_within: float = Field(0.2, gt=0, le=60)
     """Seconds to wait for a micro-batch to fill."""
