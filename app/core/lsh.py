@@ -16,7 +16,6 @@ COMBINE_RULES = ("or", "and", "vote")
 
 _EMPTY_KEYS = np.empty(0, dtype=np.int64)
 _EMPTY_SCORES = np.empty(0, dtype=np.float32)
-_NO_ROWS = np.empty(0, dtype=np.int32)
 _NO_KEYS_ALLOWED = np.zeros(0, dtype=np.bool_)
 
 

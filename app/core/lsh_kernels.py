@@ -1,5 +1,5 @@
-"""Compiled query path of `LSHIndex` (numba): probing, bucket lookup, gather, dedupe, sketch cut
-and the exact re-rank of one query, in one call.
+"""Compiled query path of `LSHIndex` (numba): hashing, probing, bucket lookup, gather,
+dedupe, sketch cut, the exact re-rank and (small k) the top-k of one query, in one call.
 
 The numpy version of this path ran ~40 vectorised calls per query, each paying its own
 dispatch and temporaries, plus a sort of every candidate row; at 100k items that overhead was
@@ -7,11 +7,13 @@ most of a query's time, and at 1M the gather was. Here each phase is a loop over
 reads (so the CPU overlaps their cache misses): directory cells, then bucket offsets, then the
 entries; each candidate row is marked once in a byte array (excluded rows are pre-marked, so
 they are never taken), and the rows nearest by sign sketch are kept with a 65-bin histogram
-instead of a partition. The kept rows and the `_top_k` that follows are those of the numpy
-path (`LSHIndex._candidate_rows` + `_filter_rows`, still used for the "and"/"vote" rules and
-a candidate cap); scores are float64 dot products rounded to float32.
+instead of a partition. The kept rows are those of the numpy path (`LSHIndex._candidate_rows`
++ `_filter_rows`, still used for the "and"/"vote" rules and a candidate cap); scores are
+float32 inner products summed in a vectorised order (they may differ from numpy's in the
+last bit), ranked best first with ties by key.
 
-Compiled on first use and cached next to this file (numba `cache=True`).
+Compiled on first use and cached next to this file (numba `cache=True`); `warm_up` does it
+when a worker starts.
 """
 
 from __future__ import annotations
