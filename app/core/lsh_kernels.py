@@ -159,19 +159,14 @@ def _upper(a, key, lo, hi):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _delta_rows(
-    keys,
-    large_keys,
-    large_rows,
-    small_keys,
-    small_rows,
-    small_epochs,
-    tail_keys,
-    tail_rows,
-    tail_epochs,
-    epoch,
-):  # type: ignore[no-untyped-def]  # noqa: E501
-    """Live rows of the delta runs in the buckets of `keys` (`LSHIndex._delta_candidates`)."""
+def _delta_rows(keys, delta, epoch):  # type: ignore[no-untyped-def]
+    """Live rows of the delta runs in the buckets of `keys` (`LSHIndex._delta_candidates`).
+    `delta`: (large keys, large rows, small keys, small rows, small epochs, tail keys,
+    tail rows, tail epochs)."""
+    large_keys, large_rows, small_keys, small_rows, small_epochs = delta[:5]
+    tail_keys, tail_rows, tail_epochs = delta[5:]
+    if not (large_keys.shape[0] or small_keys.shape[0] or tail_keys.shape[0]):
+        return np.empty(0, np.int32)
     out = []
     for i in range(keys.shape[0]):
         key = keys[i]
@@ -385,14 +380,7 @@ def search_one(  # type: ignore[no-untyped-def]
     entry_rows,
     epoch,
     check_epoch,
-    large_keys,
-    large_rows,
-    small_keys,
-    small_rows,
-    small_epochs,
-    tail_keys,
-    tail_rows,
-    tail_epochs,
+    delta,
     excluded,
     mark,
     sketches,
@@ -408,21 +396,7 @@ def search_one(  # type: ignore[no-untyped-def]
     re-ranked candidate, for `lsh._top_k`."""
     codes, frac, sketch = hash_query(q, a, b, w, mult, sketch_bits)
     keys = probe_keys(codes, frac, probes, steps, table_tags, shift)
-    if large_keys.shape[0] or small_keys.shape[0] or tail_keys.shape[0]:
-        extra = _delta_rows(
-            keys,
-            large_keys,
-            large_rows,
-            small_keys,
-            small_rows,
-            small_epochs,
-            tail_keys,
-            tail_rows,
-            tail_epochs,
-            epoch,
-        )
-    else:
-        extra = np.empty(0, np.int32)
+    extra = _delta_rows(keys, delta, epoch)
     rows, scores = query(
         keys,
         bucket_keys,
