@@ -19,12 +19,39 @@ when a worker starts.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _M1 = np.uint64(0x5555555555555555)
 _M2 = np.uint64(0x3333333333333333)
 _M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
 _H01 = np.uint64(0x0101010101010101)
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):  # type: ignore[no-untyped-def]
+    """Hint the CPU to fetch `array[index]` into cache (LLVM's prefetch: read, high
+    locality). It never faults and retires without waiting for the data, so a loop of them
+    over a phase's addresses starts all their cache misses at once; the loads of the phase
+    itself, behind mispredicted branches, would otherwise start only a few at a time."""
+    sig = types.void(array, index)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        array_type = signature.args[0]
+        view = context.make_array(array_type)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(
+            context, builder, array_type, view, [args[1]], wraparound=False
+        )
+        byte_ptr = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [byte_ptr.type, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [byte_ptr.type], fnty)
+        builder.call(fn, [byte_ptr, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, inline="always")
@@ -215,20 +242,33 @@ def query(  # type: ignore[no-untyped-def]
     allowed,  # bool per key: only these keys may be returned (when use_allowed)
     use_allowed,  # bool
 ):
-    """(rows int32, scores float32) of the candidates of one query under the "or" rule."""
+    """(rows int32, scores float32) of the candidates of one query under the "or" rule.
+
+    Each phase's reads are prefetched in a loop of their own before the phase runs (the
+    phases before them computed the addresses): at 1M x 64 this took a query from ~125 to
+    ~95 us, as the binary searches, bucket ranges and the dedupe branch otherwise keep only a
+    few misses in flight."""
     n_probe = keys.shape[0]
     nb = bucket_keys.shape[0]
     start = np.empty(n_probe, np.int64)
     stop = np.empty(n_probe, np.int64)
     for i in range(n_probe):
+        _prefetch(directory, np.int64(keys[i] >> dir_shift))
+    for i in range(n_probe):
         c = np.int64(keys[i] >> dir_shift)
         start[i] = directory[c]
         stop[i] = directory[c + 1]
+    for i in range(n_probe):
+        if start[i] < stop[i]:
+            _prefetch(bucket_keys, start[i])
     total = extra.shape[0]
     for i in range(n_probe):
         key = keys[i]
         at = _lower(bucket_keys, key, start[i], stop[i])
         start[i] = at if at < nb and bucket_keys[at] == key else -1
+    for i in range(n_probe):
+        if start[i] >= 0:
+            _prefetch(bucket_starts, start[i])
     for i in range(n_probe):
         b = start[i]
         if b >= 0:
@@ -238,6 +278,9 @@ def query(  # type: ignore[no-untyped-def]
         else:
             start[i] = 0
             stop[i] = 0
+    for i in range(n_probe):
+        if start[i] < stop[i]:
+            _prefetch(entry_rows, start[i])
     rows = np.empty(total, np.int32)
     n = 0
     for i in range(n_probe):
@@ -247,6 +290,11 @@ def query(  # type: ignore[no-untyped-def]
     for j in range(extra.shape[0]):
         rows[n] = extra[j]
         n += 1
+    cutting = keep > 0 and n > keep
+    for j in range(n):
+        _prefetch(mark, rows[j])
+        if cutting:
+            _prefetch(sketches, rows[j])
     for r in excluded:
         mark[r] = 1
     m = 0
@@ -293,6 +341,9 @@ def query(  # type: ignore[no-untyped-def]
 def _dots(vectors, rows, q):  # type: ignore[no-untyped-def]
     """float32 inner products of the rows with q (reassociated, so vectorised)."""
     scores = np.empty(rows.shape[0], np.float32)
+    for j in range(rows.shape[0]):
+        for c in range(0, q.shape[0], 16):  # a 64-byte cache line is 16 float32
+            _prefetch(vectors[rows[j]], c)
     for j in range(rows.shape[0]):
         r = rows[j]
         s = np.float32(0.0)
