@@ -1008,15 +1008,20 @@ class LSHIndex(_VectorStore):
                 return  # same vector, same buckets
             if self._epoch[row] == 0:
                 self._dead_in_main += 1
-        # `_hash` for one vector, without the fractions (only queries probe) and the checks
-        # of the general path: the same products, so the same keys and sketch.
+        # `_hash` + `_tagged` for one vector: numpy's product (so the same projections as
+        # the batch path), the rest compiled (same operations, so the same keys and sketch).
         raw = v[None, :].astype(np.float64) @ self._a
-        floors = np.floor((raw + self._b) / self.params.w)
-        h = floors.astype(np.int64).view(np.uint64).reshape(self._mult.shape)
-        codes = (h * self._mult).sum(axis=1, dtype=np.uint64)
-        tagged = (codes >> np.uint64(32 + self._table_bits)).astype(np.uint32) | self._table_tags
+        tagged, sketch = lsh_kernels.stored_keys(
+            raw[0],
+            self._b,
+            float(self.params.w),
+            self._mult,
+            self._sketch_bits,
+            self._key_shift,
+            self._table_tags,
+        )
         self._vectors[row] = v
-        self._sketch[row] = self._sketch_of(raw)[0]
+        self._sketch[row] = sketch
         L = self.params.L
         epoch = self._next_epoch
         if epoch + 1 > self._MAX_EPOCH or self._tail_n + L > self._tail_keys.shape[0]:

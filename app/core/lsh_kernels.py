@@ -379,21 +379,13 @@ def top_small(scores, keys, k):  # type: ignore[no-untyped-def]
     return best_k, best_s
 
 
-@njit(cache=True)
-def hash_query(q, a, b, w, mult, sketch_bits):  # type: ignore[no-untyped-def]
-    """`LSHIndex._hash` of one query: (L,) uint64 bucket keys, (L, m) fractional positions
-    and the uint64 sign sketch (numpy.packbits bit order). float64 throughout, summed in
-    another order than numpy's product: a floor can differ only for a projection within
-    ~1e-16 of a boundary, which moves a query's probes, never a stored row."""
-    dim = a.shape[0]
-    n_proj = a.shape[1]
+@njit(cache=True, inline="always")
+def _from_projections(raw, b, w, mult, sketch_bits):  # type: ignore[no-untyped-def]
+    """(L,) uint64 bucket keys, (L, m) fractional positions and the uint64 sign sketch
+    (numpy.packbits bit order) of a vector's float64 projections `raw` (x . a): the same
+    IEEE operations as `LSHIndex._hash`, so the same keys for the same `raw`."""
     L = mult.shape[0]
     m = mult.shape[1]
-    raw = np.zeros(n_proj, np.float64)
-    for c in range(dim):
-        qc = np.float64(q[c])
-        for j in range(n_proj):
-            raw[j] += qc * a[c, j]
     codes = np.empty(L, np.uint64)
     frac = np.empty((L, m), np.float64)
     for t in range(L):
@@ -410,6 +402,34 @@ def hash_query(q, a, b, w, mult, sketch_bits):  # type: ignore[no-untyped-def]
         if raw[i] > 0:
             sketch |= np.uint64(1) << np.uint64(8 * (i // 8) + 7 - i % 8)
     return codes, frac, sketch
+
+
+@njit(cache=True)
+def hash_query(q, a, b, w, mult, sketch_bits):  # type: ignore[no-untyped-def]
+    """`LSHIndex._hash` of one query: (L,) uint64 bucket keys, (L, m) fractional positions
+    and the sign sketch. The projections are summed in another order than numpy's product: a
+    floor can differ only for a projection within ~1e-16 of a boundary, which moves a query's
+    probes, never a stored row (rows are hashed by `stored_keys` from numpy's product)."""
+    dim = a.shape[0]
+    n_proj = a.shape[1]
+    raw = np.zeros(n_proj, np.float64)
+    for c in range(dim):
+        qc = np.float64(q[c])
+        for j in range(n_proj):
+            raw[j] += qc * a[c, j]
+    return _from_projections(raw, b, w, mult, sketch_bits)
+
+
+@njit(cache=True)
+def stored_keys(raw, b, w, mult, sketch_bits, shift, table_tags):  # type: ignore[no-untyped-def]
+    """(L,) uint32 layout keys and the sign sketch of one stored row from its projections
+    `raw` (numpy's `x @ a`, as `LSHIndex._hash` computes them): `_hash` + `_tagged` in one
+    call, for the single-row update path."""
+    codes, _, sketch = _from_projections(raw, b, w, mult, sketch_bits)
+    tagged = np.empty(codes.shape[0], np.uint32)
+    for t in range(codes.shape[0]):
+        tagged[t] = np.uint32(codes[t] >> shift) | table_tags[t]
+    return tagged, sketch
 
 
 @njit(cache=True)

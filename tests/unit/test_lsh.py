@@ -344,6 +344,23 @@ def test_signature_matches_bulk_codes():
         )
 
 
+def test_single_upserts_file_rows_like_the_bulk_load():
+    # One-at-a-time updates hash in a compiled helper: keys and sketches must be the bulk
+    # path's, or a replica that streamed its items would bucket them unlike one that bulk
+    # loaded them (and `buckets()` would see a layout out of sync).
+    bulk = build(PARAMS, CLUSTERED[:300])
+    single = LSHIndex(PARAMS)
+    for row in range(300):
+        single.upsert(row, CLUSTERED[row])
+    single.compact()
+    assert single.buckets() == bulk.buckets()
+    np.testing.assert_array_equal(single._sketch[:300], bulk._sketch[:300])
+    # a move re-files the row under the moved vector's keys
+    single.upsert(5, CLUSTERED[400])
+    bulk.upsert_many([5, 6], CLUSTERED[[400, 6]])
+    assert single.buckets() == bulk.buckets()
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
