@@ -149,7 +149,8 @@ def test_redelivered_records_change_no_state_and_reemit_the_same_list_version():
     assert again.states["u"].to_bytes() == before
     assert again.lists[0][1].version == first.lists[0][1].version
     assert [i.item_id for i in again.lists[0][0].items] == [
-        i.item_id for i in first.lists[0][0].items]
+        i.item_id for i in first.lists[0][0].items
+    ]
 
 
 def test_same_events_produced_again_at_new_offsets_emit_nothing():

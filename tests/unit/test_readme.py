@@ -37,8 +37,12 @@ def test_redis_key_layout_table_matches_key_builders():
 
 def test_quickstart_has_exactly_two_commands_and_ci_runs_the_second():
     section = re.search(r"^## Quickstart$(.*?)^## ", README, re.S | re.M).group(1)
-    cmds = [line.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)
-            for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    cmds = [
+        line.strip()
+        for block in re.findall(r"```bash\n(.*?)```", section, re.S)
+        for line in block.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert cmds == ["bash scripts/demo.sh", "bash scripts/test.sh"]
     ci = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     assert cmds[1] in ci
