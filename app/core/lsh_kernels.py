@@ -186,29 +186,80 @@ def _upper(a, key, lo, hi):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
+def cell_directory(sorted_keys, bits):  # type: ignore[no-untyped-def]
+    """int32 directory of uint32 `sorted_keys` on their top `bits` bits: entry c is the
+    first position of a key whose top bits are >= c, the last is len(sorted_keys), so the
+    keys of cell c are [directory[c], directory[c + 1]). One pass over cells and keys."""
+    cells = 1 << bits
+    shift = np.uint32(32 - bits)
+    out = np.empty(cells + 1, np.int32)
+    n = sorted_keys.shape[0]
+    j = 0
+    for c in range(cells):
+        while j < n and np.int64(sorted_keys[j] >> shift) < c:
+            j += 1
+        out[c] = j
+    out[cells] = n
+    return out
+
+
+@njit(cache=True, inline="always")
+def _shift_of(directory):  # type: ignore[no-untyped-def]
+    """The key shift of a `cell_directory` (its length is 2^bits + 1)."""
+    bits = 0
+    while (1 << bits) < directory.shape[0] - 1:
+        bits += 1
+    return np.uint32(32 - bits)
+
+
+@njit(cache=True)
+def _run_ranges(keys, run_keys, directory, lo, hi):  # type: ignore[no-untyped-def]
+    """[lo, hi) in the sorted `run_keys` of each of `keys` (empty where absent), through the
+    run's cell directory; phase by phase with prefetches, as in `query`."""
+    shift = _shift_of(directory)
+    for i in range(keys.shape[0]):
+        _prefetch(directory, np.int64(keys[i] >> shift))
+    for i in range(keys.shape[0]):
+        c = np.int64(keys[i] >> shift)
+        lo[i] = directory[c]
+        hi[i] = directory[c + 1]
+    for i in range(keys.shape[0]):
+        if lo[i] < hi[i]:
+            _prefetch(run_keys, lo[i])
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        at = _lower(run_keys, key, lo[i], hi[i])
+        hi[i] = _upper(run_keys, key, at, hi[i])
+        lo[i] = at
+
+
+@njit(cache=True)
 def _delta_rows(keys, delta, epoch):  # type: ignore[no-untyped-def]
     """Live rows of the delta runs in the buckets of `keys` (`LSHIndex._delta_candidates`).
-    `delta`: (large keys, large rows, small keys, small rows, small epochs, tail keys,
-    tail rows, tail epochs)."""
-    large_keys, large_rows, small_keys, small_rows, small_epochs = delta[:5]
-    tail_keys, tail_rows, tail_epochs = delta[5:]
+    `delta`: (large keys, large rows, large directory, small keys, small rows, small epochs,
+    small directory, tail keys, tail rows, tail epochs); directories by `cell_directory`."""
+    large_keys, large_rows, large_dir = delta[:3]
+    small_keys, small_rows, small_epochs, small_dir = delta[3:7]
+    tail_keys, tail_rows, tail_epochs = delta[7:]
     if not (large_keys.shape[0] or small_keys.shape[0] or tail_keys.shape[0]):
         return np.empty(0, np.int32)
     out = []
-    for i in range(keys.shape[0]):
-        key = keys[i]
-        lo = _lower(large_keys, key, 0, large_keys.shape[0])
-        hi = _upper(large_keys, key, lo, large_keys.shape[0])
-        for e in range(lo, hi):
-            r = large_rows[e]
-            if epoch[r] == 1:
-                out.append(r)
-        lo = _lower(small_keys, key, 0, small_keys.shape[0])
-        hi = _upper(small_keys, key, lo, small_keys.shape[0])
-        for e in range(lo, hi):
-            r = small_rows[e]
-            if epoch[r] == small_epochs[e]:
-                out.append(r)
+    lo = np.empty(keys.shape[0], np.int64)
+    hi = np.empty(keys.shape[0], np.int64)
+    if large_keys.shape[0]:
+        _run_ranges(keys, large_keys, large_dir, lo, hi)
+        for i in range(keys.shape[0]):
+            for e in range(lo[i], hi[i]):
+                r = large_rows[e]
+                if epoch[r] == 1:
+                    out.append(r)
+    if small_keys.shape[0]:
+        _run_ranges(keys, small_keys, small_dir, lo, hi)
+        for i in range(keys.shape[0]):
+            for e in range(lo[i], hi[i]):
+                r = small_rows[e]
+                if epoch[r] == small_epochs[e]:
+                    out.append(r)
     if tail_keys.shape[0]:
         ordered = np.sort(keys)
         for e in range(tail_keys.shape[0]):
@@ -281,6 +332,7 @@ def query(  # type: ignore[no-untyped-def]
     for i in range(n_probe):
         if start[i] < stop[i]:
             _prefetch(entry_rows, start[i])
+            _prefetch(entry_rows, stop[i] - 1)
     rows = np.empty(total, np.int32)
     n = 0
     for i in range(n_probe):
@@ -290,10 +342,11 @@ def query(  # type: ignore[no-untyped-def]
     for j in range(extra.shape[0]):
         rows[n] = extra[j]
         n += 1
-    cutting = keep > 0 and n > keep
-    for j in range(n):
-        _prefetch(mark, rows[j])
-        if cutting:
+    if check_epoch:
+        for j in range(n):
+            _prefetch(epoch, rows[j])
+    if keep > 0 and n > keep:
+        for j in range(n):
             _prefetch(sketches, rows[j])
     for r in excluded:
         mark[r] = 1
