@@ -147,10 +147,17 @@ def _describe(p: LSHParams) -> dict[str, Any]:
     }
 
 
-def bench_updates(index: LSHIndex, x: np.ndarray, n_ops: int, seed: int = 5) -> dict[str, float]:
+def bench_updates(
+    index: LSHIndex,
+    x: np.ndarray,
+    n_ops: int,
+    seed: int = 5,
+    queries: np.ndarray | None = None,
+) -> dict[str, float]:
     """Streaming updates, one call per item: insert new keys, move existing ones to a new
     vector (another point of the mixture), delete. Leaves the index as it was (moved vectors
-    are moved back)."""
+    are moved back). With `queries`, also queries/s one at a time while the inserted and
+    moved rows are still in the delta (as between merges in a worker that follows updates)."""
     rng = np.random.default_rng(seed)
     n, dim = x.shape
     fresh = x[rng.integers(0, n, n_ops)] + 0.3 * rng.standard_normal((n_ops, dim)).astype(
@@ -169,6 +176,13 @@ def bench_updates(index: LSHIndex, x: np.ndarray, n_ops: int, seed: int = 5) -> 
     for key, v in zip(moved, targets, strict=True):
         index.upsert(key, v)
     move_s = time.perf_counter() - t
+    with_delta: dict[str, float] = {}
+    if queries is not None:
+        total_s, _ = _latencies(lambda q: index.search(q, K), queries)
+        with_delta = {
+            "delta_rows": index.delta_rows(),
+            "qps_with_delta": round(len(queries) / total_s, 1),
+        }
     t = time.perf_counter()
     for key in new_keys:
         index.remove(key)
@@ -196,6 +210,7 @@ def bench_updates(index: LSHIndex, x: np.ndarray, n_ops: int, seed: int = 5) -> 
         "merge_rows": index.merge_rows(),
         "move_per_s_amortised": round(1 / (move_s / n_ops + per_row), 1),
         "move_batched_per_s_amortised": round(1 / (move_batch_s / n_ops + per_row), 1),
+        **with_delta,
     }
 
 
@@ -288,7 +303,7 @@ def bench_size(
     for label, params in lsh_settings(n, dim):
         if params.structure not in builds:
             for structure, old in builds.items():  # one build held at a time
-                build_info[structure]["updates"] = bench_updates(old, x, update_ops)
+                build_info[structure]["updates"] = bench_updates(old, x, update_ops, queries=qs)
             builds.clear()
             gc.collect()
             rss0 = rss_bytes()
@@ -330,7 +345,7 @@ def bench_size(
         )
     # Updates last, on each build: the queries above ran on a freshly built index.
     for structure, index in builds.items():
-        build_info[structure]["updates"] = bench_updates(index, x, update_ops)
+        build_info[structure]["updates"] = bench_updates(index, x, update_ops, queries=qs)
     for p, (_, params) in zip(lsh_points, lsh_settings(n, dim), strict=True):
         p["updates"] = build_info[params.structure]["updates"]
     log(f"    lsh updates: {lsh_points[0]['updates']}")
@@ -544,6 +559,8 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "merge_s": d["updates"]["merge_s"],
                 "insert_per_s": d["updates"]["insert_per_s"],
                 "delete_per_s": d["updates"]["delete_per_s"],
+                "qps_with_delta": d["updates"].get("qps_with_delta"),
+                "delta_rows": d["updates"].get("delta_rows"),
                 "hnsw_build_s": s["hnswlib"].get("build_s"),
             }
         )

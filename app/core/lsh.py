@@ -842,8 +842,9 @@ class LSHIndex(_VectorStore):
             self._dead_in_main += int(np.count_nonzero(self._epoch[rows] == 0))
             self._epoch[rows] = -1
 
-    def _delta_rows(self) -> int:
-        """Rows' worth of entries in the delta, dead ones included (they go at run merges)."""
+    def delta_rows(self) -> int:
+        """Rows' worth of entries in the delta (updates since the last merge), dead ones
+        included (they go at run merges); the arrays hold the rest."""
         n = self._tail_n + self._small[0].shape[0] + self._large[0].shape[0]
         return n // self.params.L
 
