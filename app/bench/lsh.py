@@ -153,11 +153,14 @@ def bench_updates(
     n_ops: int,
     seed: int = 5,
     queries: np.ndarray | None = None,
+    query_params: LSHParams | None = None,
 ) -> dict[str, float]:
     """Streaming updates, one call per item: insert new keys, move existing ones to a new
     vector (another point of the mixture), delete. Leaves the index as it was (moved vectors
-    are moved back). With `queries`, also queries/s one at a time while the inserted and
-    moved rows are still in the delta (as between merges in a worker that follows updates)."""
+    are moved back). With `queries` and `query_params` (the setting to query with; the index
+    may be a build with other query-time fields), also queries/s one at a time while the
+    inserted and moved rows are still in the delta (as between merges in a worker that follows
+    updates)."""
     rng = np.random.default_rng(seed)
     n, dim = x.shape
     fresh = x[rng.integers(0, n, n_ops)] + 0.3 * rng.standard_normal((n_ops, dim)).astype(
@@ -177,8 +180,9 @@ def bench_updates(
         index.upsert(key, v)
     move_s = time.perf_counter() - t
     with_delta: dict[str, float] = {}
-    if queries is not None:
-        total_s, _ = _latencies(lambda q: index.search(q, K), queries)
+    if queries is not None and query_params is not None:
+        view = index._query_view(query_params)  # now: a view sees the delta as it is
+        total_s, _ = _latencies(lambda q: view.search(q, K), queries)
         with_delta = {
             "delta_rows": index.delta_rows(),
             "qps_with_delta": round(len(queries) / total_s, 1),
@@ -298,12 +302,15 @@ def bench_size(
 
     lsh_points = []
     builds: dict[tuple[Any, ...], LSHIndex] = {}
+    first_params: dict[tuple[Any, ...], LSHParams] = {}  # query setting for the update pass
     build_info: dict[tuple[Any, ...], dict[str, Any]] = {}
     keys = np.arange(n, dtype=np.int64)
     for label, params in lsh_settings(n, dim):
         if params.structure not in builds:
             for structure, old in builds.items():  # one build held at a time
-                build_info[structure]["updates"] = bench_updates(old, x, update_ops, queries=qs)
+                build_info[structure]["updates"] = bench_updates(
+                    old, x, update_ops, queries=qs, query_params=first_params[structure]
+                )
             builds.clear()
             gc.collect()
             rss0 = rss_bytes()
@@ -313,6 +320,7 @@ def bench_size(
             build_s = time.perf_counter() - t
             gc.collect()
             builds[params.structure] = base
+            first_params[params.structure] = params
             build_info[params.structure] = {
                 "build_s": round(build_s, 2),
                 "memory_bytes": base.memory_bytes(),
@@ -345,7 +353,9 @@ def bench_size(
         )
     # Updates last, on each build: the queries above ran on a freshly built index.
     for structure, index in builds.items():
-        build_info[structure]["updates"] = bench_updates(index, x, update_ops, queries=qs)
+        build_info[structure]["updates"] = bench_updates(
+            index, x, update_ops, queries=qs, query_params=first_params[structure]
+        )
     for p, (_, params) in zip(lsh_points, lsh_settings(n, dim), strict=True):
         p["updates"] = build_info[params.structure]["updates"]
     log(f"    lsh updates: {lsh_points[0]['updates']}")

@@ -13,7 +13,7 @@ def test_bench_updates_restores_the_index_and_measures_queries_with_a_delta():
     index = LSHIndex(LSHParams(dim=16, m=8, L=8, probes=4, sketch_keep=50))
     index.upsert_many(np.arange(3000), x)
     before = index.buckets()
-    out = bench_updates(index, x, 300, queries=qs)
+    out = bench_updates(index, x, 300, queries=qs, query_params=index.params)
     # 300 inserted and 300 moved rows were pending when the queries ran
     assert out["delta_rows"] >= 600
     assert out["qps_with_delta"] > 0
