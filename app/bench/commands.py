@@ -71,7 +71,13 @@ def _ints(text: str) -> list[int]:
 @click.option("--passes", default=3, show_default=True, type=click.IntRange(1, 20))
 @click.option("--update-ops", default=10_000, show_default=True, type=click.IntRange(100, 10**6))
 @click.option("--no-hnsw", is_flag=True, help="Skip the hnswlib baseline.")
-@click.option("--ef", "efs", default="16,32,64,128", show_default=True, help="hnswlib ef values.")
+@click.option(
+    "--ef",
+    "efs",
+    default="10,12,16,32,64,128",
+    show_default=True,
+    help="hnswlib ef values (from k = 10 up, so one reads below LSH's recall to compare at).",
+)
 @click.option("--ef-construction", default=100, show_default=True, type=click.IntRange(10, 1000))
 @one_line_errors
 def bench_lsh(
