@@ -4,13 +4,15 @@ dedupe, sketch cut, the exact re-rank and (small k) the top-k of one query, in o
 The numpy version of this path ran ~40 vectorised calls per query, each paying its own
 dispatch and temporaries, plus a sort of every candidate row; at 100k items that overhead was
 most of a query's time, and at 1M the gather was. Here each phase is a loop over independent
-reads (so the CPU overlaps their cache misses): directory cells, then bucket offsets, then the
-entries; each candidate row is marked once in a byte array (excluded rows are pre-marked, so
-they are never taken), and the rows nearest by sign sketch are kept with a 65-bin histogram
-instead of a partition. The kept rows are those of the numpy path (`LSHIndex._candidate_rows`
-+ `_filter_rows`, still used for the "and"/"vote" rules and a candidate cap); scores are
-float32 inner products summed in a vectorised order (they may differ from numpy's in the
-last bit), ranked best first with ties by key.
+reads, prefetched in a loop of their own first (so the CPU overlaps their cache misses):
+directory cells, bucket keys, bucket offsets, entries, sketches, rows. Each candidate row is
+marked once in a byte array (excluded rows are pre-marked, so they are never taken), and the
+rows nearest by sign sketch are kept with a 65-bin histogram instead of a partition. Updated
+rows not yet merged are found through the delta runs' cell directories and a hash set of the
+probed keys (`_delta_rows`). The kept rows are those of the numpy path
+(`LSHIndex._candidate_rows` + `_filter_rows`, still used for the "and"/"vote" rules and a
+candidate cap); scores are float32 inner products summed in a vectorised order (they may
+differ from numpy's in the last bit), ranked best first with ties by key.
 
 Compiled on first use and cached next to this file (numba `cache=True`); `warm_up` does it
 when a worker starts.
@@ -168,17 +170,6 @@ def _lower(a, key, lo, hi):  # type: ignore[no-untyped-def]
     while lo < hi:
         mid = (lo + hi) >> 1
         if a[mid] < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@njit(cache=True, inline="always")
-def _upper(a, key, lo, hi):  # type: ignore[no-untyped-def]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid] <= key:
             lo = mid + 1
         else:
             hi = mid
@@ -495,7 +486,8 @@ def hash_query(q, a, b, w, mult, sketch_bits):  # type: ignore[no-untyped-def]
     """`LSHIndex._hash` of one query: (L,) uint64 bucket keys, (L, m) fractional positions
     and the sign sketch. The projections are summed in another order than numpy's product: a
     floor can differ only for a projection within ~1e-16 of a boundary, which moves a query's
-    probes, never a stored row (rows are hashed by `stored_keys` from numpy's product)."""
+    probes, never a stored row (stored rows are hashed from numpy's product, see
+    `stored_keys`)."""
     dim = a.shape[0]
     n_proj = a.shape[1]
     raw = np.zeros(n_proj, np.float64)
