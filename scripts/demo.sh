@@ -6,7 +6,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 if command -v python >/dev/null 2>&1; then PYTHON="${PYTHON:-python}"; else PYTHON="${PYTHON:-python3}"; fi
 if [[ "${NEARLINE_SKIP_INSTALL:-0}" != 1 ]]; then
-  echo "demo.sh: installing the project ($PYTHON -m pip install -q -e .)" >&2
-  "$PYTHON" -m pip install -q -e .
+  echo "demo.sh: installing scripts/requirements-runtime.lock and the project" >&2
+  "$PYTHON" -m pip install -q --require-hashes -r scripts/requirements-runtime.lock
+  "$PYTHON" -m pip install -q --no-deps -e .
 fi
 exec "$PYTHON" -m app.cli demo "$@"

@@ -3,15 +3,16 @@
 #
 #   bash scripts/test.sh [pytest args...]
 #
-# 1. installs the project with its dev extras (editable);
+# 1. installs the locked dependencies (scripts/requirements.lock) and the project (editable),
+#    into the active virtual environment or else into .venv (made if missing);
 # 2. starts Kafka and Redis with scripts/services.sh (fresh KRaft cluster);
 # 3. runs `python -m pytest "$@"` with NEARLINE_REQUIRE_SERVICES=1, so integration
 #    tests fail instead of skipping when a service is missing;
 # 4. stops the services it started itself (also on failure or Ctrl-C) and exits with
 #    pytest's exit code. Services that were already running are left running.
 #
-# Environment: PYTHON (default: python), NEARLINE_SKIP_INSTALL=1 to skip step 1, and the
-# NEARLINE_* port/state variables documented in scripts/services.sh.
+# Environment: PYTHON (default: python), NEARLINE_SKIP_INSTALL=1 to skip step 1 (PYTHON is
+# then used as it is), and the NEARLINE_* port/state variables documented in scripts/services.sh.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,8 +23,20 @@ export PYTHON
 SERVICES=(bash "$REPO/scripts/services.sh")
 
 if [[ "${NEARLINE_SKIP_INSTALL:-0}" != 1 ]]; then
-  echo "test.sh: installing the project ($PYTHON -m pip install -q -e '.[dev]')"
-  "$PYTHON" -m pip install -q -e '.[dev]'
+  # Exact versions from the lock file (scripts/lock.sh), so a new machine runs what CI
+  # tested. Outside a virtual environment one is made in .venv, so packages installed
+  # earlier on the machine cannot stand in for the locked ones.
+  if [[ -z "${VIRTUAL_ENV:-}" ]]; then
+    if [[ ! -x "$REPO/.venv/bin/python" ]]; then
+      echo "test.sh: creating the virtual environment .venv"
+      "$PYTHON" -m venv "$REPO/.venv"
+    fi
+    PYTHON="$REPO/.venv/bin/python"
+    export VIRTUAL_ENV="$REPO/.venv" PATH="$REPO/.venv/bin:$PATH"  # `nearline` for the tests
+  fi
+  echo "test.sh: installing scripts/requirements.lock and the project into $("$PYTHON" -c 'import sys; print(sys.prefix)')"
+  "$PYTHON" -m pip install -q --disable-pip-version-check --require-hashes -r scripts/requirements.lock
+  "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps -e .
 fi
 
 # Which services do we own? Only those not already running before we were called.

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -117,7 +118,7 @@ def make_client(cfg: RedisSettings) -> Any:
         from redis.asyncio.cluster import RedisCluster
 
         return RedisCluster.from_url(url, **kwargs)
-    return aioredis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **kwargs)
+    return aioredis.Redis.from_url(url, retry=AsyncRetry(NoBackoff(), 0), **kwargs)
 
 
 def check_access(cfg: RedisSettings) -> None:

@@ -27,6 +27,25 @@ def _fresh(cat: ItemCatalog, key: int, m: int) -> tuple[list[int], list[float]]:
     return keys.tolist(), scores.tolist()
 
 
+def _assert_same_answer(
+    got: tuple[list[int], list[float]], want: tuple[list[int], list[float]], where: str
+) -> None:
+    """Same neighbours with the same scores, up to float32 rounding: the cached answer and a
+    fresh search may sum a dot product in another order (another BLAS kernel), so a score
+    can differ in its last bit and two items whose scores tie to that bit may swap places."""
+    (got_keys, got_scores), (want_keys, want_scores) = got, want
+    assert len(got_keys) == len(want_keys), where
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-6, err_msg=where)
+    tol = 1e-5 * max(1.0, max((abs(s) for s in want_scores), default=1.0))
+    want_score = dict(zip(want_keys, want_scores, strict=True))
+    last = want_scores[-1] if want_scores else 0.0
+    for k, s in zip(got_keys, got_scores, strict=True):
+        if k in want_score:
+            assert abs(want_score[k] - s) <= tol, f"{where}: key {k}"
+        else:  # only a near-tie at the cut may differ
+            assert abs(s - last) <= tol, f"{where}: key {k} ({s}) not in {want_keys}"
+
+
 @pytest.mark.parametrize("exact_below", [10_000, 50], ids=["exact", "lsh"])
 def test_cached_answers_equal_fresh_searches_through_changes(exact_below: int) -> None:
     """Random item inserts, moves and deletes between lookups of a few hot seeds: every
@@ -52,7 +71,9 @@ def test_cached_answers_equal_fresh_searches_through_changes(exact_below: int) -
             if key is None:
                 continue
             keys, scores = cat.neighbours(key, m)
-            assert (keys.tolist(), scores.tolist()) == _fresh(cat, key, m), f"step {step}"
+            _assert_same_answer(
+                (keys.tolist(), scores.tolist()), _fresh(cat, key, m), f"step {step}"
+            )
     cache = cat.neighbour_cache
     assert cache.hits > 100 and cache.dropped > 0  # it served answers and it invalidated
 
