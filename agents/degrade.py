@@ -15,6 +15,7 @@ from app.core.user_state import UserState
 from app.kafka_clients import client_kwargs
 from app.runtime import (
     app,
+    counting_crashes,
     events_topic,
     log_event,
     recommendations_topic,
@@ -155,7 +156,16 @@ async def recompute_some(budget: int) -> int:
         if raw is None:  # not on this worker's partitions (any more): its owner does it
             gone.append(user_id)
             continue
-        outputs.append(runtime.processor.recompute(UserState.from_bytes(raw)))
+        try:
+            outputs.append(runtime.processor.recompute(UserState.from_bytes(raw)))
+        except Exception as exc:  # keeps its degraded list; the next event tries again
+            runtime.counters["list_errors"] += 1
+            log_event(
+                "recompute failed, keeping the degraded list",
+                user_id=user_id,
+                error=type(exc).__name__,
+                detail=str(exc)[:200],
+            )
     writes = [w for _, w, _ in outputs]
     await runtime.store.write_lists(writes, clean=[w.user_id for w in writes], now=time.time())
     sends = [
@@ -173,6 +183,10 @@ async def recompute_some(budget: int) -> int:
 @app.task
 async def recompute_dirty() -> None:
     """After recovery, give every user served a degraded list a normal one, at a bounded rate."""
+    await counting_crashes("recompute", _recompute_dirty)
+
+
+async def _recompute_dirty() -> None:
     await runtime.catalog_ready.wait()
     tick = 0.25
     per_tick = max(1, int(settings.degrade.recompute_rate * tick))

@@ -9,15 +9,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.types import TP
+from redis.exceptions import ResponseError
 
 from app.core import fastjson
 from app.kafka_clients import RangeReader, send_in_batches
 from app.offsets import Gap
-from app.processing import RawRecord
+from app.processing import DeadLetter, RawRecord, dead_letter
 from app.runtime import (
     app,
+    counting_crashes,
     events_dlq_topic,
     events_topic,
     load_user,
@@ -27,7 +29,7 @@ from app.runtime import (
     settings,
     user_table,
 )
-from app.storage.redis_store import RETRYABLE
+from app.storage.redis_store import REFUSALS, RETRYABLE, refusal
 
 log = logging.getLogger("nearline.ingest")
 
@@ -46,22 +48,66 @@ def _record(event: Any) -> RawRecord:
 
 async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
     """Retry (tenacity inside the store) and then keep trying: the batch is not acked until
-    Redis has it, so an outage pauses this partition set instead of losing a list."""
+    Redis has it, so an outage pauses this partition set instead of losing a list. A write
+    Redis refuses (OOM, READONLY, NOPERM, WRONGTYPE, MISCONF) is held the same way, with
+    one log line saying what the operator must do, until Redis accepts it."""
     delay = 0.5
     while True:
         try:
             await runtime.store.write_lists(writes, now=time.time(), **marks)
             if not runtime.redis_ok:
-                log_event("redis back", pending=len(writes))
+                log_event("redis back", pending=len(writes), refused=runtime.redis_refusal)
             runtime.redis_ok = True
+            runtime.redis_refusal = None
             return
         except RETRYABLE as exc:
             if runtime.redis_ok:
                 log.warning("redis unavailable, pausing batch: %s", exc)
             runtime.redis_ok = False
             runtime.counters["redis_batch_retries"] += 1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        except ResponseError as exc:
+            code = refusal(exc)
+            if code is None:
+                raise  # not the store's condition: the batch's own error (handle_batch)
+            if runtime.redis_refusal != code:
+                log.error(
+                    "redis refuses writes (%s), holding the batch and retrying: %s. %s",
+                    code,
+                    " ".join(str(exc).split())[:200],
+                    REFUSALS[code],
+                )
+            runtime.redis_ok = False
+            runtime.redis_refusal = code
+            runtime.counters[f"redis_refused_{code}"] += 1
+            runtime.counters["redis_batch_retries"] += 1
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def _transient(exc: BaseException) -> bool:
+    """An error of the broker or the network that a later try of the same batch can pass."""
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False)) or isinstance(
+            exc, KafkaTimeoutError | KafkaConnectionError
+        )
+    return isinstance(exc, TimeoutError | OSError | ConnectionError) or isinstance(exc, RETRYABLE)
+
+
+async def publish_until_done(records: list[tuple[str, int | None, bytes | None, bytes]]) -> None:
+    """Publish with backoff while the broker is away; nothing is acked until it is done.
+    An error no retry can pass (a record the broker will never take) is raised."""
+    delay = 0.5
+    while True:
+        try:
+            await _publish(records)
+            return
+        except Exception as exc:
+            if not _transient(exc):
+                raise
+            runtime.counters["publish_retries"] += 1
+            log.warning("publishing %d records failed, retrying: %r", len(records), exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 def _state_record(user_id: str, value: bytes, partition: int) -> tuple[str, int, bytes, bytes]:
@@ -72,7 +118,7 @@ def _state_record(user_id: str, value: bytes, partition: int) -> tuple[str, int,
     return (user_table.changelog_topic.get_topic_name(), partition, key, value)
 
 
-async def _publish(records: list[tuple[str, int | None, bytes, bytes]]) -> None:
+async def _publish(records: list[tuple[str, int | None, bytes | None, bytes]]) -> None:
     """Send the batch's records (state changelog, recommendations) one producer batch per
     partition and wait until the broker has every one."""
     if not records:
@@ -161,7 +207,7 @@ async def handle_batch(events: Sequence[Any]) -> None:
                 merged.extend(fills.pop((r.partition, r.offset), ()))
                 merged.append(r)
             records = merged
-        await process_records(records)
+        await process_contained(records)
         frontier.advance(records)
 
 
@@ -180,7 +226,7 @@ async def fill_owed_tails() -> None:
         fills = await _fill(owed, "acked but not delivered")
         records = [r for gap in owed for r in fills[(gap.partition, gap.end)]]
         if records:
-            await process_records(records)
+            await process_contained(records)
         for gap in owed:
             frontier.filled(gap)
         positions = frontier.positions()
@@ -193,6 +239,64 @@ async def fill_owed_tails() -> None:
             await app.consumer._commit(commit)
         except KafkaError as exc:  # a rebalance: the next owner starts from the older commit
             log.warning("commit after filling a tail failed: %s", exc)
+
+
+async def process_contained(records: list[RawRecord]) -> None:
+    """process_records, with a failure kept to the records that cause it: the core already
+    quarantines a record it cannot use, so what reaches here is an effect that failed
+    (a publish the broker refuses, an unexpected error while writing). The batch is then
+    done again one record at a time, each record that still fails is dead-lettered with
+    reason processing_error, and the stream goes on: no record is retried in a loop, and
+    nothing reaches Faust's agent supervisor (which would restart the agent on the same
+    records). Transient trouble (broker, network) is retried with backoff instead."""
+    try:
+        await process_records(records)
+        return
+    except Exception as exc:
+        failed = exc
+    runtime.counters["batch_errors"] += 1
+    log_event(
+        "batch failed, retrying its records one at a time",
+        records=len(records),
+        error=type(failed).__name__,
+        detail=str(failed)[:200],
+    )
+    for record in records:
+        try:
+            await process_records([record])
+        except Exception as exc:
+            dl = dead_letter(
+                record,
+                "processing_error",
+                f"{type(exc).__name__} while writing its effects: {exc}",
+                error=exc,
+                max_bytes=settings.worker.dead_letter_max_bytes,
+            )
+            _count_dead_letter(dl)
+            await publish_until_done(
+                [(events_dlq_topic.get_topic_name(), None, dl.key, dl.encode())]
+            )
+            runtime.counters["events_done"] += 1
+            runtime.counters["dead_letters"] += 1
+            runtime.counters["processing_errors"] += 1
+
+
+def _count_dead_letter(dl: DeadLetter) -> None:
+    reason = dl.value["reason"]
+    runtime.dead_letters[reason] += 1
+    src = dl.value["source"]
+    fields: dict[str, Any] = {}
+    if "error" in dl.value:
+        err = dl.value["error"]
+        fields = {"error": err["type"], "where": err["where"], "detail": err["message"][:200]}
+    log_event(
+        "dead letter",
+        reason=reason,
+        partition=src["partition"],
+        offset=src["offset"],
+        mode=runtime.policy.mode,
+        **fields,
+    )
 
 
 async def process_records(records: list[RawRecord]) -> None:
@@ -210,18 +314,19 @@ async def process_records(records: list[RawRecord]) -> None:
     runtime.counters["events_duplicate"] += result.duplicates
     runtime.counters["lists_reemitted"] += result.reemitted
 
-    sends = []
     for dl in result.dead_letters:
-        runtime.dead_letters[dl.value["reason"]] += 1
-        src = dl.value["source"]
+        _count_dead_letter(dl)
+    runtime.counters["processing_errors"] += len(result.errors)
+    for user_id, record, exc in result.list_errors:
+        runtime.counters["list_errors"] += 1
         log_event(
-            "dead letter",
-            reason=dl.value["reason"],
-            partition=src["partition"],
-            offset=src["offset"],
-            mode=runtime.policy.mode,
+            "list failed, serving the degraded list",
+            user_id=user_id,
+            partition=record.partition,
+            offset=record.offset,
+            error=type(exc).__name__,
+            detail=str(exc)[:200],
         )
-        sends.append(await events_dlq_topic.send(key=dl.key, value=dl.encode()))
 
     # The user's state: into the table's store, and its changelog record sent to the
     # partition of the user's own events, explicitly. Table.__setitem__ would send it with
@@ -232,7 +337,7 @@ async def process_records(records: list[RawRecord]) -> None:
     # go out with the recommendations, a producer batch per partition (a Faust send per
     # record cost ~0.1 ms of the event loop each), while Redis is written, and all are on
     # the broker before the batch is acknowledged (commit after effects).
-    records_out: list[tuple[str, int | None, bytes, bytes]] = [
+    records_out: list[tuple[str, int | None, bytes | None, bytes]] = [
         _state_record(user_id, state.to_bytes(), result.last_record[user_id].partition)
         for user_id, state in result.states.items()
     ]
@@ -240,7 +345,9 @@ async def process_records(records: list[RawRecord]) -> None:
     records_out.extend(
         (topic, None, write.user_id.encode(), fastjson.dumps(doc)) for _, write, doc in result.lists
     )
-    published = asyncio.ensure_future(_publish(records_out))
+    dlq = events_dlq_topic.get_topic_name()
+    records_out.extend((dlq, None, dl.key, dl.encode()) for dl in result.dead_letters)
+    published = asyncio.ensure_future(publish_until_done(records_out))
     dirty = set(result.dirty)
     clean = [uid for uid in result.states if uid not in dirty]
     try:
@@ -258,8 +365,6 @@ async def process_records(records: list[RawRecord]) -> None:
     for uid in clean:
         runtime.dirty.pop(uid, None)
     await published
-    if sends:
-        await asyncio.gather(*sends)
     runtime.counters["lists_written"] += len(result.lists)
     # only now are the batch's effects (table, Redis, topic) all done: waiters key on this
     runtime.counters["events_done"] += len(records)
@@ -283,8 +388,12 @@ async def ingest(stream: Any) -> None:
     # Users are scored against the catalog: wait until the item follower caught up.
     await runtime.catalog_ready.wait()
     w = settings.worker
-    async for events in stream.take_events(w.batch_size, within=w.batch_within):
-        await handle_batch(events)
+
+    async def consume() -> None:
+        async for events in stream.take_events(w.batch_size, within=w.batch_within):
+            await handle_batch(events)
+
+    await counting_crashes("ingest", consume)
 
 
 @app.on_before_shutdown.connect

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer
 from app.core.events import InvalidRecord, ItemUpdate, decode_item_update
 from app.kafka_clients import client_kwargs
 from app.processing import RawRecord, dead_letter
-from app.runtime import app, items_dlq_topic, log_event, runtime, settings
+from app.runtime import app, counting_crashes, items_dlq_topic, log_event, runtime, settings
 from app.storage.redis_store import RETRYABLE
 
 log = logging.getLogger("nearline.items")
@@ -28,34 +28,74 @@ def item_meta(u: ItemUpdate) -> dict[str, Any]:
 
 
 async def apply_records(records: list[RawRecord]) -> None:
-    """Decode a batch of item-updates records and apply them in offset order."""
+    """Decode a batch of item-updates records and apply them in offset order. A record the
+    catalog raises on is dead-lettered (processing_error) and the rest still apply."""
     catalog = runtime.recommender.catalog
-    upserts: list[ItemUpdate] = []
+    upserts: list[tuple[ItemUpdate, RawRecord]] = []
     mirror_up: list[tuple[str, int, dict[str, Any], Any]] = []
     mirror_del: list[tuple[str, int]] = []
+    letters: list[tuple[str, Any]] = []
+
+    def quarantine(rec: RawRecord, exc: Exception, doing: str) -> None:
+        dl = dead_letter(
+            rec,
+            "processing_error",
+            f"{type(exc).__name__} while {doing}: {exc}",
+            error=exc,
+            max_bytes=settings.worker.dead_letter_max_bytes,
+        )
+        letters.append(("item_processing_error", dl))
+        runtime.counters["processing_errors"] += 1
+        log_event(
+            "item dead letter",
+            reason="processing_error",
+            offset=rec.offset,
+            error=type(exc).__name__,
+            detail=str(exc)[:200],
+        )
 
     def flush_upserts() -> None:
-        if upserts:
-            catalog.upsert_many(upserts)
-            upserts.clear()
+        if not upserts:
+            return
+        try:
+            catalog.upsert_many([u for u, _ in upserts])
+        except Exception:  # find the update at fault: one at a time
+            for update, rec in upserts:
+                try:
+                    catalog.upsert_many([update])
+                except Exception as exc:
+                    quarantine(rec, exc, "adding the item to the catalog")
+                    mirror_up[:] = [m for m in mirror_up if m[1] != rec.offset]
+        upserts.clear()
 
     for rec in records:
         try:
             update = decode_item_update(rec.key, rec.value, dim=settings.items.embedding_dim)
         except InvalidRecord as exc:
-            dl = dead_letter(rec, exc.reason, exc.detail)
-            runtime.dead_letters[f"item_{exc.reason}"] += 1
-            await items_dlq_topic.send(key=dl.key, value=dl.encode())
+            dl = dead_letter(
+                rec, exc.reason, exc.detail, max_bytes=settings.worker.dead_letter_max_bytes
+            )
+            letters.append((f"item_{exc.reason}", dl))
+            continue
+        except Exception as exc:
+            quarantine(rec, exc, "decoding the item update")
             continue
         if update.op == "delete":
             flush_upserts()  # keep order: an upsert then a delete of one item must end deleted
-            catalog.remove(update.item_id)
+            try:
+                catalog.remove(update.item_id)
+            except Exception as exc:
+                quarantine(rec, exc, "removing the item from the catalog")
+                continue
             mirror_del.append((update.item_id, rec.offset))
         else:
-            upserts.append(update)
+            upserts.append((update, rec))
             mirror_up.append((update.item_id, rec.offset, item_meta(update), update.embedding))
         runtime.counters["item_updates"] += 1
     flush_upserts()
+    for counter, dl in letters:
+        runtime.dead_letters[counter] += 1
+        await items_dlq_topic.send(key=dl.key, value=dl.encode())
     try:
         await runtime.store.write_items(mirror_up, mirror_del)
     except RETRYABLE as exc:
@@ -66,6 +106,10 @@ async def apply_records(records: list[RawRecord]) -> None:
 
 @app.task
 async def follow_items() -> None:
+    await counting_crashes("items", _follow_items)
+
+
+async def _follow_items() -> None:
     topic = settings.topics.item_updates
     # No group id: every worker is assigned every partition and reads from the start.
     consumer = AIOKafkaConsumer(

@@ -81,7 +81,14 @@ async def _health(web: Any, request: Any) -> Any:
     checks = health_checks()
     ready = all(checks.values())
     return web.json(
-        {"live": True, "ready": ready, "checks": checks, "mode": runtime.policy.mode},
+        {
+            "live": True,
+            "ready": ready,
+            "checks": checks,
+            "mode": runtime.policy.mode,
+            # why Redis is not ready when it answers but refuses writes (OOM, READONLY, ...)
+            "redis_refusal": runtime.redis_refusal,
+        },
         status=200 if ready else 503,
     )
 

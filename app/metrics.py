@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from app.storage.redis_store import REFUSALS
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -61,6 +63,37 @@ class RuntimeCollector(Collector):
         for reason, n in sorted(s["dead_letters"].items()):
             dead.add_metric([reason], n)
         yield dead
+        crashes = CounterMetricFamily(
+            "nearline_agent_crashes",
+            "Exceptions that escaped an agent or task (Faust restarts the agent); 0 expected.",
+            labels=["agent"],
+        )
+        for agent in ("ingest", "items", "recompute"):
+            crashes.add_metric([agent], s["agent_crashes"].get(agent, 0))
+        yield crashes
+        yield counter(
+            "nearline_processing_errors",
+            "Records dead-lettered with reason processing_error (the core or an effect raised).",
+            c.get("processing_errors", 0),
+        )
+        yield counter(
+            "nearline_list_errors",
+            "Lists that could not be made (the user was served the degraded list).",
+            c.get("list_errors", 0),
+        )
+        yield counter(
+            "nearline_batch_errors",
+            "Batches whose effects failed and were retried one record at a time.",
+            c.get("batch_errors", 0),
+        )
+        refused = CounterMetricFamily(
+            "nearline_redis_refusals",
+            "Batch writes Redis refused with an error reply no retry can fix (held, retried).",
+            labels=["code"],
+        )
+        for code in REFUSALS:
+            refused.add_metric([code], c.get(f"redis_refused_{code}", 0))
+        yield refused
         yield counter(
             "nearline_item_updates",
             "Item updates applied to the catalog.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections import OrderedDict
@@ -36,30 +37,68 @@ class DeadLetter:
         return json.dumps(self.value, separators=(",", ":")).encode()
 
 
+DEAD_LETTER_MAX_BYTES = 256 * 1024
+"""Default for the original bytes kept in a letter: base64 makes them 4/3 as long, and the
+letter must stay under the producer's and the broker's message size (1 MiB by default)."""
+DEAD_LETTER_MAX_KEY_BYTES = 1024
+"""A dead letter's Kafka key is the original key, cut to this length."""
+
+
+def _kept(raw: bytes | None, limit: int, name: str) -> dict[str, Any]:
+    """`<name>_b64` of at most `limit` original bytes; when cut, the full length and the
+    sha256 of the whole value, so the original can still be found and checked."""
+    if raw is None:
+        return {f"{name}_b64": None}
+    out: dict[str, Any] = {f"{name}_b64": base64.b64encode(raw[:limit]).decode()}
+    if len(raw) > limit:
+        out[f"{name}_truncated"] = True
+        out[f"{name}_bytes"] = len(raw)
+        out[f"{name}_sha256"] = hashlib.sha256(raw).hexdigest()
+    return out
+
+
+def describe_error(exc: BaseException) -> dict[str, str]:
+    """The exception of a processing_error letter: type, message and where it was raised
+    (the innermost frame), short enough for a log line or a letter."""
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        code = tb.tb_frame.f_code
+        where = f"{code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno} in {code.co_name}"
+    return {"type": type(exc).__name__, "message": str(exc)[:500], "where": where}
+
+
 def dead_letter(
-    record: RawRecord, reason: str, detail: str, now: float | None = None
+    record: RawRecord,
+    reason: str,
+    detail: str,
+    now: float | None = None,
+    *,
+    error: BaseException | None = None,
+    max_bytes: int = DEAD_LETTER_MAX_BYTES,
 ) -> DeadLetter:
-    """schemas/dead-letter.schema.json: reason, source position, original bytes (base64)."""
-
-    def b64(raw: bytes | None) -> str | None:
-        return None if raw is None else base64.b64encode(raw).decode()
-
-    return DeadLetter(
-        key=record.key,
-        value={
-            "reason": reason,
-            "detail": detail[:2000],
-            "source": {
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "timestamp": record.timestamp,
-            },
-            "key_b64": b64(record.key),
-            "payload_b64": b64(record.value),
-            "failed_at": time.time() if now is None else now,
+    """schemas/dead-letter.schema.json: reason, source position, original bytes (base64),
+    cut to `max_bytes` with the full length and a sha256 when longer (a letter that does
+    not fit on the broker would stop the worker it was meant to protect)."""
+    value: dict[str, Any] = {
+        "reason": reason,
+        "detail": detail[:2000],
+        "source": {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp": record.timestamp,
         },
-    )
+        **_kept(record.key, DEAD_LETTER_MAX_KEY_BYTES, "key"),
+        **_kept(record.value, max_bytes, "payload"),
+        "failed_at": time.time() if now is None else now,
+    }
+    if error is not None:
+        value["error"] = describe_error(error)
+    key = None if record.key is None else record.key[:DEAD_LETTER_MAX_KEY_BYTES]
+    return DeadLetter(key=key, value=value)
 
 
 def list_version(offset: int, mode: str) -> int:
@@ -81,6 +120,10 @@ class BatchResult:
     applied: int = 0
     duplicates: int = 0
     valid: int = 0
+    errors: list[tuple[RawRecord, Exception]] = field(default_factory=list)
+    """Records quarantined as processing_error dead letters, with what they raised."""
+    list_errors: list[tuple[str, RawRecord, Exception]] = field(default_factory=list)
+    """Users whose list could not be made (served the degraded list instead)."""
 
 
 class BatchProcessor:
@@ -92,11 +135,13 @@ class BatchProcessor:
         *,
         max_event_bytes: int,
         source_topic: str,
+        dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
         variants: dict[str, Recommender] | None = None,
         experiment: str = "default",
     ) -> None:
         self.rec = recommender
         self.max_event_bytes = max_event_bytes
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self.source_topic = source_topic
         # A/B: per-variant views over the shared core; one variant = no experiment at all
         self.variants = variants or {recommender.variant: recommender}
@@ -112,16 +157,19 @@ class BatchProcessor:
             return self.rec
         return self.variants[assign(user_id, self.experiment, self._variant_list)]
 
+    def _letter(self, record: RawRecord, reason: str, detail: str) -> DeadLetter:
+        return dead_letter(record, reason, detail, max_bytes=self.dead_letter_max_bytes)
+
     def decode(self, record: RawRecord) -> UserEvent | DeadLetter:
         try:
             event = decode_event(record.value, max_bytes=self.max_event_bytes)
         except InvalidRecord as exc:
-            return dead_letter(record, exc.reason, exc.detail)
+            return self._letter(record, exc.reason, exc.detail)
         if record.key is None:
-            return dead_letter(record, "bad_key", "record has no key; key must be the user_id")
+            return self._letter(record, "bad_key", "record has no key; key must be the user_id")
         if record.key != event.user_id.encode():
             # The key decides the partition and so which worker owns the user's state.
-            return dead_letter(
+            return self._letter(
                 record,
                 "bad_key",
                 f"key {record.key[:64]!r} does not match user_id {event.user_id!r}",
@@ -137,11 +185,19 @@ class BatchProcessor:
         degraded: list[tuple[int, float, str]] | None = None,
     ) -> BatchResult:
         """Apply a batch; with `degraded` (precomputed popular rows) skip recall and ranking
-        and serve each touched user that list, marking the user dirty."""
+        and serve each touched user that list, marking the user dirty.
+
+        An exception from the core is contained to what raised it: a record whose decoding
+        or application fails becomes a `processing_error` dead letter (the user's other
+        events still apply); a list that cannot be made is replaced by the degraded list and
+        the user marked dirty, to be recomputed later. The batch always completes."""
         out = BatchResult()
         per_user: OrderedDict[str, list[tuple[UserEvent, RawRecord]]] = OrderedDict()
         for record in records:
-            decoded = self.decode(record)
+            try:
+                decoded = self.decode(record)
+            except Exception as exc:  # a decoder bug: quarantine the record, go on
+                decoded = self._quarantine(out, record, exc, "decoding the record")
             if isinstance(decoded, DeadLetter):
                 out.dead_letters.append(decoded)
                 continue
@@ -150,9 +206,18 @@ class BatchProcessor:
         generated = time.time() if now is None else now
         # Apply every user's events first, then make the lists: the stream statistics stay
         # fixed while the batch's lists are made, so what derives from them is computed once.
-        touched: list[tuple[UserState, Recommender, list[tuple[UserEvent, RawRecord]]]] = []
+        touched: list[
+            tuple[UserState, Recommender, list[tuple[UserEvent, RawRecord]], Exception | None]
+        ] = []
         for user_id, items in per_user.items():
-            state = load_state(user_id) or UserState(user_id=user_id)
+            try:
+                state = load_state(user_id) or UserState(user_id=user_id)
+            except Exception as exc:  # the stored state cannot be read: keep the events
+                for _, record in items:
+                    out.dead_letters.append(
+                        self._quarantine(out, record, exc, "loading the user's stored state")
+                    )
+                continue
             changed = False
             # An offset at or below the last applied one is Kafka redelivering after a crash
             # or rebalance: the table changelog got ahead of the committed offset, so the
@@ -161,8 +226,22 @@ class BatchProcessor:
             redelivered = items[0][1].offset <= state.last_offset
             rec = self.recommender_for(user_id)
             current = set(state.last_list)
+            good: list[tuple[UserEvent, RawRecord]] = []
             for event, record in items:
-                if self.rec.apply(state, event, record.offset):
+                try:
+                    applied = self.rec.apply(state, event, record.offset)
+                except Exception as exc:
+                    out.dead_letters.append(
+                        self._quarantine(out, record, exc, "applying the event")
+                    )
+                    # the failed event may have changed the state half way: start again from
+                    # the stored state with the events that applied (statistics are counted)
+                    state = load_state(user_id) or UserState(user_id=user_id)
+                    for ev, rc in good:
+                        self.rec.reapply(state, ev, rc.offset)
+                    continue
+                good.append((event, record))
+                if applied:
                     out.applied += 1
                     changed = True
                     self.metric.observe(
@@ -170,28 +249,62 @@ class BatchProcessor:
                     )
                 else:
                     out.duplicates += 1
-            if not changed and not (redelivered and state.n_events):
+            if not good or (not changed and not (redelivered and state.n_events)):
                 continue  # duplicate event ids only: state, list and output stay as they are
             if not changed:
                 out.reemitted += 1
-            state.partition = items[-1][1].partition
+            state.partition = good[-1][1].partition
             out.states[user_id] = state
-            out.last_record[user_id] = items[-1][1]
+            out.last_record[user_id] = good[-1][1]
+            failed: Exception | None = None
             if degraded is None:
-                self.rec.touch(state)
-            touched.append((state, rec, items))
-        for state, rec, items in touched:
-            if degraded is not None:
-                rec_list = rec.degraded_list(state, degraded)
-                out.dirty.append(state.user_id)
-            else:
-                rec_list = rec.recommend(state)
+                try:
+                    self.rec.touch(state)
+                except Exception as exc:
+                    failed = exc
+            touched.append((state, rec, good, failed))
+        for state, rec, items, failed in touched:
+            last = items[-1][1]
+            try:
+                if failed is not None:
+                    raise failed
+                if degraded is None:
+                    rec_list = rec.recommend(state)
+                else:
+                    rec_list = rec.degraded_list(state, degraded)
+                    out.dirty.append(state.user_id)
+            except Exception as exc:
+                rec_list = self._fallback_list(out, state, rec, last, exc)
             state.last_list = [i.item_id for i in rec_list.items]
             self.metric.list_written(rec.variant)
-            last = items[-1][1]
             write, result = self.output(state, rec_list, last.topic, last.partition, generated)
             out.lists.append((rec_list, write, result))
         return out
+
+    def _quarantine(
+        self, out: BatchResult, record: RawRecord, exc: Exception, doing: str
+    ) -> DeadLetter:
+        out.errors.append((record, exc))
+        return dead_letter(
+            record,
+            "processing_error",
+            f"{type(exc).__name__} while {doing}: {exc}",
+            error=exc,
+            max_bytes=self.dead_letter_max_bytes,
+        )
+
+    def _fallback_list(
+        self, out: BatchResult, state: UserState, rec: Recommender, last: RawRecord, exc: Exception
+    ) -> RecList:
+        """The user's events are applied and kept; only the list failed. Serve the degraded
+        list and mark the user dirty, so a later recompute tries again."""
+        out.list_errors.append((state.user_id, last, exc))
+        if state.user_id not in out.dirty:
+            out.dirty.append(state.user_id)
+        try:
+            return rec.degraded_list(state, rec.popular_rows(2 * rec.config.top_n))
+        except Exception:  # the popular rows failed too: an empty list flagged degraded
+            return rec.degraded_list(state, [])
 
     def output(
         self, state: UserState, rec_list: RecList, topic: str, partition: int, generated: float

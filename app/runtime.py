@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.core.degrade import LagPolicy, LagThresholds
@@ -37,6 +38,7 @@ class Runtime:
         self.processor = BatchProcessor(
             self.recommender,
             max_event_bytes=settings.worker.max_event_bytes,
+            dead_letter_max_bytes=settings.worker.dead_letter_max_bytes,
             source_topic=settings.topics.user_events,
             variants=variants,
             experiment=settings.experiments.name,
@@ -48,6 +50,8 @@ class Runtime:
         self.started_at = time.time()
         self.redis_ok = True
         self.redis_ping_ok = True
+        self.redis_refusal: str | None = None
+        """Code of the error reply with which Redis refuses writes now (OOM, READONLY, ...)."""
         """Result of the last Redis ping by the lag monitor (readiness, even without traffic)."""
         self.last_batch_at = 0.0
         self.last_event_time = 0.0
@@ -157,10 +161,17 @@ class Runtime:
             ],
             # the last batch write and the last ping (a quiet worker notices an outage too)
             "redis_ok": self.redis_ok and self.redis_ping_ok,
+            "redis_refusal": self.redis_refusal,
             "redis_errors": self._store.errors if self._store else 0,
             "redis_retries": self._store.retries if self._store else 0,
             "reads": dict(self._reader.reads) if self._reader else {},
             "throughput_eps": self.history[-1]["eps"] if self.history else 0.0,
+            "agent_crashes": {
+                k.removeprefix("agent_crashes_"): v
+                for k, v in self.counters.items()
+                if k.startswith("agent_crashes_")
+            },
+            "processing_errors": self.counters["processing_errors"],
             "counters": dict(self.counters),
             "dead_letters": dict(self.dead_letters),
             "last_batch_at": self.last_batch_at,
@@ -171,6 +182,17 @@ class Runtime:
             },
             "embedding_version": self.recommender.embedding_version,
         }
+
+
+async def counting_crashes(agent: str, body: Callable[[], Awaitable[None]]) -> None:
+    """Run an agent's or task's body; an exception that escapes it (Faust's supervisor then
+    restarts the agent) is counted in /status/ and /metrics and logged before it goes on."""
+    try:
+        await body()
+    except Exception as exc:
+        runtime.counters[f"agent_crashes_{agent}"] += 1
+        log.exception("%s crashed (%s); Faust restarts it", agent, type(exc).__name__)
+        raise
 
 
 def log_event(msg: str, **fields: Any) -> None:

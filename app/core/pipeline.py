@@ -145,6 +145,11 @@ class Recommender:
                 )
         return applied
 
+    def reapply(self, state: UserState, event: UserEvent, offset: int) -> bool:
+        """Apply an event to the user's state only, its statistics already counted (a state
+        rebuilt after another event of the batch failed half way)."""
+        return apply_event(state, event, offset, self.catalog.vector, self.policy)
+
     def touch(self, state: UserState) -> None:
         """Move the user in the similar-users buckets after its embedding changed."""
         self.users.update(state.user_id, state.embedding, state.liked)

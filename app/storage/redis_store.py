@@ -34,6 +34,37 @@ TitleSource = Callable[[str], str | None] | Literal["mirror"] | None
 
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
+# Errors Redis answers that no retry of the same write can fix until an operator acts:
+# code -> what to do. The worker holds the batch and retries with backoff meanwhile.
+REFUSALS = {
+    "OOM": "Redis is at maxmemory with noeviction: raise maxmemory, choose an eviction policy"
+    " (e.g. volatile-lru) or free memory",
+    "READONLY": "NEARLINE_REDIS__URL points at a read-only replica: point it at the primary",
+    "NOPERM": "the Redis ACL user lacks a permission the worker needs (README: Redis ACL):"
+    " grant it",
+    "WRONGTYPE": "a key under NEARLINE_REDIS__KEY_PREFIX holds a value of another type:"
+    " delete it or choose another prefix",
+    "MISCONF": "Redis refuses writes because it cannot persist (stop-writes-on-bgsave-error):"
+    " fix its disk or persistence settings",
+}
+_REFUSAL_TYPES = {
+    "OutOfMemoryError": "OOM",
+    "ReadOnlyError": "READONLY",
+    "NoPermissionError": "NOPERM",
+}
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The REFUSALS code of a Redis error reply, or None for any other error."""
+    if not isinstance(exc, ResponseError):
+        return None
+    for cls in type(exc).__mro__:
+        if cls.__name__ in _REFUSAL_TYPES:
+            return _REFUSAL_TYPES[cls.__name__]
+    head = str(exc).lstrip().split(" ", 1)[0].upper()
+    return head if head in REFUSALS else None
+
+
 # Write only when the new version is above the stored one: a replayed or reordered
 # write can never replace a newer value. KEYS[1]=hash; ARGV: ver, ttl, field, value, ...
 CAS_HSET = """

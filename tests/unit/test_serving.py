@@ -91,7 +91,11 @@ def _snapshot():
             "lists_written": 5,
             "lists_degraded": 2,
             "dirty_recomputed": 1,
+            "processing_errors": 2,
+            "list_errors": 1,
+            "redis_refused_OOM": 3,
         },
+        "agent_crashes": {"ingest": 1},
         "dead_letters": {"not_json": 3},
         "redis_errors": 1,
         "redis_retries": 4,
@@ -121,6 +125,12 @@ def test_metrics_text_parses_with_prometheus_parser_and_matches_runtime():
     assert samples[("nearline_reads_total", (("tier", "cache"),))] == 6
     assert samples[("nearline_event_to_list_seconds_count", ())] == 2
     assert samples[("nearline_batch_size_events_sum", ())] == 50
+    assert samples[("nearline_agent_crashes_total", (("agent", "ingest"),))] == 1
+    assert samples[("nearline_agent_crashes_total", (("agent", "items"),))] == 0
+    assert samples[("nearline_processing_errors_total", ())] == 2
+    assert samples[("nearline_list_errors_total", ())] == 1
+    assert samples[("nearline_redis_refusals_total", (("code", "OOM"),))] == 3
+    assert samples[("nearline_redis_refusals_total", (("code", "READONLY"),))] == 0
 
 
 def test_json_log_lines_carry_fields():
