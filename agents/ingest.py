@@ -80,8 +80,29 @@ async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
             runtime.redis_refusal = code
             runtime.counters[f"redis_refused_{code}"] += 1
             runtime.counters["redis_batch_retries"] += 1
-        await asyncio.sleep(delay)
+        await _backoff(delay)
         delay = min(delay * 2, 5.0)
+
+
+class BatchAbandoned(Exception):
+    """A batch held for Redis or the broker gives way to a rebalance (see _backoff)."""
+
+
+async def _backoff(delay: float) -> None:
+    """Wait before the next try of a held batch, giving way to a rebalance: Faust revokes
+    partitions only after every in-flight batch is acked (`wait_empty`), so a batch held
+    through a Redis outage would stall the whole group (a dead peer's partitions never
+    taken over). The batch is abandoned instead, unacknowledged in effect: the commit guard
+    (app.offsets) keeps its offsets uncommitted, and whoever owns each partition next
+    applies its records again (idempotently)."""
+    deadline = time.monotonic() + delay
+    while True:
+        if app.rebalancing:
+            raise BatchAbandoned()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(left, 0.2))
 
 
 def _transient(exc: BaseException) -> bool:
@@ -106,7 +127,7 @@ async def publish_until_done(records: list[tuple[str, int | None, bytes | None, 
                 raise
             runtime.counters["publish_retries"] += 1
             log.warning("publishing %d records failed, retrying: %r", len(records), exc)
-        await asyncio.sleep(delay)
+        await _backoff(delay)
         delay = min(delay * 2, 5.0)
 
 
@@ -147,7 +168,7 @@ async def read_gap_until_done(gap: Gap) -> list[RawRecord]:
                 gap.partition,
                 exc,
             )
-            await asyncio.sleep(delay)
+            await _backoff(delay)
             delay = min(delay * 2, 5.0)
 
 
@@ -207,7 +228,12 @@ async def handle_batch(events: Sequence[Any]) -> None:
                 merged.extend(fills.pop((r.partition, r.offset), ()))
                 merged.append(r)
             records = merged
-        await process_contained(records)
+        try:
+            await process_contained(records)
+        except BatchAbandoned:
+            runtime.counters["batches_abandoned"] += 1
+            log_event("batch given up for a rebalance, to be redone", records=len(records))
+            return  # the frontier stays: these offsets are not committed
         frontier.advance(records)
 
 
@@ -226,7 +252,10 @@ async def fill_owed_tails() -> None:
         fills = await _fill(owed, "acked but not delivered")
         records = [r for gap in owed for r in fills[(gap.partition, gap.end)]]
         if records:
-            await process_contained(records)
+            try:
+                await process_contained(records)
+            except BatchAbandoned:
+                return  # the tails stay owed; the next owner starts before them
         for gap in owed:
             frontier.filled(gap)
         positions = frontier.positions()
@@ -252,6 +281,8 @@ async def process_contained(records: list[RawRecord]) -> None:
     try:
         await process_records(records)
         return
+    except BatchAbandoned:
+        raise
     except Exception as exc:
         failed = exc
     runtime.counters["batch_errors"] += 1
@@ -264,6 +295,8 @@ async def process_contained(records: list[RawRecord]) -> None:
     for record in records:
         try:
             await process_records([record])
+        except BatchAbandoned:
+            raise
         except Exception as exc:
             dl = dead_letter(
                 record,

@@ -82,6 +82,11 @@ class RuntimeCollector(Collector):
             c.get("list_errors", 0),
         )
         yield counter(
+            "nearline_batches_abandoned",
+            "Batches held for Redis or the broker that gave way to a rebalance (redone).",
+            c.get("batches_abandoned", 0),
+        )
+        yield counter(
             "nearline_batch_errors",
             "Batches whose effects failed and were retried one record at a time.",
             c.get("batch_errors", 0),

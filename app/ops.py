@@ -157,7 +157,8 @@ def status(url: str | None, as_json: bool) -> None:
 @click.option(
     "--redrive",
     is_flag=True,
-    help="Produce each dead letter's original bytes back to its source topic, once.",
+    help="Produce each dead letter's original bytes back to its source topic, once (a"
+    " letter cut for size: the original read back from its source topic).",
 )
 @click.option("--reason", help="Only dead letters with this reason code.")
 @one_line_errors
@@ -186,6 +187,7 @@ def dlq(topic: str | None, limit: int, redrive: bool, reason: str | None) -> Non
     latest: list[dict[str, Any]] = []
     producer = make_producer(s) if redrive else None
     sent = 0
+    skipped: list[dict[str, Any]] = []
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
@@ -213,13 +215,11 @@ def dlq(topic: str | None, limit: int, redrive: bool, reason: str | None) -> Non
                     counts[doc.get("reason", "?")] += 1
                     latest = (latest + [doc])[-limit:] if limit else []
                     if producer is not None:
-                        raw = doc.get("payload_b64")
-                        key = doc.get("key_b64")
-                        producer.send(
-                            doc["source"]["topic"],
-                            key=None if key is None else base64.b64decode(key),
-                            value=None if raw is None else base64.b64decode(raw),
-                        )
+                        original = _original(doc, s)
+                        if original is None:
+                            skipped.append(doc)
+                            continue
+                        producer.send(doc["source"]["topic"], key=original[0], value=original[1])
                         sent += 1
         if producer is not None:
             producer.flush(timeout=60)
@@ -243,7 +243,61 @@ def dlq(topic: str | None, limit: int, redrive: bool, reason: str | None) -> Non
         )
     if redrive:
         click.echo(f"re-drove {sent} dead letters to their source topics")
+        for doc in skipped:
+            src = doc["source"]
+            click.echo(
+                f"  not re-driven: {src['topic']}[{src['partition']}]@{src['offset']} was cut"
+                f" in its dead letter ({doc.get('payload_bytes')} bytes, sha256"
+                f" {doc.get('payload_sha256')}) and is no longer on its source topic"
+            )
     sys.stdout.flush()
+
+
+def _original(doc: dict[str, Any], s: Any) -> tuple[bytes | None, bytes | None] | None:
+    """A dead letter's original key and value. A letter keeps at most
+    NEARLINE_WORKER__DEAD_LETTER_MAX_BYTES of them; a cut one is read back from its source
+    topic and partition at its offset, and used only if its length and sha256 match the
+    letter (None when it is gone: retention, compaction)."""
+
+    def b64(name: str) -> bytes | None:
+        raw = doc.get(f"{name}_b64")
+        return None if raw is None else base64.b64decode(raw)
+
+    key, value = b64("key"), b64("payload")
+    if not doc.get("payload_truncated") and not doc.get("key_truncated"):
+        return key, value
+    import hashlib
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    src = doc["source"]
+    tp = TopicPartition(src["topic"], src["partition"])
+    consumer = KafkaConsumer(enable_auto_commit=False, **client_kwargs(s.kafka))
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, src["offset"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for msg in consumer.poll(timeout_ms=1000).get(tp, []):
+                if msg.offset != src["offset"]:
+                    return None  # compacted or deleted: the record is gone
+
+                def same(raw: bytes | None, name: str) -> bool:
+                    if not doc.get(f"{name}_truncated"):
+                        return raw == b64(name)
+                    return (
+                        raw is not None
+                        and len(raw) == doc[f"{name}_bytes"]
+                        and hashlib.sha256(raw).hexdigest() == doc[f"{name}_sha256"]
+                    )
+
+                ok = same(msg.key, "key") and same(msg.value, "payload")
+                return (msg.key, msg.value) if ok else None
+            if consumer.position(tp) > src["offset"]:
+                return None
+        return None
+    finally:
+        consumer.close()
 
 
 @main.command()

@@ -1,0 +1,171 @@
+"""Harder faults on the real broker and Redis: a 60 s Redis outage with two workers and
+rebalances during it, and a worker SIGKILLed twice in a row while recovering. Each checks
+every user's state against the in-process replay (lost 0, applied twice 0), counts agent
+crashes (0 expected) and process kills (the injected number), and reports its figures after
+the checks passed."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import redis_client
+from tests.integration.faults import (
+    BackgroundProducer,
+    OwnRedis,
+    check_against_replay,
+    event_stream,
+    http_get,
+    poll_until,
+    replay,
+    wait_lists_current,
+)
+from tests.reliability_report import report
+
+pytestmark = pytest.mark.integration
+
+STEADY = {"NEARLINE_DEGRADE__MODE": "normal"}
+
+
+def _assigned(w) -> set[int]:
+    st = w.status()
+    return {int(p) for p in st["lag_by_partition"]} if st else set()
+
+
+def _spread(ws, partitions: int) -> bool:
+    sets = [_assigned(w) for w in ws]
+    union = set().union(*sets)
+    return all(sets) and sum(map(len, sets)) == len(union) == partitions
+
+
+def _crashes(w) -> int:
+    st = w.status()
+    assert st is not None, f"no status from {w.log_path.name}:\n{w.log_tail()}"
+    return sum(st["agent_crashes"].values())
+
+
+def _consumed(ws) -> int:
+    return sum((w.status() or {"counters": {}})["counters"].get("events_in", 0) for w in ws)
+
+
+def test_redis_down_60s_with_two_workers_and_rebalances_during_the_outage(
+    catalog_run, workers, tmp_path: Path
+):
+    """Redis stops under load with two workers in the group; 10 s into the outage one
+    worker is SIGKILLed (the other takes its partitions over while Redis is still down),
+    25 s in a new worker joins (the partitions spread again), at 60 s Redis returns. Every
+    event applies exactly once; no agent crashes; both survivors alive. Before held batches
+    gave way to rebalances (agents/ingest.py `_backoff`), the survivor's rebalance waited
+    for its batch held on Redis, so it never took the dead worker's partitions over while
+    Redis was down: this test failed at "a takes over"."""
+    import redis
+
+    run = catalog_run
+    s = run.settings
+    n_part = s.topics.partitions
+    own = OwnRedis(tmp_path, persistent=True).start()
+    try:
+        env = {
+            **run.env,
+            **STEADY,
+            "NEARLINE_REDIS__URL": own.url,
+            "NEARLINE_DEGRADE__CHECK_INTERVAL": "0.5",
+        }
+        users = [f"long-{u}" for u in range(120)]
+        events = event_stream(users, sorted(run.truth["items"]), per_user=40, seed=31)
+        a = workers(env, name="a")
+        b = workers(env, name="b")
+        a.wait_ready()
+        b.wait_ready()
+        poll_until(lambda: _spread([a, b], n_part), 60, "partitions spread over both")
+        producer = BackgroundProducer(s, events, rate=150).start()  # ~32 s of events
+        poll_until(lambda: _consumed([a, b]) >= 0.15 * len(events), 60, "15% consumed")
+        own.stop()
+        down_at = time.monotonic()
+
+        def at(second: float) -> None:  # hold the outage until `second`, workers alive
+            while time.monotonic() - down_at < second:
+                assert a.alive, a.log_tail()
+                time.sleep(0.3)
+
+        at(10)
+        b.stop(sig=signal.SIGKILL)
+        takeover_s = poll_until(lambda: _assigned(a) == set(range(n_part)), 60, "a takes over")
+        assert http_get(a.port, "/health")[0] == 503  # still no Redis
+        at(25)
+        c = workers(env, name="c")
+        spread_s = poll_until(lambda: _spread([a, c], n_part), 90, "spread again, Redis down")
+        at(60)
+        own.start()
+        outage_s = time.monotonic() - down_at
+        produced = producer.join()
+        r = redis.Redis.from_url(own.url)
+        catch_up = wait_lists_current(
+            r, s.redis.key_prefix, produced, 180, lambda: a.alive and c.alive
+        )
+        check = check_against_replay(
+            r, s.redis.key_prefix, replay(s, run.updates, produced), produced
+        )
+        assert check.ok, "\n".join(check.details[:20])
+        crashes = _crashes(a) + _crashes(c)
+        assert crashes == 0
+        assert a.alive and c.alive
+        given_up = a.status()["counters"].get("batches_abandoned", 0)
+        report(
+            "redis_outage_60s_two_workers_rebalance",
+            **check.figures(),
+            outage_s=round(outage_s, 1),
+            takeover_during_outage_s=round(takeover_s, 1),
+            spread_during_outage_s=round(spread_s, 1),
+            seconds_redis_back_to_all_lists_current=round(catch_up, 1),
+            workers_killed=1,
+            agent_crashes=crashes,
+            batches_given_way_to_rebalances=given_up,
+        )
+    finally:
+        own.stop()
+
+
+def test_a_worker_killed_twice_in_a_row_during_recovery_loses_nothing(catalog_run, workers):
+    """SIGKILL under load; the replacement is SIGKILLed as soon as it has taken the
+    partitions and started applying (recovering the table, re-reading uncommitted records);
+    a third worker finishes. Every event applies exactly once."""
+    run = catalog_run
+    s = run.settings
+    env = {**run.env, **STEADY}
+    users = [f"twice-{u}" for u in range(120)]
+    events = event_stream(users, sorted(run.truth["items"]), per_user=40, seed=32)
+    first = workers(env, name="first")
+    first.wait_ready()
+    producer = BackgroundProducer(s, events, rate=600).start()
+    first.wait(lambda st: st["counters"].get("events_in", 0) >= 0.3 * len(events), 60, "30%")
+    first.stop(sig=signal.SIGKILL)
+    killed = time.monotonic()
+    second = workers(env, name="second")
+    # killed while recovering: as soon as it has consumed anything at all
+    second.wait(lambda st: st["counters"].get("events_in", 0) > 0, 120, "second consuming")
+    second_in = second.status()["counters"]["events_in"]
+    second.stop(sig=signal.SIGKILL)
+    third = workers(env, name="third")
+    third.wait_ready()
+    produced = producer.join()
+    r = redis_client()
+    wait_lists_current(r, s.redis.key_prefix, produced, 180, lambda: third.alive)
+    recovery_s = time.monotonic() - killed
+    check = check_against_replay(r, s.redis.key_prefix, replay(s, run.updates, produced), produced)
+    assert check.ok, "\n".join(check.details[:20])
+    crashes = _crashes(third)
+    assert crashes == 0 and third.alive
+    st = third.status()
+    report(
+        "sigkill_twice_during_recovery",
+        **check.figures(),
+        workers_killed=2,
+        second_consumed_before_kill=second_in,
+        redelivered_to_third=st["counters"].get("events_duplicate", 0),
+        agent_crashes=crashes,
+        seconds_first_kill_to_all_lists_current=round(recovery_s, 1),
+    )
