@@ -1,0 +1,109 @@
+"""Security edges that need no services (tests/integration/test_security.py runs workers)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from app.cli import main
+from app.security import mask_secrets
+from app.settings import ENV_PREFIX, SettingsError, load_settings
+from tests.unit.test_cli import REPO
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for name in list(os.environ):
+        if name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("redis://nearline:s3cret@10.0.0.5:6379/0", "redis://nearline:***@10.0.0.5:6379/0"),
+        ("rediss://:s3cret@host/0?cluster=true", "rediss://:***@host/0?cluster=true"),
+        ("redis://host/0?password=s3cret&db=1", "redis://host/0?password=***&db=1"),
+        ("http://h/x?token=s3cret#frag", "http://h/x?token=***#frag"),
+        # an unescaped '@', '/' or space in the password: masked whole, not cut at it
+        ("redis://u:s3c@r/e t@host/0", "redis://u:***@host/0"),
+        ("redis://u:s3cret@h1,redis://v:s3cret@h2", "redis://u:***@h1,redis://v:***@h2"),
+        ("error: 'http://u:s3cret@h' must start", "error: 'http://u:***@h' must start"),
+        # no password: unchanged
+        ("redis://nearline@host:6379/0", "redis://nearline@host:6379/0"),
+        ("127.0.0.1:9092,10.0.0.2:9092", "127.0.0.1:9092,10.0.0.2:9092"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_mask_secrets_hides_url_passwords(text, masked):
+    assert mask_secrets(text) == masked
+    assert "s3c" not in mask_secrets(text)
+
+
+SECRETS = {
+    "NEARLINE_REDIS__PASSWORD": "redis-pw-8f1",
+    "nearline_kafka__sasl_password": "kafka-pw-2c7",  # names are case-insensitive
+    "NEARLINE_SERVE__TOKEN": "http-token-5d3",
+    "NEARLINE_REDIS__URL": "redis://nearline:url-pw-9a4@10.0.0.5:6379/0?password=query-pw-1e6",
+    "NEARLINE_WORKER__STORE": "rocksdb://admin:store-pw-7b2@db/",
+}
+
+
+def test_settings_command_prints_no_secret(monkeypatch):
+    """Every SecretStr setting as ***, and the password of any URL-ish setting masked.
+    Failed before: `nearline settings` printed the environment as given."""
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    out = CliRunner().invoke(main, ["settings"]).output
+    for secret in ("redis-pw", "kafka-pw", "http-token", "url-pw", "query-pw", "store-pw"):
+        assert secret not in out, f"{secret} printed"
+    lines = dict(line.split("  # ")[0].split("=", 1) for line in out.splitlines())
+    assert lines["NEARLINE_REDIS__PASSWORD"] == "***"
+    assert lines["NEARLINE_KAFKA__SASL_PASSWORD"] == "***"
+    assert lines["NEARLINE_SERVE__TOKEN"] == "***"
+    assert lines["NEARLINE_REDIS__URL"] == "redis://nearline:***@10.0.0.5:6379/0?password=***"
+    assert lines["NEARLINE_WORKER__STORE"] == "rocksdb://admin:***@db/"
+    assert lines["NEARLINE_KAFKA__SASL_USERNAME"] == "None"  # unset: the default
+    markdown = CliRunner().invoke(main, ["settings", "--markdown"]).output
+    assert not any(s in markdown for s in SECRETS.values())
+
+
+def test_invalid_url_setting_names_the_variable_not_the_password(monkeypatch):
+    """Failed before: the URL validator's message quoted the URL, password included."""
+    monkeypatch.setenv("NEARLINE_REDIS__URL", "http://nearline:url-pw-9a4@10.0.0.5/0")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "NEARLINE_REDIS__URL" in str(info.value)
+    assert "url-pw" not in str(info.value) and "nearline:***@" in str(info.value)
+
+
+def _nearline(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**full, **env},
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("cluster", ["", "?cluster=true"])
+def test_no_command_prints_redis_retry_warning(cluster):
+    """`nearline recs` builds the async Redis client (then fails to connect: nothing
+    listens on port 1); `nearline settings` builds none. Neither prints a warning, and the
+    failure is one line. Fails with the async client given redis.retry.Retry again (as
+    before 195dd40: redis-py's "synchronous Retry" warning); the cluster case failed
+    with a traceback before RedisClusterException became an expected error."""
+    url = f"redis://127.0.0.1:1/0{cluster}"
+    res = _nearline("recs", "nobody", NEARLINE_REDIS__URL=url)
+    assert res.returncode == 1
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert "Retry" not in res.stderr and "Warning" not in res.stderr
+    res = _nearline("settings", NEARLINE_REDIS__URL=url)
+    assert res.returncode == 0 and res.stderr == "", res.stderr
