@@ -136,6 +136,8 @@ async def structured_logs() -> None:
         use_json_logs()
 
 
+# aiohttp matches the longest path prefix first, so Faust's /table/ and /router/ win over
+# this catch-all when they are on (NEARLINE_WORKER__FAUST_WEB_ENDPOINTS); off, they 404 here
 @app.page("/{tail:.*}")
 async def not_found(web: Any, request: Any, tail: str) -> Any:
     return _error(web, 404, f"no such endpoint: /{tail[:100]}")

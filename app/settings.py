@@ -122,6 +122,8 @@ class WorkerSettings(_Section):
     """Address of the worker's web server."""
     web_port: int = Field(6066, ge=1, le=65535)
     """Port of the worker's web server."""
+    faust_web_endpoints: bool = False
+    """Serve Faust's /table/ and /router/ endpoints (table data, workers' URLs; no token)."""
     history_size: int = Field(200, ge=1, le=100_000)
     """Most recent events kept per user."""
     seen_size: int = Field(1000, ge=1, le=1_000_000)

@@ -9,6 +9,7 @@
 Every worker here runs at log level debug, and no password or token may appear in its
 log, in /status/, /metrics, /health or any error message. Wrong credentials and an
 unknown certificate authority stop `nearline worker` at once with one clear line.
+Faust's own /table/ and /router/ endpoints are refused unless turned on.
 """
 
 from __future__ import annotations
@@ -307,4 +308,43 @@ def test_kafka_sasl_over_tls_and_redis_over_tls(secure_kafka, ca, run_id, debug_
         untrusted_ca_kafka_message=kafka_line,
         untrusted_ca_redis_message=redis_line,
         secrets_in_logs_status_metrics=0,
+    )
+
+
+FAUST_PATHS = ("/table/", "/table/user-state/", "/table/user-state/u1/", "/router/",
+               "/router/user-state/")  # fmt: skip
+
+
+def test_faust_table_and_router_endpoints_refused_unless_enabled(catalog_run, debug_workers):
+    """Faust serves its tables' contents at /table/ and the workers' URLs at /router/, with
+    no token check, and turns both on by default. Here they are off: each such path is the
+    worker's own 404, even with Faust's APP_WEB_TABLES_ENABLED / APP_WEB_ROUTER_ENABLED
+    set. NEARLINE_WORKER__FAUST_WEB_ENDPOINTS=true turns them on (a second worker), which
+    shows these requests reach Faust's views when they exist. Failed with the switch
+    reverted (create_app without web_tables_enabled / web_router_enabled): 200 and the
+    table list at /table/, as before the switch: the worker's 404 catch-all never hid them,
+    aiohttp matching the longest path prefix first."""
+    faust_env = {"APP_WEB_TABLES_ENABLED": "true", "APP_WEB_ROUTER_ENABLED": "true"}
+    w = debug_workers({**catalog_run.env, **faust_env}, name="faust-web-off")
+    w.wait_ready()
+    refused = {}
+    for path in FAUST_PATHS:
+        status, body = http_get(w.port, path)
+        refused[path] = status
+        assert status == 404, (path, status, body[:300])
+        assert json.loads(body)["error"] == f"no such endpoint: {path}"
+    w.stop(timeout=20)
+
+    on = debug_workers(
+        {**catalog_run.env, "NEARLINE_WORKER__FAUST_WEB_ENDPOINTS": "true"}, name="faust-web-on"
+    )
+    on.wait_ready()
+    status, body = http_get(on.port, "/table/")
+    assert status == 200 and "user-state" in body, (status, body[:300])
+    assert http_get(on.port, "/router/")[0] == 200
+    assert http_get(on.port, "/table/user-state/")[0] == 200
+    report(
+        "security_faust_web_endpoints",
+        off_by_default=refused,
+        enabled_table_list=http_get(on.port, "/table/")[0],
     )

@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from click.testing import CliRunner
 
 from app.cli import main
+from app.faust_app import create_app
 from app.security import mask_secrets
 from app.settings import ENV_PREFIX, SettingsError, load_settings
 from tests.unit.test_cli import REPO
@@ -107,3 +109,42 @@ def test_no_command_prints_redis_retry_warning(cluster):
     assert "Retry" not in res.stderr and "Warning" not in res.stderr
     res = _nearline("settings", NEARLINE_REDIS__URL=url)
     assert res.returncode == 0 and res.stderr == "", res.stderr
+
+
+def _route_of(app, path: str) -> str:
+    """The route pattern that answers GET `path` on the app's web server."""
+    import asyncio
+
+    match = asyncio.run(app.web.web_app.router.resolve(make_mocked_request("GET", path)))
+    return match.route.resource.canonical
+
+
+def _app_with_catch_all(monkeypatch, app_id: str, **worker: object):
+    monkeypatch.setenv("APP_WEB_TABLES_ENABLED", "true")  # Faust's own variables ...
+    monkeypatch.setenv("APP_WEB_ROUTER_ENABLED", "true")  # ... must not turn them on
+    app = create_app(load_settings(worker={"app_id": app_id, **worker}))
+
+    @app.page("/{tail:.*}")  # as agents.views does, before Faust's blueprints are applied
+    async def not_found(web, request, tail):
+        return web.json({"error": "no such endpoint"}, status=404)
+
+    app.web.init_server()
+    return app
+
+
+def test_faust_table_and_router_endpoints_are_off_unless_enabled(monkeypatch):
+    """Fails with create_app not passing web_tables_enabled / web_router_enabled, or not
+    dropping Faust's APP_WEB_* variables: the blueprints are on and answer /table/."""
+    app = _app_with_catch_all(monkeypatch, "t-faust-web-off")
+    enabled = {bp for _, bp in app.web.blueprints._enabled}
+    assert not {"faust.web.apps.tables.blueprint", "faust.web.apps.router:blueprint"} & enabled
+    for path in ("/table/", "/table/user-state/", "/router/", "/router/user-state/k/"):
+        assert _route_of(app, path) == "/{tail}", path  # the catch-all: 404
+
+    on = _app_with_catch_all(monkeypatch, "t-faust-web-on", faust_web_endpoints=True)
+    # turned on, they answer: aiohttp tries the longest path prefix first, so the
+    # catch-all, though added first, never hid them (Faust served its tables before)
+    assert _route_of(on, "/table/") == "/table/"
+    assert _route_of(on, "/table/user-state/") == "/table/{name}/"
+    assert _route_of(on, "/router/") == "/router/"
+    assert _route_of(on, "/nothing-here") == "/{tail}"
