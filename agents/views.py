@@ -19,14 +19,18 @@ def _error(web: Any, status: int, message: str) -> Any:
     return web.json({"error": message, "status": status}, status=status)
 
 
-def _denied(web: Any, request: Any) -> Any | None:
-    """401 unless the request carries the configured bearer token (no token: open)."""
+def _denied(web: Any, request: Any, *, query: bool = False) -> Any | None:
+    """401 unless the request carries the configured bearer token (no token: open).
+    With `query`, `?token=` counts too: a browser opening the status page sends no header
+    (the page then sends the header on its own requests)."""
     token = settings.serve.token
     if token is None:
         return None
+    expected = token.get_secret_value().encode()
     sent = request.headers.get("Authorization", "")
-    expected = f"Bearer {token.get_secret_value()}"
-    if hmac.compare_digest(sent.encode(), expected.encode()):
+    if hmac.compare_digest(sent.encode(), b"Bearer " + expected):
+        return None
+    if query and hmac.compare_digest(request.query.get("token", "").encode(), expected):
         return None
     return _error(web, 401, "missing or wrong bearer token")
 
@@ -117,9 +121,11 @@ async def status_history(web: Any, request: Any) -> Any:
 
 @app.page("/status/page/")
 async def status_page(web: Any, request: Any) -> Any:
-    if (denied := _denied(web, request)) is not None:
+    if (denied := _denied(web, request, query=True)) is not None:
         return denied
-    return web.html(STATUS_PAGE.read_text(encoding="utf-8"))
+    # the URL may hold the token: not to be cached, nor sent on as a referrer
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    return web.html(STATUS_PAGE.read_text(encoding="utf-8"), headers=headers)
 
 
 @app.page("/metrics")
