@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,10 @@ from typing import Any
 from app.logs import use_json_logs
 from app.metrics import CONTENT_TYPE
 from app.runtime import app, events_topic, runtime, settings
+from app.security import cleartext_secrets
 from app.serving import BadRequest, check_user_id, parse_k
+
+log = logging.getLogger("nearline.security")
 
 STATUS_PAGE = Path(__file__).resolve().parent / "status_page.html"
 
@@ -137,9 +141,12 @@ async def metrics(web: Any, request: Any) -> Any:
 
 @app.task
 async def structured_logs() -> None:
-    """NEARLINE_SERVE__LOG_JSON=true: one JSON object per log line from here on."""
+    """NEARLINE_SERVE__LOG_JSON=true: one JSON object per log line from here on; then a
+    warning for each secret the settings send in cleartext."""
     if settings.serve.log_json:
         use_json_logs()
+    for line in cleartext_secrets(settings):
+        log.warning("%s", line)
 
 
 # aiohttp matches the longest path prefix first, so Faust's /table/ and /router/ win over

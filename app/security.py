@@ -1,8 +1,14 @@
-"""Secrets kept out of printed text: passwords inside URLs masked."""
+"""Secrets kept out of printed text, and which secrets the settings send in cleartext."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 MASK = "***"
 
@@ -39,3 +45,44 @@ def mask_secrets(text: str) -> str:
     return text[: starts[0]] + "".join(
         _mask_url(text[a:b]) for a, b in zip(starts, ends, strict=True)
     )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cleartext_secrets(settings: Settings) -> list[str]:
+    """One line per secret the settings send over an unencrypted connection, saying what
+    to do about it (logged as a warning when the worker starts)."""
+    found: list[str] = []
+    k = settings.kafka
+    if k.security_protocol == "SASL_PLAINTEXT" and k.sasl_mechanism == "PLAIN":
+        found.append(
+            "NEARLINE_KAFKA__SASL_PASSWORD travels in cleartext (SASL PLAIN over"
+            " SASL_PLAINTEXT): use NEARLINE_KAFKA__SECURITY_PROTOCOL=SASL_SSL, or a SCRAM"
+            " mechanism if the broker has no TLS listener"
+        )
+    r = settings.redis
+    parts = urlsplit(r.url)
+    in_url = parts.password is not None or any(
+        _SECRET_PARAM.search(key) for key, _ in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    if parts.scheme == "redis" and (r.password is not None or in_url):
+        name = "NEARLINE_REDIS__PASSWORD" if r.password else "the password in NEARLINE_REDIS__URL"
+        found.append(
+            f"{name} travels in cleartext (redis://, no TLS): use a rediss:// URL with"
+            " NEARLINE_REDIS__SSL_CA_CERTS"
+        )
+    w = settings.worker
+    if settings.serve.token is not None and not _is_loopback(w.web_host):
+        found.append(
+            "NEARLINE_SERVE__TOKEN travels in cleartext: the worker serves plain HTTP on"
+            f" {w.web_host}:{w.web_port}; put a TLS proxy in front and set"
+            " NEARLINE_WORKER__WEB_HOST=127.0.0.1 so only the proxy reaches the worker"
+        )
+    return found

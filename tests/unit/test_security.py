@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from app.cli import main
 from app.faust_app import create_app
-from app.security import mask_secrets
+from app.security import cleartext_secrets, mask_secrets
 from app.settings import ENV_PREFIX, SettingsError, load_settings
 from tests.unit.test_cli import REPO
 
@@ -148,3 +148,42 @@ def test_faust_table_and_router_endpoints_are_off_unless_enabled(monkeypatch):
     assert _route_of(on, "/table/user-state/") == "/table/{name}/"
     assert _route_of(on, "/router/") == "/router/"
     assert _route_of(on, "/nothing-here") == "/{tail}"
+
+
+def _cleartext(**sections: dict) -> list[str]:
+    return cleartext_secrets(load_settings(**sections))
+
+
+def test_cleartext_secrets_name_the_setting_and_what_to_do():
+    """The rule behind the start warning (the worker logging it is checked in
+    tests/integration/test_security.py); no line holds a secret's value."""
+    sasl = {"sasl_username": "u", "sasl_password": "kafka-pw-2c7"}
+    [line] = _cleartext(kafka={"security_protocol": "SASL_PLAINTEXT", **sasl})
+    assert "NEARLINE_KAFKA__SASL_PASSWORD travels in cleartext" in line and "SASL_SSL" in line
+    assert not _cleartext(kafka={"security_protocol": "SASL_SSL", **sasl})
+    # SCRAM never sends the password itself
+    scram = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256", **sasl}
+    assert not _cleartext(kafka=scram)
+
+    [line] = _cleartext(redis={"password": "redis-pw-8f1"})
+    assert "NEARLINE_REDIS__PASSWORD travels in cleartext" in line and "rediss://" in line
+    [line] = _cleartext(redis={"url": "redis://u:url-pw-9a4@h/0"})
+    assert "the password in NEARLINE_REDIS__URL" in line
+    assert _cleartext(redis={"url": "redis://h/0?password=query-pw-1e6"})
+    assert not _cleartext(redis={"url": "rediss://u:url-pw-9a4@h/0", "password": "x"})
+    assert not _cleartext(redis={"url": "redis://h/0"})  # no password at all
+
+    [line] = _cleartext(serve={"token": "http-token-5d3"}, worker={"web_host": "0.0.0.0"})
+    assert "NEARLINE_SERVE__TOKEN travels in cleartext" in line and "TLS proxy" in line
+    # on loopback only a local client (a TLS proxy in front) reaches the worker
+    assert not _cleartext(serve={"token": "http-token-5d3"})
+    assert not _cleartext(serve={"token": "t"}, worker={"web_host": "::1"})
+
+    everything = _cleartext(
+        kafka={"security_protocol": "SASL_PLAINTEXT", **sasl},
+        redis={"url": "redis://u:url-pw-9a4@h/0", "password": "redis-pw-8f1"},
+        serve={"token": "http-token-5d3"},
+        worker={"web_host": "10.1.2.3"},
+    )
+    assert len(everything) == 3
+    assert not any(s in line for line in everything for s in ("pw-", "token-5d3"))
