@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,10 @@ from typing import Any
 from app.logs import use_json_logs
 from app.metrics import CONTENT_TYPE
 from app.runtime import app, events_topic, runtime, settings
+from app.security import cleartext_secrets
 from app.serving import BadRequest, check_user_id, parse_k
+
+log = logging.getLogger("nearline.security")
 
 STATUS_PAGE = Path(__file__).resolve().parent / "status_page.html"
 
@@ -19,14 +23,18 @@ def _error(web: Any, status: int, message: str) -> Any:
     return web.json({"error": message, "status": status}, status=status)
 
 
-def _denied(web: Any, request: Any) -> Any | None:
-    """401 unless the request carries the configured bearer token (no token: open)."""
+def _denied(web: Any, request: Any, *, query: bool = False) -> Any | None:
+    """401 unless the request carries the configured bearer token (no token: open).
+    With `query`, `?token=` counts too: a browser opening the status page sends no header
+    (the page then sends the header on its own requests)."""
     token = settings.serve.token
     if token is None:
         return None
+    expected = token.get_secret_value().encode()
     sent = request.headers.get("Authorization", "")
-    expected = f"Bearer {token.get_secret_value()}"
-    if hmac.compare_digest(sent.encode(), expected.encode()):
+    if hmac.compare_digest(sent.encode(), b"Bearer " + expected):
+        return None
+    if query and hmac.compare_digest(request.query.get("token", "").encode(), expected):
         return None
     return _error(web, 401, "missing or wrong bearer token")
 
@@ -124,9 +132,11 @@ async def status_history(web: Any, request: Any) -> Any:
 
 @app.page("/status/page/")
 async def status_page(web: Any, request: Any) -> Any:
-    if (denied := _denied(web, request)) is not None:
+    if (denied := _denied(web, request, query=True)) is not None:
         return denied
-    return web.html(STATUS_PAGE.read_text(encoding="utf-8"))
+    # the URL may hold the token: not to be cached, nor sent on as a referrer
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    return web.html(STATUS_PAGE.read_text(encoding="utf-8"), headers=headers)
 
 
 @app.page("/metrics")
@@ -138,11 +148,16 @@ async def metrics(web: Any, request: Any) -> Any:
 
 @app.task
 async def structured_logs() -> None:
-    """NEARLINE_SERVE__LOG_JSON=true: one JSON object per log line from here on."""
+    """NEARLINE_SERVE__LOG_JSON=true: one JSON object per log line from here on; then a
+    warning for each secret the settings send in cleartext."""
     if settings.serve.log_json:
         use_json_logs()
+    for line in cleartext_secrets(settings):
+        log.warning("%s", line)
 
 
+# aiohttp matches the longest path prefix first, so Faust's /table/ and /router/ win over
+# this catch-all when they are on (NEARLINE_WORKER__FAUST_WEB_ENDPOINTS); off, they 404 here
 @app.page("/{tail:.*}")
 async def not_found(web: Any, request: Any, tail: str) -> Any:
     return _error(web, 404, f"no such endpoint: /{tail[:100]}")

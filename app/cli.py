@@ -12,20 +12,35 @@ from typing import Any, TypeVar
 
 import click
 
-from app.settings import Settings, SettingsError, iter_setting_docs, load_settings
+from app.settings import (
+    Settings,
+    SettingsError,
+    iter_setting_docs,
+    load_settings,
+    secret_setting_names,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from kafka.errors import KafkaError
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisClusterException, RedisError
 
     from app.core.rank import ModelError
     from app.data.loaders import LoadError
     from app.kafka_clients import TopicError
 
-    return (SettingsError, LoadError, ModelError, TopicError, KafkaError, RedisError, OSError)
+    return (
+        SettingsError,
+        LoadError,
+        ModelError,
+        TopicError,
+        KafkaError,
+        RedisError,
+        RedisClusterException,  # not a RedisError: an unreachable cluster, for one
+        OSError,
+    )
 
 
 def one_line_errors(fn: F) -> F:
@@ -426,15 +441,21 @@ def _catalog_from_redis(s: Settings) -> Any:
 @click.option("--markdown", is_flag=True, help="Print the README's settings table.")
 def show_settings(markdown: bool) -> None:
     """List every setting with its environment variable and default."""
+    from app.security import MASK, mask_secrets
+
     rows = iter_setting_docs()
     if markdown:
         click.echo("| variable | default | meaning |\n|---|---|---|")
         for env, default, doc in rows:
-            click.echo(f"| `{env}` | `{default}` | {doc} |")
+            click.echo(f"| `{env}` | `{mask_secrets(default)}` | {doc} |")
         return
+    secret = secret_setting_names()
+    given = {name.upper(): value for name, value in os.environ.items()}  # names ignore case
     for env, default, doc in rows:
-        current = os.environ.get(env)
-        click.echo(f"{env}={current if current is not None else default}  # {doc}")
+        current = given.get(env)
+        shown = default if current is None else MASK if env in secret else current
+        # any URL-ish value may hold a password (redis://user:pw@host, ?password=)
+        click.echo(f"{env}={mask_secrets(shown)}  # {doc}")
 
 
 @main.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from app.settings import KafkaSettings, Settings
 # included: those loggers stay at INFO even when the worker runs at debug.
 for _name in ("aiokafka.conn", "kafka.conn", "kafka.net.connection", "kafka.protocol.parser"):
     logging.getLogger(_name).setLevel(logging.INFO)
+
+
+_FAUST_WEB_FLAGS = ("WEB_TABLES_ENABLED", "WEB_ROUTER_ENABLED")
 
 
 def ssl_context(cfg: KafkaSettings) -> ssl.SSLContext | None:
@@ -172,8 +176,12 @@ def create_app(settings: Settings) -> faust.App:
     w = settings.worker
     # Faust creates only the last level of its data folder
     Path(w.data_dir).mkdir(parents=True, exist_ok=True)
+    # Faust's APP_WEB_TABLES_ENABLED / APP_WEB_ROUTER_ENABLED would override the arguments
+    # below: only NEARLINE_WORKER__FAUST_WEB_ENDPOINTS turns those endpoints on.
+    faust_env = {k: v for k, v in os.environ.items() if not k.endswith(_FAUST_WEB_FLAGS)}
     app = NearlineApp(
         w.app_id,
+        env=faust_env,
         broker=broker_url(settings.kafka),
         broker_credentials=broker_credentials(settings.kafka),
         store=w.store,
@@ -185,6 +193,10 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=w.web_host,
         web_port=w.web_port,
         web_in_thread=False,
+        # Faust serves its tables' contents at /table/ and the workers' URLs at /router/,
+        # with no token check; on by default in Faust, off here unless asked for.
+        web_tables_enabled=w.faust_web_endpoints,
+        web_router_enabled=w.faust_web_endpoints,
         Worker=QuietWorker,
         processing_guarantee="at_least_once",
         # One agent instance per partition set keeps per-user order (faust #606: no concurrency).

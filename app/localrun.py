@@ -122,8 +122,10 @@ class WorkerProcess:
 
     def get(self, path: str) -> dict[str, Any] | None:
         try:
-            url = f"http://127.0.0.1:{self.port}{path}"
-            with urllib.request.urlopen(url, timeout=2) as resp:
+            req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+            if token := self.env.get("NEARLINE_SERVE__TOKEN"):
+                req.add_header("Authorization", f"Bearer {token}")
+            with urllib.request.urlopen(req, timeout=2) as resp:
                 data: dict[str, Any] = json.loads(resp.read())
                 return data
         except (OSError, ValueError):

@@ -6,7 +6,7 @@ import json
 import os
 import re
 import sys
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -38,7 +38,7 @@ class KafkaSettings(_Section):
     sasl_username: str | None = None
     """SASL user name."""
     sasl_password: SecretStr | None = None
-    """SASL password (never logged)."""
+    """SASL password (never logged or printed)."""
     ssl_cafile: str | None = None
     """CA bundle that signed the broker's certificate (SSL / SASL_SSL)."""
     ssl_certfile: str | None = None
@@ -81,7 +81,7 @@ class RedisSettings(_Section):
     username: str | None = None
     """ACL user name (None = default user)."""
     password: SecretStr | None = None
-    """Password of the ACL user (never logged)."""
+    """Password of the ACL user (never logged or printed)."""
     ssl_ca_certs: str | None = None
     """CA bundle for rediss:// connections."""
     key_prefix: str = Field("nl:", min_length=1, max_length=32)
@@ -125,6 +125,8 @@ class WorkerSettings(_Section):
     """Address of the worker's web server."""
     web_port: int = Field(6066, ge=1, le=65535)
     """Port of the worker's web server."""
+    faust_web_endpoints: bool = False
+    """Serve Faust's /table/ and /router/ endpoints (table data, workers' URLs; no token)."""
     history_size: int = Field(200, ge=1, le=100_000)
     """Most recent events kept per user."""
     seen_size: int = Field(1000, ge=1, le=1_000_000)
@@ -274,7 +276,7 @@ class ServeSettings(_Section):
     default_k: int = Field(10, ge=1, le=1000)
     """Items returned when the request has no k."""
     token: SecretStr | None = None
-    """When set, HTTP endpoints other than /health require `Authorization: Bearer <token>`."""
+    """When set, endpoints other than /health want `Authorization: Bearer <token>` (secret)."""
     log_json: bool = False
     """Log one JSON object per line (with user_id, partition, offset, mode where they apply)."""
 
@@ -356,8 +358,11 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
+        from app.security import mask_secrets
+
         err = exc.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
+        # a validator may quote the value, and a URL's value may hold a password
+        msg = mask_secrets(err["msg"].removeprefix("Value error, "))
         raise SettingsError(f"invalid setting {_env_name(err['loc'])}: {msg}") from None
     except _SourceError as exc:
         # pydantic-settings fails before validation when a section's value is not JSON.
@@ -396,6 +401,22 @@ def load_settings_or_exit() -> Settings:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def secret_setting_names() -> set[str]:
+    """Env vars of the SecretStr settings: their values are never printed."""
+    names: set[str] = set()
+
+    def walk(model: type[BaseModel], prefix: list[str]) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, [*prefix, name])
+            elif ann is SecretStr or SecretStr in get_args(ann):
+                names.add(_env_name((*prefix, name)))
+
+    walk(Settings, [])
+    return names
 
 
 def iter_setting_docs() -> list[tuple[str, str, str]]:

@@ -8,7 +8,10 @@
 
 Every worker here runs at log level debug, and no password or token may appear in its
 log, in /status/, /metrics, /health or any error message. Wrong credentials and an
-unknown certificate authority stop `nearline worker` at once with one clear line.
+unknown certificate authority stop `nearline worker` at once with one clear line. A secret
+sent in cleartext (a Redis password over redis://, SASL PLAIN without TLS) is named in one
+warning at start, and none is logged over TLS. Faust's own /table/ and /router/ endpoints
+are refused unless turned on.
 """
 
 from __future__ import annotations
@@ -118,6 +121,14 @@ def _no_secret_anywhere(w: WorkerProcess, secrets_: list[str], token: str | None
             assert s not in text, f"secret found in {where}"
 
 
+def _cleartext_warnings(w: WorkerProcess) -> list[str]:
+    """The settings named by the worker's start warnings about secrets sent in cleartext."""
+    lines = w.log_path.read_text(errors="replace").splitlines()
+    found = [line for line in lines if "travels in cleartext" in line]
+    assert all("WARNING" in line for line in found), found
+    return [line.split(" travels in cleartext")[0].split()[-1] for line in found]
+
+
 def _produce_and_wait(run, w: WorkerProcess, users: int = 4) -> None:
     items = sorted(run.truth["items"])
     events = [
@@ -190,6 +201,8 @@ def test_redis_acl_user_http_token_loopback_and_no_secret_leaks(
         assert http_get(w.port, "/status/", "wrong-token")[0] == 401
         assert http_get(w.port, "/health")[0] in (200, 503)  # open, for probes
         assert _listening_addresses(w.port) == {"127.0.0.1"}
+        # AUTH goes over redis:// in cleartext: said once at start; the token is on loopback
+        assert _cleartext_warnings(w) == ["NEARLINE_REDIS__PASSWORD"]
 
         _no_secret_anywhere(w, [password, token], token)
 
@@ -238,6 +251,7 @@ def test_kafka_sasl_plain_listener(secure_kafka, run_id, debug_workers, tmp_path
     _produce_and_wait(run, w)
     stored = read_users_sync(redis_client(), run.settings.redis.key_prefix, ["sec-user-1"])
     assert stored["sec-user-1"] is not None
+    assert _cleartext_warnings(w) == ["NEARLINE_KAFKA__SASL_PASSWORD"]  # PLAIN, no TLS
     _no_secret_anywhere(w, [password])
 
     wrong = _secret("wrong-pw")
@@ -283,6 +297,7 @@ def test_kafka_sasl_over_tls_and_redis_over_tls(secure_kafka, ca, run_id, debug_
         r = redis.Redis.from_url(own.url, ssl_ca_certs=str(ca.ca))
         prefix = run.settings.redis.key_prefix
         assert read_users_sync(r, prefix, ["sec-user-2"])["sec-user-2"] is not None
+        assert _cleartext_warnings(w) == []  # SASL over TLS, rediss://
         _no_secret_anywhere(w, [password])
 
         # A CA that did not sign the servers' certificates: both refused, one line each.
@@ -307,4 +322,43 @@ def test_kafka_sasl_over_tls_and_redis_over_tls(secure_kafka, ca, run_id, debug_
         untrusted_ca_kafka_message=kafka_line,
         untrusted_ca_redis_message=redis_line,
         secrets_in_logs_status_metrics=0,
+    )
+
+
+FAUST_PATHS = ("/table/", "/table/user-state/", "/table/user-state/u1/", "/router/",
+               "/router/user-state/")  # fmt: skip
+
+
+def test_faust_table_and_router_endpoints_refused_unless_enabled(catalog_run, debug_workers):
+    """Faust serves its tables' contents at /table/ and the workers' URLs at /router/, with
+    no token check, and turns both on by default. Here they are off: each such path is the
+    worker's own 404, even with Faust's APP_WEB_TABLES_ENABLED / APP_WEB_ROUTER_ENABLED
+    set. NEARLINE_WORKER__FAUST_WEB_ENDPOINTS=true turns them on (a second worker), which
+    shows these requests reach Faust's views when they exist. Failed with the switch
+    reverted (create_app without web_tables_enabled / web_router_enabled): 200 and the
+    table list at /table/, as before the switch: the worker's 404 catch-all never hid them,
+    aiohttp matching the longest path prefix first."""
+    faust_env = {"APP_WEB_TABLES_ENABLED": "true", "APP_WEB_ROUTER_ENABLED": "true"}
+    w = debug_workers({**catalog_run.env, **faust_env}, name="faust-web-off")
+    w.wait_ready()
+    refused = {}
+    for path in FAUST_PATHS:
+        status, body = http_get(w.port, path)
+        refused[path] = status
+        assert status == 404, (path, status, body[:300])
+        assert json.loads(body)["error"] == f"no such endpoint: {path}"
+    w.stop(timeout=20)
+
+    on = debug_workers(
+        {**catalog_run.env, "NEARLINE_WORKER__FAUST_WEB_ENDPOINTS": "true"}, name="faust-web-on"
+    )
+    on.wait_ready()
+    status, body = http_get(on.port, "/table/")
+    assert status == 200 and "user-state" in body, (status, body[:300])
+    assert http_get(on.port, "/router/")[0] == 200
+    assert http_get(on.port, "/table/user-state/")[0] == 200
+    report(
+        "security_faust_web_endpoints",
+        off_by_default=refused,
+        enabled_table_list=http_get(on.port, "/table/")[0],
     )

@@ -263,11 +263,17 @@ def test_operator_cli_and_dead_letter_redrive(catalog_run, workers):
 
 
 def test_status_page_in_headless_chromium(catalog_run, workers, tmp_path):
+    """The operator's page, opened as an operator does with a token set: /status/page/?token=
+    renders mode, lag and the chart from /status/ and /status/history/, which the page asks
+    with the header. Without the token, or with a wrong one, no data. Failed before the page
+    route took `?token=` (a browser sends no Authorization header: 401, an empty page)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.fail("chromium is required for the status page test (scripts/test.sh installs it)")
     run = catalog_run
-    worker = workers({**run.env, "NEARLINE_DEGRADE__CHECK_INTERVAL": "0.25"})
+    token = f"page-token-{os.urandom(6).hex()}"
+    env = {**run.env, "NEARLINE_DEGRADE__CHECK_INTERVAL": "0.25", "NEARLINE_SERVE__TOKEN": token}
+    worker = workers(env)  # its status() sends the token
     worker.wait_ready()
     s = run.settings
     items = run.taste_items(1)
@@ -284,7 +290,8 @@ def test_status_page_in_headless_chromium(catalog_run, workers, tmp_path):
         time.sleep(1.0)
     worker.wait_events(1200)
     time.sleep(1.0)
-    url = f"http://127.0.0.1:{worker.port}/status/page/"
+    page = f"http://127.0.0.1:{worker.port}/status/page/"
+    url = f"{page}?token={token}"
     flags = [
         "--headless",
         "--no-sandbox",
@@ -297,10 +304,19 @@ def test_status_page_in_headless_chromium(catalog_run, workers, tmp_path):
         f"--user-data-dir={tmp_path / 'chromium'}",
         "--virtual-time-budget=6000",
     ]
-    dom = subprocess.run(
-        [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=90
-    ).stdout
+
+    def dump(address: str) -> str:
+        return subprocess.run(
+            [chromium, *flags, "--dump-dom", address], capture_output=True, text=True, timeout=90
+        ).stdout
+
+    for refused in (page, f"{page}?token=wrong-{token}"):
+        dom = dump(refused)
+        assert "missing or wrong bearer token" in dom and "data-ready" not in dom, dom[:2000]
+        assert token not in dom
+    dom = dump(url)
     assert 'data-ready="1"' in dom, dom[:2000]
+    assert token not in dom  # the page keeps it in a request header, not in the DOM
     assert 'id="mode" class="big normal">normal<' in dom
     import re
 
