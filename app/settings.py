@@ -115,8 +115,7 @@ class WorkerSettings(_Section):
     max_event_bytes: int = Field(64 * 1024, ge=256)
     """Events larger than this go to the dead-letter topic."""
     dead_letter_max_bytes: int = Field(256 * 1024, ge=1024, le=600 * 1024)
-    """Most bytes of a record kept in its dead letter; a longer one is cut, with its full
-    length and sha256 recorded, so the letter fits the broker's 1 MiB message size."""
+    """Most bytes of a record kept in its dead letter (more: cut, full length and sha256 kept)."""
     data_dir: str = "/tmp/nearline-rec"
     """Where Faust keeps per-app local data (one folder per app id below it)."""
     store: str = "memory://"
