@@ -561,6 +561,50 @@ def poll_until(pred: Callable[[], bool], timeout: float, what: str, every: float
     raise AssertionError(f"timeout ({timeout:.0f}s) waiting for {what}")
 
 
+def agent_crashes(status: dict[str, Any]) -> int:
+    """Exceptions that escaped an agent or task of a worker (its /status/ agent_crashes,
+    summed over agents; Faust restarts the agent after each); 0 expected."""
+    return sum(status["agent_crashes"].values())
+
+
+def exits(*workers: Any) -> int:
+    """How many of these worker processes have exited (each was started once, so one that
+    is not alive now exited during the test)."""
+    return sum(1 for w in workers if not w.alive)
+
+
+def survived(*workers: Any, killed: Sequence[dict[str, Any]] = ()) -> dict[str, int]:
+    """Check that none of these workers exited and no agent crashed in them, nor in the
+    workers the test killed (`killed`: their /status/ just before the kill); the measured
+    figures, for report() after the check."""
+    statuses = [w.status() for w in workers]
+    exited = exits(*workers)
+    assert exited == 0, "\n\n".join(w.log_tail() for w in workers if not w.alive)
+    assert all(st is not None for st in statuses), "a worker's /status/ did not answer"
+    every = [*statuses, *killed]
+    crashes = sum(agent_crashes(st) for st in every)
+    assert crashes == 0, [st["agent_crashes"] for st in every]
+    return {"agent_crashes": crashes, "worker_exits": exited}
+
+
+def wait_shared_lists(r: Any, prefix: str, since: float, timeout: float = 30) -> dict[str, Any]:
+    """Wait until the worker's refresh timer wrote the popularity list at or after `since`
+    (unix time, same clock): the shared lists then include every event handled before it.
+    Returns that list."""
+    from app.storage.keys import popular_list
+
+    got: dict[str, Any] = {}
+
+    def fresh() -> bool:
+        raw = r.get(popular_list(prefix))
+        got.clear()
+        got.update(json.loads(raw) if raw else {})
+        return got.get("generated_at", 0) >= since and bool(got.get("items"))
+
+    poll_until(fresh, timeout, "the shared lists refreshed into Redis")
+    return got
+
+
 def catalog_on(env: dict[str, str], tmp: Path, *, n_items: int = 600, seed: int = 11) -> Any:
     """What the catalog_run fixture does, against the broker named in `env` (an own one)."""
     from app.data.sample import generate_sample

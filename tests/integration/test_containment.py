@@ -23,6 +23,7 @@ from tests.integration.conftest import REPO, consume_all, redis_client
 from tests.integration.faults import (
     T0,
     OwnRedis,
+    agent_crashes,
     check_against_replay,
     event_stream,
     http_get,
@@ -37,10 +38,6 @@ from tests.reliability_report import report
 pytestmark = pytest.mark.integration
 
 STEADY = {"NEARLINE_DEGRADE__MODE": "normal"}
-
-
-def _crashes(status: dict) -> int:
-    return sum(status["agent_crashes"].values())
 
 
 def _users_on_every_partition(prefix: str, partitions: int, per_partition: int) -> list[str]:
@@ -116,7 +113,7 @@ def test_records_near_the_broker_limit_are_dead_lettered_cut_and_every_partition
         assert letter_bytes < 512 * 1024
     st = w.status()
     assert w.alive and st is not None
-    assert _crashes(st) == 0, st["agent_crashes"]
+    assert agent_crashes(st) == 0, st["agent_crashes"]
     assert st["dead_letters"] == {"too_large": 2}
 
     # re-drive: a cut letter's original is read back from the source topic (length and
@@ -143,13 +140,13 @@ def test_records_near_the_broker_limit_are_dead_lettered_cut_and_every_partition
     assert sorted(d["payload_sha256"] for d in redriven) == sorted(
         hashlib.sha256(v).hexdigest() for v in (valid, noise)
     )
-    assert _crashes(w.status()) == 0 and w.alive
+    assert agent_crashes(w.status()) == 0 and w.alive
     report(
         "record_near_size_limit",
         **check.figures(),
         record_bytes=[len(valid), len(noise)],
         letter_bytes=[len(m.value) for m in letters],
-        agent_crashes=_crashes(st),
+        agent_crashes=agent_crashes(st),
         seconds_to_all_lists_current=round(caught_up, 1),
     )
 
@@ -223,7 +220,7 @@ def test_a_record_that_breaks_the_core_is_quarantined_and_the_stream_goes_on(
         assert doc["error"]["type"] == "RuntimeError"
         assert "cannot use this record" in doc["error"]["message"]
     st = w.wait(lambda x: x["processing_errors"] >= 3, 30, "errors counted")
-    assert _crashes(st) == 0 and st["processing_errors"] == 3
+    assert agent_crashes(st) == 0 and st["processing_errors"] == 3
     assert st["dead_letters"] == {"processing_error": 3}
     body = http_get(w.port, "/metrics")[1]
     assert "nearline_processing_errors_total 3.0" in body
@@ -234,7 +231,7 @@ def test_a_record_that_breaks_the_core_is_quarantined_and_the_stream_goes_on(
         **check.figures(),
         poison_records=len(bad),
         dead_lettered=len(docs),
-        agent_crashes=_crashes(st),
+        agent_crashes=agent_crashes(st),
     )
 
 
@@ -292,7 +289,7 @@ def test_redis_at_maxmemory_holds_the_batches_says_so_and_loses_nothing(
             assert w.alive, w.log_tail()
             time.sleep(0.3)
         st = w.status()
-        assert st["redis_refusal"] == "OOM" and _crashes(st) == 0
+        assert st["redis_refusal"] == "OOM" and agent_crashes(st) == 0
         r.config_set("maxmemory", "0")
         released = time.monotonic()
         wait_lists_current(r, s.redis.key_prefix, produced, 120, lambda: w.alive)
@@ -303,7 +300,7 @@ def test_redis_at_maxmemory_holds_the_batches_says_so_and_loses_nothing(
         assert check.ok, "\n".join(check.details[:20])
         poll_until(lambda: http_get(w.port, "/health")[0] == 200, 20, "healthy again")
         st = w.status()
-        assert st["redis_refusal"] is None and _crashes(st) == 0
+        assert st["redis_refusal"] is None and agent_crashes(st) == 0
         log = w.log_path.read_text(errors="replace")
         assert "redis refuses writes (OOM" in log and "raise maxmemory" in log
         assert w.alive
@@ -312,7 +309,7 @@ def test_redis_at_maxmemory_holds_the_batches_says_so_and_loses_nothing(
             **check.figures(),
             seconds_to_report_refusal=round(refused_after, 1),
             oom_refusals=st["counters"].get("redis_refused_OOM", 0),
-            agent_crashes=_crashes(st),
+            agent_crashes=agent_crashes(st),
             seconds_maxmemory_raised_to_all_lists_current=round(catch_up, 1),
         )
     finally:

@@ -13,6 +13,7 @@ from app.producer import produce_events
 from app.schemas import validate
 from app.storage.codes import read_users_sync
 from tests.integration.conftest import consume_all, redis_client
+from tests.integration.faults import wait_shared_lists
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,7 @@ def test_burst_degrades_recovers_and_recomputes_every_dirty_user(catalog_run, wo
     ]
     produce_events(s, warm)
     worker.wait_events(len(warm))
-    time.sleep(1.5)  # the popularity list is refreshed into Redis
+    wait_shared_lists(redis_client(), s.redis.key_prefix, since=time.time())
 
     n_users, per_user = 400, 40
     burst = [
@@ -138,7 +139,7 @@ def test_operator_override_forces_modes_and_auto_recovers(catalog_run, workers):
     items = run.taste_items(1)
     produce_events(s, [UserEvent("o-0", "op-user", items[0], "like", 1.7e9)])
     worker.wait_events(1)
-    time.sleep(1.5)  # popularity list refreshed
+    wait_shared_lists(redis_client(), s.redis.key_prefix, since=time.time())
     cli("degrade", "on")
     worker.wait(
         lambda st: st["mode"] == "degraded" and st["override"] == "degraded", 20, "forced degraded"

@@ -6,16 +6,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 from app.core.events import UserEvent
-from app.core.experiments import Variant, assign
+from app.core.experiments import Variant, assign, summarize
 from app.producer import produce_events
 from app.schemas import validate
 from app.storage.codes import read_users_sync
+from app.storage.keys import experiment_counts
 from tests.integration.conftest import REPO, redis_client
+from tests.integration.faults import poll_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +72,15 @@ def test_two_variants_make_different_lists_with_separate_figures(catalog_run, wo
         30,
         "hits counted",
     )
-    time.sleep(1.5)  # flushed into Redis on the next refresh
+    # flushed into Redis on the next refresh: the shared hash equals the worker's counts
+    shared = experiment_counts(s.redis.key_prefix, env["NEARLINE_EXPERIMENTS__NAME"])
+
+    def flushed() -> bool:
+        counts = {k.decode(): int(v) for k, v in r.hgetall(shared).items()}
+        st = worker.status()
+        return st is not None and summarize(counts, split) == st["experiment"]["variants"]
+
+    poll_until(flushed, 30, "the experiment counts flushed into Redis")
     res = subprocess.run(
         [sys.executable, "-m", "app.cli", "experiments", "--json"],
         capture_output=True,

@@ -18,9 +18,11 @@ from tests.integration.faults import (
     OwnRedis,
     check_against_replay,
     event_stream,
+    exits,
     http_get,
     poll_until,
     replay,
+    survived,
     wait_lists_current,
 )
 from tests.reliability_report import report
@@ -39,12 +41,6 @@ def _spread(ws, partitions: int) -> bool:
     sets = [_assigned(w) for w in ws]
     union = set().union(*sets)
     return all(sets) and sum(map(len, sets)) == len(union) == partitions
-
-
-def _crashes(w) -> int:
-    st = w.status()
-    assert st is not None, f"no status from {w.log_path.name}:\n{w.log_tail()}"
-    return sum(st["agent_crashes"].values())
 
 
 def _consumed(ws) -> int:
@@ -92,6 +88,7 @@ def test_redis_down_60s_with_two_workers_and_rebalances_during_the_outage(
                 time.sleep(0.3)
 
         at(10)
+        b_before = b.status()
         b.stop(sig=signal.SIGKILL)
         takeover_s = poll_until(lambda: _assigned(a) == set(range(n_part)), 60, "a takes over")
         assert http_get(a.port, "/health")[0] == 503  # still no Redis
@@ -110,9 +107,7 @@ def test_redis_down_60s_with_two_workers_and_rebalances_during_the_outage(
             r, s.redis.key_prefix, replay(s, run.updates, produced), produced
         )
         assert check.ok, "\n".join(check.details[:20])
-        crashes = _crashes(a) + _crashes(c)
-        assert crashes == 0
-        assert a.alive and c.alive
+        alive = survived(a, c, killed=[b_before])
         given_up = a.status()["counters"].get("batches_abandoned", 0)
         report(
             "redis_outage_60s_two_workers_rebalance",
@@ -121,9 +116,9 @@ def test_redis_down_60s_with_two_workers_and_rebalances_during_the_outage(
             takeover_during_outage_s=round(takeover_s, 1),
             spread_during_outage_s=round(spread_s, 1),
             seconds_redis_back_to_all_lists_current=round(catch_up, 1),
-            workers_killed=1,
-            agent_crashes=crashes,
+            workers_killed=exits(b),
             batches_given_way_to_rebalances=given_up,
+            **alive,
         )
     finally:
         own.stop()
@@ -141,13 +136,15 @@ def test_a_worker_killed_twice_in_a_row_during_recovery_loses_nothing(catalog_ru
     first = workers(env, name="first")
     first.wait_ready()
     producer = BackgroundProducer(s, events, rate=600).start()
-    first.wait(lambda st: st["counters"].get("events_in", 0) >= 0.3 * len(events), 60, "30%")
+    first_before = first.wait(
+        lambda st: st["counters"].get("events_in", 0) >= 0.3 * len(events), 60, "30%"
+    )
     first.stop(sig=signal.SIGKILL)
     killed = time.monotonic()
     second = workers(env, name="second")
     # killed while recovering: as soon as it has consumed anything at all
     second.wait(lambda st: st["counters"].get("events_in", 0) > 0, 120, "second consuming")
-    second_in = second.status()["counters"]["events_in"]
+    second_before = second.status()
     second.stop(sig=signal.SIGKILL)
     third = workers(env, name="third")
     third.wait_ready()
@@ -157,15 +154,14 @@ def test_a_worker_killed_twice_in_a_row_during_recovery_loses_nothing(catalog_ru
     recovery_s = time.monotonic() - killed
     check = check_against_replay(r, s.redis.key_prefix, replay(s, run.updates, produced), produced)
     assert check.ok, "\n".join(check.details[:20])
-    crashes = _crashes(third)
-    assert crashes == 0 and third.alive
+    alive = survived(third, killed=[first_before, second_before])
     st = third.status()
     report(
         "sigkill_twice_during_recovery",
         **check.figures(),
-        workers_killed=2,
-        second_consumed_before_kill=second_in,
+        workers_killed=exits(first, second),
+        second_consumed_before_kill=second_before["counters"]["events_in"],
         redelivered_to_third=st["counters"].get("events_duplicate", 0),
-        agent_crashes=crashes,
+        **alive,
         seconds_first_kill_to_all_lists_current=round(recovery_s, 1),
     )

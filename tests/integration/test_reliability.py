@@ -2,8 +2,10 @@
 
 Each test runs real worker processes against a real broker and Redis, injects one fault
 under load, and checks every user's end state against a pure in-process replay of the same
-events through app.core (each event applied exactly once, in offset order). Each reports
-its figures as a `RELIABILITY <name>: ...` line and in test-artifacts/reliability.json.
+events through app.core (each event applied exactly once, in offset order). Each checks that
+no agent crashed and no worker it did not kill exited, and only then reports its figures
+(measured, none written in) as a `RELIABILITY <name>: ...` line and in
+test-artifacts/reliability.json.
 Tests that stop Redis or restart Kafka use their own instances (tests/integration/faults.py).
 """
 
@@ -31,6 +33,7 @@ from tests.integration.faults import (
     metric,
     poll_until,
     replay,
+    survived,
     wait_lists_current,
 )
 from tests.reliability_report import report
@@ -55,7 +58,8 @@ def test_crash_mid_stream_loses_nothing_and_applies_nothing_twice(catalog_run, w
     first.wait(
         lambda st: st["counters"].get("events_in", 0) >= 0.4 * len(events), 60, "40% consumed"
     )
-    consumed_before = first.status()["counters"]["events_in"]
+    before_kill = first.status()
+    consumed_before = before_kill["counters"]["events_in"]
     first.stop(sig=signal.SIGKILL)
     killed_at = time.monotonic()
 
@@ -68,18 +72,18 @@ def test_crash_mid_stream_loses_nothing_and_applies_nothing_twice(catalog_run, w
 
     check = check_against_replay(r, s.redis.key_prefix, replay(s, run.updates, produced), produced)
     st = second.status()
-    redelivered = st["counters"].get("events_duplicate", 0)
+    assert check.ok, "\n".join(check.details[:20])
+    alive = survived(second, killed=[before_kill])
     report(
         "crash_sigkill",
         **check.figures(),
         consumed_before_kill=consumed_before,
-        redelivered_after_restart=redelivered,
+        redelivered_after_restart=st["counters"].get("events_duplicate", 0),
         lists_reemitted=st["counters"].get("lists_reemitted", 0),
         seconds_kill_to_all_lists_current=round(recovery_s, 1),
         catch_up_s=round(caught_up, 1),
+        **alive,
     )
-    assert check.ok, "\n".join(check.details[:20])
-    assert second.alive
 
 
 def test_records_the_stream_skips_are_read_back_in_order_and_never_committed_unread(
@@ -115,19 +119,21 @@ def test_records_the_stream_skips_are_read_back_in_order_and_never_committed_unr
     )
     log = w.log_path.read_text(errors="replace")
     tails = log.count('why="acked but not delivered"')
-    report(
-        "stream_skips_records",
-        **check.figures(),
-        gaps_filled=st["counters"].get("offset_gaps", 0),
-        events_read_back=st["counters"].get("events_refetched", 0),
-        tails_filled=tails,
-        catch_up_s=round(caught_up, 1),
-    )
     assert check.ok, "\n".join(check.details[:20])
     assert tails >= 1, "no partition tail was read back"
     assert st["counters"]["offset_gaps"] >= tails + 1
     # operators see them in /metrics too
     assert metric(w.port, "nearline_events_refetched_total") == st["counters"]["events_refetched"]
+    alive = survived(w)
+    report(
+        "stream_skips_records",
+        **check.figures(),
+        gaps_filled=st["counters"]["offset_gaps"],
+        events_read_back=st["counters"]["events_refetched"],
+        tails_filled=tails,
+        catch_up_s=round(caught_up, 1),
+        **alive,
+    )
 
 
 def _assigned(w) -> set[int]:
@@ -164,6 +170,7 @@ def test_two_workers_one_killed_under_load_other_takes_over_then_spread_back(cat
                     for w in (a, b)) >= 0.35 * len(wave1),
         60, "35% consumed",
     )  # fmt: skip
+    b_before_kill = b.status()
     b.stop(sig=signal.SIGKILL)
     killed = time.monotonic()
     takeover_s = poll_until(lambda: _assigned(a) == set(range(n_part)), 60, "a takes over")
@@ -186,6 +193,9 @@ def test_two_workers_one_killed_under_load_other_takes_over_then_spread_back(cat
     wait_lists_current(r, s.redis.key_prefix, produced, 120, lambda: a.alive and b2.alive)
     check2 = check_against_replay(r, s.redis.key_prefix, replay(s, run.updates, produced), produced)
     st_b = b2.status()
+    assert check2.ok, "\n".join(check2.details[:20])
+    assert st_b and st_b["counters"].get("events_applied", 0) > 0, "b2 applied nothing"
+    alive = survived(a, b2, killed=[b_before_kill])
     report(
         "rebalance_two_workers",
         **check2.figures(),
@@ -195,10 +205,9 @@ def test_two_workers_one_killed_under_load_other_takes_over_then_spread_back(cat
         kill_to_all_lists_current_s=round(after_kill_s, 1),
         restart_to_spread_back_s=round(spread_s, 1),
         after_spread={"a": sorted(_assigned(a)), "b": sorted(_assigned(b2))},
-        events_applied_by_restarted_b=st_b["counters"].get("events_applied", 0) if st_b else 0,
+        events_applied_by_restarted_b=st_b["counters"]["events_applied"],
+        **alive,
     )
-    assert check2.ok, "\n".join(check2.details[:20])
-    assert st_b and st_b["counters"].get("events_applied", 0) > 0, "b2 applied nothing"
 
 
 def test_redis_outage_under_load_pauses_and_recovers_without_loss(catalog_run, workers, tmp_path):
@@ -266,23 +275,12 @@ def _redis_outage(run, s, own, workers) -> None:
     )
     st = w.status()
     log = w.log_path.read_text(errors="replace")
-    report(
-        "redis_outage",
-        **check.figures(),
-        outage_s=round(outage_s, 1),
-        events_consumed_when_outage_seen=in_during,
-        redis_batch_retries=st["counters"].get("redis_batch_retries", 0),
-        redis_errors=st["redis_errors"],
-        seconds_redis_back_to_all_lists_current=round(catch_up, 1),
-        worker_restarts=0,
-    )
     assert check.ok, "\n".join(check.details[:20])
     assert "redis unavailable" in log and "redis back" in log
-    assert w.alive
 
     # A quiet worker (no batch to write) notices an outage too: the lag monitor's ping.
     own.stop()
-    poll_until(
+    idle_seen = poll_until(
         lambda: (
             http_get(w.port, "/health")[0] == 503 and metric(w.port, "nearline_redis_up") == 0.0
         ),
@@ -291,7 +289,18 @@ def _redis_outage(run, s, own, workers) -> None:
     )
     own.start()
     poll_until(lambda: http_get(w.port, "/health")[0] == 200, 15, "healthy again")
-    assert w.alive
+    alive = survived(w)
+    report(
+        "redis_outage",
+        **check.figures(),
+        outage_s=round(outage_s, 1),
+        events_consumed_when_outage_seen=in_during,
+        redis_batch_retries=st["counters"].get("redis_batch_retries", 0),
+        redis_errors=st["redis_errors"],
+        seconds_redis_back_to_all_lists_current=round(catch_up, 1),
+        seconds_to_report_idle_outage=round(idle_seen, 1),
+        **alive,
+    )
 
 
 @pytest.fixture
@@ -330,16 +339,16 @@ def test_broker_restart_under_load_worker_reconnects_nothing_lost(
         sampler.stop()
     done_s = time.monotonic() - t0
     check = check_against_replay(r, s.redis.key_prefix, replay(s, run.updates, produced), produced)
+    assert check.ok, "\n".join(check.details[:20])
+    alive = survived(w)
     report(
         "broker_restart",
         **check.figures(),
         broker_restart_s=round(restart_s, 1),
         longest_consumption_stall_s=round(sampler.longest_stall(len(events)), 1),
         restart_begin_to_all_lists_current_s=round(done_s, 1),
-        worker_restarts=0,
+        **alive,
     )
-    assert check.ok, "\n".join(check.details[:20])
-    assert w.alive
 
 
 # -- hostile input --------------------------------------------------------------------------
@@ -578,7 +587,9 @@ def test_hostile_input_ends_in_state_or_dead_letters_and_worker_survives(catalog
     w.wait_events(len(corpus) + 1, timeout=30)
     after = read_users_sync(r, s.redis.key_prefix, ["after-user"])["after-user"]
     assert after is not None and after.list["items"]
-    assert w.alive
+    unaccounted = len(corpus) - len(accepted) - len(got_dlq)
+    assert unaccounted == 0
+    alive = survived(w)
 
     by_reason: dict[str, int] = {}
     for reason in got_dlq.values():
@@ -594,10 +605,10 @@ def test_hostile_input_ends_in_state_or_dead_letters_and_worker_survives(catalog
         dead_lettered=len(got_dlq),
         dead_letter_reasons=dict(sorted(by_reason.items())),
         item_dead_letters=len(idlq),
-        unaccounted=len(corpus) - len(accepted) - len(got_dlq),
+        unaccounted=unaccounted,
         lost=check.lost,
         applied_twice=check.applied_twice,
-        worker_crashes=0,
+        **alive,
     )
 
 
@@ -619,14 +630,16 @@ def test_dead_letters_interleaved_with_events_lose_no_event(catalog_run, workers
     check = check_against_replay(r, s.redis.key_prefix, replay(s, run.updates, produced), produced)
     st = w.status()
     bad = st["dead_letters"].get("not_json", 0)
+    assert check.ok, "\n".join(check.details[:20])
+    assert bad == len(range(0, len(events), 3))
+    alive = survived(w)
     report(
         "dead_letters_interleaved",
         **check.figures(),
         dead_letters=bad,
         events_in=st["counters"].get("events_in", 0),
+        **alive,
     )
-    assert check.ok, "\n".join(check.details[:20])
-    assert bad == len(range(0, len(events), 3))
 
 
 # -- past one machine -----------------------------------------------------------------------
@@ -682,16 +695,17 @@ def test_redis_cluster_three_nodes_two_workers_lists_and_reads(catalog_run, work
             status, text = http_get(a.port, f"/recommendations/{u}/?k=10")
             assert status == 200 and json.loads(text)["tier"] in ("redis", "cache")
         st_a, st_b = a.status(), b.status()
+        alive = survived(a, b)
         report(
             "redis_cluster",
             **check.figures(),
             nodes=len(cluster.nodes),
             keys_per_node=keys_per_node,
-            workers=2,
+            workers_with_partitions=sum(1 for w in (a, b) if _assigned(w)),
             lists_written={"a": st_a["counters"]["lists_written"],
                            "b": st_b["counters"]["lists_written"]},
+            **alive,
         )  # fmt: skip
-        assert a.alive and b.alive
     finally:
         for w in (locals().get("a"), locals().get("b")):
             if w is not None:

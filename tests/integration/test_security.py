@@ -39,6 +39,7 @@ from tests.integration.faults import (
     ThrowawayCA,
     catalog_on,
     http_get,
+    survived,
 )
 from tests.reliability_report import report
 
@@ -111,14 +112,25 @@ def _assert_clear_refusal(res: subprocess.CompletedProcess, *fragments: str, sec
     return lines[0]
 
 
-def _no_secret_anywhere(w: WorkerProcess, secrets_: list[str], token: str | None = None) -> None:
+def _no_secret_anywhere(
+    w: WorkerProcess, secrets_: list[str], token: str | None = None
+) -> dict[str, int]:
+    """Occurrences of the secrets in the worker's log and every page, by place (checked
+    to be none)."""
     texts = {"log": w.log_path.read_text(errors="replace")}
     for path in ("/status/", "/metrics", "/health", "/status/history/"):
         texts[path] = http_get(w.port, path, token)[1]
     texts["401"] = http_get(w.port, "/status/")[1]
-    for where, text in texts.items():
-        for s in secrets_:
-            assert s not in text, f"secret found in {where}"
+    found = {where: sum(text.count(s) for s in secrets_) for where, text in texts.items()}
+    assert all(text for text in texts.values()), [k for k, v in texts.items() if not v]
+    for where, n in found.items():
+        assert n == 0, f"secret found in {where}"
+    return found
+
+
+def _listener(s) -> str:
+    """The Kafka listener the worker was configured for, as `protocol/mechanism`."""
+    return f"{s.kafka.security_protocol}/{s.kafka.sasl_mechanism}"
 
 
 def _cleartext_warnings(w: WorkerProcess) -> list[str]:
@@ -190,7 +202,7 @@ def test_redis_acl_user_http_token_loopback_and_no_secret_leaks(
         r = redis.Redis.from_url(own.url, username="nearline", password=password)
         prefix = catalog_run.settings.redis.key_prefix
         assert read_users_sync(r, prefix, ["sec-user-0"])["sec-user-0"] is not None
-        with pytest.raises(redis.exceptions.RedisError):
+        with pytest.raises(redis.exceptions.RedisError) as default_user:
             redis.Redis.from_url(own.url).get("x")  # the default user is off
 
         # HTTP: every endpoint but /health wants the token; the server is on loopback only
@@ -200,11 +212,14 @@ def test_redis_acl_user_http_token_loopback_and_no_secret_leaks(
             assert statuses[path] == (401, 200), (path, statuses[path])
         assert http_get(w.port, "/status/", "wrong-token")[0] == 401
         assert http_get(w.port, "/health")[0] in (200, 503)  # open, for probes
-        assert _listening_addresses(w.port) == {"127.0.0.1"}
+        bound = _listening_addresses(w.port)
+        assert bound == {"127.0.0.1"}
         # AUTH goes over redis:// in cleartext: said once at start; the token is on loopback
         assert _cleartext_warnings(w) == ["NEARLINE_REDIS__PASSWORD"]
 
-        _no_secret_anywhere(w, [password, token], token)
+        leaks = _no_secret_anywhere(w, [password, token], token)
+        st = w.status()
+        alive = survived(w)
 
         # Wrong password: one clear line at start, naming the settings, not the password.
         wrong = _secret("wrong-pw")
@@ -224,12 +239,15 @@ def test_redis_acl_user_http_token_loopback_and_no_secret_leaks(
         own.stop()
     report(
         "security_redis_acl_http_token",
-        redis_acl_user="ok",
+        lists_written_as_acl_user=st["counters"]["lists_written"],
+        default_user_refused=type(default_user.value).__name__,
         wrong_password_message=line,
         no_credentials_message=missing,
         http_401_without_token=sorted(statuses),
-        web_bind=sorted(_listening_addresses(w.port)) or ["127.0.0.1"],
-        secrets_in_logs_status_metrics=0,
+        web_bind=sorted(bound),
+        places_searched_for_secrets=sorted(leaks),
+        secrets_in_logs_status_metrics=sum(leaks.values()),
+        **alive,
     )
 
 
@@ -252,7 +270,9 @@ def test_kafka_sasl_plain_listener(secure_kafka, run_id, debug_workers, tmp_path
     stored = read_users_sync(redis_client(), run.settings.redis.key_prefix, ["sec-user-1"])
     assert stored["sec-user-1"] is not None
     assert _cleartext_warnings(w) == ["NEARLINE_KAFKA__SASL_PASSWORD"]  # PLAIN, no TLS
-    _no_secret_anywhere(w, [password])
+    leaks = _no_secret_anywhere(w, [password])
+    st = w.status()
+    alive = survived(w)
 
     wrong = _secret("wrong-pw")
     t0 = time.monotonic()
@@ -262,13 +282,16 @@ def test_kafka_sasl_plain_listener(secure_kafka, run_id, debug_workers, tmp_path
         "NEARLINE_KAFKA__SASL_PASSWORD",
         secret=wrong,
     )
+    refused_s = time.monotonic() - t0
     report(
         "security_kafka_sasl",
-        listener="SASL_PLAINTEXT/PLAIN",
-        lists_written=w.status()["counters"]["lists_written"],
+        listener=_listener(run.settings),
+        lists_written=st["counters"]["lists_written"],
         wrong_password_message=line,
-        wrong_password_exit_s=round(time.monotonic() - t0, 1),
-        secrets_in_logs_status_metrics=0,
+        wrong_password_exit_s=round(refused_s, 1),
+        places_searched_for_secrets=sorted(leaks),
+        secrets_in_logs_status_metrics=sum(leaks.values()),
+        **alive,
     )
 
 
@@ -298,7 +321,9 @@ def test_kafka_sasl_over_tls_and_redis_over_tls(secure_kafka, ca, run_id, debug_
         prefix = run.settings.redis.key_prefix
         assert read_users_sync(r, prefix, ["sec-user-2"])["sec-user-2"] is not None
         assert _cleartext_warnings(w) == []  # SASL over TLS, rediss://
-        _no_secret_anywhere(w, [password])
+        leaks = _no_secret_anywhere(w, [password])
+        st = w.status()
+        alive = survived(w)
 
         # A CA that did not sign the servers' certificates: both refused, one line each.
         stranger = ThrowawayCA.make(tmp_path / "other-ca", name="some-other-ca")
@@ -317,11 +342,14 @@ def test_kafka_sasl_over_tls_and_redis_over_tls(secure_kafka, ca, run_id, debug_
         own.stop()
     report(
         "security_tls",
-        kafka_listener="SASL_SSL/PLAIN",
-        redis="rediss:// (redis-server --tls-port)",
+        kafka_listener=_listener(run.settings),
+        redis_url_scheme=run.settings.redis.url.split(":", 1)[0],
+        lists_written=st["counters"]["lists_written"],
         untrusted_ca_kafka_message=kafka_line,
         untrusted_ca_redis_message=redis_line,
-        secrets_in_logs_status_metrics=0,
+        places_searched_for_secrets=sorted(leaks),
+        secrets_in_logs_status_metrics=sum(leaks.values()),
+        **alive,
     )
 
 

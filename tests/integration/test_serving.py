@@ -19,6 +19,7 @@ from app.localrun import free_port
 from app.producer import produce_events, produce_raw
 from app.schemas import validate
 from tests.integration.conftest import REPO, consume_all
+from tests.integration.faults import poll_until, wait_shared_lists
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +121,9 @@ def test_read_tiers_health_and_metrics(catalog_run, workers, own_redis):
     ]
     produce_events(s, events)
     worker.wait(lambda st: st["counters"].get("lists_written", 0) >= 3, 60, "lists written")
-    time.sleep(1.5)  # shared lists refreshed into Redis
+    import redis
+
+    wait_shared_lists(redis.Redis.from_url(own_redis.url), s.redis.key_prefix, time.time())
     port = worker.port
 
     # Redis tier, then the in-process cache
@@ -241,7 +244,13 @@ def test_operator_cli_and_dead_letter_redrive(catalog_run, workers):
         assert (res.returncode == 0) == ok, (args, res.stdout, res.stderr)
         return res
 
-    time.sleep(1.5)  # let the worker commit its offsets
+    from app.ops import group_lag
+
+    def committed() -> bool:
+        info = group_lag(s)
+        return info["total_lag"] == 0 and info["state"] == "Stable"
+
+    poll_until(committed, 30, "the worker's offsets committed (lag 0, group stable)", every=0.5)
     lag = json.loads(cli("lag", "--json").stdout)
     assert lag["group"] == s.worker.app_id and len(lag["partitions"]) == 3
     assert lag["total_lag"] == 0 and lag["state"] == "Stable"
@@ -289,7 +298,12 @@ def test_status_page_in_headless_chromium(catalog_run, workers, tmp_path):
         )
         time.sleep(1.0)
     worker.wait_events(1200)
-    time.sleep(1.0)
+
+    def charted() -> bool:  # what the page draws: mode normal and some history
+        history = worker.get("/status/history/")
+        return history is not None and len(history["samples"]) >= 5
+
+    worker.wait(lambda st: st["mode"] == "normal" and charted(), 20, "mode normal, history")
     page = f"http://127.0.0.1:{worker.port}/status/page/"
     url = f"{page}?token={token}"
     flags = [

@@ -125,14 +125,20 @@ FLAG_CASES = [
     ("bad dimension setting", ["tune-lsh", "--embeddings", "emb.txt"], {"NEARLINE_ITEMS__EMBEDDING_DIM": "1"}, "NEARLINE_ITEMS__EMBEDDING_DIM"),
 ]  # fmt: skip
 
-tried: list[str] = []
+started: list[str] = []  # case ids, as each case runs
+passed: list[str] = []  # case ids, once every check of the case passed
 
 
 @pytest.fixture(scope="module", autouse=True)
 def bad_files_report():
     yield
-    if tried:
-        report("bad_files", cases=len(tried), all_one_line_nonzero_nothing_changed=True)
+    if started:
+        report(
+            "bad_files",
+            cases=len(started),
+            one_line_nonzero_nothing_changed=len(passed),
+            failed=[case for case in started if case not in passed],
+        )
 
 
 @pytest.fixture
@@ -175,12 +181,12 @@ def _one_line(output: str) -> str:
     "args,name,line,fragment,outputs", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 def test_bad_file_is_one_line_non_zero_and_changes_nothing(
-    files, args, name, line, fragment, outputs
+    request, files, args, name, line, fragment, outputs
 ):
     d, calls = files
+    started.append(request.node.name)
     before = sorted(p.name for p in d.iterdir())
     res = CliRunner().invoke(main, args)
-    tried.append(" ".join(args))
     assert res.exit_code != 0, res.output
     msg = _one_line(res.output)
     where = f"{name}:{line}:" if line is not None else f"{name}:"
@@ -190,23 +196,25 @@ def test_bad_file_is_one_line_non_zero_and_changes_nothing(
     for out in outputs:
         assert not (d / out).exists(), f"{out} was written"
     assert sorted(p.name for p in d.iterdir()) == before
+    passed.append(request.node.name)
 
 
 @pytest.mark.parametrize(
     "args,env,fragment", [c[1:] for c in FLAG_CASES], ids=[c[0] for c in FLAG_CASES]
 )
-def test_bad_flag_or_setting_is_one_line_non_zero(files, monkeypatch, args, env, fragment):
+def test_bad_flag_or_setting_is_one_line_non_zero(request, files, monkeypatch, args, env, fragment):
     d, calls = files
+    started.append(request.node.name)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     before = sorted(p.name for p in d.iterdir())
     res = CliRunner().invoke(main, args)
-    tried.append(" ".join(args))
     assert res.exit_code not in (0, None), res.output
     msg = _one_line(res.output)
     assert fragment in msg, msg
     assert calls == []
     assert sorted(p.name for p in d.iterdir()) == before
+    passed.append(request.node.name)
 
 
 def test_help_still_works_and_exits_zero(files):

@@ -3,8 +3,9 @@
 decode_event and decode_item_update see every byte a producer sends. Whatever arrives,
 the result must be a usable value (an event or item update that the rest of the worker can
 store, key and encode again) or InvalidRecord with a dead-letter reason; any other
-exception would stop the agent. The inputs tried are counted and reported
-(RELIABILITY fuzz: ...), see tests/reliability_report.py.
+exception would stop the agent. Each input is counted once its checks passed (or as
+failing when they did not), and those counts are reported (RELIABILITY fuzz: ...), see
+tests/reliability_report.py.
 """
 
 from __future__ import annotations
@@ -40,35 +41,51 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-tried: Counter[str] = Counter()
-outcomes: Counter[str] = Counter()
+passed: Counter[str] = Counter()  # inputs whose checks all passed, by strategy
+failed: Counter[str] = Counter()  # inputs that failed a check (hypothesis shrinks them)
+other_exceptions: Counter[str] = Counter()  # of those: raised, not InvalidRecord or a check
+outcomes: Counter[str] = Counter()  # what the decoders made of the passing inputs
 
 
 @pytest.fixture(scope="module", autouse=True)
 def fuzz_report():
     yield
-    if tried:
+    if passed or failed:
         report(
             "fuzz",
-            inputs_tried=sum(tried.values()),
-            by_strategy=dict(sorted(tried.items())),
+            inputs_tried=sum(passed.values()) + sum(failed.values()),
+            inputs_passed=sum(passed.values()),
+            inputs_failed=sum(failed.values()),
+            other_exceptions=sum(other_exceptions.values()),
+            by_strategy=dict(sorted(passed.items())),
+            failed_by_strategy=dict(sorted(failed.items())),
             outcomes=dict(sorted(outcomes.items())),
-            other_exceptions=0,
         )
 
 
-def check_event(raw: bytes | None, strategy: str) -> UserEvent | None:
-    """The property: UserEvent (fit to store, key and re-encode) or InvalidRecord."""
-    tried[strategy] += 1
+def _counted(strategy: str, prop, *args):
+    """Run a property on one input; count the input as passed only once it returned."""
+    try:
+        value, outcome = prop(*args)
+    except Exception as exc:
+        failed[strategy] += 1
+        if not isinstance(exc, AssertionError):
+            other_exceptions[strategy] += 1
+        raise
+    passed[strategy] += 1
+    outcomes[outcome] += 1
+    return value
+
+
+def _event_property(raw: bytes | None) -> tuple[UserEvent | None, str]:
+    """UserEvent (fit to store, key and re-encode) or InvalidRecord."""
     try:
         ev = decode_event(raw)
     except InvalidRecord as exc:
         assert exc.reason in REASONS, exc.reason
         assert isinstance(exc.detail, str)
         json.dumps({"detail": exc.detail[:2000]})  # the dead letter can carry it
-        outcomes[f"event:{exc.reason}"] += 1
-        return None
-    outcomes["event:ok"] += 1
+        return None, f"event:{exc.reason}"
     assert isinstance(ev, UserEvent)
     for text in (ev.event_id, ev.user_id, ev.item_id):
         assert isinstance(text, str) and 1 <= len(text) <= 128
@@ -77,18 +94,15 @@ def check_event(raw: bytes | None, strategy: str) -> UserEvent | None:
     assert math.isfinite(ev.timestamp) and 0 <= ev.timestamp <= 4102444800
     assert ev.rating is None or (math.isfinite(ev.rating) and 0.5 <= ev.rating <= 5)
     assert decode_event(ev.encode()) == ev
-    return ev
+    return ev, "event:ok"
 
 
-def check_item(key: bytes | None, raw: bytes | None, strategy: str) -> ItemUpdate | None:
-    tried[strategy] += 1
+def _item_property(key: bytes | None, raw: bytes | None) -> tuple[ItemUpdate | None, str]:
     try:
         up = decode_item_update(key, raw, dim=DIM)
     except InvalidRecord as exc:
         assert exc.reason in REASONS, exc.reason
-        outcomes[f"item:{exc.reason}"] += 1
-        return None
-    outcomes[f"item:{up.op}"] += 1
+        return None, f"item:{exc.reason}"
     assert isinstance(up, ItemUpdate) and up.op in ("upsert", "delete")
     up.item_id.encode("utf-8")
     if up.op == "upsert":
@@ -98,7 +112,15 @@ def check_item(key: bytes | None, raw: bytes | None, strategy: str) -> ItemUpdat
         for g in up.genres:
             g.encode("utf-8")
         up.title.encode("utf-8")
-    return up
+    return up, f"item:{up.op}"
+
+
+def check_event(raw: bytes | None, strategy: str) -> UserEvent | None:
+    return _counted(strategy, _event_property, raw)
+
+
+def check_item(key: bytes | None, raw: bytes | None, strategy: str) -> ItemUpdate | None:
+    return _counted(strategy, _item_property, key, raw)
 
 
 # -- strategies ------------------------------------------------------------------------------
