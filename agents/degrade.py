@@ -24,7 +24,7 @@ from app.runtime import (
     user_table,
 )
 from app.storage import keys
-from app.storage.redis_store import RETRYABLE
+from app.storage.redis_store import UNAVAILABLE
 
 log = logging.getLogger("nearline.degrade")
 
@@ -79,7 +79,7 @@ async def lag_monitor() -> None:
     try:
         override = await runtime.store.read_override()
         runtime.redis_ping_ok = True
-    except RETRYABLE:
+    except UNAVAILABLE:
         override = None
         runtime.redis_ping_ok = False
     if override in ("auto", "degraded", "normal") and override != runtime.policy.override:
@@ -142,7 +142,7 @@ async def refresh_shared_lists() -> None:
         return
     try:
         await refresh_lists()
-    except RETRYABLE as exc:
+    except UNAVAILABLE as exc:
         log.warning("shared lists not refreshed: %s", exc)
 
 
@@ -206,7 +206,7 @@ async def _recompute_dirty() -> None:
                 done = await recompute_some(per_tick)
                 if not runtime.dirty:
                     log_event("dirty users recomputed", last_batch=done)
-        except RETRYABLE as exc:
+        except UNAVAILABLE as exc:
             log.warning("recompute paused, redis unavailable: %s", exc)
             await asyncio.sleep(1.0)
 

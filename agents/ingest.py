@@ -11,7 +11,6 @@ from typing import Any
 
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.types import TP
-from redis.exceptions import ResponseError
 
 from app.core import fastjson
 from app.kafka_clients import RangeReader, send_in_batches
@@ -29,7 +28,7 @@ from app.runtime import (
     settings,
     user_table,
 )
-from app.storage.redis_store import REFUSALS, RETRYABLE, refusal
+from app.storage.redis_store import RETRYABLE, RedisRefused
 
 log = logging.getLogger("nearline.ingest")
 
@@ -65,20 +64,17 @@ async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
                 log.warning("redis unavailable, pausing batch: %s", exc)
             runtime.redis_ok = False
             runtime.counters["redis_batch_retries"] += 1
-        except ResponseError as exc:
-            code = refusal(exc)
-            if code is None:
-                raise  # not the store's condition: the batch's own error (handle_batch)
-            if runtime.redis_refusal != code:
+        except RedisRefused as exc:
+            if runtime.redis_refusal != exc.code:
                 log.error(
                     "redis refuses writes (%s), holding the batch and retrying: %s. %s",
-                    code,
-                    " ".join(str(exc).split())[:200],
-                    REFUSALS[code],
+                    exc.code,
+                    exc.reply,
+                    exc.advice,
                 )
             runtime.redis_ok = False
-            runtime.redis_refusal = code
-            runtime.counters[f"redis_refused_{code}"] += 1
+            runtime.redis_refusal = exc.code
+            runtime.counters[f"redis_refused_{exc.code}"] += 1
             runtime.counters["redis_batch_retries"] += 1
         await _backoff(delay)
         delay = min(delay * 2, 5.0)

@@ -12,7 +12,7 @@ from app.core.events import InvalidRecord, ItemUpdate, decode_item_update
 from app.kafka_clients import client_kwargs
 from app.processing import RawRecord, dead_letter
 from app.runtime import app, counting_crashes, items_dlq_topic, log_event, runtime, settings
-from app.storage.redis_store import RETRYABLE
+from app.storage.redis_store import UNAVAILABLE
 
 log = logging.getLogger("nearline.items")
 
@@ -98,7 +98,7 @@ async def apply_records(records: list[RawRecord]) -> None:
         await items_dlq_topic.send(key=dl.key, value=dl.encode())
     try:
         await runtime.store.write_items(mirror_up, mirror_del)
-    except RETRYABLE as exc:
+    except UNAVAILABLE as exc:
         # The catalog in memory is what serves; the Redis mirror catches up on the next update.
         runtime.counters["item_mirror_failures"] += 1
         log.warning("item mirror to redis failed: %s", exc)

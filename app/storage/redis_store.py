@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 TitleSource = Callable[[str], str | None] | Literal["mirror"] | None
 
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+"""Redis is away: retried with backoff (tenacity) in the store, then by the caller."""
 
 # Errors Redis answers that no retry of the same write can fix until an operator acts:
 # code -> what to do. The worker holds the batch and retries with backoff meanwhile.
@@ -54,6 +55,19 @@ _REFUSAL_TYPES = {
 }
 
 
+class RedisRefused(Exception):
+    """Redis answered a write with an error no retry can fix until an operator acts."""
+
+    def __init__(self, code: str, reply: str) -> None:
+        super().__init__(f"{code}: {reply}")
+        self.code = code
+        self.reply = reply
+
+    @property
+    def advice(self) -> str:
+        return REFUSALS[self.code]
+
+
 def refusal(exc: BaseException) -> str | None:
     """The REFUSALS code of a Redis error reply, or None for any other error."""
     if not isinstance(exc, ResponseError):
@@ -63,6 +77,10 @@ def refusal(exc: BaseException) -> str | None:
             return _REFUSAL_TYPES[cls.__name__]
     head = str(exc).lstrip().split(" ", 1)[0].upper()
     return head if head in REFUSALS else None
+
+
+UNAVAILABLE = (*RETRYABLE, RedisRefused)
+"""What a background write (shared lists, item mirror, recompute) skips until next time."""
 
 
 # Write only when the new version is above the stored one: a replayed or reordered
@@ -299,6 +317,12 @@ class RedisStore:
         except RETRYABLE:
             self.errors += 1
             raise
+        except ResponseError as exc:
+            code = refusal(exc)
+            if code is None:
+                raise
+            self.errors += 1
+            raise RedisRefused(code, " ".join(str(exc).split())[:200]) from exc
         raise AssertionError("unreachable")
 
     async def ping(self) -> bool:

@@ -141,3 +141,28 @@ def test_the_processor_cuts_letters_at_its_configured_size():
     doc = out.dead_letters[0].value
     assert doc["reason"] == "too_large" and doc["payload_bytes"] == 100_000
     assert len(base64.b64decode(doc["payload_b64"])) == 4096
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        ("OutOfMemoryError:command not allowed when used memory > 'maxmemory'.", "OOM"),
+        ("ReadOnlyError:You can't write against a read only replica.", "READONLY"),
+        ("NoPermissionError:this user has no permissions to run the 'set' command", "NOPERM"),
+        (
+            "ResponseError:WRONGTYPE Operation against a key holding the wrong kind of value",
+            "WRONGTYPE",
+        ),
+        ("ResponseError:MISCONF Redis is configured to save RDB snapshots", "MISCONF"),
+        ("ResponseError:ERR unknown command 'FOO'", None),
+        ("ConnectionError:Error 111 connecting", None),
+    ],
+)
+def test_redis_error_replies_no_retry_can_fix_are_classified(error: str, code: str | None):
+    import redis.exceptions
+
+    from app.storage.redis_store import REFUSALS, refusal
+
+    cls, message = error.split(":", 1)
+    assert refusal(getattr(redis.exceptions, cls)(message)) == code
+    assert code is None or REFUSALS[code]  # every code says what the operator must do
