@@ -127,7 +127,9 @@ def test_redis_down_60s_with_two_workers_and_rebalances_during_the_outage(
 def test_a_worker_killed_twice_in_a_row_during_recovery_loses_nothing(catalog_run, workers):
     """SIGKILL under load; the replacement is SIGKILLed as soon as it has taken the
     partitions and started applying (recovering the table, re-reading uncommitted records);
-    a third worker finishes. Every event applies exactly once."""
+    a third worker finishes. Every event applies exactly once. Checked that it can fail:
+    with the core's idempotence switched off in the workers (a sitecustomize on PYTHONPATH
+    clearing the event-id and offset dedupe), users ended with 41-43 of their 40 events."""
     run = catalog_run
     s = run.settings
     env = {**run.env, **STEADY}
