@@ -185,17 +185,16 @@ def sample(out_dir: Path, n_items: int, n_users: int, n_ratings: int, dim: int, 
 @one_line_errors
 def load_items(movies: Path, embeddings: Path, ids: Path | None) -> None:
     """Check the files, then publish every item to the item-updates topic."""
-    from tqdm import tqdm
-
     from app.kafka_clients import ensure_topics
     from app.producer import item_updates_from_files, publish_items
+    from app.progress import Progress
 
     s = settings()
     updates, unmatched = item_updates_from_files(
         movies, embeddings, dim=s.items.embedding_dim, ids_path=ids
     )
     ensure_topics(s)
-    with tqdm(total=len(updates), desc="items", unit="item", file=sys.stderr) as bar:
+    with Progress(len(updates), "items", "item") as bar:
         n = publish_items(s, updates, progress=bar.update)
     click.echo(
         f"published {n} items to {s.topics.item_updates}"
@@ -218,11 +217,10 @@ def replay(ratings: Path, rate: float, limit: int) -> None:
     """Produce a MovieLens ratings file onto user-events, in file order."""
     import itertools
 
-    from tqdm import tqdm
-
     from app.data.loaders import LoadError, read_ratings
     from app.kafka_clients import ensure_topics
     from app.producer import events_from_ratings, produce_events
+    from app.progress import Progress
 
     s = settings()
     rows = read_ratings(ratings)  # whole file checked before the first event is produced
@@ -231,7 +229,7 @@ def replay(ratings: Path, rate: float, limit: int) -> None:
     if limit:
         rows = rows[:limit]
     ensure_topics(s)
-    with tqdm(total=len(rows), desc="events", unit="ev", file=sys.stderr) as bar:
+    with Progress(len(rows), "events", "ev") as bar:
         n = produce_events(
             s,
             itertools.islice(events_from_ratings(rows), len(rows)),
@@ -328,9 +326,9 @@ def tune_lsh(
 ) -> None:
     """Measure LSH recall@K against exact search on the catalog and recommend parameters."""
     import numpy as np
-    from tqdm import tqdm
 
     from app.core.lsh_tune import default_grid, recommend, tune
+    from app.progress import Progress
 
     s = settings()
     if embeddings is not None:
@@ -341,7 +339,7 @@ def tune_lsh(
         matrix = _catalog_from_redis(s)
     matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     grid = default_grid(len(matrix), matrix.shape[1])
-    with tqdm(total=len(grid), desc="settings", file=sys.stderr) as bar:
+    with Progress(len(grid), "settings", "setting") as bar:
         results = tune(
             matrix.astype(np.float32),
             k=k,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -12,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from app.localrun import WorkerProcess, isolated_env, start_services, stop_services
+from app.progress import Progress
 
 
 def run_demo(*, show_users: int = 5, n_events: int = 20000, keep_services: bool = False) -> None:
@@ -50,7 +49,7 @@ def run_demo(*, show_users: int = 5, n_events: int = 20000, keep_services: bool 
         updates, _ = item_updates_from_files(
             info.movies_path, info.embeddings_path, dim=s.items.embedding_dim
         )
-        with tqdm(total=len(updates), desc="load items", file=sys.stderr) as bar:
+        with Progress(len(updates), "load items", "item") as bar:
             publish_items(s, updates, progress=bar.update)
 
         worker = WorkerProcess({}, work, loglevel="warning").start()
@@ -59,12 +58,12 @@ def run_demo(*, show_users: int = 5, n_events: int = 20000, keep_services: bool 
         ratings = read_ratings(info.ratings_path)
         bad = [b"not json", b'{"event_id": "x"}', b"\xff\xfe"]
         t_events = time.monotonic()
-        with tqdm(total=len(ratings), desc="replay events", file=sys.stderr) as bar:
+        with Progress(len(ratings), "replay events", "ev") as bar:
             produce_events(s, events_from_ratings(ratings), progress=bar.update)
         produce_raw(s, s.topics.user_events, [(b"demo-bad", v) for v in bad])
         total = len(ratings) + len(bad)
 
-        with tqdm(total=total, desc="worker consumed", file=sys.stderr) as bar:
+        with Progress(total, "worker consumed", "ev") as bar:
 
             def consumed(st: dict[str, Any]) -> bool:
                 n = st.get("counters", {}).get("events_in", 0)

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from app.progress import Progress, on_terminal
+
 # The 18 genres of MovieLens 1M / 25M (25M spells "Children" without "'s").
 GENRES: tuple[str, ...] = (
     "Action",
@@ -119,7 +121,7 @@ def generate_sample(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    bar = tqdm(total=6, desc="sample", unit="step", disable=not progress)
+    bar = Progress(6, "sample", "step", enabled=progress)
 
     taste_share = rng.dirichlet(np.full(n_tastes, 8.0))
     taste_genres = _taste_genres(rng, n_tastes)
@@ -469,7 +471,14 @@ def _choose_items(
 
     chosen = np.empty(0, dtype=np.int64)  # sorted pair keys user * n_items + item
     need = counts.astype(np.int64).copy()
-    rounds = tqdm(range(8), desc="ratings", unit="round", disable=not progress, leave=False)
+    # inner bars only where they redraw in place; off a terminal the outer lines suffice
+    rounds = tqdm(
+        range(8),
+        desc="ratings",
+        unit="round",
+        disable=not (progress and on_terminal()),
+        leave=False,
+    )
     for _ in rounds:
         short = np.flatnonzero(need > 0)
         if len(short) == 0:
@@ -623,7 +632,10 @@ def _write_ratings(
     with path.open("w", encoding="utf-8", newline="") as f:
         f.write("userId,movieId,rating,timestamp\n")
         for s in tqdm(
-            range(0, len(user_ids), step), desc="write", disable=not progress, leave=False
+            range(0, len(user_ids), step),
+            desc="write",
+            disable=not (progress and on_terminal()),
+            leave=False,
         ):
             stars = (ratings[s : s + step] * 2).astype(np.int64).tolist()
             buf = io.StringIO()

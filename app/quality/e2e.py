@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from app.kafka_clients import client_kwargs, ensure_topics
 from app.localrun import WorkerProcess, isolated_env, settings_for
 from app.producer import produce_events, publish_items
+from app.progress import Progress
 from app.quality.evaluate import EvalConfig, EvaluationError, Prepared, Replay
 from app.quality.metrics import MethodScore
 from app.settings import Settings
@@ -124,9 +123,9 @@ def run_e2e(
         publish_items(s, prepared.updates)
         worker.start()
         worker.wait_ready(e2e.ready_timeout)
-        with tqdm(total=n, desc="produce", unit="ev", disable=not config.progress) as bar:
+        with Progress(n, "produce", "ev", enabled=config.progress) as bar:
             produce_events(s, prepared.events, progress=bar.update)
-        with tqdm(total=n, desc="worker", unit="ev", disable=not config.progress) as bar:
+        with Progress(n, "worker", "ev", enabled=config.progress) as bar:
 
             def consumed(st: dict[str, Any]) -> bool:
                 done = int(st.get("counters", {}).get("events_done", 0))

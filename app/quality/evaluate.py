@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from app.core.events import ItemUpdate, UserEvent, decode_item_update, encode_item_update
 from app.core.factory import build_recommender
@@ -27,6 +26,7 @@ from app.core.recall import RecallContext, genre_recall, trending_recall
 from app.core.user_state import UserState
 from app.data.loaders import LoadError, Movie, read_embeddings, read_movies
 from app.producer import events_from_ratings, release_ts
+from app.progress import Progress
 from app.quality.metrics import MethodScore
 from app.quality.ratings import RatingTable
 from app.quality.train import Embeddings, TrainConfig, TrainingError, train_embeddings
@@ -243,7 +243,7 @@ def replay(
     states: dict[str, UserState] = {}
     current: dict[str, tuple[dict[str, tuple[str, ...]], tuple[str, ...]]] = {}
     out = Replay()
-    bar = tqdm(total=len(events), desc="replay", unit="ev", disable=not config.progress)
+    bar = Progress(len(events), "replay", "ev", enabled=config.progress)
     for i, ev in enumerate(events):
         if positive[i]:
             out.positives += 1

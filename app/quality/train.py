@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm import tqdm
 
 from app.data.loaders import Movie
+from app.progress import Progress
 from app.quality.ratings import RatingTable
 
 
@@ -117,7 +117,7 @@ def randomized_svd(
     power_iterations: int = 4,
     oversample: int = 16,
     seed: int = 42,
-    progress: tqdm | None = None,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top `rank` left singular vectors and values of a sparse matrix (Halko et al. 2011)."""
     width = min(rank + oversample, min(m.shape))
@@ -170,7 +170,7 @@ def train_embeddings(
             "ratings of each other: nothing to learn from (lower the minimum rating)"
         )
     steps = 3 + config.power_iterations
-    with tqdm(total=steps, desc="train", unit="step", disable=not progress) as bar:
+    with Progress(steps, "train", "step", enabled=progress) as bar:
         bar.update(1)
         pmi = ppmi(counts, config.smoothing)
         bar.update(1)
