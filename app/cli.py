@@ -2,90 +2,24 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from app.settings import (
-    Settings,
-    SettingsError,
-    iter_setting_docs,
-    load_settings,
-    secret_setting_names,
-)
+from app.bench.commands import bench
+from app.clitools import OneLineUsage, format_list, one_line_errors, settings
+from app.ops import COMMANDS as OPS_COMMANDS
+from app.quality.commands import COMMANDS as QUALITY_COMMANDS
+from app.settings import Settings, SettingsError, iter_setting_docs, secret_setting_names
 
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["format_list", "main", "one_line_errors", "settings"]
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    from kafka.errors import KafkaError
-    from redis.exceptions import RedisClusterException, RedisError
-
-    from app.core.rank import ModelError
-    from app.data.loaders import LoadError
-    from app.kafka_clients import TopicError
-
-    return (
-        SettingsError,
-        LoadError,
-        ModelError,
-        TopicError,
-        KafkaError,
-        RedisError,
-        RedisClusterException,  # not a RedisError: an unreachable cluster, for one
-        OSError,
-    )
-
-
-def one_line_errors(fn: F) -> F:
-    """Expected failures print `error: ...` on one line and exit 1; bugs still trace."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except _expected_errors() as exc:
-            msg = " ".join(str(exc).split()) or type(exc).__name__
-            if type(exc).__module__.startswith(("kafka", "redis")):
-                msg = f"{type(exc).__name__}: {msg}"
-            click.echo(f"error: {msg}", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def settings() -> Settings:
-    return load_settings()
-
-
-class _OneLineUsage(click.Group):
-    """A bad flag or argument is one line too (`error: ...`, exit 2), like a bad file."""
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["standalone_mode"] = False
-        try:
-            rv = super().main(*args, **kwargs)
-        except click.UsageError as exc:
-            where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
-            msg = " ".join(exc.format_message().split())
-            click.echo(f"error: {where}{msg} (see --help)", err=True)
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            exc.show()
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
-        sys.exit(rv if isinstance(rv, int) else 0)
-
-
-@click.group(cls=_OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineUsage, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """nearline-rec: a streaming nearline recommendation worker (Faust + Kafka + Redis)."""
 
@@ -265,21 +199,6 @@ def recs(user_id: str, as_json: bool) -> None:
         click.echo(json.dumps(value, indent=2))
         return
     click.echo(format_list(value))
-
-
-def format_list(value: dict[str, Any], limit: int = 10) -> str:
-    head = (
-        f"user {value['user_id']}  mode={value['mode']}  version={value['version']}  "
-        f"model={value['model_version']}"
-    )
-    lines = [head]
-    for i, item in enumerate(value["items"][:limit], 1):
-        score = f" {item['score']:.3f}" if "score" in item else ""
-        lines.append(
-            f"  {i:2d}. {item.get('title') or item['item_id']:<48.48} "
-            f"{item['channel']:<13}{score}".rstrip()
-        )
-    return "\n".join(lines)
 
 
 @main.command()
@@ -468,18 +387,10 @@ def demo(show_users: int, n_events: int, keep_services: bool) -> None:
     run_demo(show_users=show_users, n_events=n_events, keep_services=keep_services)
 
 
-@main.group()
-def bench() -> None:
-    """Benchmarks against real Kafka and Redis (JSON + PNG in scripts/results/)."""
+# Commands defined in their own modules, which import app.clitools and never this module.
+for _command in (*OPS_COMMANDS, *QUALITY_COMMANDS, bench):
+    main.add_command(_command)
 
-
-import app.bench.commands  # noqa: E402,F401  registers the benchmarks
-import app.ops  # noqa: E402,F401  registers lag, status and dlq
-import app.quality.commands  # noqa: E402,F401  registers train-embeddings and evaluate
 
 if __name__ == "__main__":
-    # `python -m app.cli` runs this file as __main__; commands registered by other modules
-    # live on the imported app.cli, so dispatch through it.
-    from app.cli import main as _main
-
-    _main()
+    main()

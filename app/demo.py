@@ -105,7 +105,7 @@ def _report(
     elapsed: float,
     wall: float,
 ) -> None:
-    from app.cli import format_list
+    from app.clitools import format_list
     from app.storage.redis_store import RedisStore
 
     genres = {m.item_id: m.genres for m in movies}

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from app.cli import main, one_line_errors, settings
+from app.clitools import one_line_errors, settings
 from app.kafka_clients import client_kwargs
 from app.settings import Settings
 
@@ -72,7 +72,7 @@ def format_lag(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@main.command()
+@click.command()
 @click.option(
     "--watch",
     type=click.FloatRange(0.5),
@@ -116,7 +116,7 @@ def http_json(url: str, token: str | None = None) -> dict[str, Any]:
         raise click.ClickException(f"no worker at {url}: {reason}") from None
 
 
-@main.command()
+@click.command()
 @click.option("--url", help="Worker base URL (default: from NEARLINE_WORKER__WEB_HOST/PORT).")
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors
@@ -145,7 +145,7 @@ def status(url: str | None, as_json: bool) -> None:
     )
 
 
-@main.command()
+@click.command()
 @click.option("--topic", help="Dead-letter topic (default: NEARLINE_TOPICS__USER_EVENTS_DLQ).")
 @click.option(
     "--limit",
@@ -300,7 +300,7 @@ def _original(doc: dict[str, Any], s: Any) -> tuple[bytes | None, bytes | None] 
         consumer.close()
 
 
-@main.command()
+@click.command()
 @click.option("--json", "as_json", is_flag=True)
 @one_line_errors
 def experiments(as_json: bool) -> None:
@@ -334,3 +334,6 @@ def experiments(as_json: bool) -> None:
             f"{r['variant']:<16} {r['share']:>6.2f} {r['lists']:>8} {r['events']:>8} "
             f"{r['positives']:>9} {r['hit_rate']:>9.3f} {r['on_list_rate']:>8.3f}"
         )
+
+
+COMMANDS = (lag, status, dlq, experiments)

@@ -12,8 +12,8 @@ from typing import Any
 
 from app.core.degrade import LagPolicy, LagThresholds
 from app.core.experiments import Variant, summarize
-from app.core.factory import build_recommender, build_variants
 from app.core.user_state import UserState
+from app.factory import build_recommender, build_variants
 from app.faust_app import create_app
 from app.logs import log_fields
 from app.metrics import Metrics
@@ -30,8 +30,8 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.recommender = build_recommender(settings)
-        try:
+        try:  # built at import (faust -A app.worker too): a bad setting is one line
+            self.recommender = build_recommender(settings)
             variants = build_variants(settings, self.recommender)
         except SettingsError as exc:
             raise SystemExit(f"error: {exc}") from None

@@ -7,7 +7,7 @@ import agents.ingest  # noqa: F401,E402  registers the user-events agent
 import agents.items  # noqa: F401,E402  registers the item-updates follower
 import agents.views  # noqa: F401,E402  registers the web views
 from app.blas import limit_blas_threads  # noqa: E402
-from app.core import lsh_kernels  # noqa: E402
+from app.core.lsh import warm_up  # noqa: E402
 from app.runtime import app  # noqa: F401  (the faust.App, built once from settings)
 
 # One BLAS thread per worker process: workers scale out by processes, and threaded BLAS on
@@ -15,4 +15,4 @@ from app.runtime import app  # noqa: F401  (the faust.App, built once from setti
 limit_blas_threads(1)
 
 # The LSH query kernels are compiled (numba) on first use: do it now, not in the first batch.
-lsh_kernels.warm_up()
+warm_up()

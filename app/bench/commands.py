@@ -8,8 +8,14 @@ from pathlib import Path
 import click
 
 from app.bench import DEFAULT_OUT
-from app.cli import bench, one_line_errors
+from app.clitools import one_line_errors
 from app.settings import WorkerSettings
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks against real Kafka and Redis (JSON + PNG in scripts/results/)."""
+
 
 OUT = click.option(
     "--out",

@@ -15,8 +15,8 @@ from typing import Any
 
 from app.bench import median
 from app.bench.workload import Catalogue, events, item_updates
-from app.core.factory import build_recommender
 from app.core.user_state import UserState
+from app.factory import build_recommender
 from app.processing import BatchProcessor, RawRecord
 from app.settings import load_settings
 

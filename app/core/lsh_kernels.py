@@ -14,7 +14,7 @@ probed keys (`_delta_rows`). The kept rows are those of the numpy path
 candidate cap); scores are float32 inner products summed in a vectorised order (they may
 differ from numpy's in the last bit), ranked best first with ties by key.
 
-Compiled on first use and cached next to this file (numba `cache=True`); `warm_up` does it
+Compiled on first use and cached next to this file (numba `cache=True`); `lsh.warm_up` does it
 when a worker starts.
 """
 
@@ -578,16 +578,3 @@ def search_one(  # type: ignore[no-untyped-def]
 
 # Up to this k the insertion top-k (`top_small`) beats `lsh._top_k`'s partition and sort.
 SMALL_K = 32
-
-
-def warm_up() -> None:
-    """Compile (or load from the cache) every kernel with the types the index passes, so a
-    worker pays it at start rather than in its first batch (~4 s uncached on this machine)."""
-    from app.core.lsh import LSHIndex, LSHParams
-
-    rng = np.random.default_rng(0)
-    index = LSHIndex(LSHParams(dim=8, m=4, L=4, probes=2, sketch_keep=8))
-    index.upsert_many(np.arange(64), rng.standard_normal((64, 8)).astype(np.float32))
-    index.upsert(64, rng.standard_normal(8).astype(np.float32))  # a delta entry
-    index.search(np.ones(8), 4, exclude={1})
-    index.search(np.ones(8), 40, allowed=np.ones(65, dtype=np.bool_))

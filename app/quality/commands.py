@@ -1,4 +1,4 @@
-"""`nearline train-embeddings` and `nearline evaluate` (registered at the end of app/cli.py)."""
+"""`nearline train-embeddings` and `nearline evaluate` (put on the group by app/cli.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import click
 
-from app.cli import main, one_line_errors, settings
+from app.clitools import one_line_errors, settings
 
 
 def fail(message: str) -> NoReturn:
@@ -21,7 +21,7 @@ def fail(message: str) -> NoReturn:
 _file = click.Path(dir_okay=False, path_type=Path)
 
 
-@main.command("train-embeddings")
+@click.command("train-embeddings")
 @click.option("--ratings", required=True, type=_file, help="MovieLens ratings.csv.")
 @click.option("--dim", default=32, show_default=True, type=click.IntRange(2, 4096))
 @click.option("--out", required=True, type=_file, help="Item embeddings (item2vec text).")
@@ -73,7 +73,7 @@ def train_embeddings_cmd(
     click.echo(f"{msg} in {emb.info['seconds']:.1f}s from {len(table)} ratings")
 
 
-@main.command("evaluate")
+@click.command("evaluate")
 @click.option("--ratings", required=True, type=_file, help="MovieLens ratings.csv.")
 @click.option("--movies", required=True, type=_file, help="MovieLens movies.csv.")
 @click.option(
@@ -177,9 +177,4 @@ def evaluate_cmd(
     sys.stdout.flush()
 
 
-# `python -m app.cli` runs cli.py as __main__, a second copy of the command group from the
-# `app.cli` imported above: register the commands on that copy too.
-_entry = sys.modules.get("__main__")
-if getattr(getattr(_entry, "__spec__", None), "name", None) == "app.cli":
-    for _command in (train_embeddings_cmd, evaluate_cmd):
-        _entry.main.add_command(_command)  # type: ignore[union-attr]
+COMMANDS = (train_embeddings_cmd, evaluate_cmd)

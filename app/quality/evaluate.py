@@ -4,7 +4,7 @@ Every method is asked, for each positive event in the test part, whether the ite
 was in the user's list as it stood just before the event. Lists are recomputed
 after each of the user's events (as the worker does with a batch of one), so the
 pipeline list at an event is exactly what the worker would have had in Redis.
-The full pipeline is the Recommender the worker runs (app.core.factory); the
+The full pipeline is the Recommender the worker runs (app.factory); the
 baselines are computed in the same replay, on the same events and the same state.
 """
 
@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from app.core.events import ItemUpdate, UserEvent, decode_item_update, encode_item_update
-from app.core.factory import build_recommender
 from app.core.pipeline import Recommender
 from app.core.recall import RecallContext, genre_recall, trending_recall
 from app.core.user_state import UserState
 from app.data.loaders import LoadError, Movie, read_embeddings, read_movies
+from app.factory import build_recommender
 from app.producer import events_from_ratings, release_ts
 from app.progress import Progress
 from app.quality.metrics import MethodScore

@@ -373,8 +373,8 @@ def replay(
     through the same core (app.core) the worker uses. With `applied`, repeated event ids
     are allowed (skipped, as the worker does) and the events that applied are collected;
     without, every event must apply."""
-    from app.core.factory import build_recommender
     from app.core.user_state import UserState
+    from app.factory import build_recommender
 
     rec = build_recommender(settings)
     rec.catalog.upsert_many(worker_items(updates, settings.items.embedding_dim))

@@ -495,7 +495,7 @@ def _hostile_items(dim: int) -> list[tuple[str, bytes | None, bytes | None, str 
 
 def test_hostile_input_ends_in_state_or_dead_letters_and_worker_survives(catalog_run, workers):
     from app.core.events import InvalidRecord, decode_item_update
-    from app.core.factory import build_recommender
+    from app.factory import build_recommender
     from app.processing import BatchProcessor, DeadLetter, RawRecord
     from tests.integration.conftest import consume_all
     from tests.integration.faults import Produced, produce_raw_tracked

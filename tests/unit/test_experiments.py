@@ -8,7 +8,7 @@ import pytest
 
 from app.core.events import UserEvent
 from app.core.experiments import OnlineMetric, Variant, assign, bucket, summarize
-from app.core.factory import build_recommender, build_variants
+from app.factory import build_recommender, build_variants
 from app.processing import BatchProcessor, RawRecord
 from app.settings import SettingsError, load_settings
 from tests.unit.factories import T0, two_clusters

@@ -96,5 +96,5 @@ def _pipeline(
     try:
         model = load_model(ranking.model_path)
     except ModelError as exc:
-        raise SystemExit(f"error: invalid setting {model_setting}: {exc}") from None
+        raise SettingsError(f"invalid setting {model_setting}: {exc}") from None
     return config, model
