@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sysconfig
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,16 @@ SCHEMA_NAMES = (
 
 
 def schemas_dir() -> Path:
-    """schemas/ of the checkout, or NEARLINE_SCHEMAS_DIR for installs that moved it."""
+    """NEARLINE_SCHEMAS_DIR when set; else schemas/ of the checkout (source and editable
+    installs); else the copy a wheel installs under <prefix>/share/nearline-rec/schemas
+    (pyproject's data-files)."""
     override = os.environ.get("NEARLINE_SCHEMAS_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "schemas"
+    checkout = Path(__file__).resolve().parent.parent / "schemas"
+    if (checkout / "user-event.schema.json").is_file():
+        return checkout
+    return Path(sysconfig.get_paths()["data"]) / "share" / "nearline-rec" / "schemas"
 
 
 @cache
