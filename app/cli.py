@@ -355,7 +355,7 @@ def _catalog_from_redis(s: Settings) -> Any:
 
 
 @main.command("settings")
-@click.option("--markdown", is_flag=True, help="Print the README's settings table.")
+@click.option("--markdown", is_flag=True, help="Print the settings table of docs/settings.md.")
 def show_settings(markdown: bool) -> None:
     """List every setting with its environment variable and default."""
     from app.security import MASK, mask_secrets

@@ -419,7 +419,7 @@ def secret_setting_names() -> set[str]:
 
 
 def iter_setting_docs() -> list[tuple[str, str, str]]:
-    """(env var, default, description) for every setting: the README table is built from this."""
+    """(env var, default, description) for every setting: docs/settings.md's table."""
     rows: list[tuple[str, str, str]] = []
 
     def walk(model: type[BaseModel], defaults: BaseModel | None, prefix: list[str]) -> None:

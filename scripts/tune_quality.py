@@ -1,4 +1,4 @@
-"""Re-measure the tuning choices recorded in the README's Quality section.
+"""Re-measure the tuning choices recorded in docs/quality.md.
 
     nearline sample /tmp/sample && python scripts/tune_quality.py /tmp/sample
 

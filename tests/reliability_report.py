@@ -3,7 +3,7 @@
 Every test of tests/integration/test_reliability.py, test_security.py and the fuzz tests
 calls `report(name, **figures)`: it prints `RELIABILITY <name>: k=v ...` (shown with
 `pytest -s`) and merges the figures into test-artifacts/reliability.json (or
-$NEARLINE_TEST_ARTIFACTS/reliability.json), so the README table can quote the last run.
+$NEARLINE_TEST_ARTIFACTS/reliability.json), so docs/reliability.md can quote the last run.
 """
 
 from __future__ import annotations

@@ -327,7 +327,7 @@ def build_model_version(settings: Settings) -> str:
 
 
 def table_lines(report: dict[str, Any]) -> list[str]:
-    """The quality table as markdown rows (README and CLI output)."""
+    """The quality table as markdown rows (docs/quality.md and CLI output)."""
     k = report["k"]
     lines = [
         f"| method | HitRate@{k} | NDCG@{k} | MRR | coverage@{k} |",

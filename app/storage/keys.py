@@ -1,4 +1,4 @@
-"""Redis key layout (pure functions; the README's key table is checked against these)."""
+"""Redis key layout (pure functions; the key table of docs/records.md is checked against these)."""
 
 from __future__ import annotations
 

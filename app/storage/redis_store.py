@@ -41,8 +41,8 @@ REFUSALS = {
     "OOM": "Redis is at maxmemory with noeviction: raise maxmemory, choose an eviction policy"
     " (e.g. volatile-lru) or free memory",
     "READONLY": "NEARLINE_REDIS__URL points at a read-only replica: point it at the primary",
-    "NOPERM": "the Redis ACL user lacks a permission the worker needs (README: Redis ACL):"
-    " grant it",
+    "NOPERM": "the Redis ACL user (NEARLINE_REDIS__USERNAME) lacks a permission the worker"
+    " needs: grant it",
     "WRONGTYPE": "a key under NEARLINE_REDIS__KEY_PREFIX holds a value of another type:"
     " delete it or choose another prefix",
     "MISCONF": "Redis refuses writes because it cannot persist (stop-writes-on-bgsave-error):"

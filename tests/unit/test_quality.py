@@ -327,7 +327,7 @@ def test_compare_takes_the_latest_list_published_before_each_event():
 
 
 def test_pipeline_beats_every_baseline_on_the_default_sample(tmp_path):
-    """The README's claim, on the README's data: `nearline sample` with its defaults."""
+    """The claim of docs/quality.md, on its data: `nearline sample` with its defaults."""
     from app.quality.evaluate import evaluate, prepare
     from app.settings import load_settings
 
