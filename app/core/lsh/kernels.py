@@ -14,7 +14,7 @@ probed keys (`_delta_rows`). The kept rows are those of the numpy path
 candidate cap); scores are float32 inner products summed in a vectorised order (they may
 differ from numpy's in the last bit), ranked best first with ties by key.
 
-Compiled on first use and cached next to this file (numba `cache=True`); `lsh.warm_up` does it
+Compiled on first use and cached next to this file (numba `cache=True`); `index.warm_up` does it
 when a worker starts.
 """
 
@@ -432,7 +432,7 @@ def _dots(vectors, rows, q):  # type: ignore[no-untyped-def]
 
 @njit(cache=True)
 def top_small(scores, keys, k):  # type: ignore[no-untyped-def]
-    """`lsh._top_k` for a small k (insertion into a sorted list of k): best score first,
+    """`store._top_k` for a small k (insertion into a sorted list of k): best score first,
     ties by key ascending."""
     k = min(k, scores.shape[0])
     best_s = np.empty(k, np.float32)
@@ -542,7 +542,7 @@ def search_one(  # type: ignore[no-untyped-def]
 ):
     """One query end to end under the "or" rule: hash, probe, gather, cut, re-rank. Returns
     (keys, scores, final): the top k, best first, when k <= SMALL_K (final); else every
-    re-ranked candidate, for `lsh._top_k`."""
+    re-ranked candidate, for `store._top_k`."""
     codes, frac, sketch = hash_query(q, a, b, w, mult, sketch_bits)
     keys = probe_keys(codes, frac, probes, steps, table_tags, shift)
     extra = _delta_rows(keys, delta, epoch)
@@ -576,5 +576,5 @@ def search_one(  # type: ignore[no-untyped-def]
     return found, scores, False
 
 
-# Up to this k the insertion top-k (`top_small`) beats `lsh._top_k`'s partition and sort.
+# Up to this k the insertion top-k (`top_small`) beats `store._top_k`'s partition and sort.
 SMALL_K = 32
