@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,14 @@ def _run(args: list[str], **kw) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_wheel_installed_elsewhere_runs_sample_and_evaluate(tmp_path: Path):
+    # built from a copy: setuptools writes build/ next to the sources
+    src = tmp_path / "src"
+    for name in ("app", "agents", "schemas"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     wheels = tmp_path / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)])
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(src)])
     (wheel,) = wheels.glob("nearline_rec-*.whl")
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
