@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.types import TP
 
 from app.core import fastjson
+from app.errors import NearlineError
 from app.kafka_clients import RangeReader, send_in_batches
 from app.offsets import Gap
 from app.processing import DeadLetter, RawRecord, dead_letter
@@ -80,7 +81,7 @@ async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
         delay = min(delay * 2, 5.0)
 
 
-class BatchAbandoned(Exception):
+class BatchAbandoned(NearlineError):
     """A batch held for Redis or the broker gives way to a rebalance (see _backoff)."""
 
 

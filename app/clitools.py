@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from app.settings import Settings, SettingsError, load_settings
+from app.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,15 +21,10 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from kafka.errors import KafkaError
     from redis.exceptions import RedisClusterException, RedisError
 
-    from app.core.rank import ModelError
-    from app.data.loaders import LoadError
-    from app.kafka_clients import TopicError
+    from app.errors import NearlineError
 
     return (
-        SettingsError,
-        LoadError,
-        ModelError,
-        TopicError,
+        NearlineError,  # bad files, settings, model files, topics: each a one-line message
         KafkaError,
         RedisError,
         RedisClusterException,  # not a RedisError: an unreachable cluster, for one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from app.errors import NearlineError
 from app.faust_app import ssl_context
 from app.settings import KafkaSettings, Settings
 
@@ -47,7 +48,7 @@ def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
     ]
 
 
-class TopicError(RuntimeError):
+class TopicError(NearlineError, RuntimeError):
     """A topic exists with a layout the worker cannot use."""
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.errors import BadInput
 from app.storage import keys
 from app.storage.codec import CorruptRecord
 
@@ -24,7 +25,7 @@ TIERS = ("cache", "redis", "popular", "cold_start", "default")
 MAX_K = 1000
 
 
-class BadRequest(ValueError):
+class BadRequest(BadInput):
     """Invalid read input; the message is safe to return to the caller."""
 
 

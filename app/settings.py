@@ -20,6 +20,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
+from app.errors import ConfigurationError
+
 ENV_PREFIX = "NEARLINE_"
 ENV_NESTED = "__"
 
@@ -344,7 +346,7 @@ class Settings(BaseSettings):
     experiments: ExperimentSettings = ExperimentSettings()
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigurationError):
     """A setting is invalid; the message is one line naming it."""
 
 

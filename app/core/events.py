@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from app.errors import BadInput
 from app.schemas import first_error
 
 EVENT_TYPES = (
@@ -25,7 +26,7 @@ EVENT_TYPES = (
 )
 
 
-class InvalidRecord(ValueError):
+class InvalidRecord(BadInput):
     """A record that cannot be used; reason is a dead-letter reason code."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -11,12 +11,13 @@ from typing import NamedTuple
 import numpy as np
 
 from app.core.recall import CHANNELS, Candidate, RecallContext, liked_genres
+from app.errors import BadInput
 
 FEATURES = ("similarity", "recall_score", "popularity", "recency", "genre_match")
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default-ranker.json"
 
 
-class ModelError(ValueError):
+class ModelError(BadInput):
     """The ranking model file is unusable; the message is one line naming the file."""
 
 

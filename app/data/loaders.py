@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.errors import BadInput
+
 MOVIES_HEADER = ("movieId", "title", "genres")
 RATINGS_HEADER = ("userId", "movieId", "rating", "timestamp")
 NO_GENRES = "(no genres listed)"
@@ -26,7 +28,7 @@ _W2V_HEADER = re.compile(r"^\s*(\d+)\s+(\d+)\s*$")
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
-class LoadError(ValueError):
+class LoadError(BadInput):
     """A problem in an input file; ``str()`` is ``<file>:<line>: <problem>`` on one line."""
 
     def __init__(self, path: str | Path, line: int | None, problem: str) -> None:

@@ -24,6 +24,7 @@ from app.core.pipeline import Recommender
 from app.core.recall import RecallContext, genre_recall, trending_recall
 from app.core.user_state import UserState
 from app.data.loaders import LoadError, Movie, read_embeddings, read_movies
+from app.errors import BadInput
 from app.factory import build_recommender
 from app.producer import events_from_ratings, release_ts
 from app.progress import Progress
@@ -41,7 +42,7 @@ LABELS = {
 }
 
 
-class EvaluationError(ValueError):
+class EvaluationError(BadInput):
     """The inputs cannot be evaluated (one line, printed by the CLI)."""
 
 

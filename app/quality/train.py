@@ -24,11 +24,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from app.data.loaders import Movie
+from app.errors import BadInput
 from app.progress import Progress
 from app.quality.ratings import RatingTable
 
 
-class TrainingError(ValueError):
+class TrainingError(BadInput):
     """The ratings cannot train embeddings (one line, printed by the CLI)."""
 
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from app.errors import BadInput
+
 FORMAT = 1
 _HEAD = struct.Struct(">BQ")  # format, version (big-endian so byte order is numeric order)
 _REST = struct.Struct("<ddIBHHHHH")
@@ -59,7 +61,7 @@ MAX_VERSION = (1 << 53) - 1
 FLOAT16_MAX = 65504.0
 
 
-class CorruptRecord(ValueError):
+class CorruptRecord(BadInput):
     """A stored value that is not a user record this code can read."""
 
 

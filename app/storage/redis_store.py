@@ -24,6 +24,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from app.errors import StoreUnavailable
 from app.settings import RedisSettings
 from app.storage import codec, keys
 from app.storage.codes import INTERN, CodeBook, intern_args, titles_from_meta
@@ -55,7 +56,7 @@ _REFUSAL_TYPES = {
 }
 
 
-class RedisRefused(Exception):
+class RedisRefused(StoreUnavailable):
     """Redis answered a write with an error no retry can fix until an operator acts."""
 
     def __init__(self, code: str, reply: str) -> None:
