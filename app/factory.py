@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.core.catalog import IndexConfig, ItemCatalog
+from app.core.channels import REGISTRY
 from app.core.pipeline import PipelineConfig, Recommender
 from app.core.rank import ModelError, RankModel, load_model
 from app.core.recall import ChannelConfig
@@ -80,15 +81,14 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def _pipeline(
     settings: Settings, r: RecallSettings, ranking: RankingSettings, model_setting: str
 ) -> tuple[PipelineConfig, RankModel]:
+    # every registered channel has its settings section in RecallSettings, named alike
     channels = tuple(
         ChannelConfig(name, getattr(r, name).k, getattr(r, name).quota, getattr(r, name).enabled)
-        for name in ("embedding", "item2item", "similar_users", "genre", "trending", "newest")
+        for name in REGISTRY
     )
     config = PipelineConfig(
         channels=channels,
-        item2item_seeds=r.item2item_seeds,
-        similar_users_n=r.similar_users_n,
-        genre_min_ratings=r.genre_min_ratings,
+        channel_options={k: v for k, v in r.model_dump().items() if k not in REGISTRY},
         top_n=ranking.top_n,
         max_per_genre=ranking.max_per_genre,
         like_threshold=settings.embedding.like_threshold,

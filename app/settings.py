@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
+from app.core.channels import REGISTRY
 from app.errors import ConfigurationError
 
 ENV_PREFIX = "NEARLINE_"
@@ -203,22 +204,24 @@ class ChannelSettings(_Section):
     """Most of its candidates kept after merging."""
 
 
-def _ch(k: int, quota: int) -> ChannelSettings:
-    return ChannelSettings(k=k, quota=quota)
+def _ch(name: str) -> ChannelSettings:
+    """A channel's section with the defaults its module registered (app/core/channels/)."""
+    channel = REGISTRY[name]
+    return ChannelSettings(k=channel.k, quota=channel.quota)
 
 
 class RecallSettings(_Section):
-    embedding: ChannelSettings = _ch(100, 60)
+    embedding: ChannelSettings = _ch("embedding")
     """User embedding -> nearest items (LSH)."""
-    item2item: ChannelSettings = _ch(60, 30)
+    item2item: ChannelSettings = _ch("item2item")
     """Neighbours of the user's last liked items."""
-    similar_users: ChannelSettings = _ch(40, 20)
+    similar_users: ChannelSettings = _ch("similar_users")
     """Recent liked items of users in the same LSH buckets."""
-    genre: ChannelSettings = _ch(40, 20)
+    genre: ChannelSettings = _ch("genre")
     """Best-rated items of genres the user rated highly."""
-    trending: ChannelSettings = _ch(30, 15)
+    trending: ChannelSettings = _ch("trending")
     """Time-decayed popularity from the stream."""
-    newest: ChannelSettings = _ch(20, 10)
+    newest: ChannelSettings = _ch("newest")
     """Most recently released items."""
     item2item_seeds: int = Field(5, ge=1, le=100)
     """How many last liked items seed item-to-item."""

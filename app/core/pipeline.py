@@ -3,40 +3,27 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from app.core.catalog import IndexConfig, ItemCatalog
+from app.core.channels import build_channels, default_configs
+from app.core.channels.newest import newest_recall
+from app.core.channels.trending import trending_recall
 from app.core.events import UserEvent
 from app.core.popularity import ItemStats, top_keys
 from app.core.rank import RankModel, rank
-from app.core.recall import (
-    Candidate,
-    ChannelConfig,
-    RecallContext,
-    build_channels,
-    merge,
-    newest_recall,
-    trending_recall,
-)
+from app.core.recall import Candidate, ChannelConfig, RecallContext, merge
 from app.core.user_state import UpdatePolicy, UserState, apply_event
 from app.core.users import UserDirectory
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    channels: tuple[ChannelConfig, ...] = (
-        ChannelConfig("embedding", 100, 60),
-        ChannelConfig("item2item", 60, 30),
-        ChannelConfig("similar_users", 40, 20),
-        ChannelConfig("genre", 40, 20),
-        ChannelConfig("trending", 30, 15),
-        ChannelConfig("newest", 20, 10),
-    )
-    item2item_seeds: int = 5
-    similar_users_n: int = 20
-    genre_min_ratings: int = 3
+    channels: tuple[ChannelConfig, ...] = field(default_factory=default_configs)
+    channel_options: Mapping[str, Any] = field(default_factory=dict)
+    """Options the channels read by name (the recall settings: `item2item_seeds`, ...)."""
     top_n: int = 20
     max_per_genre: int = 8
     like_threshold: float = 4.0
@@ -106,12 +93,7 @@ class Recommender:
         self.embedding_version = embedding_version
         self.variant = "control"
         """Experiment variant whose recall/ranking settings this instance uses."""
-        self.channels = build_channels(
-            list(self.config.channels),
-            item2item_seeds=self.config.item2item_seeds,
-            similar_users_n=self.config.similar_users_n,
-            genre_min_ratings=self.config.genre_min_ratings,
-        )
+        self.channels = build_channels(list(self.config.channels), self.config.channel_options)
 
     def as_variant(self, name: str, config: PipelineConfig, model: RankModel) -> Recommender:
         """A view with other recall/ranking settings over the same catalog, statistics and
@@ -120,12 +102,7 @@ class Recommender:
         other.variant = name
         other.config = config
         other.model = model
-        other.channels = build_channels(
-            list(config.channels),
-            item2item_seeds=config.item2item_seeds,
-            similar_users_n=config.similar_users_n,
-            genre_min_ratings=config.genre_min_ratings,
-        )
+        other.channels = build_channels(list(config.channels), config.channel_options)
         return other
 
     # -- state ----------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from app.core.recall import CHANNELS, Candidate, RecallContext, liked_genres
+from app.core.channels import CHANNELS
+from app.core.recall import Candidate, RecallContext, liked_genres
 from app.errors import BadInput
 
 FEATURES = ("similarity", "recall_score", "popularity", "recency", "genre_match")

@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from app.core.channels.genre import genre_recall
+from app.core.channels.trending import trending_recall
 from app.core.events import ItemUpdate, UserEvent, decode_item_update, encode_item_update
 from app.core.pipeline import Recommender
-from app.core.recall import RecallContext, genre_recall, trending_recall
+from app.core.recall import RecallContext
 from app.core.user_state import UserState
 from app.data.loaders import LoadError, Movie, read_embeddings, read_movies
 from app.errors import BadInput

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core.channels import channel_codes
 from app.errors import BadInput
 
 FORMAT = 1
@@ -42,17 +43,11 @@ VERSION_OFFSET = 1
 
 MODES = ("personal", "cold_start", "degraded")
 """mode code = index + 1 (0 is never written, so a zeroed header is caught as corrupt)."""
-CHANNELS = (
-    "embedding",
-    "item2item",
-    "similar_users",
-    "genre",
-    "trending",
-    "newest",
-    "popular",
-    "cold_start",
-)
-"""channel code = index; append only (codes are stored). At most 16 (4 bits)."""
+_CODES = channel_codes()
+CHANNELS = tuple(sorted(_CODES, key=_CODES.__getitem__))
+"""channel code = index (each channel's code is fixed in its module, app/core/channels/:
+codes are stored, never reused). At most 16 (4 bits)."""
+assert [_CODES[c] for c in CHANNELS] == list(range(len(CHANNELS))), "channel codes have a gap"
 CHANNEL_CODE = {c: i for i, c in enumerate(CHANNELS)}
 MAX_ITEM_CODE = (1 << 28) - 1
 MAX_STRING_CODE = (1 << 16) - 1

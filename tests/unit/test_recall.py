@@ -8,23 +8,16 @@ import numpy as np
 import pytest
 
 from app.core.catalog import IndexConfig
+from app.core.channels import CHANNELS, build_channels
+from app.core.channels.embedding import embedding_recall
+from app.core.channels.genre import genre_recall
+from app.core.channels.item2item import item2item_recall
+from app.core.channels.newest import newest_recall
+from app.core.channels.similar_users import similar_users_recall
+from app.core.channels.trending import trending_recall
 from app.core.pipeline import Recommender
 from app.core.rank import load_model
-from app.core.recall import (
-    CHANNELS,
-    Candidate,
-    ChannelConfig,
-    RecallContext,
-    build_channels,
-    embedding_recall,
-    genre_recall,
-    item2item_recall,
-    liked_genres,
-    merge,
-    newest_recall,
-    similar_users_recall,
-    trending_recall,
-)
+from app.core.recall import Candidate, ChannelConfig, RecallContext, liked_genres, merge
 from app.core.user_state import UserState
 from tests.unit.factories import DAY, T0, cluster_vectors, event, item, two_clusters
 
@@ -260,7 +253,7 @@ def test_build_channels_keeps_order_and_drops_disabled():
 def test_built_channels_pass_their_knobs(ctx):
     built = dict(
         (cfg.name, fn)
-        for cfg, fn in build_channels([ChannelConfig("genre", 3, 3)], genre_min_ratings=4)
+        for cfg, fn in build_channels([ChannelConfig("genre", 3, 3)], {"genre_min_ratings": 4})
     )
     assert built["genre"](ctx, 3) == []  # nothing has four ratings
 

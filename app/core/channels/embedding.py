@@ -1,0 +1,30 @@
+"""Embedding recall: the items nearest to the user embedding (LSH with exact re-rank)."""
+
+from __future__ import annotations
+
+from app.core.channels.registry import Channel, register
+from app.core.recall import Candidate, RecallContext
+
+
+def embedding_recall(ctx: RecallContext, k: int) -> list[Candidate]:
+    """Items nearest to the user embedding (LSH with exact re-rank), admissible ones only:
+    the index skips the others while it gathers candidates."""
+    if ctx.embedding is None or k <= 0:
+        return []
+    keys, scores = ctx.catalog.search(ctx.embedding, k, allowed=ctx._admissible())
+    return [
+        Candidate(key, score, "embedding")
+        for key, score in zip(keys.tolist(), scores.tolist(), strict=True)
+    ]
+
+
+CHANNEL = register(
+    Channel(
+        name="embedding",
+        code=0,
+        k=100,
+        quota=60,
+        doc="User embedding -> nearest items (LSH).",
+        make=lambda options: embedding_recall,
+    )
+)

@@ -1,0 +1,54 @@
+"""Similar-users recall: recent likes of users whose embeddings share LSH buckets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.core.channels.registry import Channel, register
+from app.core.recall import Candidate, RecallContext
+
+
+def similar_users_recall(ctx: RecallContext, k: int, n_users: int = 20) -> list[Candidate]:
+    """Recent likes of users whose embeddings share LSH buckets with this user's."""
+    if ctx.embedding is None or k <= 0:
+        return []
+    likes: list[np.ndarray] = []
+    sims: list[float] = []
+    for other, sim in ctx.users.similar(ctx.user.user_id, ctx.embedding, n_users):
+        if sim > 0:
+            likes.append(ctx.users.liked_keys(other)[::-1])  # newest first
+            sims.append(sim)
+    if not likes:
+        return []
+    all_keys = np.concatenate(likes).astype(np.int64)
+    if len(all_keys) == 0:
+        return []
+    # newer likes of closer users count more: sim / (1 + 0.1 * position in the user's list)
+    lengths = np.fromiter((len(a) for a in likes), dtype=np.int64, count=len(likes))
+    starts = np.cumsum(lengths) - lengths
+    position = np.arange(len(all_keys)) - np.repeat(starts, lengths)
+    weights = np.repeat(np.asarray(sims), lengths) / (1.0 + 0.1 * position)
+    ok = all_keys >= 0  # -1: not in the catalog when the user liked it
+    ok[ok] = ctx.admissible_mask(all_keys[ok])
+    distinct, at = np.unique(all_keys[ok], return_inverse=True)
+    # bincount adds in input order, as a running sum per key would
+    votes = np.bincount(at, weights=weights[ok], minlength=len(distinct))
+    order = np.lexsort((distinct, -votes))[:k]
+    return [
+        Candidate(key, score, "similar_users")
+        for key, score in zip(distinct[order].tolist(), votes[order].tolist(), strict=True)
+    ]
+
+
+CHANNEL = register(
+    Channel(
+        name="similar_users",
+        code=2,
+        k=40,
+        quota=20,
+        doc="Recent liked items of users in the same LSH buckets.",
+        make=lambda options: (
+            lambda ctx, k: similar_users_recall(ctx, k, int(options.get("similar_users_n", 20)))
+        ),
+    )
+)
