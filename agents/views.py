@@ -49,8 +49,18 @@ async def _recommendations(web: Any, request: Any, user_id: str) -> Any:
         return _error(web, 400, str(exc))
     result = await runtime.reader.read(user_id)
     return web.json(
-        result.response(k, time.time(), settings.serve.stale_after_seconds, titles=_title)
+        result.response(
+            k, time.time(), settings.serve.stale_after_seconds, titles=_title, keep=_recommendable
+        )
     )
+
+
+def _recommendable(item_id: str) -> bool:
+    """Still in the catalog and recommendable: a list written before an item was retired
+    (deleted, or updated with recommendable false) still names it."""
+    catalog = runtime.recommender.catalog
+    key = catalog.key(item_id)
+    return key is not None and bool(catalog.recommendable_mask[key])
 
 
 def _title(item_id: str) -> str | None:

@@ -60,14 +60,20 @@ class ReadResult:
         now: float,
         stale_after: float,
         titles: Callable[[str], str | None] | None = None,
+        keep: Callable[[str], bool] | None = None,
     ) -> dict[str, Any]:
         """schemas/recommendation-response.schema.json. `titles` fills the title of items
-        that have none (a user's list in Redis stores no titles; shared lists do)."""
+        that have none (a user's list in Redis stores no titles; shared lists do). `keep`
+        says whether an item may still be recommended: an item retired (deleted or made
+        not recommendable) after the list was written is left out."""
         v = self.value
         shared = self.tier in ("popular", "cold_start", "default")
         generated = float(v.get("generated_at", 0.0))
         age = max(0.0, now - generated) if generated else None
-        items = v.get("items", [])[:k]
+        items = v.get("items", [])
+        if keep is not None:
+            items = [i for i in items if keep(i["item_id"])]
+        items = items[:k]
         if titles is not None and any("title" not in i for i in items):
             items = [with_title(i, titles) for i in items]
         return {
@@ -206,10 +212,11 @@ def get_recommendations(
 ) -> dict[str, Any]:
     """For services that read Redis directly: the same tiers as the worker (minus its cache).
 
-    One round trip when the user has no list (or it names only codes this process already
-    knows and `titles` is False); one more to learn unknown item codes (HMGET on the code
-    registry) and one more for titles (`titles=True`: from the item mirror
-    `<prefix>item:{id}` meta, for the k items returned). `codes`: a CodeBook to use (by
+    Two round trips: the user's list with the shared lists, then the item mirror
+    (`<prefix>item:{id}` meta) of the list's items, for their titles (`titles=True`) and to
+    leave out items retired since the list was written (deleted, or no longer
+    recommendable); one more to learn item codes this process has not seen (HMGET on the
+    code registry). `codes`: a CodeBook to use (by
     default one per url and prefix, kept for the life of the process; with `client`, a
     fresh one unless given).
 
@@ -218,7 +225,7 @@ def get_recommendations(
     import redis
 
     from app.storage import codec
-    from app.storage.codes import CodeBook, mirror_titles_sync, resolve_sync
+    from app.storage.codes import CodeBook, mirror_meta_sync, resolve_sync
 
     check_user_id(user_id)
     if not 1 <= k <= MAX_K:
@@ -262,11 +269,6 @@ def get_recommendations(
                 personal = codec.list_from_record(
                     rec, user_id, item_id=book.item_id.get, string=book.string.get
                 )
-                if titles:
-                    found = mirror_titles_sync(
-                        r, prefix, [i["item_id"] for i in personal["items"][:k]]
-                    )
-                    personal["items"] = [with_title(i, found.get) for i in personal["items"][:k]]
         result = resolve(
             user_id,
             personal=personal,
@@ -274,9 +276,23 @@ def get_recommendations(
             cold_start=_loads(cold),
             default=default,
         )
+        # the item mirror says which items are still recommendable (a list written before
+        # an item was retired still names it) and holds the titles: one round trip
+        meta = mirror_meta_sync(r, prefix, [i["item_id"] for i in result.value.get("items", ())])
+
+        def keep(item_id: str) -> bool:
+            m = meta.get(item_id)
+            return m is not None and m.get("recommendable", True) is not False
+
+        return result.response(
+            k,
+            time.time(),
+            stale_after,
+            titles=(lambda i: meta.get(i, {}).get("title")) if titles else None,
+            keep=keep,
+        )
     except (redis.ConnectionError, redis.TimeoutError):
-        result = resolve(user_id, default=default)
+        return resolve(user_id, default=default).response(k, time.time(), stale_after)
     finally:
         if client is None:
             r.close()
-    return result.response(k, time.time(), stale_after)

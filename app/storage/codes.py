@@ -181,14 +181,15 @@ def resolve_sync(r: Any, prefix: str, book: CodeBook, records: Iterable[codec.Us
     book.learn_names(epoch, items, names_i, strs, names_s)
 
 
-def mirror_titles_sync(r: Any, prefix: str, item_ids: Sequence[str]) -> dict[str, str]:
-    """Titles from the item mirror (`<prefix>item:{id}` meta), one round trip."""
+def mirror_meta_sync(r: Any, prefix: str, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """item id -> its mirrored meta (title, genres, recommendable, ...), one round trip;
+    an item missing from the mirror (deleted) is missing from the result."""
     if not item_ids:
         return {}
     pipe = r.pipeline(transaction=False)
     for i in item_ids:
         pipe.hget(keys.item(prefix, i), "meta")
-    return titles_from_meta(item_ids, pipe.execute())
+    return {i: json.loads(raw) for i, raw in zip(item_ids, pipe.execute(), strict=True) if raw}
 
 
 def titles_from_meta(item_ids: Sequence[str], metas: Sequence[Any]) -> dict[str, str]:

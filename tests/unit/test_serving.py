@@ -175,3 +175,18 @@ def test_titles_fill_items_without_one_and_keep_the_rest():
         {"item_id": "3", "channel": "trending"},
     ]
     assert "title" not in stored["items"][0]  # the stored (cached) list is not changed
+
+
+def test_a_retired_item_is_left_out_of_the_response_and_the_list_refills_to_k():
+    from app.serving import ReadResult
+
+    value = {
+        "items": [{"item_id": i, "channel": "embedding"} for i in ("a", "gone", "b", "c")],
+        "mode": "personal",
+        "generated_at": 1.0,
+    }
+    keep = lambda i: i != "gone"  # noqa: E731
+    body = ReadResult("u", "redis", value).response(3, 2.0, 60.0, keep=keep)
+    assert [i["item_id"] for i in body["items"]] == ["a", "b", "c"]
+    unfiltered = ReadResult("u", "redis", value).response(3, 2.0, 60.0)
+    assert [i["item_id"] for i in unfiltered["items"]] == ["a", "gone", "b"]
