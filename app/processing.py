@@ -223,13 +223,14 @@ class BatchProcessor:
             # or rebalance: the table changelog got ahead of the committed offset, so the
             # list write or publish may not have happened. Emit the list again; the Redis
             # write is versioned, so doing it twice is harmless.
-            redelivered = items[0][1].offset <= state.last_offset
+            first = items[0][1]
+            redelivered = first.offset <= state.offsets.get(first.partition, -1)
             rec = self.recommender_for(user_id)
             current = set(state.last_list)
             good: list[tuple[UserEvent, RawRecord]] = []
             for event, record in items:
                 try:
-                    applied = self.rec.apply(state, event, record.offset)
+                    applied = self.rec.apply(state, event, record.offset, record.partition)
                 except Exception as exc:
                     out.dead_letters.append(
                         self._quarantine(out, record, exc, "applying the event")
@@ -238,7 +239,7 @@ class BatchProcessor:
                     # the stored state with the events that applied (statistics are counted)
                     state = load_state(user_id) or UserState(user_id=user_id)
                     for ev, rc in good:
-                        self.rec.reapply(state, ev, rc.offset)
+                        self.rec.reapply(state, ev, rc.offset, rc.partition)
                     continue
                 good.append((event, record))
                 if applied:
@@ -321,7 +322,10 @@ class BatchProcessor:
             event_time=state.last_event_time,
         )
         result = dict(value)
-        result["source"] = {"topic": topic, "partition": partition, "offset": state.last_offset}
+        # the offset reached in that partition (not the version's position, which can be ahead
+        # of it after the user's events moved to a partition of lower offsets)
+        offset = state.offsets.get(partition, state.last_offset)
+        result["source"] = {"topic": topic, "partition": partition, "offset": offset}
         return write, result
 
     def recompute(self, state: UserState) -> tuple[RecList, ListWrite, dict[str, Any]]:

@@ -106,9 +106,10 @@ class Recommender:
         return other
 
     # -- state ----------------------------------------------------------------------------
-    def apply(self, state: UserState, event: UserEvent, offset: int) -> bool:
-        """Apply one event to the user's state and the stream statistics (idempotent)."""
-        applied = apply_event(state, event, offset, self.catalog.vector, self.policy)
+    def apply(self, state: UserState, event: UserEvent, offset: int, partition: int = 0) -> bool:
+        """Apply one event to the user's state and the stream statistics (idempotent; the
+        offset is the event's in its source `partition`)."""
+        applied = apply_event(state, event, offset, self.catalog.vector, self.policy, partition)
         if applied:
             key = self.catalog.key(event.item_id)
             if key is not None:
@@ -122,10 +123,10 @@ class Recommender:
                 )
         return applied
 
-    def reapply(self, state: UserState, event: UserEvent, offset: int) -> bool:
+    def reapply(self, state: UserState, event: UserEvent, offset: int, partition: int = 0) -> bool:
         """Apply an event to the user's state only, its statistics already counted (a state
         rebuilt after another event of the batch failed half way)."""
-        return apply_event(state, event, offset, self.catalog.vector, self.policy)
+        return apply_event(state, event, offset, self.catalog.vector, self.policy, partition)
 
     def touch(self, state: UserState) -> None:
         """Move the user in the similar-users buckets after its embedding changed."""

@@ -67,8 +67,14 @@ class UserState:
     taste_time: float = 0.0
     """Event time at which `taste` was last decayed to."""
     recent_event_ids: dict[str, None] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+    """Per source partition, the highest offset applied from it: a record at or below it is
+    a redelivery. Per partition, because a user's events move to another partition when the
+    topic grows (or come from a producer with another partitioner), where offsets are lower."""
     last_offset: int = -1
-    """Highest source offset applied (per-user events share one partition)."""
+    """The user's position for list versions (`2 * last_offset + mode`): the offset of the
+    last event while the user's events come from one partition; one more per event after
+    they move to a partition of lower offsets, so a user's versions only grow."""
     n_events: int = 0
     last_event_time: float = 0.0
     partition: int = -1
@@ -97,6 +103,7 @@ class UserState:
             "tt": self.taste_time,
             "e": list(self.recent_event_ids),
             "o": self.last_offset,
+            "po": {str(p): o for p, o in self.offsets.items()},
             "n": self.n_events,
             "et": self.last_event_time,
             "p": self.partition,
@@ -121,12 +128,21 @@ class UserState:
             taste=taste,
             taste_time=doc["tt"],
             recent_event_ids=dict.fromkeys(doc["e"]),
+            offsets=_offsets(doc),
             last_offset=doc["o"],
             n_events=doc["n"],
             last_event_time=doc["et"],
             partition=doc.get("p", -1),
             last_list=list(doc.get("ll", ())),
         )
+
+
+def _offsets(doc: dict[str, Any]) -> dict[int, int]:
+    if "po" in doc:
+        return {int(p): o for p, o in doc["po"].items()}
+    # a state written before per-partition offsets: all of it came from partition "p"
+    partition, offset = doc.get("p", -1), doc["o"]
+    return {partition: offset} if partition >= 0 and offset >= 0 else {}
 
 
 def _bounded_add(ordered: dict[str, Any], key: str, value: Any, limit: int) -> None:
@@ -142,20 +158,26 @@ def apply_event(
     offset: int,
     item_vector: Callable[[str], np.ndarray | None],
     policy: UpdatePolicy,
+    partition: int = 0,
 ) -> bool:
     """Apply one event in place; False (and no change) when it was already applied.
 
-    Idempotent two ways: an offset at or below the last applied one is a redelivery
-    after a crash (the table changelog got ahead of the committed offset), and a known
-    event id is a producer duplicate.
+    Idempotent two ways: an offset at or below the last one applied from the same source
+    `partition` is a redelivery after a crash (the table changelog got ahead of the
+    committed offset), and a known event id is a producer duplicate. An event from another
+    partition than the user's earlier ones (the topic grew, or another partitioner) is new
+    unless its id is known.
     """
-    if offset >= 0 and offset <= state.last_offset:
+    if offset >= 0 and offset <= state.offsets.get(partition, -1):
         return False
+    if offset >= 0:
+        state.offsets[partition] = offset
     if event.event_id in state.recent_event_ids:
         state.last_offset = max(state.last_offset, offset)
         return False
     _bounded_add(state.recent_event_ids, event.event_id, None, policy.dedupe_size)
-    state.last_offset = max(state.last_offset, offset)
+    if offset >= 0:
+        state.last_offset = max(state.last_offset + 1, offset)
     state.n_events += 1
     state.last_event_time = max(state.last_event_time, event.timestamp)
 

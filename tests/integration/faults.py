@@ -382,7 +382,7 @@ def replay(
     states: dict[str, UserState] = {}
     for p in sorted(produced, key=lambda p: (p.partition, p.offset)):
         st = states.setdefault(p.event.user_id, UserState(user_id=p.event.user_id))
-        ok = rec.apply(st, p.event, p.offset)
+        ok = rec.apply(st, p.event, p.offset, p.partition)
         if applied is None:
             assert ok, f"event {p.event.event_id} did not apply in the replay"
         elif ok:

@@ -215,3 +215,21 @@ def test_dead_letter_detail_is_capped_and_time_defaults_to_now():
     dl = dead_letter(rec(0, b"k", b"v"), "schema", "y" * 10_000)
     assert len(dl.value["detail"]) == 2000
     assert dl.value["failed_at"] > 1.6e9
+
+
+def test_a_user_moved_to_another_partition_gets_newer_lists_with_true_source_offsets():
+    """After the topic grew, a user's events arrive on a new partition at low offsets: they
+    apply, the list version still grows (Redis keeps only newer versions) and the output
+    record names the offset the new partition reached."""
+    store, p = Store(), processor()
+    first = p.process([rec(500, b"1", ev(0, "1", "a0"), partition=1)], store.load)
+    store.save(first)
+    moved = p.process([rec(7, b"1", ev(1, "1", "a1"), partition=6)], store.load)
+    store.save(moved)
+    assert moved.applied == 1 and moved.duplicates == 0
+    (_, w1, _), (_, w2, doc) = first.lists[0], moved.lists[0]
+    assert w2.version > w1.version
+    assert doc["source"] == {"topic": TOPIC, "partition": 6, "offset": 7}
+    # a redelivery on the new partition is recognised as one
+    again = p.process([rec(7, b"1", ev(1, "1", "a1"), partition=6)], store.load)
+    assert again.applied == 0 and again.reemitted == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -224,3 +226,38 @@ def test_policy_from_settings_maps_every_weight():
     assert (p.half_life_seconds, p.history_size, p.seen_size, p.dedupe_size) == (10, 3, 4, 5)
     assert p.is_like(event("e", "i", type="rating", rating=emb.like_threshold))
     assert not p.is_like(event("e", "i", type="rating", rating=emb.like_threshold - 0.5))
+
+
+def test_events_from_a_new_partition_apply_and_the_position_keeps_growing():
+    """A user's events move to a partition of lower offsets (the topic grew, or a producer
+    with another partitioner): they are new events, not redeliveries, and the position the
+    list versions come from keeps growing. Failed before: every one of them was dropped as
+    a redelivery (offset at or below the last one applied, from another partition)."""
+    s = UserState("u1")
+    assert apply_event(s, event("e1", "x0"), 100, vector, POLICY, partition=2)
+    assert apply_event(s, event("e2", "x1"), 101, vector, POLICY, partition=2)
+    positions = [s.last_offset]
+    for n, off in enumerate((3, 4, 9)):
+        assert apply_event(s, event(f"m{n}", "x2"), off, vector, POLICY, partition=5)
+        positions.append(s.last_offset)
+    assert s.n_events == 5 and positions == [101, 102, 103, 104]
+    assert s.offsets == {2: 101, 5: 9}
+    # redeliveries from either partition change nothing
+    before = s.to_bytes()
+    assert not apply_event(s, event("new", "x3"), 4, vector, POLICY, partition=5)
+    assert not apply_event(s, event("new", "x3"), 100, vector, POLICY, partition=2)
+    assert s.to_bytes() == before
+    again = UserState.from_bytes(before)
+    assert again.offsets == {2: 101, 5: 9} and again.last_offset == 104
+
+
+def test_a_state_stored_before_per_partition_offsets_reads_its_one_partition():
+    s = UserState("u1")
+    apply_event(s, event("e1", "x0"), 40, vector, POLICY, partition=3)
+    s.partition = 3
+    doc = json.loads(s.to_bytes())
+    del doc["po"]  # the layout before
+    old = UserState.from_bytes(json.dumps(doc).encode())
+    assert old.offsets == {3: 40} and old.last_offset == 40
+    assert not apply_event(old, event("e-new", "x1"), 40, vector, POLICY, partition=3)
+    assert apply_event(old, event("e-new", "x1"), 41, vector, POLICY, partition=3)
