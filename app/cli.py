@@ -71,6 +71,26 @@ def init_topics() -> None:
     click.echo(f"created: {', '.join(created) if created else 'nothing (all exist)'}")
 
 
+@main.command("grow-partitions")
+@click.argument("total", type=click.IntRange(2, 10_000))
+@one_line_errors
+def grow_partitions_cmd(total: int) -> None:
+    """Grow user-events and the user-state changelog to TOTAL partitions, together.
+
+    Running workers see the new partitions within NEARLINE_WORKER__METADATA_MAX_AGE and
+    take them in a rebalance; users whose key now hashes to a new partition carry on there
+    (idempotence is per partition). Set NEARLINE_TOPICS__PARTITIONS to TOTAL too, so new
+    deployments create the topics alike."""
+    from app.kafka_clients import grow_partitions
+
+    s = settings()
+    before = grow_partitions(s, total)
+    click.echo(
+        ", ".join(f"{name}: {n} -> {total}" for name, n in before.items())
+        + f"; set NEARLINE_TOPICS__PARTITIONS={total} for new deployments"
+    )
+
+
 @main.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--items", "n_items", default=2000, show_default=True, type=click.IntRange(10))

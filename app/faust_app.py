@@ -208,6 +208,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=w.session_timeout,
         broker_heartbeat_interval=min(3.0, w.session_timeout / 3),
         consumer_auto_offset_reset="earliest",
+        # how soon partitions added to user-events are seen and assigned (Faust: 5 minutes)
+        consumer_metadata_max_age_ms=int(w.metadata_max_age * 1000),
+        producer_metadata_max_age_ms=int(w.metadata_max_age * 1000),
         table_standby_replicas=0,
         autodiscover=False,
         # not the working directory: a checkout should not fill with <app-id>-data folders

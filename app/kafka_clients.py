@@ -154,10 +154,42 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         if a is not None and b is not None and a != b:
             raise TopicError(
                 f"{settings.topics.user_events} has {a} partitions but {changelog_topic(settings)}"
-                f" has {b}; they must match"
-                f" (NEARLINE_TOPICS__PARTITIONS={settings.topics.partitions})"
+                f" has {b}; they must match: `nearline grow-partitions {max(a, b)}` grows"
+                " both"
             )
         return created
+    finally:
+        admin.close()
+
+
+def grow_partitions(settings: Settings, total: int, timeout_s: float = 30.0) -> dict[str, int]:
+    """Grow user-events and the user-state changelog together to `total` partitions (they
+    must match: a user's state lives in the changelog partition of its events). Returns the
+    partition counts before. Kafka cannot shrink a topic: `total` must be larger."""
+    from kafka.admin import KafkaAdminClient, NewPartitions
+
+    names = [settings.topics.user_events, changelog_topic(settings)]
+    admin = KafkaAdminClient(
+        client_id=f"{settings.worker.app_id}-admin",
+        request_timeout_ms=int(timeout_s * 1000),
+        **client_kwargs(settings.kafka),
+    )
+    try:
+        missing = [n for n in names if n not in set(admin.list_topics())]
+        if missing:
+            raise TopicError(f"{', '.join(missing)} not found: run `nearline init-topics` first")
+        described = admin.describe_topics(names)
+        before = {d.get("name", d.get("topic")): len(d["partitions"]) for d in described}
+        if total <= max(before.values()) and len(set(before.values())) == 1:
+            raise TopicError(
+                f"{names[0]} already has {before[names[0]]} partitions; Kafka can only add"
+                " partitions (give a larger number)"
+            )
+        if total < max(before.values()):
+            raise TopicError(f"partitions now {before}; give at least {max(before.values())}")
+        grow = {n: NewPartitions(total_count=total) for n in names if before[n] < total}
+        admin.create_partitions(grow, timeout_ms=int(timeout_s * 1000))
+        return before
     finally:
         admin.close()
 

@@ -135,6 +135,8 @@ class WorkerSettings(_Section):
     """Most items remembered as seen per user (never recommended again)."""
     dedupe_size: int = Field(500, ge=1, le=100_000)
     """Most recent event ids remembered per user for duplicate detection."""
+    metadata_max_age: float = Field(10.0, ge=1, le=3600)
+    """Seconds between metadata refreshes: how soon partitions added to a topic are used."""
     session_timeout: float = Field(10.0, ge=3, le=300)
     """Seconds without a heartbeat before the group hands a dead worker's partitions on."""
 
