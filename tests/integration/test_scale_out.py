@@ -13,9 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from tests.integration.conftest import redis_client
+from tests.integration.conftest import redis_client, run_env
 from tests.integration.faults import (
     agent_crashes,
+    catalog_on,
     event_stream,
     poll_until,
     produce_tracked,
@@ -49,11 +50,12 @@ def _replay(settings, updates, waves):
     return states
 
 
-def test_user_events_grown_while_a_worker_runs_loses_and_repeats_nothing(catalog_run, workers):
+def test_user_events_grown_while_a_worker_runs_loses_and_repeats_nothing(run_id, workers, tmp_path):
     """Failed before: the moved users' events were all dropped as redeliveries (their new
     partition's offsets are lower than the old one's), and the worker took 5 minutes to
     see the new partitions."""
-    run = catalog_run
+    # 4 partitions grown to 8, as an operator would
+    run = catalog_on(run_env(run_id, NEARLINE_TOPICS__PARTITIONS="4"), tmp_path)
     s = run.settings
     env = {**run.env, "NEARLINE_DEGRADE__MODE": "normal", "NEARLINE_WORKER__METADATA_MAX_AGE": "2"}
     w = workers(env)
