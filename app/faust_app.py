@@ -14,6 +14,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from mode.services import WaitResults
 
+from app.core.user_state import newest_states
 from app.offsets import OffsetFrontier
 from app.settings import KafkaSettings, Settings
 
@@ -156,6 +157,16 @@ def _is_flow_wait(coro: Any, consumer: Any) -> bool:
 
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
+
+
+class UserStateTable(faust.Table):
+    """The user-state table: when recovery finds a user's state on two changelog partitions
+    (its events moved to another partition when the topic grew), the newer copy wins."""
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        events = list(batch)
+        keep = newest_states([(e.message.key, e.message.value) for e in events], self.data.get)
+        super().apply_changelog_batch([e for i, e in enumerate(events) if i in keep])
 
 
 class NearlineApp(faust.App):

@@ -14,7 +14,7 @@ from app.core.degrade import LagPolicy, LagThresholds
 from app.core.experiments import Variant, summarize
 from app.core.user_state import UserState
 from app.factory import build_recommender, build_variants
-from app.faust_app import create_app
+from app.faust_app import UserStateTable, create_app
 from app.logs import log_fields
 from app.metrics import Metrics
 from app.processing import BatchProcessor
@@ -215,11 +215,15 @@ events_dlq_topic = app.topic(
 items_dlq_topic = app.topic(settings.topics.item_updates_dlq, partitions=1, **raw)
 
 # Changelog-backed: a restarted or rebalanced worker replays it to recover every user.
-user_table = app.Table(
-    "user-state",
-    partitions=settings.topics.partitions,
-    key_type=bytes,  # bytes types make Faust use the raw codec for the changelog
-    value_type=bytes,
+user_table = app.tables.add(
+    UserStateTable(
+        app,
+        name="user-state",
+        beacon=app.tables.beacon,
+        partitions=settings.topics.partitions,
+        key_type=bytes,  # bytes types make Faust use the raw codec for the changelog
+        value_type=bytes,
+    )
 )
 
 

@@ -137,6 +137,37 @@ class UserState:
         )
 
 
+def state_position(raw: bytes) -> int:
+    """The list-version position of a stored state (`UserState.last_offset`), which only
+    grows for a user: of two stored copies, the one with the higher position is newer."""
+    return int(fastjson.loads(raw)["o"])
+
+
+def newest_states(
+    records: list[tuple[bytes, bytes | None]], current: Callable[[bytes], bytes | None]
+) -> set[int]:
+    """Indexes of the state records worth applying from a changelog batch: for each key the
+    one of highest position, and only if it is not older than the `current` stored one.
+    A user's state can sit on two changelog partitions (its events moved when the topic
+    grew), and recovery reads partitions in no set order: the newer copy must win.
+    Tombstones (None) are always applied."""
+    chosen: dict[bytes, int] = {}
+    keep: set[int] = set()
+    for i, (key, value) in enumerate(records):
+        if value is None:
+            keep.add(i)
+            chosen.pop(key, None)
+            continue
+        j = chosen.get(key)  # states are parsed only for a key seen twice
+        if j is None or state_position(records[j][1] or b"") <= state_position(value):
+            chosen[key] = i
+    for key, i in chosen.items():
+        stored = current(key)
+        if stored is None or state_position(stored) <= state_position(records[i][1] or b""):
+            keep.add(i)
+    return keep
+
+
 def _offsets(doc: dict[str, Any]) -> dict[int, int]:
     if "po" in doc:
         return {int(p): o for p, o in doc["po"].items()}

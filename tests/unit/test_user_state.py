@@ -261,3 +261,25 @@ def test_a_state_stored_before_per_partition_offsets_reads_its_one_partition():
     assert old.offsets == {3: 40} and old.last_offset == 40
     assert not apply_event(old, event("e-new", "x1"), 40, vector, POLICY, partition=3)
     assert apply_event(old, event("e-new", "x1"), 41, vector, POLICY, partition=3)
+
+
+def _stored(position: int, n: int) -> bytes:
+    s = UserState("u")
+    s.last_offset, s.n_events = position, n
+    return s.to_bytes()
+
+
+def test_recovery_keeps_the_newest_copy_of_a_state_whatever_the_partition_order():
+    """A user's state on two changelog partitions (its events moved when the topic grew):
+    read in either order, the newer copy (higher position) is the one applied."""
+    from app.core.user_state import newest_states
+
+    old, new = _stored(500, 6), _stored(503, 9)
+    for batch in ([(b"u", old), (b"u", new)], [(b"u", new), (b"u", old)]):
+        keep = newest_states(batch, {}.get)
+        assert [batch[i][1] for i in keep] == [new]
+    # across batches: the stored copy is newer than the one arriving now
+    assert newest_states([(b"u", old)], {b"u": new}.get) == set()
+    assert newest_states([(b"u", new)], {b"u": old}.get) == {0}
+    # other keys and tombstones pass
+    assert newest_states([(b"a", old), (b"b", None)], {}.get) == {0, 1}
