@@ -153,3 +153,76 @@ def _wait_applied(r, prefix: str, users: list[str], reference: dict) -> tuple[in
         stale[:5],
     )
     return lost, twice
+
+
+def test_events_from_a_producer_with_another_partitioner_apply_once(catalog_run, workers):
+    """Half of each user's events produced to the partition the key's CRC32 picks (as
+    librdkafka's default partitioner, kcat's, does), half by murmur2: every event applies
+    once, and again after a restart (the user's state then sits on two changelog
+    partitions; recovery keeps the newer copy). Failed before: the events on the second
+    partition were dropped as redeliveries whenever their offsets were lower."""
+    import zlib
+
+    from kafka import KafkaProducer
+
+    from tests.integration.conftest import KAFKA
+    from tests.integration.faults import Produced
+
+    run = catalog_run
+    s = run.settings
+    n = s.topics.partitions
+    env = {**run.env, "NEARLINE_DEGRADE__MODE": "normal"}
+    w = workers(env)
+    w.wait_ready()
+    users = [f"crc-{u}" for u in range(40)]
+    items = sorted(run.truth["items"])
+
+    def produce(events) -> list[Produced]:
+        producer = KafkaProducer(bootstrap_servers=KAFKA, acks="all")
+        try:
+            futures = []
+            for i, e in enumerate(events):
+                key = e.user_id.encode()
+                part = zlib.crc32(key) % n if i % 2 else None  # None: murmur2
+                futures.append(
+                    producer.send(s.topics.user_events, key=key, value=e.encode(), partition=part)
+                )
+            producer.flush(timeout=60)
+            return [
+                Produced(e, md.partition, md.offset)
+                for e, md in zip(events, (f.get(timeout=30) for f in futures), strict=True)
+            ]
+        finally:
+            producer.close(timeout=10)
+
+    first = produce(event_stream(users, items, per_user=8, seed=61))
+    crossed = {p.event.user_id for p in first} & {
+        u for u in users if zlib.crc32(u.encode()) % n != _murmur2_partition(u, n)
+    }
+    assert crossed, "no user's events landed on two partitions"
+    r = redis_client()
+    reference = _replay(s, run.updates, [first])
+    lost, twice = _wait_applied(r, s.redis.key_prefix, users, reference)
+    w.stop()
+    after = workers(env, name="restarted")
+    after.wait_ready()
+    second = produce(event_stream(users, items, per_user=4, seed=62, start=8))
+    reference = _replay(s, run.updates, [first, second])
+    lost2, twice2 = _wait_applied(r, s.redis.key_prefix, users, reference)
+    st = after.status()
+    assert after.alive and agent_crashes(st) == 0
+    report(
+        "other_partitioner",
+        users=len(users),
+        users_on_two_partitions=len(crossed),
+        events=len(first) + len(second),
+        lost=lost + lost2,
+        applied_twice=twice + twice2,
+        agent_crashes=agent_crashes(st),
+    )
+
+
+def _murmur2_partition(user: str, n: int) -> int:
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(user.encode()) & 0x7FFFFFFF) % n
