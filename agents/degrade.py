@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from agents.items import mirror_catalog
 from app.core import fastjson
 from app.core.user_state import UserState
 from app.kafka_clients import client_kwargs
@@ -73,15 +74,55 @@ async def measure_lag() -> dict[int, int]:
     return {tp.partition: max(0, end[tp] - committed.get(tp, start[tp])) for tp in tps}
 
 
+async def read_control() -> str | None:
+    """The operator's mode override; on the way, notice that Redis lost its data (the code
+    registry is gone) or that `nearline rebuild-lists` was run, and rebuild the lists."""
+    try:
+        override, epoch, token = await runtime.store.read_control()
+        runtime.redis_ping_ok = True
+    except UNAVAILABLE:
+        runtime.redis_ping_ok = False
+        return None
+    if runtime.store.registry_lost(epoch):
+        await start_rebuild("redis lost its data (the code registry is gone)")
+    if token != runtime.rebuild_token:
+        seen_before = runtime.rebuild_token_seen
+        runtime.rebuild_token, runtime.rebuild_token_seen = token, True
+        if seen_before and token is not None:  # not a request made before this worker ran
+            await start_rebuild("requested (nearline rebuild-lists)")
+    return override
+
+
+async def start_rebuild(reason: str) -> None:
+    """Every list this worker owns, made again from the users' state: the item mirror (and
+    with it the code registry) first, then each user through the recompute task at
+    NEARLINE_DEGRADE__RECOMPUTE_RATE, so event processing keeps going meanwhile."""
+    t0 = time.monotonic()
+    try:
+        items = await mirror_catalog()
+    except UNAVAILABLE as exc:  # the next check tries again (the registry is still gone)
+        runtime.store.codes.forget()
+        log.warning("rebuild postponed, redis unavailable: %s", exc)
+        return
+    now = time.time()
+    users = [k.decode() if isinstance(k, bytes) else str(k) for k in list(user_table.data.keys())]
+    for user_id in users:
+        runtime.dirty.setdefault(user_id, now)
+    runtime.counters["rebuilds"] += 1
+    runtime.last_rebuild = {"reason": reason, "at": now, "users": len(users), "items": items}
+    log_event(
+        "rebuilding lists",
+        reason=reason,
+        users=len(users),
+        items=items,
+        mirror_s=round(time.monotonic() - t0, 2),
+    )
+
+
 @app.timer(interval=settings.degrade.check_interval)
 async def lag_monitor() -> None:
     now = time.time()
-    try:
-        override = await runtime.store.read_override()
-        runtime.redis_ping_ok = True
-    except UNAVAILABLE:
-        override = None
-        runtime.redis_ping_ok = False
+    override = await read_control()
     if override in ("auto", "degraded", "normal") and override != runtime.policy.override:
         runtime.policy.set_override(override, now)
         log_event("mode override", override=override, mode=runtime.policy.mode)
@@ -167,7 +208,10 @@ async def recompute_some(budget: int) -> int:
                 detail=str(exc)[:200],
             )
     writes = [w for _, w, _ in outputs]
-    await runtime.store.write_lists(writes, clean=[w.user_id for w in writes], now=time.time())
+    # rewrite: a rebuild replaces records of the same version (written with lost codes)
+    await runtime.store.write_lists(
+        writes, clean=[w.user_id for w in writes], now=time.time(), rewrite=True
+    )
     sends = [
         await recommendations_topic.send(key=w.user_id.encode(), value=fastjson.dumps(doc))
         for _, w, doc in outputs

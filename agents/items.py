@@ -8,6 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from app.core.catalog import ItemMeta
 from app.core.events import InvalidRecord, ItemUpdate, decode_item_update
 from app.kafka_clients import client_kwargs
 from app.processing import RawRecord, dead_letter
@@ -17,7 +18,7 @@ from app.storage.redis_store import UNAVAILABLE
 log = logging.getLogger("nearline.items")
 
 
-def item_meta(u: ItemUpdate) -> dict[str, Any]:
+def item_meta(u: ItemUpdate | ItemMeta) -> dict[str, Any]:
     return {
         "title": u.title,
         "genres": list(u.genres),
@@ -25,6 +26,24 @@ def item_meta(u: ItemUpdate) -> dict[str, Any]:
         "recommendable": u.recommendable,
         "release_ts": u.release_ts,
     }
+
+
+async def mirror_catalog(chunk: int = 2000) -> int:
+    """Write the whole catalogue to the item mirror (after Redis lost its data: the mirror
+    gives readers titles and retirements, and its write interns the item codes again).
+    Version 0: an item already mirrored from its update keeps that newer copy."""
+    catalog = runtime.recommender.catalog
+    live = catalog.live_keys()
+    for start in range(0, len(live), chunk):
+        keys = live[start : start + chunk]
+        vectors = catalog.vectors(keys)
+        upserts = []
+        for key, vec in zip(keys.tolist(), vectors, strict=True):
+            m = catalog.meta(key)
+            upserts.append((m.item_id, 0, item_meta(m), vec))
+        await runtime.store.write_items(upserts)
+        await asyncio.sleep(0)  # let batches run between chunks
+    return len(live)
 
 
 async def apply_records(records: list[RawRecord]) -> None:

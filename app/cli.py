@@ -71,6 +71,33 @@ def init_topics() -> None:
     click.echo(f"created: {', '.join(created) if created else 'nothing (all exist)'}")
 
 
+@main.command("rebuild-lists")
+@one_line_errors
+def rebuild_lists() -> None:
+    """Make every user's list again from the workers' state (after Redis lost data).
+
+    Running workers notice within a lag check, write the item mirror and code registry
+    first, then recompute their users at NEARLINE_DEGRADE__RECOMPUTE_RATE a second while
+    events keep flowing; /status/ shows last_rebuild and dirty_users. Workers also do this
+    by themselves when they see the code registry gone."""
+    import asyncio
+    import uuid
+
+    from app.storage.redis_store import RedisStore
+
+    token = f"{uuid.uuid4().hex}"
+
+    async def request() -> None:
+        store = RedisStore(settings().redis)
+        try:
+            await store.request_rebuild(token)
+        finally:
+            await store.close()
+
+    asyncio.run(request())
+    click.echo(f"rebuild requested ({token}); workers start within a lag check")
+
+
 @main.command("grow-partitions")
 @click.argument("total", type=click.IntRange(2, 10_000))
 @one_line_errors

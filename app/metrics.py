@@ -82,6 +82,11 @@ class RuntimeCollector(Collector):
             c.get("list_errors", 0),
         )
         yield counter(
+            "nearline_rebuilds",
+            "Rebuilds of every owned user's list (Redis lost its data, or nearline rebuild-lists).",
+            c.get("rebuilds", 0),
+        )
+        yield counter(
             "nearline_batches_abandoned",
             "Batches held for Redis or the broker that gave way to a rebalance (redone).",
             c.get("batches_abandoned", 0),

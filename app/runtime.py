@@ -51,6 +51,10 @@ class Runtime:
         self.redis_ok = True
         self.redis_ping_ok = True
         self.redis_refusal: str | None = None
+        self.rebuild_token: str | None = None
+        """The last `nearline rebuild-lists` token seen (a new one starts a rebuild)."""
+        self.rebuild_token_seen = False
+        self.last_rebuild: dict[str, Any] | None = None
         """Code of the error reply with which Redis refuses writes now (OOM, READONLY, ...)."""
         """Result of the last Redis ping by the lag monitor (readiness, even without traffic)."""
         self.last_batch_at = 0.0
@@ -162,6 +166,7 @@ class Runtime:
             # the last batch write and the last ping (a quiet worker notices an outage too)
             "redis_ok": self.redis_ok and self.redis_ping_ok,
             "redis_refusal": self.redis_refusal,
+            "last_rebuild": self.last_rebuild,
             "redis_errors": self._store.errors if self._store else 0,
             "redis_retries": self._store.retries if self._store else 0,
             "reads": dict(self._reader.reads) if self._reader else {},

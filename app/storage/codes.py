@@ -56,20 +56,29 @@ class CodeBook:
         """Epoch this process proposes if it creates the registry."""
 
     def check_epoch(self, epoch: Any) -> bool:
-        """Adopt the registry's epoch; False (and every code forgotten) when it changed."""
+        """Adopt the registry's epoch; False (and every code forgotten) when it changed or
+        the registry is gone (Redis lost its data: codes are interned again)."""
         if epoch is None:
-            return self.epoch is None
+            if self.epoch is None:
+                return True
+            self.forget()
+            return False
         e = _text(epoch)
         if self.epoch == e:
             return True
         changed = self.epoch is not None
         if changed:
-            self.item_code.clear()
-            self.item_id.clear()
-            self.string_code = {"": 0}
-            self.string = {0: ""}
+            self.forget()
         self.epoch = e
         return not changed
+
+    def forget(self) -> None:
+        """Every code learned (the registry they came from is gone)."""
+        self.epoch = None
+        self.item_code.clear()
+        self.item_id.clear()
+        self.string_code = {"": 0}
+        self.string = {0: ""}
 
     def missing_items(self, ids: Iterable[str]) -> list[str]:
         known = self.item_code

@@ -76,6 +76,12 @@ def dirty_users(prefix: str) -> str:
     return f"{prefix}dirty"
 
 
+def rebuild_request(prefix: str) -> str:
+    """String: token of the last `nearline rebuild-lists`; a worker that sees it change
+    rebuilds its users' lists from their state."""
+    return f"{prefix}rebuild:request"
+
+
 def degrade_override(prefix: str) -> str:
     """String: operator override of the mode for every worker: auto, degraded or normal."""
     return f"{prefix}degrade:override"

@@ -100,14 +100,17 @@ return 1
 # compared by that version, then replaced, and its embedding hash deleted.
 CAS_RECORD = """
 local cur = redis.pcall('GETRANGE', KEYS[1], 1, 8)
+local new = tonumber(ARGV[1])
+-- ARGV[4] = '1': a rebuild, which may also replace a record of the same version
+local function older(v) return v > new or (v == new and ARGV[4] ~= '1') end
 if type(cur) == 'table' then
   local old = redis.call('HGET', KEYS[1], 'ver')
-  if old and tonumber(old) >= tonumber(ARGV[1]) then return 0 end
+  if old and older(tonumber(old)) then return 0 end
   redis.call('DEL', KEYS[1], KEYS[2])
 elseif #cur == 8 then
   local v = 0
   for i = 1, 8 do v = v * 256 + string.byte(cur, i) end
-  if v >= tonumber(ARGV[1]) then return 0 end
+  if older(v) then return 0 end
 end
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2])
@@ -340,13 +343,15 @@ class RedisStore:
         dirty: Sequence[str] = (),
         clean: Sequence[str] = (),
         now: float = 0.0,
+        rewrite: bool = False,
     ) -> list[bool]:
         """Write users' records (list + embedding, app/storage/codec.py) in one pipeline;
         True where the write was newer. Ids and strings this process has no code for are
         interned first (one more round trip, only then).
 
         `dirty` users are added to the recompute set (keeping their first mark: oldest
-        first), `clean` ones removed from it, in the same round trip."""
+        first), `clean` ones removed from it, in the same round trip. `rewrite`: a rebuild,
+        which also replaces records of the same version (written with codes Redis lost)."""
         if not writes and not dirty and not clean:
             return []
         ttl = self.cfg.list_ttl_seconds
@@ -390,7 +395,7 @@ class RedisStore:
                         keys.user_list(self.prefix, w.user_id),
                         keys.legacy_user_embedding(self.prefix, w.user_id),
                     ],
-                    args=[w.version, ttl, blob],
+                    args=[w.version, ttl, blob, "1" if rewrite else "0"],
                     client=pipe,
                 )
             if writes:
@@ -503,6 +508,27 @@ class RedisStore:
 
     async def write_override(self, mode: str) -> None:
         await self.client.set(keys.degrade_override(self.prefix), mode)
+
+    async def read_control(self) -> tuple[str | None, str | None, str | None]:
+        """(mode override, registry epoch, rebuild request) in one round trip: what the
+        lag monitor checks every second."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.degrade_override(self.prefix))
+        pipe.hget(keys.codes_meta(self.prefix), "epoch")
+        pipe.get(keys.rebuild_request(self.prefix))
+        out = await pipe.execute()
+        return tuple(None if v is None else v.decode() for v in out)  # type: ignore[return-value]
+
+    async def request_rebuild(self, token: str) -> None:
+        await self.client.set(keys.rebuild_request(self.prefix), token)
+
+    def registry_lost(self, epoch: str | None) -> bool:
+        """Whether the code registry this process learned from is gone or replaced (Redis
+        lost its data); its codes are then forgotten, to be interned again."""
+        if self.codes.epoch is None or epoch == self.codes.epoch:
+            return False
+        self.codes.forget()
+        return True
 
     # -- items ----------------------------------------------------------------------------
     async def write_items(
