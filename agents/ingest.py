@@ -271,44 +271,72 @@ async def process_contained(records: list[RawRecord]) -> None:
     """process_records, with a failure kept to the records that cause it: the core already
     quarantines a record it cannot use, so what reaches here is an effect that failed
     (a publish the broker refuses, an unexpected error while writing). The batch is then
-    done again one record at a time, each record that still fails is dead-lettered with
-    reason processing_error, and the stream goes on: no record is retried in a loop, and
-    nothing reaches Faust's agent supervisor (which would restart the agent on the same
-    records). Transient trouble (broker, network) is retried with backoff instead."""
-    try:
-        await process_records(records)
-        return
-    except BatchAbandoned:
-        raise
-    except Exception as exc:
-        failed = exc
-    runtime.counters["batch_errors"] += 1
-    log_event(
-        "batch failed, retrying its records one at a time",
-        records=len(records),
-        error=type(failed).__name__,
-        detail=str(failed)[:200],
-    )
-    for record in records:
+    done again one record at a time; when some records pass, each record that still fails
+    is dead-lettered with reason processing_error and the stream goes on. When none passes,
+    the fault is the worker's, not the records' (a store misconfigured, a bug in writing
+    the effects): nothing is dead-lettered, the batch is held and retried with backoff,
+    as through a Redis outage, with the error on /health, /status/ and in the log, until it
+    passes or a rebalance takes it. Nothing reaches Faust's agent supervisor (which would
+    restart the agent on the same records); transient trouble is retried inside."""
+    delay = 0.5
+    while True:
         try:
-            await process_records([record])
+            await process_records(records)
+            runtime.effects_error = None
+            return
         except BatchAbandoned:
             raise
         except Exception as exc:
-            dl = dead_letter(
-                record,
-                "processing_error",
-                f"{type(exc).__name__} while writing its effects: {exc}",
-                error=exc,
-                max_bytes=settings.worker.dead_letter_max_bytes,
+            failed = exc
+        runtime.counters["batch_errors"] += 1
+        log_event(
+            "batch failed, retrying its records one at a time",
+            records=len(records),
+            error=type(failed).__name__,
+            detail=str(failed)[:200],
+        )
+        passed, still = 0, []
+        for record in records:
+            try:
+                await process_records([record])
+                passed += 1
+            except BatchAbandoned:
+                raise
+            except Exception as exc:
+                still.append((record, exc))
+        if passed or not still:
+            for record, exc in still:
+                await _quarantine_effects(record, exc)
+            runtime.effects_error = None
+            return
+        if runtime.effects_error is None:
+            log.error(
+                "no record of a batch of %d can be written (%s: %s): holding it and retrying;"
+                " this is the worker's fault, not the records' (see the traceback above)",
+                len(records),
+                type(failed).__name__,
+                str(failed)[:200],
+                exc_info=failed,
             )
-            _count_dead_letter(dl)
-            await publish_until_done(
-                [(events_dlq_topic.get_topic_name(), None, dl.key, dl.encode())]
-            )
-            runtime.counters["events_done"] += 1
-            runtime.counters["dead_letters"] += 1
-            runtime.counters["processing_errors"] += 1
+        runtime.effects_error = f"{type(failed).__name__}: {str(failed)[:200]}"
+        runtime.counters["batch_holds"] += 1
+        await _backoff(delay)
+        delay = min(delay * 2, 5.0)
+
+
+async def _quarantine_effects(record: RawRecord, exc: Exception) -> None:
+    dl = dead_letter(
+        record,
+        "processing_error",
+        f"{type(exc).__name__} while writing its effects: {exc}",
+        error=exc,
+        max_bytes=settings.worker.dead_letter_max_bytes,
+    )
+    _count_dead_letter(dl)
+    await publish_until_done([(events_dlq_topic.get_topic_name(), None, dl.key, dl.encode())])
+    runtime.counters["events_done"] += 1
+    runtime.counters["dead_letters"] += 1
+    runtime.counters["processing_errors"] += 1
 
 
 def _count_dead_letter(dl: DeadLetter) -> None:

@@ -92,6 +92,8 @@ def health_checks() -> dict[str, bool]:
         "partitions_assigned": bool(assigned),
         "recovery_done": bool(recovery is not None and recovery.completed.is_set()),
         "catalog_loaded": runtime.catalog_ready.is_set(),
+        # a batch held because none of its records can be written (not a record's fault)
+        "effects": runtime.effects_error is None,
     }
 
 

@@ -82,6 +82,11 @@ class RuntimeCollector(Collector):
             c.get("list_errors", 0),
         )
         yield counter(
+            "nearline_batch_holds",
+            "Retries of a batch none of whose records could be written (the worker's fault).",
+            c.get("batch_holds", 0),
+        )
+        yield counter(
             "nearline_rebuilds",
             "Rebuilds of every owned user's list (Redis lost its data, or nearline rebuild-lists).",
             c.get("rebuilds", 0),

@@ -51,6 +51,8 @@ class Runtime:
         self.redis_ok = True
         self.redis_ping_ok = True
         self.redis_refusal: str | None = None
+        self.effects_error: str | None = None
+        """Why no record of the held batch can be written (the worker's fault), or None."""
         self.rebuild_token: str | None = None
         """The last `nearline rebuild-lists` token seen (a new one starts a rebuild)."""
         self.rebuild_token_seen = False
@@ -167,6 +169,7 @@ class Runtime:
             "redis_ok": self.redis_ok and self.redis_ping_ok,
             "redis_refusal": self.redis_refusal,
             "last_rebuild": self.last_rebuild,
+            "effects_error": self.effects_error,
             "redis_errors": self._store.errors if self._store else 0,
             "redis_retries": self._store.retries if self._store else 0,
             "reads": dict(self._reader.reads) if self._reader else {},

@@ -314,3 +314,76 @@ def test_redis_at_maxmemory_holds_the_batches_says_so_and_loses_nothing(
         )
     finally:
         own.stop()
+
+
+_BROKEN_EFFECTS = '''
+"""Test-only: while the flag file exists, writing any list's effects raises (as a store that
+is misconfigured would, for every record alike)."""
+import os
+import sys
+sys.path.insert(0, {repo!r})
+from app import processing
+
+_output = processing.BatchProcessor.output
+
+
+def output(self, *args, **kwargs):
+    if os.path.exists({flag!r}):
+        raise RuntimeError("the effects cannot be written (test fault)")
+    return _output(self, *args, **kwargs)
+
+
+processing.BatchProcessor.output = output
+'''
+
+
+def test_a_fault_of_the_worker_holds_the_batch_and_dead_letters_nothing(
+    catalog_run, workers, tmp_path: Path
+):
+    """No record of a batch can be written (the same error for every one: a fault of the
+    worker, not of the records): the batch is held and retried, /health says why, nothing
+    is dead-lettered; once the fault is gone every event applies once. Failed before:
+    every record of every batch was dead-lettered as processing_error."""
+    run = catalog_run
+    s = run.settings
+    flag = tmp_path / "broken"
+    flag.write_text("")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_BROKEN_EFFECTS.format(repo=str(REPO), flag=str(flag)))
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+    w = workers({**run.env, **STEADY, "PYTHONPATH": path})
+    w.wait_ready()
+    users = _users_on_every_partition("held", s.topics.partitions, 5)
+    produced = produce_tracked(s, event_stream(users, sorted(run.truth["items"]), 8, seed=24))
+
+    def held() -> bool:
+        code, body = http_get(w.port, "/health")
+        st = w.status() or {}
+        return (
+            code == 503
+            and json.loads(body)["checks"]["effects"] is False
+            and "test fault" in (st.get("effects_error") or "")
+            and st["counters"].get("batch_holds", 0) >= 2
+        )
+
+    held_after = poll_until(held, 60, "the batch held and reported")
+    st = w.status()
+    assert st["dead_letters"] == {} and st["counters"].get("events_done", 0) == 0
+    flag.unlink()  # the fault is mended
+    r = redis_client()
+    wait_lists_current(r, s.redis.key_prefix, produced, 120, lambda: w.alive)
+    check = check_against_replay(r, s.redis.key_prefix, replay(s, run.updates, produced), produced)
+    assert check.ok, "\n".join(check.details[:20])
+    poll_until(lambda: http_get(w.port, "/health")[0] == 200, 30, "healthy again")
+    st = w.status()
+    assert st["effects_error"] is None and st["dead_letters"] == {}
+    assert agent_crashes(st) == 0 and w.alive
+    report(
+        "worker_fault_holds_batches",
+        **check.figures(),
+        seconds_to_report_hold=round(held_after, 1),
+        batch_holds=st["counters"]["batch_holds"],
+        dead_letters=sum(st["dead_letters"].values()),
+        agent_crashes=agent_crashes(st),
+    )
