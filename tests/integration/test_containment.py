@@ -162,10 +162,10 @@ from app.core import pipeline
 _apply = pipeline.Recommender.apply
 
 
-def apply(self, state, event, offset):
+def apply(self, state, event, offset, partition=0):
     if event.item_id == {POISON_ITEM!r}:
         raise RuntimeError("the core cannot use this record")
-    return _apply(self, state, event, offset)
+    return _apply(self, state, event, offset, partition)
 
 
 pipeline.Recommender.apply = apply
