@@ -276,13 +276,13 @@ def get_recommendations(
             cold_start=_loads(cold),
             default=default,
         )
-        # the item mirror says which items are still recommendable (a list written before
-        # an item was retired still names it) and holds the titles: one round trip
+        # the item mirror says which items are retired (a list written before an item was
+        # deleted or made not recommendable still names it) and holds the titles; an item
+        # it has not seen yet is kept. One round trip.
         meta = mirror_meta_sync(r, prefix, [i["item_id"] for i in result.value.get("items", ())])
 
         def keep(item_id: str) -> bool:
-            m = meta.get(item_id)
-            return m is not None and m.get("recommendable", True) is not False
+            return meta.get(item_id, {}).get("recommendable", True) is not False
 
         return result.response(
             k,

@@ -54,6 +54,8 @@ class CodeBook:
         self.string: dict[int, str] = {0: ""}
         self.candidate = uuid.uuid4().hex
         """Epoch this process proposes if it creates the registry."""
+        self.losses = 0
+        """How often the registry this book learned from was found gone or replaced."""
 
     def check_epoch(self, epoch: Any) -> bool:
         """Adopt the registry's epoch; False (and every code forgotten) when it changed or
@@ -62,6 +64,7 @@ class CodeBook:
             if self.epoch is None:
                 return True
             self.forget()
+            self.losses += 1
             return False
         e = _text(epoch)
         if self.epoch == e:
@@ -69,6 +72,7 @@ class CodeBook:
         changed = self.epoch is not None
         if changed:
             self.forget()
+            self.losses += 1
         self.epoch = e
         return not changed
 
@@ -191,8 +195,9 @@ def resolve_sync(r: Any, prefix: str, book: CodeBook, records: Iterable[codec.Us
 
 
 def mirror_meta_sync(r: Any, prefix: str, item_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """item id -> its mirrored meta (title, genres, recommendable, ...), one round trip;
-    an item missing from the mirror (deleted) is missing from the result."""
+    """item id -> its mirrored meta (title, genres, recommendable, ...; a deleted item's
+    says `"recommendable": false, "deleted": true`), one round trip; an item the mirror
+    has not seen is missing from the result."""
     if not item_ids:
         return {}
     pipe = r.pipeline(transaction=False)

@@ -86,6 +86,9 @@ UNAVAILABLE = (*RETRYABLE, RedisRefused)
 
 # Write only when the new version is above the stored one: a replayed or reordered
 # write can never replace a newer value. KEYS[1]=hash; ARGV: ver, ttl, field, value, ...
+DELETED_META = json.dumps({"recommendable": False, "deleted": True})
+"""The item mirror's meta of a deleted item."""
+
 CAS_HSET = """
 local cur = redis.call('HGET', KEYS[1], 'ver')
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
@@ -238,6 +241,7 @@ class RedisStore:
             src: self.client.register_script(src) for src in (CAS_HSET, CAS_RECORD, INTERN)
         }
         self.codes = CodeBook()
+        self._losses_seen = 0
         """This process's copy of the code registry (item ids, version strings)."""
         self.errors = 0
         self.retries = 0
@@ -523,11 +527,14 @@ class RedisStore:
         await self.client.set(keys.rebuild_request(self.prefix), token)
 
     def registry_lost(self, epoch: str | None) -> bool:
-        """Whether the code registry this process learned from is gone or replaced (Redis
-        lost its data); its codes are then forgotten, to be interned again."""
-        if self.codes.epoch is None or epoch == self.codes.epoch:
+        """Whether the code registry this process learned from was found gone or replaced
+        (Redis lost its data) since the last call, here with `epoch` or by a write or read
+        on the way; its codes are then forgotten, to be interned again."""
+        if self.codes.epoch is not None and epoch != self.codes.epoch:
+            self.codes.check_epoch(epoch)
+        if self.codes.losses == self._losses_seen:
             return False
-        self.codes.forget()
+        self._losses_seen = self.codes.losses
         return True
 
     # -- items ----------------------------------------------------------------------------
@@ -550,8 +557,14 @@ class RedisStore:
                     client=pipe,
                 )
                 pipe.sadd(keys.items_index(self.prefix), item_id)
-            for item_id, _ver in deletes:
-                pipe.delete(keys.item(self.prefix, item_id))
+            for item_id, ver in deletes:
+                # a tombstone, not a DEL: readers tell a deleted item (retired: left out of
+                # every read) from one the mirror has not seen yet (kept)
+                await self._cas(
+                    keys=[keys.item(self.prefix, item_id)],
+                    args=[ver, 0, "meta", DELETED_META, "vec", b""],
+                    client=pipe,
+                )
                 pipe.srem(keys.items_index(self.prefix), item_id)
 
         if upserts or deletes:

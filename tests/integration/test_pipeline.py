@@ -217,7 +217,10 @@ def test_item_changes_while_running_and_state_survives_restart(catalog_run, work
     reasons = sorted(json.loads(m.value)["reason"] for m in dlq)
     assert reasons == ["bad_embedding", "bad_embedding", "not_json"]
     assert r.exists(f"{s.redis.key_prefix}item:{{new-item-1}}")
-    assert not r.exists(f"{s.redis.key_prefix}item:{{{top[1]}}}")
+    # a deleted item stays in the mirror as a tombstone (readers leave it out), not indexed
+    gone = json.loads(r.hget(f"{s.redis.key_prefix}item:{{{top[1]}}}", "meta"))
+    assert gone == {"recommendable": False, "deleted": True}
+    assert not r.sismember(f"{s.redis.key_prefix}items", top[1])
 
     produce_events(
         s, [_rating(user, liked[8 % len(liked)], 50, 4.0), _rating(user, run.taste_items(2)[9], 51)]

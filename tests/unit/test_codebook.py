@@ -27,3 +27,6 @@ def test_the_store_reports_a_lost_registry_once():
     assert not store.registry_lost("e1")
     assert store.registry_lost(None) and store.codes.epoch is None
     assert not store.registry_lost(None)  # forgotten: the next writes intern again
+    store.codes.check_epoch("e2")
+    store.codes.check_epoch(None)  # a write found it gone first: still reported, once
+    assert store.registry_lost(None) and not store.registry_lost(None)
