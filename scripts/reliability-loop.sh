@@ -42,9 +42,9 @@ for ((k = 1; k <= n; k++)); do
   ((rc == 0)) && rm -f "$log"
   echo "reliability-loop.sh: round $k/$n exit $rc in ${secs}s: ${summary:-no summary}"
   rounds+=("$k,$rc,$secs,${summary//,/;}")
-  "$PY" - "$out" "$n" "${rounds[@]}" <<'PY'
+  "$PY" - "$out" "$n" "$(git rev-parse HEAD 2>/dev/null || echo unknown)" "${rounds[@]}" <<'PY'
 import json, sys, time
-out, planned, rows = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+out, planned, commit, rows = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 runs = []
 for row in rows:
     k, rc, secs, summary = row.split(",", 3)
@@ -52,6 +52,7 @@ for row in rows:
 doc = {
     "tests": ["tests/integration/test_reliability.py", "tests/integration/test_containment.py",
               "tests/integration/test_hard_faults.py"],
+    "commit": commit,
     "rounds_planned": planned,
     "rounds_run": len(runs),
     "rounds_passed": sum(r["exit"] == 0 for r in runs),
