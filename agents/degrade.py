@@ -157,10 +157,70 @@ async def lag_monitor() -> None:
     )
 
 
+_stats_lock = asyncio.Lock()
+
+
+async def read_shared_stats() -> int:
+    """Take the item statistics' changes since the last read from Redis into the core's
+    statistics (the counts of every worker's events); returns how many items changed."""
+    async with _stats_lock:  # the timer and the list refresh both read
+        return await _read_shared_stats()
+
+
+async def _read_shared_stats() -> int:
+    shared = runtime.shared_stats
+    seq, changed = await runtime.store.read_counts(shared.seq)
+    stats = runtime.recommender.stats
+    if seq < shared.seq:  # Redis lost them: count again from zero, as every worker does
+        log_event("shared item statistics lost, starting again", had=shared.seq, now=seq)
+        stats.clear()
+        shared.reset()
+        return 0
+    catalog = runtime.recommender.catalog
+    grown = shared.catalog_seen != (len(catalog), catalog.ranking_version)
+    shared.counts.update(changed)
+    todo = shared.counts if grown else changed  # items the catalog did not know before
+    for item_id, count in todo.items():
+        key = catalog.key(item_id)
+        if key is not None:
+            stats.set_item(key, count)
+    shared.catalog_seen = (len(catalog), catalog.ranking_version)
+    shared.seq = seq
+    shared.read_at = time.time()
+    return len(changed)
+
+
+@app.timer(interval=settings.degrade.stats_interval)
+async def follow_shared_stats() -> None:
+    """Every worker ranks with the statistics of all workers' events (popularity, trending,
+    ratings behind the genre rule), read from Redis as they change."""
+    if not settings.degrade.shared_stats or not runtime.catalog_ready.is_set():
+        return
+    try:
+        await read_shared_stats()
+    except UNAVAILABLE as exc:
+        log.warning("shared item statistics not read, redis unavailable: %s", exc)
+
+
+def writes_shared_lists() -> bool:
+    """With shared statistics one worker writes the shared lists: the owner of user-events
+    partition 0 (every worker would write the same lists; one writer keeps them steady)."""
+    if not settings.degrade.shared_stats:
+        return True
+    topic = events_topic.get_topic_name()
+    return any(tp.topic == topic and tp.partition == 0 for tp in app.consumer.assignment())
+
+
 async def refresh_lists() -> None:
     rec = runtime.recommender
     n = settings.degrade.popular_size
+    if settings.degrade.shared_stats:  # the lists include every count written before now
+        await read_shared_stats()
     runtime.popular_rows = rec.popular_rows(n)
+    runtime.shared_stats.writer = writes_shared_lists()
+    if not runtime.shared_stats.writer:
+        await flush_experiment_counts()
+        return
     stamp = time.time()
     prefix = settings.redis.key_prefix
     shared = {
@@ -170,7 +230,11 @@ async def refresh_lists() -> None:
     for genre, lst in rec.genre_popular_lists(n).items():
         shared[keys.genre_list(prefix, genre)] = lst.to_json(version=0, generated_at=stamp)
     await runtime.store.write_shared_lists(shared)
-    # A/B online metric: this worker's counts since the last flush, summed in Redis
+    await flush_experiment_counts()
+
+
+async def flush_experiment_counts() -> None:
+    """A/B online metric: this worker's counts since the last flush, summed in Redis."""
     delta = runtime.experiment_delta()
     await runtime.store.add_experiment_counts(settings.experiments.name, delta)
     runtime.experiment_flushed(delta)

@@ -54,7 +54,13 @@ async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
     delay = 0.5
     while True:
         try:
-            await runtime.store.write_lists(writes, now=time.time(), **marks)
+            await runtime.store.write_lists(
+                writes,
+                now=time.time(),
+                count_topic=events_topic.get_topic_name(),
+                half_life=settings.recall.popularity_half_life_seconds,
+                **marks,
+            )
             if not runtime.redis_ok:
                 log_event("redis back", pending=len(writes), refused=runtime.redis_refusal)
             runtime.redis_ok = True
@@ -413,6 +419,7 @@ async def process_records(records: list[RawRecord]) -> None:
             [w for _, w, _ in result.lists],
             dirty=result.dirty,
             clean=[uid for uid in clean if uid in runtime.dirty],
+            counted=result.counted if settings.degrade.shared_stats else (),
         )
     except BaseException:
         published.cancel()

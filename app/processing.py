@@ -14,6 +14,7 @@ from typing import Any
 from app.core.events import InvalidRecord, UserEvent, decode_event
 from app.core.experiments import OnlineMetric, Variant, assign
 from app.core.pipeline import RecList, Recommender
+from app.core.popularity import CountedEvent
 from app.core.user_state import UserState
 from app.storage.redis_store import ListWrite
 
@@ -118,6 +119,8 @@ class BatchResult:
     reemitted: int = 0
     """Users whose list was emitted again for a redelivered batch (no state change)."""
     applied: int = 0
+    counted: list[CountedEvent] = field(default_factory=list)
+    """Applied events the item statistics count, in source order per partition."""
     duplicates: int = 0
     valid: int = 0
     errors: list[tuple[RawRecord, Exception]] = field(default_factory=list)
@@ -245,6 +248,17 @@ class BatchProcessor:
                 if applied:
                     out.applied += 1
                     changed = True
+                    if self.rec.counts(event):
+                        out.counted.append(
+                            CountedEvent(
+                                record.partition,
+                                record.offset,
+                                event.item_id,
+                                self.rec.count_weight(event),
+                                event.timestamp,
+                                event.rating,
+                            )
+                        )
                     self.metric.observe(
                         rec.variant, event.item_id, self.rec.policy.is_like(event), current
                     )

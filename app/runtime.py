@@ -12,6 +12,7 @@ from typing import Any
 
 from app.core.degrade import LagPolicy, LagThresholds
 from app.core.experiments import Variant, summarize
+from app.core.popularity import ItemCount
 from app.core.user_state import UserState
 from app.factory import build_recommender, build_variants
 from app.faust_app import UserStateTable, create_app
@@ -23,6 +24,32 @@ from app.settings import Settings, SettingsError, load_settings_or_exit
 from app.storage.redis_store import RedisStore
 
 log = logging.getLogger("nearline")
+
+
+@dataclasses.dataclass
+class SharedStatsView:
+    """Where this worker is in the shared item statistics (app/storage, {stats} keys)."""
+
+    seq: int = 0
+    """Sequence number of the last count read."""
+    counts: dict[str, ItemCount] = dataclasses.field(default_factory=dict)
+    """Every item's totals read so far (items the catalog does not hold yet included)."""
+    catalog_seen: tuple[int, int] = (-1, -1)
+    read_at: float = 0.0
+    writer: bool = False
+    """This worker writes the shared lists (popular, cold start, per genre)."""
+
+    def reset(self) -> None:
+        self.seq, self.catalog_seen = 0, (-1, -1)
+        self.counts.clear()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "items": len(self.counts),
+            "sequence": self.seq,
+            "read_at": self.read_at,
+            "writes_shared_lists": self.writer,
+        }
 
 
 class Runtime:
@@ -43,6 +70,10 @@ class Runtime:
             variants=variants,
             experiment=settings.experiments.name,
         )
+        self.shared_stats = SharedStatsView()
+        if settings.degrade.shared_stats:  # counted in Redis by all workers, read back
+            for rec in {id(r): r for r in (self.recommender, *variants.values())}.values():
+                rec.count_locally = False
         self.processor.set_shares({v.name: v.share for v in settings.experiments.variants})
         self._flushed_experiment: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
@@ -189,6 +220,9 @@ class Runtime:
                 "variants": summarize(self.processor.metric.counts, self.experiment_variants),
             },
             "embedding_version": self.recommender.embedding_version,
+            "shared_stats": self.shared_stats.status()
+            if self.settings.degrade.shared_stats
+            else None,
         }
 
 

@@ -263,6 +263,12 @@ class DegradeSettings(_Section):
     """Length of the precomputed popularity lists."""
     refresh_seconds: float = Field(5.0, gt=0, le=3600)
     """How often popularity and cold-start lists are refreshed into Redis."""
+    shared_stats: bool = True
+    """Count item statistics (popularity, ratings) in Redis for all workers together, so
+    every worker ranks with, and one worker writes the shared lists from, the same figures
+    (false: each worker counts its own partitions' events in memory)."""
+    stats_interval: float = Field(1.0, gt=0, le=3600)
+    """Seconds between reads of the shared item statistics' changes from Redis."""
 
     @model_validator(mode="after")
     def _low_below_high(self) -> DegradeSettings:
@@ -439,7 +445,8 @@ def iter_setting_docs() -> list[tuple[str, str, str]]:
                 continue
             if isinstance(default, SecretStr):
                 default = "***"
-            rows.append((_env_name((*prefix, name)), repr(default), field.description or ""))
+            doc = " ".join((field.description or "").split())  # one line, however written
+            rows.append((_env_name((*prefix, name)), repr(default), doc))
 
     walk(Settings, None, [])
     return rows

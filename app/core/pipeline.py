@@ -89,6 +89,9 @@ class Recommender:
         self.config = config or PipelineConfig()
         self.policy = policy or UpdatePolicy(like_threshold=self.config.like_threshold)
         self.stats = ItemStats(popularity_half_life)
+        self.count_locally = True
+        """False: the item statistics are counted elsewhere (by every worker together, in
+        Redis) and set into `stats`; applying an event then leaves them alone."""
         self.users = UserDirectory(catalog.dim, user_index or catalog.config, item_key=catalog.key)
         self.embedding_version = embedding_version
         self.variant = "control"
@@ -110,18 +113,21 @@ class Recommender:
         """Apply one event to the user's state and the stream statistics (idempotent; the
         offset is the event's in its source `partition`)."""
         applied = apply_event(state, event, offset, self.catalog.vector, self.policy, partition)
-        if applied:
+        if applied and self.count_locally:
             key = self.catalog.key(event.item_id)
             if key is not None:
-                self.stats.add(
-                    key,
-                    self.policy.weight(event)
-                    if event.type != "rating"
-                    else max(event.rating or 0.0, 0.0) / 5.0,
-                    event.timestamp,
-                    event.rating,
-                )
+                self.stats.add(key, self.count_weight(event), event.timestamp, event.rating)
         return applied
+
+    def count_weight(self, event: UserEvent) -> float:
+        """What an event adds to its item's popularity (a rating: its share of 5 stars)."""
+        if event.type == "rating":
+            return max(event.rating or 0.0, 0.0) / 5.0
+        return self.policy.weight(event)
+
+    def counts(self, event: UserEvent) -> bool:
+        """The event is one the item statistics count (its item is in the catalog)."""
+        return self.catalog.key(event.item_id) is not None
 
     def reapply(self, state: UserState, event: UserEvent, offset: int, partition: int = 0) -> bool:
         """Apply an event to the user's state only, its statistics already counted (a state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -10,6 +11,41 @@ from app.core.catalog import ItemCatalog
 
 # Exponents above this are folded back into the scores so float64 never overflows.
 _RENORMALISE_AT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ItemCount:
+    """One item's totals: popularity `score` decayed to time `t`, and its ratings."""
+
+    score: float
+    t: float
+    rating_sum: float = 0.0
+    rating_n: float = 0.0
+
+    def plus(self, weight: float, ts: float, rating: float | None, half_life: float) -> ItemCount:
+        """These totals with one more event counted: the older of the two times is decayed
+        to the newer, so counting is order-free (up to float rounding)."""
+        w = max(weight, 0.0)
+        if ts >= self.t:
+            score, t = self.score * 2.0 ** ((self.t - ts) / half_life) + w, ts
+        else:
+            score, t = self.score + w * 2.0 ** ((ts - self.t) / half_life), self.t
+        if rating is None:
+            return ItemCount(score, t, self.rating_sum, self.rating_n)
+        return ItemCount(score, t, self.rating_sum + rating, self.rating_n + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class CountedEvent:
+    """An applied event as the shared item statistics count it, with its source position
+    (which makes counting it idempotent: a position already counted is skipped)."""
+
+    partition: int
+    offset: int
+    item_id: str
+    weight: float
+    ts: float
+    rating: float | None = None
 
 
 class ItemStats:
@@ -70,6 +106,32 @@ class ItemStats:
         if rating is not None:
             self._rating_sum[key] += rating
             self._rating_n[key] += 1
+        self.version += 1
+
+    def clear(self) -> None:
+        """Forget every count (the shared statistics they mirrored were lost)."""
+        for arr in (self._pop, self._rating_sum, self._rating_n):
+            arr[:] = 0.0
+        self._t_ref = 0.0
+        self.now = 0.0
+        self.version += 1
+
+    def set_item(self, key: int, count: ItemCount) -> None:
+        """Replace one item's statistics with totals counted elsewhere (the statistics every
+        worker shares, app/storage: decayed score as of `count.t`, rating sum and number)."""
+        self._grow(key + 1)
+        if self._t_ref == 0.0:
+            self._t_ref = count.t
+        if count.t > self.now:
+            self.now = count.t
+        exponent = (count.t - self._t_ref) / self.half_life
+        if exponent > _RENORMALISE_AT:
+            self._pop *= 2.0 ** (-exponent)
+            self._t_ref = count.t
+            exponent = 0.0
+        self._pop[key] = count.score * 2.0**exponent
+        self._rating_sum[key] = count.rating_sum
+        self._rating_n[key] = count.rating_n
         self.version += 1
 
     def popularity(self, capacity: int) -> np.ndarray:

@@ -90,3 +90,27 @@ def degrade_override(prefix: str) -> str:
 def experiment_counts(prefix: str, experiment: str) -> str:
     """Hash: `<variant>:<metric>` -> count, summed over all workers (online A/B metric)."""
     return f"{prefix}exp:{experiment}"
+
+
+# The item statistics every worker shares: one hash tag, {stats}, so one Lua script
+# counts a batch's events atomically (app/storage/redis_store.py, COUNT_ITEMS).
+
+
+def item_counts(prefix: str) -> str:
+    """Hash: item id -> "score t rating_sum rating_n" (decayed popularity as of time t)."""
+    return f"{prefix}{{stats}}:items"
+
+
+def counted_offsets(prefix: str) -> str:
+    """Hash: `<topic>|<partition>` -> the last source offset counted (skips a recount)."""
+    return f"{prefix}{{stats}}:offsets"
+
+
+def counts_changed(prefix: str) -> str:
+    """Sorted set: item id, score = sequence number of the count that last changed it."""
+    return f"{prefix}{{stats}}:changed"
+
+
+def counts_sequence(prefix: str) -> str:
+    """String: sequence number of the last count (readers follow changes past theirs)."""
+    return f"{prefix}{{stats}}:seq"

@@ -24,6 +24,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from app.core.popularity import CountedEvent, ItemCount
 from app.errors import StoreUnavailable
 from app.settings import RedisSettings
 from app.storage import codec, keys
@@ -122,6 +123,77 @@ else
 end
 return 1
 """
+
+
+# The shared item statistics: count a batch's applied events, each once. KEYS: item counts,
+# counted offsets, changed set, sequence (app/storage/keys.py, all in slot {stats}); ARGV:
+# half-life, source topic, then partition, offset, item, weight, ts, rating ('' for none)
+# per event, in offset order per partition. An event at or below its partition's counted
+# offset was counted by an earlier try of the same batch (a write retried, a batch redone
+# after a crash) and is skipped. Returns how many were counted.
+COUNT_ITEMS = """
+local hl = tonumber(ARGV[1])
+local topic = ARGV[2]
+local seq = redis.call('INCR', KEYS[4])
+local front, moved, changed = {}, {}, {}
+local n = 0
+for i = 3, #ARGV, 6 do
+  local field = topic .. '|' .. ARGV[i]
+  local last = front[field]
+  if last == nil then
+    last = tonumber(redis.call('HGET', KEYS[2], field) or '-1')
+    front[field] = last
+  end
+  local offset = tonumber(ARGV[i + 1])
+  if offset > last then
+    front[field] = offset
+    moved[field] = true
+    local item = ARGV[i + 2]
+    local w = math.max(tonumber(ARGV[i + 3]), 0)
+    local ts = tonumber(ARGV[i + 4])
+    local s, t, rs, rn = 0, ts, 0, 0
+    local cur = redis.call('HGET', KEYS[1], item)
+    if cur then
+      local a, b, c, d = string.match(cur, '(%S+) (%S+) (%S+) (%S+)')
+      s, t, rs, rn = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+    end
+    if ts >= t then
+      s = s * 2 ^ ((t - ts) / hl) + w
+      t = ts
+    else
+      s = s + w * 2 ^ ((ts - t) / hl)
+    end
+    if ARGV[i + 5] ~= '' then
+      rs = rs + tonumber(ARGV[i + 5])
+      rn = rn + 1
+    end
+    redis.call('HSET', KEYS[1], item, string.format('%.17g %.17g %.17g %.17g', s, t, rs, rn))
+    changed[item] = true
+    n = n + 1
+  end
+end
+for field, _ in pairs(moved) do
+  redis.call('HSET', KEYS[2], field, string.format('%.0f', front[field]))
+end
+for item, _ in pairs(changed) do
+  redis.call('ZADD', KEYS[3], seq, item)
+end
+return n
+"""
+
+
+def count_args(counted: Sequence[CountedEvent], topic: str, half_life: float) -> list[Any]:
+    """COUNT_ITEMS arguments, the events in offset order per partition."""
+    args: list[Any] = [repr(float(half_life)), topic]
+    for c in sorted(counted, key=lambda c: (c.partition, c.offset)):
+        rating = "" if c.rating is None else repr(float(c.rating))
+        args += [c.partition, c.offset, c.item_id, repr(float(c.weight)), repr(float(c.ts)), rating]
+    return args
+
+
+def parse_count(raw: bytes) -> ItemCount:
+    score, t, rating_sum, rating_n = (float(x) for x in raw.split())
+    return ItemCount(score, t, rating_sum, rating_n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +310,8 @@ class RedisStore:
         self.client = make_client(cfg)
         self.cluster = split_cluster_flag(cfg.url)[1]
         self._scripts = {
-            src: self.client.register_script(src) for src in (CAS_HSET, CAS_RECORD, INTERN)
+            src: self.client.register_script(src)
+            for src in (CAS_HSET, CAS_RECORD, INTERN, COUNT_ITEMS)
         }
         self.codes = CodeBook()
         self._losses_seen = 0
@@ -348,6 +421,9 @@ class RedisStore:
         clean: Sequence[str] = (),
         now: float = 0.0,
         rewrite: bool = False,
+        counted: Sequence[CountedEvent] = (),
+        count_topic: str = "",
+        half_life: float = 0.0,
     ) -> list[bool]:
         """Write users' records (list + embedding, app/storage/codec.py) in one pipeline;
         True where the write was newer. Ids and strings this process has no code for are
@@ -355,8 +431,11 @@ class RedisStore:
 
         `dirty` users are added to the recompute set (keeping their first mark: oldest
         first), `clean` ones removed from it, in the same round trip. `rewrite`: a rebuild,
-        which also replaces records of the same version (written with codes Redis lost)."""
-        if not writes and not dirty and not clean:
+        which also replaces records of the same version (written with codes Redis lost).
+
+        `counted` events of `count_topic` are added to the shared item statistics in the
+        same round trip (each source offset once, whatever the retries)."""
+        if not writes and not dirty and not clean and not counted:
             return []
         ttl = self.cfg.list_ttl_seconds
         await self.intern(
@@ -388,6 +467,13 @@ class RedisStore:
         ]
 
         async def build(pipe: Any) -> None:
+            if counted:
+                await self._script(
+                    COUNT_ITEMS,
+                    keys=self._count_keys(),
+                    args=count_args(counted, count_topic, half_life),
+                    client=pipe,
+                )
             if dirty:
                 pipe.zadd(keys.dirty_users(self.prefix), dict.fromkeys(dirty, now), nx=True)
             if clean:
@@ -409,7 +495,7 @@ class RedisStore:
         if writes:
             # Redis lost the registry (its data): forget the codes, learn them again next time
             book.check_epoch(results[-1])
-        i = int(bool(dirty)) + int(bool(clean))
+        i = int(bool(counted)) + int(bool(dirty)) + int(bool(clean))
         return [bool(x) for x in results[i : i + len(writes)]]
 
     async def read_record(self, user_id: str) -> codec.UserRecord | None:
@@ -481,6 +567,29 @@ class RedisStore:
                 pipe.set(key, json.dumps(value, separators=(",", ":")))
 
         await self._run(build)
+
+    def _count_keys(self) -> list[str]:
+        p = self.prefix
+        return [
+            keys.item_counts(p),
+            keys.counted_offsets(p),
+            keys.counts_changed(p),
+            keys.counts_sequence(p),
+        ]
+
+    async def read_counts(self, after: int) -> tuple[int, dict[str, ItemCount]]:
+        """(sequence now, every item whose count changed after sequence `after`). A sequence
+        below `after` means Redis lost the statistics: the caller starts again from 0."""
+        p = self.prefix
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.counts_sequence(p))
+        pipe.zrangebyscore(keys.counts_changed(p), f"({after}", "+inf")
+        raw_seq, members = await pipe.execute()
+        seq = int(raw_seq or 0)
+        if seq < after or not members:
+            return seq, {}
+        values = await self.client.hmget(keys.item_counts(p), members)
+        return seq, {m.decode(): parse_count(v) for m, v in zip(members, values, strict=True) if v}
 
     async def read_json(self, key: str) -> dict[str, Any] | None:
         raw = await self.client.get(key)

@@ -373,6 +373,16 @@ def replay(
     through the same core (app.core) the worker uses. With `applied`, repeated event ids
     are allowed (skipped, as the worker does) and the events that applied are collected;
     without, every event must apply."""
+    return replayed(settings, updates, produced, applied)[1]
+
+
+def replayed(
+    settings: Any,
+    updates: Sequence[ItemUpdate],
+    produced: Sequence[Produced],
+    applied: list[Produced] | None = None,
+) -> tuple[Any, dict]:
+    """`replay`, returning the recommender too (its item statistics count every event)."""
     from app.core.user_state import UserState
     from app.factory import build_recommender
 
@@ -387,7 +397,7 @@ def replay(
             assert ok, f"event {p.event.event_id} did not apply in the replay"
         elif ok:
             applied.append(p)
-    return states
+    return rec, states
 
 
 @dataclass
@@ -559,6 +569,19 @@ def poll_until(pred: Callable[[], bool], timeout: float, what: str, every: float
             return time.monotonic() - t0
         time.sleep(every)
     raise AssertionError(f"timeout ({timeout:.0f}s) waiting for {what}")
+
+
+def assigned_partitions(w: Any) -> set[int]:
+    """The user-events partitions a worker reports owning (empty while it cannot answer)."""
+    st = w.status()
+    return {int(p) for p in st["lag_by_partition"]} if st else set()
+
+
+def spread_over(ws: Sequence[Any], partitions: int) -> bool:
+    """Every worker owns some partitions, none twice, all `partitions` of them owned."""
+    sets = [assigned_partitions(w) for w in ws]
+    union = set().union(*sets)
+    return all(sets) and sum(map(len, sets)) == len(union) == partitions
 
 
 def agent_crashes(status: dict[str, Any]) -> int:

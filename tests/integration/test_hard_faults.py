@@ -16,12 +16,14 @@ from tests.integration.conftest import redis_client
 from tests.integration.faults import (
     BackgroundProducer,
     OwnRedis,
+    assigned_partitions,
     check_against_replay,
     event_stream,
     exits,
     http_get,
     poll_until,
     replay,
+    spread_over,
     survived,
     wait_lists_current,
 )
@@ -30,17 +32,6 @@ from tests.reliability_report import report
 pytestmark = pytest.mark.integration
 
 STEADY = {"NEARLINE_DEGRADE__MODE": "normal"}
-
-
-def _assigned(w) -> set[int]:
-    st = w.status()
-    return {int(p) for p in st["lag_by_partition"]} if st else set()
-
-
-def _spread(ws, partitions: int) -> bool:
-    sets = [_assigned(w) for w in ws]
-    union = set().union(*sets)
-    return all(sets) and sum(map(len, sets)) == len(union) == partitions
 
 
 def _consumed(ws) -> int:
@@ -76,7 +67,7 @@ def test_redis_down_60s_with_two_workers_and_rebalances_during_the_outage(
         b = workers(env, name="b")
         a.wait_ready()
         b.wait_ready()
-        poll_until(lambda: _spread([a, b], n_part), 60, "partitions spread over both")
+        poll_until(lambda: spread_over([a, b], n_part), 60, "partitions spread over both")
         producer = BackgroundProducer(s, events, rate=150).start()  # ~32 s of events
         poll_until(lambda: _consumed([a, b]) >= 0.15 * len(events), 60, "15% consumed")
         own.stop()
@@ -90,11 +81,13 @@ def test_redis_down_60s_with_two_workers_and_rebalances_during_the_outage(
         at(10)
         b_before = b.status()
         b.stop(sig=signal.SIGKILL)
-        takeover_s = poll_until(lambda: _assigned(a) == set(range(n_part)), 60, "a takes over")
+        takeover_s = poll_until(
+            lambda: assigned_partitions(a) == set(range(n_part)), 60, "a takes over"
+        )
         assert http_get(a.port, "/health")[0] == 503  # still no Redis
         at(25)
         c = workers(env, name="c")
-        spread_s = poll_until(lambda: _spread([a, c], n_part), 90, "spread again, Redis down")
+        spread_s = poll_until(lambda: spread_over([a, c], n_part), 90, "spread again, Redis down")
         at(60)
         own.start()
         outage_s = time.monotonic() - down_at

@@ -26,6 +26,7 @@ from tests.integration.faults import (
     OwnKafka,
     OwnRedis,
     ProgressSampler,
+    assigned_partitions,
     catalog_on,
     check_against_replay,
     event_stream,
@@ -33,6 +34,7 @@ from tests.integration.faults import (
     metric,
     poll_until,
     replay,
+    spread_over,
     survived,
     wait_lists_current,
 )
@@ -136,17 +138,6 @@ def test_records_the_stream_skips_are_read_back_in_order_and_never_committed_unr
     )
 
 
-def _assigned(w) -> set[int]:
-    st = w.status()
-    return {int(p) for p in st["lag_by_partition"]} if st else set()
-
-
-def _spread(ws, partitions: int) -> bool:
-    sets = [_assigned(w) for w in ws]
-    union = set().union(*sets)
-    return all(sets) and sum(map(len, sets)) == len(union) == partitions
-
-
 def test_two_workers_one_killed_under_load_other_takes_over_then_spread_back(catalog_run, workers):
     run = catalog_run
     s = run.settings
@@ -161,8 +152,8 @@ def test_two_workers_one_killed_under_load_other_takes_over_then_spread_back(cat
     b = workers(env, name="b")
     a.wait_ready()
     b.wait_ready()
-    poll_until(lambda: _spread([a, b], n_part), 60, "partitions spread over both workers")
-    b_had = _assigned(b)
+    poll_until(lambda: spread_over([a, b], n_part), 60, "partitions spread over both workers")
+    b_had = assigned_partitions(b)
 
     producer = BackgroundProducer(s, wave1, rate=900).start()
     poll_until(
@@ -173,7 +164,9 @@ def test_two_workers_one_killed_under_load_other_takes_over_then_spread_back(cat
     b_before_kill = b.status()
     b.stop(sig=signal.SIGKILL)
     killed = time.monotonic()
-    takeover_s = poll_until(lambda: _assigned(a) == set(range(n_part)), 60, "a takes over")
+    takeover_s = poll_until(
+        lambda: assigned_partitions(a) == set(range(n_part)), 60, "a takes over"
+    )
     assert a.alive
     produced = producer.join()
     r = redis_client()
@@ -187,7 +180,7 @@ def test_two_workers_one_killed_under_load_other_takes_over_then_spread_back(cat
     restarted = time.monotonic()
     b2 = workers(env, name="b2")
     b2.wait_ready()
-    poll_until(lambda: _spread([a, b2], n_part), 90, "partitions spread back")
+    poll_until(lambda: spread_over([a, b2], n_part), 90, "partitions spread back")
     spread_s = time.monotonic() - restarted
     produced += BackgroundProducer(s, wave2, rate=900).start().join()
     wait_lists_current(r, s.redis.key_prefix, produced, 120, lambda: a.alive and b2.alive)
@@ -204,7 +197,7 @@ def test_two_workers_one_killed_under_load_other_takes_over_then_spread_back(cat
         takeover_s=round(takeover_s, 1),
         kill_to_all_lists_current_s=round(after_kill_s, 1),
         restart_to_spread_back_s=round(spread_s, 1),
-        after_spread={"a": sorted(_assigned(a)), "b": sorted(_assigned(b2))},
+        after_spread={"a": sorted(assigned_partitions(a)), "b": sorted(assigned_partitions(b2))},
         events_applied_by_restarted_b=st_b["counters"]["events_applied"],
         **alive,
     )
@@ -661,7 +654,7 @@ def test_redis_cluster_three_nodes_two_workers_lists_and_reads(catalog_run, work
         b = workers(env, name="b")
         a.wait_ready()
         b.wait_ready()
-        poll_until(lambda: _spread([a, b], s.topics.partitions), 60, "both workers assigned")
+        poll_until(lambda: spread_over([a, b], s.topics.partitions), 60, "both workers assigned")
         items = sorted(run.truth["items"])
         users = [f"cl-{u}" for u in range(90)]
         events = event_stream(users, items, per_user=20, seed=8)
@@ -701,7 +694,7 @@ def test_redis_cluster_three_nodes_two_workers_lists_and_reads(catalog_run, work
             **check.figures(),
             nodes=len(cluster.nodes),
             keys_per_node=keys_per_node,
-            workers_with_partitions=sum(1 for w in (a, b) if _assigned(w)),
+            workers_with_partitions=sum(1 for w in (a, b) if assigned_partitions(w)),
             lists_written={"a": st_a["counters"]["lists_written"],
                            "b": st_b["counters"]["lists_written"]},
             **alive,

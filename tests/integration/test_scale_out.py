@@ -16,6 +16,7 @@ import pytest
 from tests.integration.conftest import redis_client, run_env
 from tests.integration.faults import (
     agent_crashes,
+    assigned_partitions,
     catalog_on,
     event_stream,
     poll_until,
@@ -27,11 +28,6 @@ from tests.integration.faults import (
 from tests.reliability_report import report
 
 pytestmark = pytest.mark.integration
-
-
-def _assigned(w) -> set[int]:
-    st = w.status()
-    return {int(p) for p in st["lag_by_partition"]} if st else set()
 
 
 def _replay(settings, updates, waves):
@@ -88,7 +84,9 @@ def test_user_events_grown_while_a_worker_runs_loses_and_repeats_nothing(run_id,
     )  # Kafka cannot shrink or keep: one line saying so
     assert again.returncode == 1 and again.stderr.startswith("error: ")
     assert f"already has {grown} partitions" in again.stderr and "\n" not in again.stderr.strip()
-    taken_s = poll_until(lambda: _assigned(w) == set(range(grown)), 60, "new partitions taken")
+    taken_s = poll_until(
+        lambda: assigned_partitions(w) == set(range(grown)), 60, "new partitions taken"
+    )
     second = produce_tracked(s, event_stream(users, items, per_user=6, seed=52, start=6))
     home = {p.event.user_id: p.partition for p in first}
     moved = sorted({p.event.user_id for p in second if p.partition != home[p.event.user_id]})
@@ -108,7 +106,9 @@ def test_user_events_grown_while_a_worker_runs_loses_and_repeats_nothing(run_id,
     w.stop()
     after = workers(env, name="restarted")
     after.wait_ready()
-    poll_until(lambda: _assigned(after) == set(range(grown)), 60, "partitions after restart")
+    poll_until(
+        lambda: assigned_partitions(after) == set(range(grown)), 60, "partitions after restart"
+    )
     third = produce_tracked(s, event_stream(users, items, per_user=3, seed=53, start=12))
     reference = _replay(s, run.updates, [first, second, third])
     lost2, twice2 = _wait_applied(r, s.redis.key_prefix, users, reference)

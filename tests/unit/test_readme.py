@@ -26,7 +26,7 @@ def test_every_setting_is_in_the_settings_table_with_its_default():
 
 
 def test_redis_key_layout_table_matches_key_builders():
-    table = dict(re.findall(r"^\| `P` `([^`]+)` \| (\w+) \|", RECORDS_DOC, re.M))
+    table = dict(re.findall(r"^\| `P` `([^`]+)` \| (\w[\w ]*?) \|", RECORDS_DOC, re.M))
     built = {
         keys.user_list("P", "<user_id>"): "string",
         keys.item_codes("P"): "hash",
@@ -37,6 +37,10 @@ def test_redis_key_layout_table_matches_key_builders():
         keys.item("P", "<item_id>"): "hash",
         keys.items_index("P"): "set",
         keys.cold_start_list("P"): "string",
+        keys.item_counts("P"): "hash",
+        keys.counted_offsets("P"): "hash",
+        keys.counts_changed("P"): "sorted set",
+        keys.counts_sequence("P"): "string",
     }
     assert {"P" + k: v for k, v in table.items()} == built
 
