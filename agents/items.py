@@ -164,10 +164,14 @@ async def _follow_items() -> None:
                         for m in msgs
                     ]
                 )
+            if ready.is_set() and batch:
+                runtime.calibration.maybe_start()  # in the background once enough changed
             if not ready.is_set():
                 positions = {tp: await consumer.position(tp) for tp in tps}
                 if all(positions[tp] >= end[tp] for tp in tps):
                     runtime.recommender.catalog.reindex()
+                    # Calibrated on a thread before events are scored (the loop stays free).
+                    await runtime.calibration.run("start")
                     ready.set()
                     cat = runtime.recommender.catalog
                     log_event(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -278,23 +279,38 @@ def degrade(mode: str) -> None:
 )
 @click.option("--ids", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-k", default=10, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--queries", default=200, show_default=True, type=click.IntRange(10, 100000))
-@click.option("--target-recall", default=0.95, show_default=True, type=click.FloatRange(0, 1))
+@click.option(
+    "--queries",
+    type=click.IntRange(10, 100000),
+    help="Calibration queries (default NEARLINE_LSH__CALIBRATION_QUERIES).",
+)
+@click.option(
+    "--target-recall",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Default NEARLINE_LSH__TARGET_RECALL.",
+)
+@click.option(
+    "--budget",
+    type=click.FloatRange(1),
+    help="Seconds (default NEARLINE_LSH__CALIBRATION_BUDGET_SECONDS).",
+)
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path))
 @one_line_errors
 def tune_lsh(
     embeddings: Path | None,
     ids: Path | None,
     k: int,
-    queries: int,
-    target_recall: float,
+    queries: int | None,
+    target_recall: float | None,
+    budget: float | None,
     json_out: Path | None,
 ) -> None:
-    """Measure LSH recall@K against exact search on the catalog and recommend parameters."""
+    """Calibrate the LSH index on the catalog as the worker does: recall@K against exact
+    search on taste-like queries, the setting chosen (or exact search) and why."""
     import numpy as np
 
-    from app.core.lsh_tune import default_grid, recommend, tune
-    from app.progress import Progress
+    from app.core.lsh.calibrate import calibrate, describe
+    from app.factory import build_recommender
 
     s = settings()
     if embeddings is not None:
@@ -304,76 +320,62 @@ def tune_lsh(
     else:
         matrix = _catalog_from_redis(s)
     matrix = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-    grid = default_grid(len(matrix), matrix.shape[1])
-    with Progress(len(grid), "settings", "setting") as bar:
-        results = tune(
-            matrix.astype(np.float32),
+    matrix = matrix.astype(np.float32)
+    catalog = build_recommender(s).catalog
+    config = dataclasses.replace(
+        catalog.calibration_config(
+            target_recall=target_recall or s.lsh.target_recall,
+            queries=queries or s.lsh.calibration_queries,
+            budget_seconds=budget or s.lsh.calibration_budget_seconds,
+            memory_ratio=s.lsh.memory_ratio,
             k=k,
-            n_queries=queries,
-            grid=grid,
-            progress=lambda done, total: bar.update(done - bar.n),
-        )
-    best = recommend(results, target_recall=target_recall)
-    click.echo(
-        f"{'w':>6} {'m':>3} {'L':>4} {'probes':>6} {'recall@' + str(k):>10} {'q/s':>9} {'cands':>8}"
+        ),
+        base=catalog.config.params_for(len(matrix), matrix.shape[1]),
     )
-    for r in sorted(results, key=lambda r: (-r.recall, -r.qps)):
-        p = r.params
-        mark = "  <- recommended" if r is best else ""
-        click.echo(
-            f"{p.w:6.2f} {p.m:3d} {p.L:4d} {p.probes:6d} {r.recall:10.3f} "
-            f"{r.qps:9.0f} {r.mean_candidates:8.0f}{mark}"
-        )
-    exact_qps = _exact_qps(matrix.astype(np.float32), k, queries)
-    p = best.params
-    if exact_qps >= best.qps:
-        click.echo(
-            f"\nexact search answers {exact_qps:.0f} q/s here, faster than the best LSH setting "
-            f"({best.qps:.0f} q/s): keep NEARLINE_LSH__EXACT_BELOW above {len(matrix)} "
-            f"(now {s.lsh.exact_below}) and the worker searches exactly."
-        )
-    else:
-        click.echo(f"\nexact search: {exact_qps:.0f} q/s ({best.qps / exact_qps:.1f}x slower)")
+    cal = calibrate(np.arange(len(matrix)), matrix, config, log=lambda m: click.echo(m, err=True))
     click.echo(
-        f"\nset: NEARLINE_LSH__W={p.w} NEARLINE_LSH__M={p.m} NEARLINE_LSH__TABLES={p.L} "
-        f"NEARLINE_LSH__PROBES={p.probes}  (recall@{k}={best.recall:.3f}, "
-        f"{best.qps:.0f} q/s on {len(matrix)} items)"
+        f"{'w':>6} {'m':>3} {'L':>4} {'probes':>6} {'keep':>5} {'cap':>5} "
+        f"{'recall@' + str(k):>10} {'cands':>8} {'cost us':>8} {'mem/raw':>7}"
     )
+    for t in sorted(cal.trials, key=lambda t: t.cost_us):
+        p = t.params
+        mark = "  <- chosen" if p == cal.params else ""
+        click.echo(
+            f"{p.w:6.2f} {p.m:3d} {p.L:4d} {p.probes:6d} {p.sketch_keep:5d} {p.max_candidates:5d} "
+            f"{t.recall:10.3f} {t.candidates:8.0f} {t.cost_us:8.1f} "
+            f"{t.memory_bytes / cal.raw_bytes:7.2f}{mark}"
+        )
+    sm = cal.summary()
+    click.echo(
+        f"\n{'exact search' if cal.exact else 'LSH'}: {cal.reason}\n"
+        f"measured recall@{k} {cal.recall:.3f} on {cal.heldout_queries} held-out taste queries"
+        f" (target {cal.target}, {'met' if cal.meets_target else 'NOT met'}); "
+        f"{sm['qps']:.0f} q/s against exact {sm['exact_qps']:.0f} q/s, one query at a time; "
+        f"memory {sm['memory_vs_raw']}x the raw vectors; {len(cal.trials)} settings, "
+        f"{cal.builds} builds, {cal.seconds:.1f} s on {len(matrix)} items"
+    )
+    if cal.params is not None:
+        p = cal.params
+        click.echo(
+            f"the worker calibrates itself (NEARLINE_LSH__CALIBRATE); to pin this setting: "
+            f"NEARLINE_LSH__W={p.w} NEARLINE_LSH__M={p.m} NEARLINE_LSH__TABLES={p.L} "
+            f"NEARLINE_LSH__PROBES={p.probes}"
+        )
     if json_out:
-        json_out.write_text(
-            json.dumps(
-                [
-                    {
-                        "w": r.params.w,
-                        "m": r.params.m,
-                        "L": r.params.L,
-                        "probes": r.params.probes,
-                        "recall": r.recall,
-                        "qps": r.qps,
-                        "mean_candidates": r.mean_candidates,
-                    }
-                    for r in results
-                ],
-                indent=2,
-            )
-        )
-
-
-def _exact_qps(matrix: Any, k: int, n_queries: int) -> float:
-    """Queries/s of the exact twin on catalogue rows, the baseline LSH must beat."""
-    import time
-
-    import numpy as np
-
-    from app.core.lsh import ExactIndex
-
-    index = ExactIndex(matrix.shape[1])
-    index.upsert_many(np.arange(len(matrix)), matrix)
-    rows = np.random.default_rng(0).choice(len(matrix), size=min(n_queries, len(matrix)))
-    start = time.perf_counter()
-    for r in rows.tolist():
-        index.search(matrix[r], k)
-    return len(rows) / max(time.perf_counter() - start, 1e-9)
+        doc = {
+            **sm,
+            "trials": [
+                {
+                    **describe(t.params),
+                    "recall": t.recall,
+                    "candidates": t.candidates,
+                    "cost_us": t.cost_us,
+                    "memory_bytes": t.memory_bytes,
+                }
+                for t in cal.trials
+            ],
+        }
+        json_out.write_text(json.dumps(doc, indent=2))
 
 
 def _catalog_from_redis(s: Settings) -> Any:

@@ -149,6 +149,45 @@ class RuntimeCollector(Collector):
         yield GaugeMetricFamily(
             "nearline_catalog_items", "Items in the in-memory catalog.", value=s["items"]
         )
+        cal = s.get("calibration") or {}
+        if cal.get("recall") is not None:
+            yield GaugeMetricFamily(
+                "nearline_lsh_measured_recall",
+                "Recall@k against exact search of the index in use, measured by the last"
+                " calibration on held-out taste queries (1 for exact search).",
+                value=cal["recall"],
+            )
+            yield GaugeMetricFamily(
+                "nearline_lsh_target_recall",
+                "Recall the calibration aims at.",
+                value=cal["target_recall"],
+            )
+            yield GaugeMetricFamily(
+                "nearline_lsh_measured_queries",
+                "Held-out queries the measured recall is the mean over.",
+                value=cal["heldout_queries"],
+            )
+            yield GaugeMetricFamily(
+                "nearline_lsh_measured_at_seconds",
+                "Unix time of the last calibration.",
+                value=cal["measured_at"] or 0.0,
+            )
+            setting = GaugeMetricFamily(
+                "nearline_lsh_setting",
+                "1 for the index setting in use (index exact or lsh, and the LSH knobs).",
+                labels=["index", "w", "m", "L", "probes", "sketch_keep", "max_candidates"],
+            )
+            p = cal.get("setting") or {}
+            knobs = ("w", "m", "L", "probes", "sketch_keep", "max_candidates")
+            setting.add_metric([cal["index"], *(str(p.get(f, "")) for f in knobs)], 1.0)
+            yield setting
+        if cal:
+            yield counter("nearline_lsh_calibrations", "Calibrations installed.", cal["runs"])
+            yield GaugeMetricFamily(
+                "nearline_lsh_calibration_loop_stall_seconds",
+                "Longest the event loop woke late while the last calibration ran.",
+                value=cal["loop_stall_max_ms"] / 1000,
+            )
         yield GaugeMetricFamily(
             "nearline_redis_up",
             "1 when the last Redis write and the last ping succeeded.",

@@ -143,6 +143,19 @@ def status(url: str | None, as_json: bool) -> None:
         f"  catalog {st['items']} items ({st['index']} index), model {st['model_version']},"
         f" embeddings {st['embedding_version']}, redis {'ok' if st['redis_ok'] else 'DOWN'}"
     )
+    cal = st.get("calibration") or {}
+    if cal.get("recall") is not None:
+        p = cal.get("setting")
+        knobs = "exact search" if p is None else " ".join(f"{k}={v}" for k, v in p.items())
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(cal["measured_at"] or 0))
+        click.echo(
+            f"  nearest neighbours: measured recall@{cal['k']} {cal['recall']:.3f} (target "
+            f"{cal['target_recall']}, {'met' if cal['meets_target'] else 'NOT met'}) on "
+            f"{cal['heldout_queries']} held-out queries at {at}; {knobs}; {cal['reason']}"
+        )
+    elif cal.get("enabled"):
+        state = "running" if cal.get("running") else "not yet run"
+        click.echo(f"  nearest neighbours: calibration {state} ({st['index']} index)")
 
 
 @click.command()

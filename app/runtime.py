@@ -10,6 +10,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from app.calibration import CalibrationRunner
 from app.core.degrade import LagPolicy, LagThresholds
 from app.core.experiments import Variant, summarize
 from app.core.popularity import ItemCount
@@ -105,6 +106,7 @@ class Runtime:
         self.lag: dict[int, int] = {}
         """Lag per assigned user-events partition at the last measurement."""
         self.lag_measured_at = 0.0
+        self.calibration = CalibrationRunner(self.recommender.catalog, settings.lsh)
         self.metrics = Metrics(self.status)
         self._reader: ListReader | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=3600)
@@ -175,7 +177,10 @@ class Runtime:
                 "L": params.L,
                 "probes": params.probes,
                 "combine": params.combine,
+                "sketch_keep": params.sketch_keep,
+                "max_candidates": params.max_candidates,
             },
+            "calibration": self.calibration.status(),
             "users_indexed": len(self.recommender.users),
             "item2item_cache": {
                 "entries": len(cat.neighbour_cache),

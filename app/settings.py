@@ -186,6 +186,19 @@ class LSHSettings(_Section):
     """Seed of the projections: every replica must use the same one."""
     exact_below: int = Field(10_000, ge=0)
     """Below this many items, search exactly: as fast as LSH at 5-10k items (d=64), measured."""
+    calibrate: bool = True
+    """Measure recall on the catalogue and pick the setting (w, m, L, probes, sketch cut, cap or
+    exact search) meeting target_recall: at start and after recalibrate_share of it changed."""
+    target_recall: float = Field(0.95, gt=0, le=1)
+    """Recall@10 against exact search the calibration must reach on taste-like queries."""
+    calibration_queries: int = Field(400, ge=10, le=100_000)
+    """Queries the calibration measures on; as many again, held out, give the recall shown."""
+    calibration_budget_seconds: float = Field(60.0, gt=0)
+    """Time a calibration may take for trying build settings (the first always completes)."""
+    recalibrate_share: float = Field(0.2, gt=0)
+    """Recalibrate in the background once this share of the items was added, moved or removed."""
+    memory_ratio: float = Field(2.0, gt=1)
+    """Most memory a calibrated index may hold, as a multiple of the raw float32 vectors."""
 
     @model_validator(mode="after")
     def _probes_fit(self) -> LSHSettings:

@@ -85,6 +85,22 @@ def _ints(text: str) -> list[int]:
     help="hnswlib ef values (from k = 10 up, so one reads below LSH's recall to compare at).",
 )
 @click.option("--ef-construction", default=100, show_default=True, type=click.IntRange(10, 1000))
+@click.option(
+    "--workload",
+    "workloads",
+    multiple=True,
+    type=click.Choice(["clustered", "few-large", "wide-powerlaw", "movielens"]),
+    help="Calibrated index and defaults vs exact and hnswlib on taste-like queries, per"
+    " workload (repeatable); without it, the settings sweep on the clustered workload.",
+)
+@click.option(
+    "--embeddings",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Item embeddings for --workload movielens (from nearline train-embeddings).",
+)
+@click.option("--calibration-budget", default=60.0, show_default=True, type=click.FloatRange(1))
+@click.option("--target-recall", default=0.95, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--tag", default="workloads", show_default=True, help="Output: lsh-TAG.json/png.")
 @one_line_errors
 def bench_lsh(
     out_dir: Path,
@@ -97,12 +113,41 @@ def bench_lsh(
     no_hnsw: bool,
     efs: str,
     ef_construction: int,
+    workloads: tuple[str, ...],
+    embeddings: Path | None,
+    calibration_budget: float,
+    target_recall: float,
+    tag: str,
 ) -> None:
     """LSH vs exact numpy brute force vs hnswlib: recall@10, queries/s (single and batched),
-    build time, insert/move/delete rate, memory; recall-vs-speed plot."""
-    from app.bench.lsh import run
+    build time, insert/move/delete rate, memory; recall-vs-speed plot. With --workload: the
+    calibrated index and the defaults on each workload (lsh-TAG.json)."""
+    from app.bench.lsh import run, run_workloads
 
     size_list, dim_list = _ints(sizes), _ints(dims)
+    if workloads:
+        if "movielens" in workloads and embeddings is None:
+            raise click.BadParameter("--workload movielens needs --embeddings FILE")
+        figures = run_workloads(
+            out_dir,
+            workloads=list(workloads),
+            sizes=size_list,
+            dims=dim_list,
+            embeddings=embeddings,
+            n_queries=queries,
+            passes=passes,
+            hnsw=not no_hnsw,
+            hnsw_efs=_ints(efs),
+            ef_construction=ef_construction,
+            budget_s=60.0,
+            calibration_budget_s=calibration_budget,
+            target=target_recall,
+            tag=tag,
+            log=lambda m: click.echo(m, err=True),
+        )
+        click.echo(json.dumps(figures["summary"], indent=2))
+        click.echo(f"wrote {out_dir / f'lsh-{tag}.json'} and {out_dir / f'lsh-{tag}.png'}")
+        return
     if quick:
         size_list, queries, passes, update_ops = [20_000, 100_000], min(queries, 200), 2, 2000
     figures = run(

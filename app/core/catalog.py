@@ -9,6 +9,7 @@ import numpy as np
 
 from app.core.events import ItemUpdate
 from app.core.lsh import ExactIndex, LSHIndex, LSHParams, default_params
+from app.core.lsh.calibrate import Calibration, CalibrationConfig, calibrate
 from app.core.neighbours import NeighbourCache
 
 
@@ -95,6 +96,16 @@ class ItemCatalog:
         Not bumped by a brand-new item (no statistics yet) or a moved vector."""
         self._genre_masks: dict[str, np.ndarray] = {}
         self._neighbours = NeighbourCache(dim, self.config.neighbour_cache)
+        self.calibration: Calibration | None = None
+        """The last calibration installed (`install_calibration`); None before the first."""
+        self._calibrated: LSHParams | None = None
+        """Its setting, which `reindex` then builds instead of the size default."""
+        self._pinned_exact = False
+        """The calibration chose exact search: growth past exact_below does not build LSH."""
+        self.changed = 0
+        """Items added, moved or removed since the last calibration was installed."""
+        self._since_snapshot: set[int] | None = None
+        """Keys changed since `calibration_snapshot` (replayed onto the new index)."""
         """Per genre, which keys carry it; kept up to date on every change (a rebuild walked
         every item in Python on each catalog change, ~1 s at 100k items)."""
 
@@ -282,11 +293,12 @@ class ItemCatalog:
             self._neighbours.changed(np.vstack([self._vectors[moved], mat]))
         self._vectors[keys] = mat
         self._live[keys] = True
+        self._note_changed(keys)
         self._exact.upsert_many(keys, mat)
         if self._lsh is not None:
             self._lsh.upsert_many(keys, mat)
-        elif len(self._meta) >= max(self.config.exact_below, 1):  # 0 = always LSH
-            self.reindex()
+        elif len(self._meta) >= max(self.config.exact_below, 1) and not self._pinned_exact:
+            self.reindex()  # 0 = always LSH
         self._renew(keys)
         self.ranking_version += ranking_changed
         self.version += 1
@@ -303,6 +315,7 @@ class ItemCatalog:
             self._neighbours.drop_seeds(np.array([key]))
             self._neighbours.changed(self._vectors[key][None, :])
         self._vectors[key] = 0.0
+        self._note_changed(np.array([key]))
         self._exact.remove(key)
         if self._lsh is not None:
             self._lsh.remove(key)
@@ -312,18 +325,88 @@ class ItemCatalog:
         return True
 
     def reindex(self) -> None:
-        """(Re)build the LSH index with parameters for the current size (exact when small)."""
-        if len(self._meta) < self.config.exact_below or self.config.exact_below == 0 and not self:
+        """(Re)build the LSH index with the calibrated setting, else the size default (exact
+        when small, or when the last calibration chose exact search)."""
+        small = len(self._meta) < self.config.exact_below
+        if small or self._pinned_exact or self.config.exact_below == 0 and not self:
             if self._lsh is not None:
                 self._neighbours.clear()
             self._lsh = None
             return
         self._neighbours.clear()  # another index may answer differently
-        params = self.config.params_for(len(self._meta), self.dim)
+        params = self._calibrated or self.config.params_for(len(self._meta), self.dim)
         lsh = LSHIndex(params)
         keys = self.live_keys()
         lsh.upsert_many(keys, self._vectors[keys])
         self._lsh = lsh
+
+    # -- calibration ----------------------------------------------------------------------
+    def _note_changed(self, keys: np.ndarray) -> None:
+        self.changed += len(keys)
+        if self._since_snapshot is not None:
+            self._since_snapshot.update(keys.tolist())
+
+    def calibration_config(self, **fields: object) -> CalibrationConfig:
+        """A calibration starting from the size default, keeping the knobs the operator set
+        (IndexConfig fields not None); `fields` override the rest of the config."""
+        base = self.config.params_for(max(len(self), 1), self.dim)
+        named = {"w": self.config.w, "m": self.config.m, "L": self.config.tables}
+        named["probes"] = self.config.probes
+        fixed = tuple(k for k, v in named.items() if v is not None)
+        return CalibrationConfig(base=base, fixed=fixed, **fields)  # type: ignore[arg-type]
+
+    def calibration_snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, vectors) of the live items, for a calibration that may run on another
+        thread; changes from now on are logged and replayed by `install_calibration`, so a
+        row read while it changed is corrected there. The vectors array is read by reference:
+        call `np.take` on it off the event loop (`gather_snapshot`)."""
+        self._since_snapshot = set()
+        return self.live_keys(), self._vectors
+
+    @staticmethod
+    def gather_snapshot(keys: np.ndarray, vectors: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+        """Copy the snapshot's rows (in chunks, so another thread gets the GIL between)."""
+        out = np.empty((len(keys), vectors.shape[1]), dtype=np.float32)
+        for start in range(0, len(keys), chunk):
+            np.take(vectors, keys[start : start + chunk], axis=0, out=out[start : start + chunk])
+        return out
+
+    def install_calibration(self, cal: Calibration) -> int:
+        """Swap in the calibrated index (or exact search) in one assignment, after replaying
+        onto it every change since the snapshot; returns how many keys were replayed. Until
+        this call the old index serves, so a half-built one is never read."""
+        changed = self._since_snapshot or set()
+        self._since_snapshot = None
+        index = cal.index
+        if index is not None:
+            for key in sorted(changed):
+                if self._live[key]:
+                    index.upsert(key, self._vectors[key])
+                else:
+                    index.remove(key)
+        self._neighbours.clear()  # the new index may answer differently
+        self._lsh = index
+        self._pinned_exact = index is None
+        self._calibrated = cal.params
+        self.calibration = cal
+        self.changed = len(changed)
+        return len(changed)
+
+    def abandon_calibration(self) -> None:
+        """A calibration failed or was dropped: stop logging changes for it."""
+        self._since_snapshot = None
+
+    def calibrate(self, config: CalibrationConfig | None = None) -> Calibration:
+        """Calibrate on the live items and install the result, in this thread."""
+        keys, vectors = self.calibration_snapshot()
+        try:
+            x = self.gather_snapshot(keys, vectors)
+            cal = calibrate(keys, x, config or self.calibration_config())
+        except BaseException:
+            self.abandon_calibration()
+            raise
+        self.install_calibration(cal)
+        return cal
 
     # -- search ---------------------------------------------------------------------------
     def search(

@@ -69,6 +69,57 @@ def clustered_vectors(
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def mixture_vectors(
+    n: int,
+    dim: int,
+    *,
+    n_clusters: int,
+    spread: float = 0.5,
+    spectrum: float = 0.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """L2-normalised Gaussian mixture with an optional power-law spectrum: coordinate i of the
+    centres and of the noise is scaled by (i + 1) ** -`spectrum` before a random rotation, so
+    the variance falls off as real embeddings' does (a few strong directions, a long tail);
+    `spread` ~1 makes neighbouring clusters overlap. `spectrum=0` is `clustered_vectors`'s
+    shape with any cluster count."""
+    rng = np.random.default_rng(seed)
+    scale = (np.arange(1, dim + 1, dtype=np.float64) ** -spectrum)[None, :]
+    scale /= math.sqrt(float(np.mean(scale**2)))  # same total variance as spectrum=0
+    centres = rng.standard_normal((n_clusters, dim)) * scale
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = np.empty((n, dim), dtype=np.float32)
+    rotation = np.linalg.qr(rng.standard_normal((dim, dim)))[0] if spectrum else None
+    for start in range(0, n, 65_536):  # blocks bound the float64 temporaries
+        m = min(65_536, n - start)
+        labels = rng.integers(0, n_clusters, m)
+        block = centres[labels] + spread * rng.standard_normal((m, dim)) * scale / math.sqrt(dim)
+        if rotation is not None:
+            block = block @ rotation
+        x[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return x
+
+
+WORKLOADS = ("clustered", "few-large", "wide-powerlaw")
+"""Synthetic catalogues of `workload_vectors`; `nearline bench lsh` adds "movielens" (real
+item embeddings trained from ratings)."""
+
+
+def workload_vectors(name: str, n: int, dim: int, *, seed: int = 1) -> np.ndarray:
+    """A synthetic catalogue: "clustered" (n/50 tight clusters of ~50, the one the defaults
+    were tuned on), "few-large" (n/4,000 clusters: 250 at 1M, thousands of close neighbours
+    each), "wide-powerlaw" (max(2,000, n/200) wide overlapping clusters, spectrum (i+1)^-0.5)."""
+    if name == "clustered":
+        return clustered_vectors(n, dim, n_clusters=max(1, n // 50), seed=seed)
+    if name == "few-large":
+        return mixture_vectors(n, dim, n_clusters=max(4, n // 4000), spread=0.5, seed=seed)
+    if name == "wide-powerlaw":
+        return mixture_vectors(
+            n, dim, n_clusters=max(2000, n // 200), spread=1.0, spectrum=0.5, seed=seed
+        )
+    raise ValueError(f"unknown workload {name!r}: expected one of {', '.join(WORKLOADS)}")
+
+
 def default_grid(n_items: int, dim: int) -> list[LSHParams]:
     """Parameter sets worth trying for a catalogue of `n_items` vectors of `dim` (144 sets,
     36 builds).
