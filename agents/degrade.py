@@ -257,7 +257,7 @@ async def recompute_some(budget: int) -> int:
     outputs = []
     gone = []
     for user_id, _marked in picked:
-        raw = user_table.get(user_id.encode())
+        raw = user_table.get_state(user_id.encode())
         if raw is None:  # not on this worker's partitions (any more): its owner does it
             gone.append(user_id)
             continue
@@ -308,7 +308,7 @@ async def _recompute_dirty() -> None:
                 # users marked by an earlier run of this worker, or moved here by a rebalance
                 last_reload = time.monotonic()
                 for user_id in await runtime.store.dirty_users():
-                    if user_table.get(user_id.encode()) is not None:
+                    if user_table.get_state(user_id.encode()) is not None:
                         runtime.dirty.setdefault(user_id, 0.0)
             if runtime.dirty:
                 done = await recompute_some(per_tick)
@@ -317,6 +317,54 @@ async def _recompute_dirty() -> None:
         except UNAVAILABLE as exc:
             log.warning("recompute paused, redis unavailable: %s", exc)
             await asyncio.sleep(1.0)
+
+
+def holders(raw_states: list[tuple[Any, bytes]], items: set[str]) -> list[str]:
+    """Users whose last list names one of `items` (a byte search first: most states do not
+    hold the item, and only those that might are decoded)."""
+    needles = [fastjson.dumps(i) for i in items]
+    out = []
+    for _key, raw in raw_states:
+        if raw and any(n in raw for n in needles):
+            state = UserState.from_bytes(raw)
+            if items.intersection(state.last_list):
+                out.append(state.user_id)
+    return out
+
+
+@app.task
+async def recompute_holders_of_retired() -> None:
+    """An item retired (deleted, or made not recommendable) while users hold it in their
+    stored lists: those users are marked for the recompute task, which writes them lists
+    without it (readers already leave it out meanwhile)."""
+    await counting_crashes("retired", _recompute_holders)
+
+
+async def _recompute_holders(slice_size: int = 2000) -> None:
+    await runtime.catalog_ready.wait()
+    while True:
+        await asyncio.sleep(1.0)
+        if not runtime.retired:
+            continue
+        items = set(runtime.retired)
+        runtime.retired.clear()
+        t0 = time.monotonic()
+        states = list(user_table.data.items())
+        marked = 0
+        now = time.time()
+        for start in range(0, len(states), slice_size):
+            for user_id in holders(states[start : start + slice_size], items):
+                runtime.dirty.setdefault(user_id, now)
+                marked += 1
+            await asyncio.sleep(0)  # batches run between slices
+        runtime.counters["retired_holders_marked"] += marked
+        log_event(
+            "lists holding retired items marked for recompute",
+            items=len(items),
+            users=marked,
+            scanned=len(states),
+            seconds=round(time.monotonic() - t0, 2),
+        )
 
 
 @app.on_before_shutdown.connect

@@ -14,7 +14,7 @@ from faust.types import TP
 
 from app.core import fastjson
 from app.errors import NearlineError
-from app.kafka_clients import RangeReader, send_in_batches
+from app.kafka_clients import RangeReader, send_in_batches, topic_id
 from app.offsets import Gap
 from app.processing import DeadLetter, RawRecord, dead_letter
 from app.runtime import (
@@ -57,7 +57,8 @@ async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
             await runtime.store.write_lists(
                 writes,
                 now=time.time(),
-                count_topic=events_topic.get_topic_name(),
+                # positions are in this incarnation of the topic (counted again when new)
+                count_topic=f"{events_topic.get_topic_name()}@{runtime.processor.source_id}",
                 half_life=settings.recall.popularity_half_life_seconds,
                 **marks,
             )
@@ -138,7 +139,7 @@ def _state_record(user_id: str, value: bytes, partition: int) -> tuple[str, int,
     """The user's state into the table's store; its changelog record, for the partition of
     the user's own events, returned to be sent with the batch's publishes."""
     key = user_id.encode()
-    user_table.data[key] = value
+    user_table.put_state(key, value, partition)
     return (user_table.changelog_topic.get_topic_name(), partition, key, value)
 
 
@@ -213,6 +214,26 @@ _batch_lock = asyncio.Lock()
 _DROP_LAST_OF_BATCH = os.environ.get("NEARLINE_FAULT_DROP_LAST_OF_BATCH") == "1"
 
 
+async def learn_source_id() -> None:
+    """Which incarnation of user-events the offsets are in (its topic id): asked after every
+    assignment, before the next batch, so a topic deleted and made again is noticed before
+    its first record is taken for a redelivery. An unreachable broker: asked again later."""
+    topic = events_topic.get_topic_name()
+    try:
+        found = await asyncio.to_thread(topic_id, settings, topic)
+    except Exception as exc:
+        log.warning(
+            "topic id of %s not read, keeping %r: %s", topic, runtime.processor.source_id, exc
+        )
+        return
+    app.source_stale = False
+    if found and found != runtime.processor.source_id:
+        if runtime.processor.source_id:
+            log_event("source topic made again", topic=topic, topic_id=found)
+            runtime.counters["source_topic_changes"] += 1
+        runtime.processor.source_id = found
+
+
 async def handle_batch(events: Sequence[Any]) -> None:
     """One micro-batch from the stream: records Faust jumped over are read back and
     applied first, in offset order (app.offsets), then the batch's effects are written
@@ -223,6 +244,8 @@ async def handle_batch(events: Sequence[Any]) -> None:
     frontier = app.frontier
     assert frontier is not None
     async with _batch_lock:
+        if app.source_stale:
+            await learn_source_id()
         gaps = frontier.gaps(records)
         if gaps:
             fills = await _fill(gaps, "skipped by the stream")

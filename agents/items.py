@@ -112,6 +112,10 @@ async def apply_records(records: list[RawRecord]) -> None:
             mirror_up.append((update.item_id, rec.offset, item_meta(update), update.embedding))
         runtime.counters["item_updates"] += 1
     flush_upserts()
+    if runtime.catalog_ready.is_set():  # live retirements: the lists holding them are redone
+        retired = [item for item, _ in mirror_del]
+        retired += [item for item, _, meta, _ in mirror_up if not meta["recommendable"]]
+        runtime.retired.update(retired)
     for counter, dl in letters:
         runtime.dead_letters[counter] += 1
         await items_dlq_topic.send(key=dl.key, value=dl.encode())

@@ -109,6 +109,7 @@ class _Consumer(faust_aiokafka.Consumer):
         frontier = self.app.frontier
         if frontier is not None:
             frontier.forget()  # no commits until this assignment's positions are known
+        self.app.source_stale = True  # the topic may have been made again: ask its id
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def perform_seek(self) -> None:
@@ -165,8 +166,26 @@ class UserStateTable(faust.Table):
 
     def apply_changelog_batch(self, batch: Any) -> None:
         events = list(batch)
-        keep = newest_states([(e.message.key, e.message.value) for e in events], self.data.get)
+        keep = newest_states([(e.message.key, e.message.value) for e in events], self.get_state)
         super().apply_changelog_batch([e for i, e in enumerate(events) if i in keep])
+
+    # Faust's RocksDB store picks the partition database of a read or a write from the
+    # event being processed, and the worker's batches hold many partitions' users: these
+    # name the partition (or search every database) instead. The memory store has one dict.
+    def get_state(self, key: bytes) -> bytes | None:
+        store = self.data
+        if hasattr(store, "_get_bucket_for_key"):
+            found = store._get_bucket_for_key(key)
+            return None if found is None else found.value
+        return store.get(key)
+
+    def put_state(self, key: bytes, value: bytes, partition: int) -> None:
+        store = self.data
+        if hasattr(store, "_db_for_partition"):
+            store._key_index[key] = partition
+            store._db_for_partition(partition).put(key, value)
+        else:
+            store[key] = value
 
 
 class NearlineApp(faust.App):
@@ -175,6 +194,9 @@ class NearlineApp(faust.App):
 
     fetch_max_wait: float = 1.5
     frontier: OffsetFrontier | None = None
+    source_stale: bool = True
+    """The user-events topic id must be asked again before the next batch (an assignment
+    came: the topic may have been deleted and made again)."""
 
     def _new_transport(self) -> Any:
         url = self.conf.broker_consumer[0]

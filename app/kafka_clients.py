@@ -119,6 +119,26 @@ def _probe(cfg: KafkaSettings, hostport: str, timeout_s: float) -> bool:
         return False  # this server does not answer; try the next one
 
 
+def topic_id(settings: Settings, name: str, timeout_s: float = 15.0) -> str:
+    """The broker's id of topic `name` (a new one each time the topic is made), "" when the
+    topic does not exist or the broker does not say (Kafka before 2.8)."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(
+        client_id=f"{settings.worker.app_id}-admin",
+        request_timeout_ms=int(timeout_s * 1000),
+        **client_kwargs(settings.kafka),
+    )
+    try:
+        described = admin.describe_topics([name])
+    finally:
+        admin.close()
+    for d in described:
+        if d.get("name", d.get("topic")) == name and not d.get("error_code"):
+            return str(d.get("topic_id") or "")
+    return ""
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create missing topics with the configured partitions; return the names created."""
     from kafka.admin import KafkaAdminClient, NewTopic

@@ -151,6 +151,9 @@ class BatchProcessor:
         self.experiment = experiment
         self._variant_list = [Variant(name, 0.0) for name in self.variants]
         self.metric = OnlineMetric()
+        self.source_id = ""
+        """Topic id of the source topic's current incarnation (set by the worker; "" when
+        unknown): offsets are positions in it."""
 
     def set_shares(self, shares: dict[str, float]) -> None:
         self._variant_list = [Variant(name, shares[name]) for name in self.variants]
@@ -227,13 +230,17 @@ class BatchProcessor:
             # list write or publish may not have happened. Emit the list again; the Redis
             # write is versioned, so doing it twice is harmless.
             first = items[0][1]
-            redelivered = first.offset <= state.offsets.get(first.partition, -1)
+            redelivered = state.source in ("", self.source_id) and first.offset <= (
+                state.offsets.get(first.partition, -1)
+            )
             rec = self.recommender_for(user_id)
             current = set(state.last_list)
             good: list[tuple[UserEvent, RawRecord]] = []
             for event, record in items:
                 try:
-                    applied = self.rec.apply(state, event, record.offset, record.partition)
+                    applied = self.rec.apply(
+                        state, event, record.offset, record.partition, self.source_id
+                    )
                 except Exception as exc:
                     out.dead_letters.append(
                         self._quarantine(out, record, exc, "applying the event")
@@ -242,7 +249,7 @@ class BatchProcessor:
                     # the stored state with the events that applied (statistics are counted)
                     state = load_state(user_id) or UserState(user_id=user_id)
                     for ev, rc in good:
-                        self.rec.reapply(state, ev, rc.offset, rc.partition)
+                        self.rec.reapply(state, ev, rc.offset, rc.partition, self.source_id)
                     continue
                 good.append((event, record))
                 if applied:

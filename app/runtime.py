@@ -101,6 +101,8 @@ class Runtime:
         self.policy = LagPolicy(LagThresholds(d.lag_high, d.lag_low, d.hold_seconds), d.mode)
         self.popular_rows: list[tuple[int, float, str]] = []
         """Precomputed popular items (key, score, channel): the degraded list before filtering."""
+        self.retired: set[str] = set()
+        """Items retired since the last scan for users whose list holds them."""
         self.dirty: OrderedDict[str, float] = OrderedDict()
         """Users served degraded lists, oldest first, waiting for a normal recompute."""
         self.lag: dict[int, int] = {}
@@ -275,5 +277,5 @@ user_table = app.tables.add(
 
 
 def load_user(user_id: str) -> UserState | None:
-    raw_state = user_table.get(user_id.encode())
+    raw_state = user_table.get_state(user_id.encode())
     return None if raw_state is None else UserState.from_bytes(raw_state)

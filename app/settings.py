@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -123,6 +124,24 @@ class WorkerSettings(_Section):
     """Where Faust keeps per-app local data (one folder per app id below it)."""
     store: str = "memory://"
     """Faust table store (memory:// replays the changelog on start; rocksdb:// keeps it)."""
+
+    @field_validator("store")
+    @classmethod
+    def _store_usable(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0].lower()
+        if scheme not in ("memory", "rocksdb"):
+            raise ValueError(
+                f"NEARLINE_WORKER__STORE: {scheme}:// is not a store; use memory:// or rocksdb://"
+            )
+        if scheme == "rocksdb" and not any(
+            importlib.util.find_spec(m) is not None for m in ("rocksdict", "rocksdb")
+        ):
+            raise ValueError(
+                "NEARLINE_WORKER__STORE=rocksdb:// needs rocksdict:"
+                " pip install 'nearline-rec[rocksdb]'"
+            )
+        return value
+
     web_host: str = "127.0.0.1"
     """Address of the worker's web server."""
     web_port: int = Field(6066, ge=1, le=65535)

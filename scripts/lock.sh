@@ -19,6 +19,6 @@ if ! "$PYTHON" -m uv --version >/dev/null 2>&1; then
 fi
 common=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes
   --no-header --annotation-style line --quiet "$@")
-"$PYTHON" -m uv pip compile pyproject.toml --extra dev --extra bench -o scripts/requirements.lock "${common[@]}"
-"$PYTHON" -m uv pip compile pyproject.toml -o scripts/requirements-runtime.lock "${common[@]}"
+"$PYTHON" -m uv pip compile pyproject.toml --extra dev --extra bench --extra rocksdb -o scripts/requirements.lock "${common[@]}"
+"$PYTHON" -m uv pip compile pyproject.toml --extra rocksdb -o scripts/requirements-runtime.lock "${common[@]}"
 echo "lock.sh: wrote scripts/requirements.lock and scripts/requirements-runtime.lock"

@@ -109,10 +109,14 @@ class Recommender:
         return other
 
     # -- state ----------------------------------------------------------------------------
-    def apply(self, state: UserState, event: UserEvent, offset: int, partition: int = 0) -> bool:
+    def apply(
+        self, state: UserState, event: UserEvent, offset: int, partition: int = 0, source: str = ""
+    ) -> bool:
         """Apply one event to the user's state and the stream statistics (idempotent; the
-        offset is the event's in its source `partition`)."""
-        applied = apply_event(state, event, offset, self.catalog.vector, self.policy, partition)
+        offset is the event's in its source `partition` of topic incarnation `source`)."""
+        applied = apply_event(
+            state, event, offset, self.catalog.vector, self.policy, partition, source
+        )
         if applied and self.count_locally:
             key = self.catalog.key(event.item_id)
             if key is not None:
@@ -129,10 +133,14 @@ class Recommender:
         """The event is one the item statistics count (its item is in the catalog)."""
         return self.catalog.key(event.item_id) is not None
 
-    def reapply(self, state: UserState, event: UserEvent, offset: int, partition: int = 0) -> bool:
+    def reapply(
+        self, state: UserState, event: UserEvent, offset: int, partition: int = 0, source: str = ""
+    ) -> bool:
         """Apply an event to the user's state only, its statistics already counted (a state
         rebuilt after another event of the batch failed half way)."""
-        return apply_event(state, event, offset, self.catalog.vector, self.policy, partition)
+        return apply_event(
+            state, event, offset, self.catalog.vector, self.policy, partition, source
+        )
 
     def touch(self, state: UserState) -> None:
         """Move the user in the similar-users buckets after its embedding changed."""

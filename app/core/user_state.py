@@ -71,6 +71,10 @@ class UserState:
     """Per source partition, the highest offset applied from it: a record at or below it is
     a redelivery. Per partition, because a user's events move to another partition when the
     topic grows (or come from a producer with another partitioner), where offsets are lower."""
+    source: str = ""
+    """Which incarnation of the source topic `offsets` are positions in (its topic id): a
+    topic deleted and made again starts its offsets at 0, so positions in the old one say
+    nothing about records of the new one."""
     last_offset: int = -1
     """The user's position for list versions (`2 * last_offset + mode`): the offset of the
     last event while the user's events come from one partition; one more per event after
@@ -104,6 +108,7 @@ class UserState:
             "e": list(self.recent_event_ids),
             "o": self.last_offset,
             "po": {str(p): o for p, o in self.offsets.items()},
+            "si": self.source,
             "n": self.n_events,
             "et": self.last_event_time,
             "p": self.partition,
@@ -129,6 +134,7 @@ class UserState:
             taste_time=doc["tt"],
             recent_event_ids=dict.fromkeys(doc["e"]),
             offsets=_offsets(doc),
+            source=doc.get("si", ""),
             last_offset=doc["o"],
             n_events=doc["n"],
             last_event_time=doc["et"],
@@ -190,6 +196,7 @@ def apply_event(
     item_vector: Callable[[str], np.ndarray | None],
     policy: UpdatePolicy,
     partition: int = 0,
+    source: str = "",
 ) -> bool:
     """Apply one event in place; False (and no change) when it was already applied.
 
@@ -197,8 +204,14 @@ def apply_event(
     `partition` is a redelivery after a crash (the table changelog got ahead of the
     committed offset), and a known event id is a producer duplicate. An event from another
     partition than the user's earlier ones (the topic grew, or another partitioner) is new
-    unless its id is known.
+    unless its id is known. `source` names the topic's incarnation (its topic id): the
+    first event from a new one (the topic was deleted and made again) forgets the offsets
+    of the old one, and only event ids guard against duplicates across the two.
     """
+    if source and source != state.source:
+        if state.source:  # a state from before topic ids were kept adopts the id as it is
+            state.offsets.clear()
+        state.source = source
     if offset >= 0 and offset <= state.offsets.get(partition, -1):
         return False
     if offset >= 0:

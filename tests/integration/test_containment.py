@@ -162,10 +162,10 @@ from app.core import pipeline
 _apply = pipeline.Recommender.apply
 
 
-def apply(self, state, event, offset, partition=0):
+def apply(self, state, event, offset, *where):
     if event.item_id == {POISON_ITEM!r}:
         raise RuntimeError("the core cannot use this record")
-    return _apply(self, state, event, offset, partition)
+    return _apply(self, state, event, offset, *where)
 
 
 pipeline.Recommender.apply = apply

@@ -45,10 +45,13 @@ pytestmark = pytest.mark.integration
 STEADY = {"NEARLINE_DEGRADE__MODE": "normal"}  # lag-driven degradation has its own tests
 
 
-def test_crash_mid_stream_loses_nothing_and_applies_nothing_twice(catalog_run, workers):
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_crash_mid_stream_loses_nothing_and_applies_nothing_twice(catalog_run, workers, store):
+    """SIGKILL mid-stream, a second worker takes over: with the in-memory store (state from
+    the changelog) and with RocksDB (state on local disk, the changelog's tail on top)."""
     run = catalog_run
     s = run.settings
-    env = {**run.env, **STEADY}
+    env = {**run.env, **STEADY, "NEARLINE_WORKER__STORE": store}
     items = sorted(run.truth["items"])
     users = [f"crash-{u}" for u in range(120)]
     events = event_stream(users, items, per_user=40, seed=1, unknown=2)
@@ -77,7 +80,7 @@ def test_crash_mid_stream_loses_nothing_and_applies_nothing_twice(catalog_run, w
     assert check.ok, "\n".join(check.details[:20])
     alive = survived(second, killed=[before_kill])
     report(
-        "crash_sigkill",
+        "crash_sigkill" if store == "memory://" else "crash_sigkill_rocksdb",
         **check.figures(),
         consumed_before_kill=consumed_before,
         redelivered_after_restart=st["counters"].get("events_duplicate", 0),

@@ -13,6 +13,7 @@ from app.serving import get_recommendations
 from app.storage.codes import read_users_sync
 from tests.integration.conftest import REDIS_URL, redis_client
 from tests.integration.faults import event_stream, http_get, poll_until, produce_tracked
+from tests.reliability_report import report
 
 pytestmark = pytest.mark.integration
 
@@ -64,8 +65,20 @@ def test_a_retired_item_is_never_read_again(catalog_run, workers):
     )
     leaks = {u: sorted({hidden, deleted} & served(u)) for u in users}
     assert not any(leaks.values()), leaks
-    # the stored lists still name them (nothing rewrote them): the read path left them out
-    still = read_users_sync(r, s.redis.key_prefix, affected)
-    assert any(
-        {hidden, deleted} & {i["item_id"] for i in rec.list["items"]} for rec in still.values()
+
+    # and the users holding them are recomputed: their stored lists stop naming them
+    def stored_clean() -> bool:
+        rows = read_users_sync(r, s.redis.key_prefix, affected)
+        return not any(
+            {hidden, deleted} & {i["item_id"] for i in rec.list["items"]} for rec in rows.values()
+        )
+
+    rewritten_s = poll_until(stored_clean, 60, "stored lists rewritten without retired items")
+    st = w.status()
+    assert st["counters"].get("retired_holders_marked", 0) >= len(affected)
+    report(
+        "retired_items_leave_stored_lists",
+        users_holding=len(affected),
+        users_marked=st["counters"]["retired_holders_marked"],
+        seconds_to_lists_rewritten=round(rewritten_s, 1),
     )

@@ -30,8 +30,9 @@ from tests.reliability_report import report
 pytestmark = pytest.mark.integration
 
 
-def _replay(settings, updates, waves):
-    """The reference: each wave in the order it was produced, each event once."""
+def _replay(settings, updates, waves, sources=None):
+    """The reference: each wave in the order it was produced, each event once; `sources`:
+    the topic incarnation each wave was produced to."""
     from app.core.user_state import UserState
     from app.factory import build_recommender
 
@@ -39,10 +40,11 @@ def _replay(settings, updates, waves):
     rec.catalog.upsert_many(worker_items(updates, settings.items.embedding_dim))
     rec.catalog.reindex()
     states: dict[str, UserState] = {}
-    for wave in waves:
+    for i, wave in enumerate(waves):
+        source = sources[i] if sources else ""
         for p in sorted(wave, key=lambda p: (p.partition, p.offset)):
             st = states.setdefault(p.event.user_id, UserState(user_id=p.event.user_id))
-            assert rec.apply(st, p.event, p.offset, p.partition), p.event.event_id
+            assert rec.apply(st, p.event, p.offset, p.partition, source), p.event.event_id
     return states
 
 
@@ -126,6 +128,59 @@ def test_user_events_grown_while_a_worker_runs_loses_and_repeats_nothing(run_id,
         seconds_grow_to_new_partitions_taken=round(taken_s, 1),
         seconds_grow_to_all_applied=round(caught_up_s, 1),
         agent_crashes=agent_crashes(st) + agent_crashes(st2),
+    )
+
+
+def test_user_events_deleted_and_made_again_applies_every_new_event_once(catalog_run, workers):
+    """An operator deletes user-events and makes it again (same name, offsets from 0 again):
+    every event produced to the new topic applies once, on top of the users' state from the
+    old one. Failed before: every event of a known user was taken for a redelivery (its
+    offset at or below the user's last one) and dropped."""
+    from kafka.admin import KafkaAdminClient
+
+    from app.kafka_clients import client_kwargs, ensure_topics, topic_id
+
+    run = catalog_run
+    s = run.settings
+    env = {**run.env, "NEARLINE_DEGRADE__MODE": "normal"}
+    users = [f"again-{u}" for u in range(40)]
+    items = sorted(run.truth["items"])
+    r = redis_client()
+    w = workers(env)
+    w.wait_ready()
+    first = produce_tracked(s, event_stream(users, items, per_user=8, seed=61))
+    old_id = topic_id(s, s.topics.user_events)
+    reference = _replay(s, run.updates, [first], [old_id])
+    _wait_applied(r, s.redis.key_prefix, users, reference)
+    w.stop()
+
+    admin = KafkaAdminClient(**client_kwargs(s.kafka))
+    try:
+        admin.delete_topics([s.topics.user_events])
+        poll_until(
+            lambda: s.topics.user_events not in set(admin.list_topics()), 60, "topic deleted"
+        )
+    finally:
+        admin.close()
+    poll_until(lambda: bool(ensure_topics(s)), 60, "topic made again")
+    new_id = topic_id(s, s.topics.user_events)
+    assert new_id and new_id != old_id
+
+    again = workers(env, name="after-recreate")
+    again.wait_ready()
+    second = produce_tracked(s, event_stream(users, items, per_user=4, seed=62, start=8))
+    assert min(p.offset for p in second) == 0, "the new topic starts at offset 0"
+    reference = _replay(s, run.updates, [first, second], [old_id, new_id])
+    lost, twice = _wait_applied(r, s.redis.key_prefix, users, reference)
+    st = again.status()
+    assert again.alive and agent_crashes(st) == 0
+    report(
+        "user_events_made_again",
+        users=len(users),
+        events_before=len(first),
+        events_after=len(second),
+        lost=lost,
+        applied_twice=twice,
     )
 
 

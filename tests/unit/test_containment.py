@@ -26,8 +26,8 @@ def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
     and while making user '3''s list."""
     apply, recommend = Recommender.apply, Recommender.recommend
 
-    def bad_apply(self, state, event, offset, partition=0):
-        applied = apply(self, state, event, offset, partition)
+    def bad_apply(self, state, event, offset, *where):
+        applied = apply(self, state, event, offset, *where)
         if event.item_id == "a3":
             raise Poisoned("item a3 breaks the core")
         return applied

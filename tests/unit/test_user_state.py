@@ -283,3 +283,23 @@ def test_recovery_keeps_the_newest_copy_of_a_state_whatever_the_partition_order(
     assert newest_states([(b"u", new)], {b"u": old}.get) == {0}
     # other keys and tombstones pass
     assert newest_states([(b"a", old), (b"b", None)], {}.get) == {0, 1}
+
+
+def test_a_topic_made_again_starts_its_offsets_afresh_and_ids_still_dedupe():
+    """Failed before: user-events deleted and made again restarts at offset 0, and every
+    event of a known user was taken for a redelivery of the old topic's offsets."""
+    s = UserState("u1")
+    for i in range(5):
+        assert apply_event(s, event(f"old{i}", "x0"), 100 + i, vector, POLICY, 0, "topic-a")
+    assert apply_event(s, event("new0", "x1"), 0, vector, POLICY, 0, "topic-b")
+    assert s.source == "topic-b" and s.offsets == {0: 0}
+    assert not apply_event(s, event("new0", "x1"), 0, vector, POLICY, 0, "topic-b")  # redelivery
+    assert not apply_event(s, event("old4", "x0"), 1, vector, POLICY, 0, "topic-b")  # same id
+    assert apply_event(s, event("new1", "x2"), 2, vector, POLICY, 0, "topic-b")
+    assert s.n_events == 7 and s.last_offset > 104  # list versions keep growing
+    again = UserState.from_bytes(s.to_bytes())
+    assert again.source == "topic-b" and again.offsets == {0: 2}
+    # a state kept before topic ids adopts the id without forgetting its offsets
+    legacy = UserState("u2", offsets={0: 9})
+    assert not apply_event(legacy, event("z", "x0"), 9, vector, POLICY, 0, "topic-a")
+    assert legacy.source == "topic-a"
