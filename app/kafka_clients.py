@@ -37,13 +37,16 @@ def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
     """(name, partitions, configs) of every topic the worker reads or writes."""
     t = settings.topics
     n = t.partitions
-    compacted = {"cleanup.policy": "compact"}
+    base = (
+        {} if t.min_insync_replicas is None else {"min.insync.replicas": str(t.min_insync_replicas)}
+    )
+    compacted = {**base, "cleanup.policy": "compact"}
     return [
-        (t.user_events, n, {}),
-        (t.recommendations, n, {}),
-        (t.user_events_dlq, n, {}),
+        (t.user_events, n, base),
+        (t.recommendations, n, base),
+        (t.user_events_dlq, n, base),
         (t.item_updates, 1, compacted),
-        (t.item_updates_dlq, 1, {}),
+        (t.item_updates_dlq, 1, base),
         (changelog_topic(settings), n, compacted),
     ]
 

@@ -77,6 +77,21 @@ class TopicSettings(_Section):
     """Partitions of user-events (and of every topic co-partitioned with it)."""
     replication_factor: int = Field(1, ge=1, le=16)
     """Replication factor used when the worker creates its topics."""
+    min_insync_replicas: int | None = Field(None, ge=1, le=16)
+    """min.insync.replicas of the topics the worker creates (unset: the broker's default);
+    with acks=all a write is acknowledged once this many replicas have it. Use 2 with a
+    replication factor of 3: one broker can fail with nothing acknowledged lost."""
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> TopicSettings:
+        if self.min_insync_replicas is not None and (
+            self.min_insync_replicas > self.replication_factor
+        ):
+            raise ValueError(
+                f"NEARLINE_TOPICS__MIN_INSYNC_REPLICAS ({self.min_insync_replicas}) cannot exceed"
+                f" NEARLINE_TOPICS__REPLICATION_FACTOR ({self.replication_factor})"
+            )
+        return self
 
 
 class RedisSettings(_Section):

@@ -237,6 +237,66 @@ class OwnKafka:
             return ""
 
 
+class OwnKafkaCluster:
+    """`n` KRaft nodes (broker and controller each) of the test's own, one cluster id, one
+    quorum, the broker's own topics replicated `n` ways: scripts/services.sh per node."""
+
+    def __init__(self, tmp: Path, n: int = 3) -> None:
+        import base64
+        import uuid
+
+        cluster_id = base64.urlsafe_b64encode(uuid.UUID(int=random.getrandbits(128)).bytes)
+        cluster_id = b"A" + cluster_id.rstrip(b"=")[1:]  # never starting with '-'
+        self.nodes = [OwnKafka(tmp) for _ in range(n)]
+        voters = ",".join(
+            f"{i + 1}@127.0.0.1:{node.controller_port}" for i, node in enumerate(self.nodes)
+        )
+        for i, node in enumerate(self.nodes):
+            node.env.update(
+                NEARLINE_KAFKA_NODE_ID=str(i + 1),
+                NEARLINE_KAFKA_QUORUM_VOTERS=voters,
+                NEARLINE_KAFKA_CLUSTER_ID=cluster_id.decode(),
+                NEARLINE_KAFKA_REPLICATION=str(n),
+                NEARLINE_KAFKA_START_TIMEOUT="150",
+            )
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def start(self) -> float:
+        """Start every node at once (each waits for the quorum); seconds until all answer."""
+        t0 = time.monotonic()
+        errors: list[BaseException] = []
+
+        def one(node: OwnKafka) -> None:
+            try:
+                node.start()
+            except BaseException as exc:  # reported below, with the node's log
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(node,)) for node in self.nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        if errors:
+            raise AssertionError(f"cluster did not start: {errors[0]}")
+        return time.monotonic() - t0
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node `i`'s broker process."""
+        pid = int((self.nodes[i].dir / "kafka.pid").read_text().split()[0])
+        os.kill(pid, 9)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            try:
+                node.stop()
+            except AssertionError:
+                pass
+
+
 # -- events and producing ----------------------------------------------------------------------
 
 TYPES = ["rating", "rating", "click", "click", "view", "like", "dislike", "skip", "purchase",
