@@ -14,7 +14,7 @@ from faust.types import TP
 
 from app.core import fastjson
 from app.errors import NearlineError
-from app.kafka_clients import RangeReader, send_in_batches, topic_id
+from app.kafka_clients import RangeReader, describe_topic, send_in_batches
 from app.offsets import Gap
 from app.processing import DeadLetter, RawRecord, dead_letter
 from app.runtime import (
@@ -220,13 +220,14 @@ async def learn_source_id() -> None:
     its first record is taken for a redelivery. An unreachable broker: asked again later."""
     topic = events_topic.get_topic_name()
     try:
-        found = await asyncio.to_thread(topic_id, settings, topic)
+        found, partitions = await asyncio.to_thread(describe_topic, settings, topic)
     except Exception as exc:
         log.warning(
             "topic id of %s not read, keeping %r: %s", topic, runtime.processor.source_id, exc
         )
         return
     app.source_stale = False
+    runtime.processor.partition_count = partitions
     if found and found != runtime.processor.source_id:
         if runtime.processor.source_id:
             log_event("source topic made again", topic=topic, topic_id=found)
@@ -400,6 +401,7 @@ async def process_records(records: list[RawRecord]) -> None:
     runtime.counters["events_applied"] += result.applied
     runtime.counters["events_duplicate"] += result.duplicates
     runtime.counters["lists_reemitted"] += result.reemitted
+    runtime.counters["events_other_partitioner"] += result.other_partitioner
 
     for dl in result.dead_letters:
         _count_dead_letter(dl)

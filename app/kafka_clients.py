@@ -125,6 +125,11 @@ def _probe(cfg: KafkaSettings, hostport: str, timeout_s: float) -> bool:
 def topic_id(settings: Settings, name: str, timeout_s: float = 15.0) -> str:
     """The broker's id of topic `name` (a new one each time the topic is made), "" when the
     topic does not exist or the broker does not say (Kafka before 2.8)."""
+    return describe_topic(settings, name, timeout_s)[0]
+
+
+def describe_topic(settings: Settings, name: str, timeout_s: float = 15.0) -> tuple[str, int]:
+    """(topic id, partition count) of topic `name`; ("", 0) when it does not exist."""
     from kafka.admin import KafkaAdminClient
 
     admin = KafkaAdminClient(
@@ -138,8 +143,8 @@ def topic_id(settings: Settings, name: str, timeout_s: float = 15.0) -> str:
         admin.close()
     for d in described:
         if d.get("name", d.get("topic")) == name and not d.get("error_code"):
-            return str(d.get("topic_id") or "")
-    return ""
+            return str(d.get("topic_id") or ""), len(d.get("partitions") or ())
+    return "", 0
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:

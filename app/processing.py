@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kafka.partitioner.default import murmur2
+
 from app.core.events import InvalidRecord, UserEvent, decode_event
 from app.core.experiments import OnlineMetric, Variant, assign
 from app.core.pipeline import RecList, Recommender
@@ -119,6 +121,9 @@ class BatchResult:
     reemitted: int = 0
     """Users whose list was emitted again for a redelivered batch (no state change)."""
     applied: int = 0
+    other_partitioner: int = 0
+    """Events found on another partition than the one Kafka's default partitioner (murmur2
+    of the key) picks: applied all the same (idempotence is per partition), and counted."""
     counted: list[CountedEvent] = field(default_factory=list)
     """Applied events the item statistics count, in source order per partition."""
     duplicates: int = 0
@@ -151,6 +156,9 @@ class BatchProcessor:
         self.experiment = experiment
         self._variant_list = [Variant(name, 0.0) for name in self.variants]
         self.metric = OnlineMetric()
+        self.partition_count = 0
+        """Partitions of the source topic (0: unknown), to tell events another partitioner
+        placed."""
         self.source_id = ""
         """Topic id of the source topic's current incarnation (set by the worker; "" when
         unknown): offsets are positions in it."""
@@ -225,6 +233,9 @@ class BatchProcessor:
                     )
                 continue
             changed = False
+            if self.partition_count and items[0][1].key:
+                home = (murmur2(items[0][1].key) & 0x7FFFFFFF) % self.partition_count
+                out.other_partitioner += sum(1 for _, r in items if r.partition != home)
             # An offset at or below the last applied one is Kafka redelivering after a crash
             # or rebalance: the table changelog got ahead of the committed offset, so the
             # list write or publish may not have happened. Emit the list again; the Redis

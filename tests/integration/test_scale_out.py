@@ -266,10 +266,15 @@ def test_events_from_a_producer_with_another_partitioner_apply_once(catalog_run,
     lost2, twice2 = _wait_applied(r, s.redis.key_prefix, users, reference)
     st = after.status()
     assert after.alive and agent_crashes(st) == 0
+    # the restarted worker saw the second wave: its events on a non-murmur2 partition counted
+    foreign = sum(1 for p in second if p.partition != _murmur2_partition(p.event.user_id, n))
+    assert foreign > 0
+    assert st["counters"].get("events_other_partitioner", 0) == foreign
     report(
         "other_partitioner",
         users=len(users),
         users_on_two_partitions=len(crossed),
+        events_counted_as_other_partitioner=st["counters"]["events_other_partitioner"],
         events=len(first) + len(second),
         lost=lost + lost2,
         applied_twice=twice + twice2,
