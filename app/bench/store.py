@@ -132,6 +132,76 @@ def _items(work: Path, settings: Any) -> list[Any]:
     return _ITEMS
 
 
+def shared_counts_cost(redis_url: str, batch: int = 1000, rounds: int = 15) -> dict[str, Any]:
+    """What counting a batch's events in the shared item statistics adds to the batch's Redis
+    round trip: `write_lists` of `batch` users' lists with and without their `batch` counted
+    events, in alternating rounds against the same Redis (medians)."""
+    import asyncio
+
+    import numpy as np
+
+    from app.core.popularity import CountedEvent
+    from app.settings import RedisSettings
+    from app.storage.redis_store import ListWrite, RedisStore
+
+    prefix = f"bench-counts-{int(time.time())}:"
+    items = [f"i{k}" for k in range(5000)]
+    rng = random.Random(5)
+
+    def writes(r: int) -> list[ListWrite]:
+        return [
+            ListWrite(
+                f"u{r}-{u}",
+                1,
+                {"items": [{"item_id": rng.choice(items), "score": 1.0, "channel": "trending"}
+                           for _ in range(20)],
+                 "model_version": "m", "embedding_version": "e", "variant": ""},
+                embedding=np.ones(32, np.float32),
+            )
+            for u in range(batch)
+        ]  # fmt: skip
+
+    async def measure() -> dict[str, Any]:
+        store = RedisStore(RedisSettings(url=redis_url, key_prefix=prefix))
+        plain, counted = [], []
+        offset = 0
+        try:
+            for r in range(rounds):
+                for with_counts in (r % 2 == 0, r % 2 == 1):
+                    w = writes(2 * r + int(with_counts))
+                    events = [
+                        CountedEvent(0, offset + i, rng.choice(items), 1.0, T0 + offset + i)
+                        for i in range(batch)
+                    ]
+                    offset += batch
+                    t0 = time.perf_counter()
+                    await store.write_lists(
+                        w,
+                        counted=events if with_counts else (),
+                        count_topic="bench",
+                        half_life=86400.0,
+                    )
+                    (counted if with_counts else plain).append(time.perf_counter() - t0)
+            await store.client.eval(
+                "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end",
+                0,
+                prefix + "*",
+            )
+        finally:
+            await store.close()
+        p, c = sorted(plain)[len(plain) // 2], sorted(counted)[len(counted) // 2]
+        return {
+            "batch_events": batch,
+            "rounds": rounds,
+            "median_ms_lists_only": round(p * 1000, 2),
+            "median_ms_lists_and_counts": round(c * 1000, 2),
+            "ratio": round(c / p, 3),
+            "counts_us_per_event": round((c - p) / batch * 1e6, 2),
+        }
+
+    return asyncio.run(measure())
+
+
 def run(out_dir: Path, *, users: int, per_user: int, stores: list[str]) -> dict[str, Any]:
     started = start_services(lambda m: click.echo(m, err=True))
     work = Path(tempfile.mkdtemp(prefix="nearline-bench-store-"))
@@ -145,6 +215,7 @@ def run(out_dir: Path, *, users: int, per_user: int, stores: list[str]) -> dict[
         shutil.rmtree(work, ignore_errors=True)
     by = {r["store"].split(":")[0]: r for r in runs}
     figures: dict[str, Any] = {"params": {"users": users, "per_user": per_user}, "runs": runs}
+    figures["shared_counts_cost"] = shared_counts_cost(settings_for({}).redis.url)
     if "memory" in by and "rocksdb" in by:
         m, r = by["memory"], by["rocksdb"]
         figures["ratios_rocksdb_vs_memory"] = {
