@@ -367,6 +367,36 @@ async def _recompute_holders(slice_size: int = 2000) -> None:
         )
 
 
+@app.task
+async def fill_user_directory() -> None:
+    """The similar-users directory holds the users of this worker's partitions: after a
+    start or a rebalance their states come from the table, not from new events, so every
+    owned user with an embedding is added from the table (again every 30 s, for
+    partitions gained since)."""
+    await counting_crashes("directory", _fill_directory)
+
+
+async def _fill_directory(slice_size: int = 1000) -> None:
+    await runtime.catalog_ready.wait()
+    while True:
+        users = runtime.recommender.users
+        states = list(user_table.data.items())
+        added = 0
+        for start in range(0, len(states), slice_size):
+            for key, raw in states[start : start + slice_size]:
+                user_id = key.decode() if isinstance(key, bytes) else str(key)
+                if raw and user_id not in users:
+                    state = UserState.from_bytes(raw)
+                    if state.embedding is not None:
+                        runtime.recommender.touch(state)
+                        added += 1
+            await asyncio.sleep(0)  # batches run between slices
+        if added:
+            runtime.counters["directory_filled"] += added
+            log_event("similar-users directory filled from the table", users=added)
+        await asyncio.sleep(30.0)
+
+
 @app.on_before_shutdown.connect
 async def close_lag_clients(app: Any, **kwargs: Any) -> None:
     """The lag monitor's own clients are not Faust's: close them with the worker."""

@@ -40,6 +40,9 @@ class UserDirectory:
         self._exact = ExactIndex(dim)
         self._lsh: LSHIndex | None = None
 
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._key
+
     def __len__(self) -> int:
         return len(self._exact)
 

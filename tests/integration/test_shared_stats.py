@@ -137,6 +137,15 @@ def test_two_workers_write_the_lists_one_worker_computes_over_all_events(catalog
     b2.wait_ready()
     poll_until(lambda: spread_over([a2, b2], n_part), 90, "partitions spread after the restart")
     restart_equal_s = _wait_equal(r, prefix, reference, "shared lists equal after the restart")
+    # the similar-users directory is refilled from the recovered table, without new events
+    with_taste = sum(
+        1 for st in replayed(s, run.updates, first)[1].values() if st.embedding is not None
+    )
+    poll_until(
+        lambda: sum((w.status() or {}).get("users_indexed", 0) for w in (a2, b2)) >= with_taste,
+        60,
+        "every user back in the similar-users directories",
+    )
     second = produce_tracked(s, event_stream(users, items, per_user=8, seed=72, start=20))
     wait_lists_current(r, prefix, first + second, 120, lambda: a2.alive and b2.alive)
     reference2 = _reference(s, run.updates, first + second)
