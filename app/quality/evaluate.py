@@ -28,7 +28,7 @@ from app.core.user_state import UserState
 from app.data.loaders import LoadError, Movie, read_embeddings, read_movies
 from app.errors import BadInput
 from app.factory import build_recommender
-from app.producer import events_from_ratings, release_ts
+from app.producer import events_from_ratings, join_items
 from app.progress import Progress
 from app.quality.metrics import MethodScore
 from app.quality.ratings import RatingTable
@@ -113,25 +113,14 @@ def split_index(n: int, share: float) -> int:
 def catalog_updates(
     movies: Sequence[Movie], ids: Sequence[str], vectors: np.ndarray
 ) -> list[ItemUpdate]:
-    """Item upserts for every item with a vector, exactly as the worker decodes them from
-    item-updates (the encoding rounds vectors to 6 decimals; both modes see the same)."""
-    meta = {m.item_id: m for m in movies}
-    out = []
-    for item_id, vec in zip(ids, vectors, strict=True):
-        m = meta.get(item_id)
-        update = ItemUpdate(
-            item_id=item_id,
-            op="upsert",
-            embedding=np.asarray(vec, np.float32),
-            title=m.title if m else "",
-            genres=m.genres if m else (),
-            year=m.year if m else None,
-            recommendable=True,
-            release_ts=release_ts(m) if m else None,
-        )
-        raw = encode_item_update(update)
-        out.append(decode_item_update(item_id.encode(), raw, dim=len(vec)))
-    return out
+    """Item upserts as `nearline load-items` publishes them (every movie, with or without a
+    vector), exactly as the worker decodes them from item-updates (the encoding rounds
+    vectors to 6 decimals; both modes see the same)."""
+    dim = vectors.shape[1]
+    return [
+        decode_item_update(u.item_id.encode(), encode_item_update(u), dim=dim)
+        for u in join_items(movies, ids, vectors)[0]
+    ]
 
 
 def prepare(
