@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,11 +13,14 @@ from app.core.pipeline import PipelineConfig, Recommender
 from app.core.rank import ModelError, RankModel, load_model
 from app.core.recall import ChannelConfig
 from app.core.user_state import policy_from_settings
+from app.ranking import is_onnx, load_ranker
 from app.settings import RankingSettings, RecallSettings, Settings, SettingsError
 
 
-def build_recommender(settings: Settings) -> Recommender:
-    """The pure core configured from settings (the worker, the CLI, evaluation, benchmarks)."""
+def build_recommender(settings: Settings, *, learned_required: bool = True) -> Recommender:
+    """The pure core configured from settings (the worker, the CLI, evaluation, benchmarks).
+    With `learned_required` False an `.onnx` model that does not load leaves the linear
+    model in place (the worker, which keeps looking for the file), instead of an error."""
     lsh = settings.lsh
     index = IndexConfig(
         w=lsh.w,
@@ -30,7 +34,9 @@ def build_recommender(settings: Settings) -> Recommender:
         neighbour_cache=settings.recall.item2item_cache,
     )
     r = settings.recall
-    config, model = _pipeline(settings, r, settings.ranking, "NEARLINE_RANKING__MODEL_PATH")
+    config, model = _pipeline(
+        settings, r, settings.ranking, "NEARLINE_RANKING__MODEL_PATH", learned_required
+    )
     base = Recommender(
         ItemCatalog(settings.items.embedding_dim, index),
         model,
@@ -79,7 +85,11 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pipeline(
-    settings: Settings, r: RecallSettings, ranking: RankingSettings, model_setting: str
+    settings: Settings,
+    r: RecallSettings,
+    ranking: RankingSettings,
+    model_setting: str,
+    learned_required: bool = True,
 ) -> tuple[PipelineConfig, RankModel]:
     # every registered channel has its settings section in RecallSettings, named alike
     channels = tuple(
@@ -94,7 +104,11 @@ def _pipeline(
         like_threshold=settings.embedding.like_threshold,
     )
     try:
-        model = load_model(ranking.model_path)
+        model = load_ranker(ranking.model_path)
     except ModelError as exc:
-        raise SettingsError(f"invalid setting {model_setting}: {exc}") from None
+        if learned_required or not is_onnx(ranking.model_path):
+            raise SettingsError(f"invalid setting {model_setting}: {exc}") from None
+        return config, load_model(None)
+    if model.scorer is not None:
+        model = replace(model, fallback=load_model(None))
     return config, model

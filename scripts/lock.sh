@@ -4,7 +4,8 @@
 #
 #   bash scripts/lock.sh [--upgrade]
 #
-# scripts/requirements.lock          runtime + dev extras: what scripts/test.sh and CI install
+# scripts/requirements.lock          runtime + dev + learn extras: what scripts/test.sh and CI
+#                                    install (the learn extra: `nearline train-ranker` and its tests)
 # scripts/requirements-runtime.lock  runtime only: the Docker image and scripts/demo.sh
 #
 # Exact versions with hashes (of every file of each pinned version), resolved for CPython 3.11
@@ -19,6 +20,6 @@ if ! "$PYTHON" -m uv --version >/dev/null 2>&1; then
 fi
 common=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes
   --no-header --annotation-style line --quiet "$@")
-"$PYTHON" -m uv pip compile pyproject.toml --extra dev -o scripts/requirements.lock "${common[@]}"
+"$PYTHON" -m uv pip compile pyproject.toml --extra dev --extra learn -o scripts/requirements.lock "${common[@]}"
 "$PYTHON" -m uv pip compile pyproject.toml -o scripts/requirements-runtime.lock "${common[@]}"
 echo "lock.sh: wrote scripts/requirements.lock and scripts/requirements-runtime.lock"
