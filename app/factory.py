@@ -50,7 +50,9 @@ def build_recommender(settings: Settings, *, learned_required: bool = True) -> R
     return base
 
 
-def build_variants(settings: Settings, base: Recommender) -> dict[str, Recommender]:
+def build_variants(
+    settings: Settings, base: Recommender, *, learned_required: bool = True
+) -> dict[str, Recommender]:
     """One Recommender per experiment variant, all sharing the base's catalog, statistics
     and user directory; a variant differs only in its recall and ranking settings."""
     out: dict[str, Recommender] = {}
@@ -69,7 +71,9 @@ def build_variants(settings: Settings, base: Recommender) -> dict[str, Recommend
                 f"invalid setting NEARLINE_EXPERIMENTS__VARIANTS: variant {v.name!r} {where}:"
                 f" {err['msg']}"
             ) from None
-        config, model = _pipeline(settings, recall, ranking, "NEARLINE_EXPERIMENTS__VARIANTS")
+        config, model = _pipeline(
+            settings, recall, ranking, "NEARLINE_EXPERIMENTS__VARIANTS", learned_required
+        )
         out[v.name] = base.as_variant(v.name, config, model)
     return out
 

@@ -34,7 +34,7 @@ class Runtime:
         self.settings = settings
         try:  # built at import (faust -A app.worker too): a bad setting is one line
             self.recommender = build_recommender(settings, learned_required=False)
-            variants = build_variants(settings, self.recommender)
+            variants = build_variants(settings, self.recommender, learned_required=False)
         except SettingsError as exc:
             raise SystemExit(f"error: {exc}") from None
         self.ranker: ServedRanker | None = None

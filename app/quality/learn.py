@@ -175,7 +175,8 @@ def _sizes(g: np.ndarray) -> list[int]:
     return counts.tolist()
 
 
-def fit(kind: str, x: np.ndarray, y: np.ndarray, g: np.ndarray, config: LearnConfig) -> Any:
+def fit(kind: str, x: np.ndarray, y: np.ndarray, g: np.ndarray | None, config: LearnConfig) -> Any:
+    """The learner fitted on rows `x`, labels `y`, groups `g` (lambdarank needs them)."""
     if kind == "lightgbm":
         import lightgbm as lgb
 
@@ -191,6 +192,7 @@ def fit(kind: str, x: np.ndarray, y: np.ndarray, g: np.ndarray, config: LearnCon
             num_threads=1,
             verbose=-1,
         )
+        assert g is not None, "lambdarank needs the groups"
         model.fit(x, y, group=_sizes(g))
         return model
     if kind == "logistic":

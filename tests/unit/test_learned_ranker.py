@@ -163,3 +163,77 @@ def test_train_ranker_on_a_tiny_fixture_is_deterministic(tiny, tmp_path, monkeyp
     np.testing.assert_allclose(
         served.scorer(ex.x), predict(card["kind"], a["fitted"], ex.x), atol=1e-5
     )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _served(tmp_path, clock, **kw):
+    from app.ranking import ServedRanker
+
+    return ServedRanker(tmp_path / "ranker.onnx", load_model(), clock=clock, **kw)
+
+
+def _install(tmp_path, version: str, seed: int = 0) -> None:
+    x, y, g = _rows(seed)
+    src = _write(tmp_path / "src", "logistic", fit("logistic", x, y, g, LearnConfig()), version)
+    import os
+
+    dst = tmp_path / "ranker.onnx"
+    card_path(dst).write_text(card_path(src).read_text())
+    tmp = tmp_path / "ranker.onnx.tmp"
+    tmp.write_bytes(src.read_bytes())
+    os.replace(tmp, dst)
+
+
+def test_served_ranker_missing_then_reloaded_then_bad_file_keeps_the_previous(tmp_path):
+    (tmp_path / "src").mkdir()
+    clock = Clock()
+    served = _served(tmp_path, clock, reload_seconds=1.0)
+    assert served.learned is None and "not found" in served.error
+    assert served.model_for_batch().version == load_model().version
+    assert served.fallbacks["missing"] == 1
+    _install(tmp_path, "v1")
+    assert not served.check()  # not before reload_seconds
+    clock.t += 1.0
+    assert served.check() and served.learned.version == "v1" and served.error is None
+    model = served.model_for_batch()
+    assert model.version == "v1" and model.fallback is not None
+    assert len(model.scorer(np.zeros((3, N), np.float32))) == 3 and served.calls == 1
+    _install(tmp_path, "v2", seed=1)
+    clock.t += 1.0
+    assert served.check() and served.learned.version == "v2" and served.reloads == 2
+    (tmp_path / "ranker.onnx").write_bytes(b"garbage")
+    clock.t += 1.0
+    assert not served.check()
+    assert served.learned.version == "v2" and "not a loadable ONNX model" in served.error
+    assert served.reload_errors == 1 and served.model_for_batch().version == "v2"
+    status = served.status()
+    assert status["learned_version"] == "v2" and status["error"] == served.error
+
+
+def test_served_ranker_over_budget_falls_back_and_cools_down(tmp_path):
+    (tmp_path / "src").mkdir()
+    _install(tmp_path, "v1")
+    clock = Clock()
+    served = _served(tmp_path, clock, budget_ms=10.0, cooldown_seconds=5.0)
+    slow_inner = served.learned.scorer
+
+    def slow(x):
+        clock.t += 0.05  # 50 ms
+        return slow_inner(x)
+
+    served.learned = served.learned.with_scorer(slow)
+    rec, states = _replayed(served.model_for_batch())
+    lists = rec.recommend_many(states)
+    assert {r.model_version for r in lists} == {load_model().version}
+    assert served.fallbacks["slow"] == 1
+    assert served.model_for_batch().version == load_model().version  # cooling down
+    assert served.fallbacks["cooling"] == 1
+    clock.t += 5.0
+    assert served.model_for_batch().version == "v1"  # tried again after the cooldown
