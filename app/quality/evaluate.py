@@ -375,9 +375,9 @@ def evaluate(
 
 
 def build_model_version(settings: Settings) -> str:
-    from app.core.rank import load_model
+    from app.ranking import load_ranker
 
-    return load_model(settings.ranking.model_path).version
+    return load_ranker(settings.ranking.model_path).version
 
 
 def table_lines(report: dict[str, Any]) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 
 from app.core.catalog import ItemCatalog
 from app.core.pipeline import Recommender
-from app.core.rank import LEARNED_FEATURES, ModelError, load_model
+from app.core.rank import DEFAULT_MODEL, LEARNED_FEATURES, ModelError, load_model
 from app.core.user_state import UserState
 from app.data.sample import generate_sample
 from app.quality.learn import LearnConfig, fit, predict, to_onnx, train_ranker
@@ -237,3 +237,31 @@ def test_served_ranker_over_budget_falls_back_and_cools_down(tmp_path):
     assert served.fallbacks["cooling"] == 1
     clock.t += 5.0
     assert served.model_for_batch().version == "v1"  # tried again after the cooldown
+
+
+def test_evaluate_serves_the_learned_model_and_records_its_version(tiny, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    monkeypatch.setenv("NEARLINE_ITEMS__EMBEDDING_DIM", "8")
+    out = train_ranker(
+        Settings(), tiny.ratings_path, tiny.movies_path, tmp_path / "m", LearnConfig(trees=10)
+    )
+    monkeypatch.setenv("NEARLINE_RANKING__MODEL_PATH", str(out["model"]))
+    r, m = str(tiny.ratings_path), str(tiny.movies_path)
+    args = [
+        "evaluate",
+        "--ratings",
+        r,
+        "--movies",
+        m,
+        "--no-ablation",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    res = CliRunner().invoke(main, [*args, "--ranker", str(DEFAULT_MODEL)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r" / "quality.json").read_text())
+    assert report["model_version"] == out["card_doc"]["version"]
+    assert set(report["ablation"]) == {f"ranker {load_model().version}"}
