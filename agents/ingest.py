@@ -394,6 +394,7 @@ async def process_records(records: list[RawRecord]) -> None:
     stamps = [r.timestamp for r in records if r.timestamp]
     waited = time.time() - min(stamps) if stamps else None  # the batch's oldest event
     degraded = runtime.policy.mode == "degraded" and bool(runtime.popular_rows)
+    runtime.refresh_model()
     result = runtime.processor.process(
         records, load_user, degraded=runtime.popular_rows if degraded else None
     )

@@ -40,7 +40,7 @@ async def mirror_catalog(chunk: int = 2000) -> int:
         upserts = []
         for key, vec in zip(keys.tolist(), vectors, strict=True):
             m = catalog.meta(key)
-            upserts.append((m.item_id, 0, item_meta(m), vec))
+            upserts.append((m.item_id, 0, item_meta(m), vec if catalog.has_vector(key) else None))
         await runtime.store.write_items(upserts)
         await asyncio.sleep(0)  # let batches run between chunks
     return len(live)

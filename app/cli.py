@@ -180,7 +180,12 @@ def load_items(movies: Path, embeddings: Path, ids: Path | None) -> None:
         n = publish_items(s, updates, progress=bar.update)
     click.echo(
         f"published {n} items to {s.topics.item_updates}"
-        + (f"; {len(unmatched)} movies had no embedding and were skipped" if unmatched else "")
+        + (
+            f"; {len(unmatched)} movies have no embedding: kept for the genre, trending and "
+            "newest channels"
+            if unmatched
+            else ""
+        )
     )
 
 
@@ -399,7 +404,7 @@ def _catalog_from_redis(s: Settings) -> Any:
     pipe = client.pipeline()
     for item_id in ids:
         pipe.hget(keys.item(s.redis.key_prefix, item_id), "vec")
-    rows = [decode_vector(v) for v in pipe.execute() if v is not None]
+    rows = [decode_vector(v) for v in pipe.execute() if v]  # empty: no vector, or deleted
     return np.vstack(rows)
 
 

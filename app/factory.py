@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,11 +13,14 @@ from app.core.pipeline import PipelineConfig, Recommender
 from app.core.rank import ModelError, RankModel, load_model
 from app.core.recall import ChannelConfig
 from app.core.user_state import policy_from_settings
+from app.ranking import is_onnx, load_ranker
 from app.settings import RankingSettings, RecallSettings, Settings, SettingsError
 
 
-def build_recommender(settings: Settings) -> Recommender:
-    """The pure core configured from settings (the worker, the CLI, evaluation, benchmarks)."""
+def build_recommender(settings: Settings, *, learned_required: bool = True) -> Recommender:
+    """The pure core configured from settings (the worker, the CLI, evaluation, benchmarks).
+    With `learned_required` False an `.onnx` model that does not load leaves the linear
+    model in place (the worker, which keeps looking for the file), instead of an error."""
     lsh = settings.lsh
     index = IndexConfig(
         w=lsh.w,
@@ -30,7 +34,9 @@ def build_recommender(settings: Settings) -> Recommender:
         neighbour_cache=settings.recall.item2item_cache,
     )
     r = settings.recall
-    config, model = _pipeline(settings, r, settings.ranking, "NEARLINE_RANKING__MODEL_PATH")
+    config, model = _pipeline(
+        settings, r, settings.ranking, "NEARLINE_RANKING__MODEL_PATH", learned_required
+    )
     base = Recommender(
         ItemCatalog(settings.items.embedding_dim, index),
         model,
@@ -44,7 +50,9 @@ def build_recommender(settings: Settings) -> Recommender:
     return base
 
 
-def build_variants(settings: Settings, base: Recommender) -> dict[str, Recommender]:
+def build_variants(
+    settings: Settings, base: Recommender, *, learned_required: bool = True
+) -> dict[str, Recommender]:
     """One Recommender per experiment variant, all sharing the base's catalog, statistics
     and user directory; a variant differs only in its recall and ranking settings."""
     out: dict[str, Recommender] = {}
@@ -63,7 +71,9 @@ def build_variants(settings: Settings, base: Recommender) -> dict[str, Recommend
                 f"invalid setting NEARLINE_EXPERIMENTS__VARIANTS: variant {v.name!r} {where}:"
                 f" {err['msg']}"
             ) from None
-        config, model = _pipeline(settings, recall, ranking, "NEARLINE_EXPERIMENTS__VARIANTS")
+        config, model = _pipeline(
+            settings, recall, ranking, "NEARLINE_EXPERIMENTS__VARIANTS", learned_required
+        )
         out[v.name] = base.as_variant(v.name, config, model)
     return out
 
@@ -79,7 +89,11 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pipeline(
-    settings: Settings, r: RecallSettings, ranking: RankingSettings, model_setting: str
+    settings: Settings,
+    r: RecallSettings,
+    ranking: RankingSettings,
+    model_setting: str,
+    learned_required: bool = True,
 ) -> tuple[PipelineConfig, RankModel]:
     # every registered channel has its settings section in RecallSettings, named alike
     channels = tuple(
@@ -94,7 +108,11 @@ def _pipeline(
         like_threshold=settings.embedding.like_threshold,
     )
     try:
-        model = load_model(ranking.model_path)
+        model = load_ranker(ranking.model_path)
     except ModelError as exc:
-        raise SettingsError(f"invalid setting {model_setting}: {exc}") from None
+        if learned_required or not is_onnx(ranking.model_path):
+            raise SettingsError(f"invalid setting {model_setting}: {exc}") from None
+        return config, load_model(None)
+    if model.scorer is not None:
+        model = replace(model, fallback=load_model(None))
     return config, model

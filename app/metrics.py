@@ -134,6 +134,30 @@ class RuntimeCollector(Collector):
         for part, value in sorted(s["lag_by_partition"].items()):
             lag.add_metric([str(part)], value)
         yield lag
+        ranker = s.get("ranker") or {}
+        fallbacks = CounterMetricFamily(
+            "nearline_ranker_fallbacks",
+            "Batches ranked by the linear model instead of the learned one, by reason.",
+            labels=["reason"],
+        )
+        for reason, n in sorted((ranker.get("fallbacks") or {}).items()):
+            fallbacks.add_metric([reason], n)
+        yield fallbacks
+        yield counter(
+            "nearline_ranker_reloads",
+            "New learned models picked up from the model file without a restart.",
+            ranker.get("reloads", 0),
+        )
+        yield counter(
+            "nearline_ranker_reload_errors",
+            "Changed model files that did not load (the previous model was kept).",
+            ranker.get("reload_errors", 0),
+        )
+        yield counter(
+            "nearline_ranker_seconds",
+            "Time spent in learned-model calls (one per micro-batch).",
+            ranker.get("seconds", 0.0),
+        )
         mode = GaugeMetricFamily("nearline_mode", "1 for the current mode.", labels=["mode"])
         for m in ("normal", "degraded"):
             mode.add_metric([m], 1.0 if s["mode"] == m else 0.0)

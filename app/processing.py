@@ -296,13 +296,30 @@ class BatchProcessor:
                 except Exception as exc:
                     failed = exc
             touched.append((state, rec, good, failed))
-        for state, rec, items, failed in touched:
+        # one call of a learned model for all the batch's lists of each recommender
+        made: dict[int, RecList | Exception] = {}
+        if degraded is None:
+            groups: dict[int, list[int]] = {}
+            for n, (_, rec, _, failed) in enumerate(touched):
+                if failed is None:
+                    groups.setdefault(id(rec), []).append(n)
+            for members in groups.values():
+                rec = touched[members[0]][1]
+                try:
+                    lists = rec.recommend_many([touched[n][0] for n in members])
+                except Exception as exc:  # contained like a single list's failure
+                    lists = [exc] * len(members)
+                made.update(zip(members, lists, strict=True))
+        for n, (state, rec, items, failed) in enumerate(touched):
             last = items[-1][1]
             try:
                 if failed is not None:
                     raise failed
                 if degraded is None:
-                    rec_list = rec.recommend(state)
+                    got = made[n]
+                    if isinstance(got, Exception):
+                        raise got
+                    rec_list = got
                 else:
                     rec_list = rec.degraded_list(state, degraded)
                     out.dirty.append(state.user_id)

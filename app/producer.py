@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,35 +39,44 @@ def item_updates_from_files(
     dim: int,
     ids_path: str | Path | None = None,
 ) -> tuple[list[ItemUpdate], list[str]]:
-    """Join movies.csv with an embedding file; returns (updates, ids without metadata or vector).
+    """Join movies.csv with an embedding file; returns (updates, movies without a vector).
 
-    The whole input is read and checked before anything is published, so a bad file
-    changes nothing.
+    Every movie is an update: one without a vector is published without an embedding, so
+    the genre, trending and newest channels can still recommend it. The whole input is read
+    and checked before anything is published, so a bad file changes nothing.
     """
-    movies = {m.item_id: m for m in read_movies(movies_path)}
+    movies = read_movies(movies_path)
     if not movies:
         raise LoadError(str(movies_path), None, "no movies after the header")
     ids, matrix = read_embeddings(embeddings_path, ids_path=ids_path, expected_dim=dim)
-    updates = []
-    vec_of = {item_id: row for row, item_id in enumerate(ids)}
-    for item_id, row in vec_of.items():
-        m = movies.get(item_id)
-        updates.append(
-            ItemUpdate(
-                item_id=item_id,
-                op="upsert",
-                embedding=np.asarray(matrix[row], np.float32),
-                title=m.title if m else "",
-                genres=m.genres if m else (),
-                year=m.year if m else None,
-                recommendable=True,
-                release_ts=release_ts(m) if m else None,
-            )
+    return join_items(movies, ids, matrix)
+
+
+def join_items(
+    movies: Sequence[Movie], ids: Sequence[str], matrix: np.ndarray
+) -> tuple[list[ItemUpdate], list[str]]:
+    """One upsert per item: those with a vector first (in file order), then the movies
+    without one (no embedding, so out of the index but in the catalogue)."""
+    meta = {m.item_id: m for m in movies}
+
+    def update(item_id: str, vec: np.ndarray | None) -> ItemUpdate:
+        m = meta.get(item_id)
+        return ItemUpdate(
+            item_id=item_id,
+            op="upsert",
+            embedding=None if vec is None else np.asarray(vec, np.float32),
+            title=m.title if m else "",
+            genres=m.genres if m else (),
+            year=m.year if m else None,
+            recommendable=True,
+            release_ts=release_ts(m) if m else None,
         )
-    unmatched = sorted(set(movies) - set(vec_of))
-    if not updates:
-        raise LoadError(str(embeddings_path), None, "no embeddings found")
-    return updates, unmatched
+
+    with_vec = set(ids)
+    unmatched = [m.item_id for m in movies if m.item_id not in with_vec]
+    updates = [update(i, v) for i, v in zip(ids, matrix, strict=True)]
+    updates += [update(i, None) for i in unmatched]
+    return updates, sorted(unmatched)
 
 
 def publish_items(

@@ -14,12 +14,14 @@ from app.calibration import CalibrationRunner
 from app.core.degrade import LagPolicy, LagThresholds
 from app.core.experiments import Variant, summarize
 from app.core.popularity import ItemCount
+from app.core.rank import load_model
 from app.core.user_state import UserState
 from app.factory import build_recommender, build_variants
 from app.faust_app import UserStateTable, create_app
 from app.logs import log_fields
 from app.metrics import Metrics
 from app.processing import BatchProcessor
+from app.ranking import ServedRanker, is_onnx
 from app.serving import ListReader
 from app.settings import Settings, SettingsError, load_settings_or_exit
 from app.storage.redis_store import RedisStore
@@ -59,10 +61,23 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         try:  # built at import (faust -A app.worker too): a bad setting is one line
-            self.recommender = build_recommender(settings)
-            variants = build_variants(settings, self.recommender)
+            self.recommender = build_recommender(settings, learned_required=False)
+            variants = build_variants(settings, self.recommender, learned_required=False)
         except SettingsError as exc:
             raise SystemExit(f"error: {exc}") from None
+        self.ranker: ServedRanker | None = None
+        """The learned model file being served (NEARLINE_RANKING__MODEL_PATH is an .onnx)."""
+        r = settings.ranking
+        if is_onnx(r.model_path):
+            self.ranker = ServedRanker(
+                r.model_path,  # type: ignore[arg-type]
+                load_model(None),
+                budget_ms=r.budget_ms,
+                reload_seconds=r.reload_seconds,
+                cooldown_seconds=r.cooldown_seconds,
+            )
+            if self.ranker.error:
+                log.error("ranking model: %s; ranking with the linear model", self.ranker.error)
         self.processor = BatchProcessor(
             self.recommender,
             max_event_bytes=settings.worker.max_event_bytes,
@@ -113,6 +128,18 @@ class Runtime:
         self._reader: ListReader | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=3600)
         """One sample per lag check: time, lag, mode, events/s (for the status page)."""
+
+    def refresh_model(self) -> None:
+        """Between batches: pick up a changed model file, and set the model the next batch
+        is ranked with (so every list of a batch records one model version)."""
+        if self.ranker is None:
+            return
+        error = self.ranker.error
+        if self.ranker.check():
+            log_event("ranking model loaded", version=self.ranker.learned.version)  # type: ignore[union-attr]
+        elif self.ranker.error and self.ranker.error != error:
+            log.error("ranking model: %s; keeping the previous model", self.ranker.error)
+        self.recommender.model = self.ranker.model_for_batch()
 
     @property
     def store(self) -> RedisStore:
@@ -222,6 +249,11 @@ class Runtime:
             "dead_letters": dict(self.dead_letters),
             "last_batch_at": self.last_batch_at,
             "model_version": self.recommender.model.version,
+            "ranker": (
+                self.ranker.status()
+                if self.ranker is not None
+                else {"learned_version": None, "fallback_version": self.recommender.model.version}
+            ),
             "experiment": {
                 "name": self.settings.experiments.name,
                 "variants": summarize(self.processor.metric.counts, self.experiment_variants),

@@ -272,6 +272,8 @@ class RecallSettings(_Section):
     """Time-decayed popularity from the stream."""
     newest: ChannelSettings = _ch("newest")
     """Most recently released items."""
+    short_term: ChannelSettings = _ch("short_term")
+    """Recency-weighted sum of the last liked items' vectors -> nearest items."""
     item2item_seeds: int = Field(5, ge=1, le=100)
     """How many last liked items seed item-to-item."""
     item2item_cache: int = Field(10_000, ge=0, le=10_000_000)
@@ -286,7 +288,13 @@ class RecallSettings(_Section):
 
 class RankingSettings(_Section):
     model_path: str | None = None
-    """Ranking model JSON file (None = the shipped default model)."""
+    """Ranking model: linear JSON, or learned .onnx with its .card.json (None = shipped)."""
+    budget_ms: float = Field(50.0, gt=0, le=60_000)
+    """Budget of one learned-model call (a batch); over it the linear model ranks."""
+    cooldown_seconds: float = Field(30.0, ge=0, le=3600)
+    """How long the linear model stands in after a learned-model call over budget."""
+    reload_seconds: float = Field(5.0, gt=0, le=3600)
+    """How often the worker checks the .onnx file and card for a new model (between batches)."""
     top_n: int = Field(20, ge=1, le=1000)
     """Length of each user's list."""
     max_per_genre: int = Field(8, ge=1, le=1000)

@@ -4,7 +4,8 @@
 #
 #   bash scripts/lock.sh [--upgrade]
 #
-# scripts/requirements.lock          runtime + dev + bench extras: what scripts/test.sh and CI install
+# scripts/requirements.lock          runtime + dev + bench + learn + rocksdb extras: what
+#                                    scripts/test.sh and CI install
 # scripts/requirements-runtime.lock  runtime only: the Docker image and scripts/demo.sh
 #
 # Exact versions with hashes (of every file of each pinned version), resolved for CPython 3.11
@@ -19,6 +20,6 @@ if ! "$PYTHON" -m uv --version >/dev/null 2>&1; then
 fi
 common=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes
   --no-header --annotation-style line --quiet "$@")
-"$PYTHON" -m uv pip compile pyproject.toml --extra dev --extra bench --extra rocksdb -o scripts/requirements.lock "${common[@]}"
+"$PYTHON" -m uv pip compile pyproject.toml --extra dev --extra bench --extra learn --extra rocksdb -o scripts/requirements.lock "${common[@]}"
 "$PYTHON" -m uv pip compile pyproject.toml --extra rocksdb -o scripts/requirements-runtime.lock "${common[@]}"
 echo "lock.sh: wrote scripts/requirements.lock and scripts/requirements-runtime.lock"

@@ -75,6 +75,8 @@ class ItemCatalog:
         self._meta: dict[int, ItemMeta] = {}
         self._vectors = np.zeros((0, dim), dtype=np.float32)
         self._live = np.zeros(0, dtype=bool)
+        self._has_vector = np.zeros(0, dtype=bool)
+        """Live items with an embedding (in the index); the others serve the rules only."""
         self._recommendable = np.zeros(0, dtype=bool)
         self._release = np.zeros(0, dtype=np.float64)
         self._genre_n = np.zeros(0, dtype=np.int32)
@@ -133,8 +135,12 @@ class ItemCatalog:
         return self._meta[key]
 
     def vector(self, item_id: str) -> np.ndarray | None:
+        """The item's unit vector; None for an unknown item or one without an embedding."""
         key = self.key(item_id)
-        return None if key is None else self._vectors[key]
+        return None if key is None or not self._has_vector[key] else self._vectors[key]
+
+    def has_vector(self, key: int) -> bool:
+        return bool(self._has_vector[key])
 
     def vectors(self, keys: np.ndarray) -> np.ndarray:
         return self._vectors[keys]
@@ -154,6 +160,10 @@ class ItemCatalog:
 
     def live_keys(self) -> np.ndarray:
         return np.flatnonzero(self._live)
+
+    def indexed_keys(self) -> np.ndarray:
+        """Live keys with an embedding (what the nearest-neighbour index holds)."""
+        return np.flatnonzero(self._has_vector)
 
     def genre_mask(self, genre: str) -> np.ndarray:
         """Boolean array over keys [0, capacity): the live items of `genre`."""
@@ -244,6 +254,7 @@ class ItemCatalog:
             grow = max(1024, len(self._vectors))
             self._vectors = np.vstack([self._vectors, np.zeros((grow, self.dim), np.float32)])
             self._live = np.concatenate([self._live, np.zeros(grow, bool)])
+            self._has_vector = np.concatenate([self._has_vector, np.zeros(grow, bool)])
             self._recommendable = np.concatenate([self._recommendable, np.zeros(grow, bool)])
             self._release = np.concatenate([self._release, np.zeros(grow)])
             self._genre_n = np.concatenate([self._genre_n, np.zeros(grow, np.int32)])
@@ -254,19 +265,20 @@ class ItemCatalog:
         """Apply one item update; False when it was a delete of an unknown item."""
         if update.op == "delete":
             return self.remove(update.item_id)
-        assert update.embedding is not None
         self.upsert_many([update])
         return True
 
     def upsert_many(self, updates: Iterable[ItemUpdate]) -> int:
-        ups = [u for u in updates if u.op == "upsert" and u.embedding is not None]
+        """Insert or replace items. An update without an embedding keeps (or puts) the item
+        in the catalogue for the rules that need no vector (genre, trending, newest) and out
+        of the nearest-neighbour index."""
+        ups = [u for u in updates if u.op == "upsert"]
         if not ups:
             return 0
         known = len(self._ids)  # keys below this existed before: they may carry statistics
         keys = np.fromiter(
             (self._ensure_key(u.item_id) for u in ups), dtype=np.int64, count=len(ups)
         )
-        mat = np.vstack([unit(u.embedding) for u in ups])  # type: ignore[arg-type]
         ranking_changed = False
         for key, u in zip(keys.tolist(), ups, strict=True):
             before = self._meta.get(key)
@@ -284,25 +296,51 @@ class ItemCatalog:
             self._release[key] = u.release_ts if u.release_ts is not None else _year_ts(u.year)
         # a later duplicate of the same key in one batch wins, as it would one by one
         _, last = np.unique(keys[::-1], return_index=True)
-        sel = len(keys) - 1 - last
-        keys, mat = keys[sel], mat[sel]
+        sel = np.sort(len(keys) - 1 - last)
+        with_vec = np.array([ups[i].embedding is not None for i in sel.tolist()], dtype=bool)
+        self._index_vectors(
+            keys[sel[with_vec]],
+            [ups[i].embedding for i in sel[with_vec].tolist()],
+        )
+        self._drop_vectors(keys[sel[~with_vec]])
+        self._live[keys] = True
+        self._renew(keys[sel])
+        self.ranking_version += ranking_changed
+        self.version += 1
+        return len(ups)
+
+    def _index_vectors(self, keys: np.ndarray, vectors: list[np.ndarray | None]) -> None:
+        if not len(keys):
+            return
+        mat = np.vstack([unit(v) for v in vectors])  # type: ignore[arg-type]
         if len(self._neighbours):
             # a neighbour list may change where the new vectors arrive or the old ones left
-            moved = keys[self._live[keys]]
+            moved = keys[self._has_vector[keys]]
             self._neighbours.drop_seeds(moved)
             self._neighbours.changed(np.vstack([self._vectors[moved], mat]))
         self._vectors[keys] = mat
-        self._live[keys] = True
+        self._has_vector[keys] = True
         self._note_changed(keys)
         self._exact.upsert_many(keys, mat)
         if self._lsh is not None:
             self._lsh.upsert_many(keys, mat)
         elif len(self._meta) >= max(self.config.exact_below, 1) and not self._pinned_exact:
             self.reindex()  # 0 = always LSH
-        self._renew(keys)
-        self.ranking_version += ranking_changed
-        self.version += 1
-        return len(ups)
+
+    def _drop_vectors(self, keys: np.ndarray) -> None:
+        """Take `keys` out of the index (an item that lost its vector, or left)."""
+        keys = keys[self._has_vector[keys]]
+        for key in keys.tolist():
+            if len(self._neighbours):
+                self._neighbours.drop_seeds(np.array([key]))
+                self._neighbours.changed(self._vectors[key][None, :])
+            self._vectors[key] = 0.0
+            self._has_vector[key] = False
+            self._exact.remove(key)
+            if self._lsh is not None:
+                self._lsh.remove(key)
+        if len(keys):
+            self._note_changed(keys)
 
     def remove(self, item_id: str) -> bool:
         key = self.key(item_id)
@@ -311,14 +349,7 @@ class ItemCatalog:
         self._set_genres(key, self._meta.pop(key).genres, ())
         self._live[key] = False
         self._recommendable[key] = False
-        if len(self._neighbours):
-            self._neighbours.drop_seeds(np.array([key]))
-            self._neighbours.changed(self._vectors[key][None, :])
-        self._vectors[key] = 0.0
-        self._note_changed(np.array([key]))
-        self._exact.remove(key)
-        if self._lsh is not None:
-            self._lsh.remove(key)
+        self._drop_vectors(np.array([key]))
         self._renew(np.array([key]))
         self.ranking_version += 1
         self.version += 1
@@ -334,9 +365,9 @@ class ItemCatalog:
             self._lsh = None
             return
         self._neighbours.clear()  # another index may answer differently
-        params = self._calibrated or self.config.params_for(len(self._meta), self.dim)
+        keys = self.indexed_keys()
+        params = self._calibrated or self.config.params_for(len(keys), self.dim)
         lsh = LSHIndex(params)
-        keys = self.live_keys()
         lsh.upsert_many(keys, self._vectors[keys])
         self._lsh = lsh
 
@@ -361,7 +392,7 @@ class ItemCatalog:
         row read while it changed is corrected there. The vectors array is read by reference:
         call `np.take` on it off the event loop (`gather_snapshot`)."""
         self._since_snapshot = set()
-        return self.live_keys(), self._vectors
+        return self.indexed_keys(), self._vectors
 
     @staticmethod
     def gather_snapshot(keys: np.ndarray, vectors: np.ndarray, chunk: int = 65_536) -> np.ndarray:
@@ -380,7 +411,7 @@ class ItemCatalog:
         index = cal.index
         if index is not None:
             for key in sorted(changed):
-                if self._live[key]:
+                if self._has_vector[key]:
                     index.upsert(key, self._vectors[key])
                 else:
                     index.remove(key)
@@ -429,6 +460,8 @@ class ItemCatalog:
     def neighbours(self, key: int, m: int) -> tuple[np.ndarray, np.ndarray]:
         """The top-m items nearest to item `key` (not itself), as `search` finds them; served
         from a cache that catalog changes invalidate exactly (app/core/neighbours.py)."""
+        if not self._has_vector[key]:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         seed = self._vectors[key]
         if self._lsh is not None and self._lsh.params.max_candidates:
             # a candidate cap makes one item's arrival push another out: not cacheable

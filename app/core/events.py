@@ -221,18 +221,8 @@ def decode_item_update(
     item_id = _id(doc["item_id"])
     if doc["op"] == "delete":
         return ItemUpdate(item_id=item_id, op="delete")
-    emb = doc["embedding"]
-    if len(emb) != dim:
-        raise InvalidRecord("bad_embedding", f"embedding has {len(emb)} values, expected {dim}")
-    vec = np.asarray(emb, dtype=np.float64)
-    if not np.all(np.isfinite(vec)):
-        raise InvalidRecord("bad_embedding", "embedding has NaN or infinite values")
-    with np.errstate(over="ignore"):  # overflow is detected just below
-        vec32 = vec.astype(np.float32)
-    if not np.all(np.isfinite(vec32)) or not math.isfinite(float(np.linalg.norm(vec))):
-        raise InvalidRecord("bad_embedding", "embedding overflows float32")
-    if float(np.linalg.norm(vec32)) == 0.0:
-        raise InvalidRecord("bad_embedding", "embedding is all zeros")
+    emb = doc.get("embedding")
+    vec32 = None if emb is None else _embedding(emb, dim)
     return ItemUpdate(
         item_id=item_id,
         op="upsert",
@@ -245,14 +235,28 @@ def decode_item_update(
     )
 
 
+def _embedding(emb: list[Any], dim: int) -> np.ndarray:
+    if len(emb) != dim:
+        raise InvalidRecord("bad_embedding", f"embedding has {len(emb)} values, expected {dim}")
+    vec = np.asarray(emb, dtype=np.float64)
+    if not np.all(np.isfinite(vec)):
+        raise InvalidRecord("bad_embedding", "embedding has NaN or infinite values")
+    with np.errstate(over="ignore"):  # overflow is detected just below
+        vec32 = vec.astype(np.float32)
+    if not np.all(np.isfinite(vec32)) or not math.isfinite(float(np.linalg.norm(vec))):
+        raise InvalidRecord("bad_embedding", "embedding overflows float32")
+    if float(np.linalg.norm(vec32)) == 0.0:
+        raise InvalidRecord("bad_embedding", "embedding is all zeros")
+    return vec32
+
+
 def encode_item_update(update: ItemUpdate) -> bytes:
     if update.op == "delete":
         return json.dumps({"item_id": update.item_id, "op": "delete"}).encode()
-    assert update.embedding is not None
-    doc: dict[str, Any] = {
-        "item_id": update.item_id,
-        "op": "upsert",
-        "embedding": [round(float(x), 6) for x in update.embedding],
+    doc: dict[str, Any] = {"item_id": update.item_id, "op": "upsert"}
+    if update.embedding is not None:  # an item without a vector is still a catalogue item
+        doc["embedding"] = [round(float(x), 6) for x in update.embedding]
+    doc |= {
         "title": update.title,
         "genres": list(update.genres),
         "year": update.year,

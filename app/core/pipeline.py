@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from app.core.catalog import IndexConfig, ItemCatalog
 from app.core.channels import build_channels, default_configs
@@ -13,7 +15,7 @@ from app.core.channels.newest import newest_recall
 from app.core.channels.trending import trending_recall
 from app.core.events import UserEvent
 from app.core.popularity import ItemStats, top_keys
-from app.core.rank import RankModel, rank
+from app.core.rank import RankModel, diversify, learned_features, rank
 from app.core.recall import Candidate, ChannelConfig, RecallContext, merge
 from app.core.user_state import UpdatePolicy, UserState, apply_event
 from app.core.users import UserDirectory
@@ -171,6 +173,11 @@ class Recommender:
         return [(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels]
 
     def recommend(self, state: UserState) -> RecList:
+        if self.model.scorer is not None:  # one batch of one: the learned path and fallback
+            got = self.recommend_many([state])[0]
+            if isinstance(got, Exception):
+                raise got
+            return got
         ctx = self.context(state)
         if ctx.embedding is None and not state.liked:
             return self._finish(state, self.cold_start(ctx), "cold_start")
@@ -180,6 +187,97 @@ class Recommender:
             cands, ctx, self.model, top_n=self.config.top_n, max_per_genre=self.config.max_per_genre
         )
         return self._finish(state, [(r.key, r.score, r.channel) for r in ranked], "personal")
+
+    def recommend_many(self, states: list[UserState]) -> list[RecList | Exception]:
+        """Lists for several users with one call of a learned model over all their
+        candidates (a micro-batch); the linear ranker is used as it is. A user whose recall
+        raises gets the exception in its place. When the learned scorer raises (missing,
+        invalid or slow model: the serving wrapper decides), the batch is ranked by
+        `model.fallback` and its lists record that model's version."""
+        model = self.model
+        out: list[RecList | Exception] = []
+        pending: list[tuple[int, list[Candidate], RecallContext]] = []
+        for i, state in enumerate(states):
+            try:
+                if model.scorer is None:
+                    out.append(self.recommend(state))
+                    continue
+                ctx = self.context(state)
+                if ctx.embedding is None and not state.liked:
+                    out.append(self._finish(state, self.cold_start(ctx), "cold_start"))
+                    continue
+                cands = merge([(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels])
+                out.append(Exception("pending"))
+                pending.append((i, cands, ctx))
+            except Exception as exc:  # contained to the user, as recommend() is
+                out.append(exc)
+        if not pending:
+            return out
+        used = model
+        try:
+            blocks = [learned_features(c, ctx, model) for _, c, ctx in pending]
+            scores = np.asarray(model.scorer(np.vstack(blocks)), np.float64).ravel()  # type: ignore[misc]
+            if len(scores) != sum(len(b) for b in blocks) or not np.isfinite(scores).all():
+                raise ValueError("the learned model gave a wrong number of scores or non-finite")
+        except Exception as exc:
+            if model.fallback is None:
+                for i, _, _ in pending:
+                    out[i] = exc
+                return out
+            used = model.fallback
+            scores = None
+        start = 0
+        for i, cands, ctx in pending:
+            try:
+                if scores is not None:
+                    part = scores[start : start + len(cands)]
+                    start += len(cands)
+                    keys = np.fromiter((c.key for c in cands), np.int64, len(cands))
+                    ranked = diversify(
+                        cands,
+                        keys,
+                        part,
+                        ctx,
+                        top_n=self.config.top_n,
+                        max_per_genre=self.config.max_per_genre,
+                    )
+                else:
+                    ranked = rank(
+                        cands,
+                        ctx,
+                        used,
+                        top_n=self.config.top_n,
+                        max_per_genre=self.config.max_per_genre,
+                    )
+                rows = [(r.key, r.score, r.channel) for r in ranked]
+                out[i] = replace(
+                    self._finish(states[i], rows, "personal"), model_version=used.version
+                )
+            except Exception as exc:
+                out[i] = exc
+        return out
+
+    def recommend_variants(
+        self, state: UserState, variants: Mapping[str, tuple[frozenset[str], RankModel | None]]
+    ) -> dict[str, RecList]:
+        """Lists of pipeline variants from one recall: each variant drops some channels'
+        candidates and ranks the rest with its model (None: this pipeline's). Equal to a
+        Recommender configured without those channels, at the cost of one recall."""
+        ctx = self.context(state)
+        if ctx.embedding is None and not state.liked:
+            cold = self._finish(state, self.cold_start(ctx), "cold_start")
+            return dict.fromkeys(variants, cold)
+        per_channel = [(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels]
+        out = {}
+        for name, (dropped, model) in variants.items():
+            cands = merge([(cfg, c) for cfg, c in per_channel if cfg.name not in dropped])
+            m = model or self.model
+            ranked = rank(
+                cands, ctx, m, top_n=self.config.top_n, max_per_genre=self.config.max_per_genre
+            )
+            rows = [(r.key, r.score, r.channel) for r in ranked]
+            out[name] = replace(self._finish(state, rows, "personal"), model_version=m.version)
+        return out
 
     def cold_start_list(self) -> RecList:
         """The list served to a user with no history (same for everyone)."""

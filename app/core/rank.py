@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,8 +15,22 @@ from app.core.channels import CHANNELS
 from app.core.recall import Candidate, RecallContext, liked_genres
 from app.errors import BadInput
 
-FEATURES = ("similarity", "recall_score", "popularity", "recency", "genre_match")
+FEATURES = ("similarity", "recall_score", "popularity", "recency", "genre_match", "short_term")
+LEARNED_FEATURES = (
+    *FEATURES,
+    "rating_count",
+    "rating_mean",
+    "user_activity",
+    *(f"channel_{c}" for c in CHANNELS),
+)
+"""What a learned model may read, one column each: the linear ranker's features, the item's
+all-time rating count (log, over the largest) and shrunk mean rating (/ 5), the user's event
+count (log1p / log1p(1000), capped at 1), and a 0/1 column per recall channel (the channel the
+merge credited)."""
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default-ranker.json"
+
+Scorer = Callable[[np.ndarray], np.ndarray]
+"""A learned model: (n, len(model.features)) float32 rows -> n scores."""
 
 
 class ModelError(BadInput):
@@ -28,6 +43,15 @@ class RankModel:
     weights: dict[str, float]
     channel_bonus: dict[str, float] = field(default_factory=dict)
     recency_half_life_days: float = 365.0
+    scorer: Scorer | None = field(default=None, compare=False)
+    """A learned model's scoring function (from an ONNX file, app/ranking.py); None: linear."""
+    features: tuple[str, ...] = ()
+    """The columns `scorer` reads, in order (names from LEARNED_FEATURES)."""
+    fallback: RankModel | None = field(default=None, compare=False)
+    """The linear model that ranks a batch when the learned scorer fails or is slow."""
+
+    def with_scorer(self, scorer: Scorer | None) -> RankModel:
+        return replace(self, scorer=scorer)
 
 
 def load_model(path: str | Path | None = None) -> RankModel:
@@ -104,8 +128,12 @@ def _features(
     codes: dict[str, int] = {}
     if n == 0:
         return x, np.zeros(0, np.int64), []
+    vectors = ctx.catalog.vectors(keys) if ctx.embedding is not None or ctx.user.liked else None
     if ctx.embedding is not None:
-        x[:, 0] = ctx.catalog.vectors(keys) @ ctx.embedding
+        x[:, 0] = vectors @ ctx.embedding
+    short = ctx.short_term()
+    if short is not None:
+        x[:, 5] = vectors @ short
     # recall scores live on different scales per channel: rank-normalise within the channel
     channel = np.array([codes.setdefault(c, len(codes)) for c in channels], dtype=np.int64)
     order = np.lexsort((np.arange(n), -score, channel))  # by channel, best first, stable
@@ -137,6 +165,35 @@ def _features(
     return x, channel, list(codes)
 
 
+def learned_features(cands: list[Candidate], ctx: RecallContext, model: RankModel) -> np.ndarray:
+    """(n, len(model.features)) float32: the columns a learned model reads, in its order."""
+    keys, recall_scores, channels = _columns(cands)
+    x, channel, names = _features(keys, recall_scores, channels, ctx, model)
+    return _learned(keys, x, channel, names, ctx, model.features)
+
+
+def _learned(
+    keys: np.ndarray,
+    x: np.ndarray,
+    channel: np.ndarray,
+    names: list[str],
+    ctx: RecallContext,
+    wanted: tuple[str, ...],
+) -> np.ndarray:
+    cols: dict[str, np.ndarray] = {f: x[:, i] for i, f in enumerate(FEATURES)}
+    cap = ctx.catalog.capacity
+    count = ctx.stats.rating_count(cap)
+    top = float(count.max()) if len(count) else 0.0
+    cols["rating_count"] = np.log1p(count[keys]) / math.log1p(top) if top > 0 else 0 * x[:, 0]
+    cols["rating_mean"] = ctx.stats.bayes_rating(cap)[keys] / 5.0
+    activity = min(math.log1p(ctx.user.n_events) / math.log1p(1000), 1.0)
+    cols["user_activity"] = np.full(len(keys), activity)
+    for code, name in enumerate(names):
+        cols[f"channel_{name}"] = (channel == code).astype(np.float64)
+    zero = np.zeros(len(keys))
+    return np.column_stack([cols.get(f, zero) for f in wanted]).astype(np.float32)
+
+
 def rank(
     cands: list[Candidate], ctx: RecallContext, model: RankModel, *, top_n: int, max_per_genre: int
 ) -> list[Ranked]:
@@ -145,9 +202,28 @@ def rank(
         return []
     keys, recall_scores, channels = _columns(cands)
     x, channel, names = _features(keys, recall_scores, channels, ctx, model)
-    w = np.array([model.weights[f] for f in FEATURES])
-    bonus = np.array([model.channel_bonus.get(name, 0.0) for name in names])[channel]
-    scores = x @ w + bonus
+    if model.scorer is not None:
+        scores = np.asarray(
+            model.scorer(_learned(keys, x, channel, names, ctx, model.features)), np.float64
+        ).ravel()
+    else:
+        w = np.array([model.weights[f] for f in FEATURES])
+        bonus = np.array([model.channel_bonus.get(name, 0.0) for name in names])[channel]
+        scores = x @ w + bonus
+    return diversify(cands, keys, scores, ctx, top_n=top_n, max_per_genre=max_per_genre)
+
+
+def diversify(
+    cands: list[Candidate],
+    keys: np.ndarray,
+    scores: np.ndarray,
+    ctx: RecallContext,
+    *,
+    top_n: int,
+    max_per_genre: int,
+) -> list[Ranked]:
+    """The best `top_n` by score (ties by key) with at most `max_per_genre` per primary
+    genre, topped up from what the cap held back when the catalog is narrow."""
     order = np.lexsort((keys, -scores))  # deterministic: ties by key
     primary = ctx.catalog.primary_genres(keys).tolist()
     rounded = scores.tolist()

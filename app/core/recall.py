@@ -36,6 +36,27 @@ class RecallContext:
     exclude: set[int] = field(default_factory=set)
     _ok: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
     _genres: Counter[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _short: tuple[np.ndarray | None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    short_term_seeds: int = 5
+    short_term_decay: float = 0.6
+
+    def short_term(self) -> np.ndarray | None:
+        """Short-term taste: the user's last `short_term_seeds` liked items' unit vectors,
+        weighted `short_term_decay ** age` (the newest like has age 0), summed. A candidate's
+        inner product with it is its recency-weighted cosine to those likes. None without a
+        liked item that has a vector."""
+        if self._short is None:
+            q = np.zeros(self.catalog.dim, np.float32)
+            found = False
+            for age, item_id in enumerate(reversed(self.user.liked[-self.short_term_seeds :])):
+                v = self.catalog.vector(item_id)
+                if v is not None:
+                    q += np.float32(self.short_term_decay**age) * v
+                    found = True
+            self._short = (q if found else None,)
+        return self._short[0]
 
     def _admissible(self) -> np.ndarray:
         # One boolean per key, made once per list: a copy of the recommendable mask with the
@@ -74,6 +95,16 @@ def _take(
     return [
         Candidate(key, float(score), name)
         for key, score in zip(keys[sel].tolist(), np.asarray(scores)[sel].tolist(), strict=True)
+    ]
+
+
+def nearest(ctx: RecallContext, query: np.ndarray, k: int, name: str) -> list[Candidate]:
+    """The admissible items nearest to `query` (LSH with exact re-rank, or exact), as a
+    channel's candidates: the index skips the others while it gathers candidates."""
+    keys, scores = ctx.catalog.search(query, k, allowed=ctx._admissible())
+    return [
+        Candidate(key, score, name)
+        for key, score in zip(keys.tolist(), scores.tolist(), strict=True)
     ]
 
 

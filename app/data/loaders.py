@@ -21,7 +21,6 @@ from app.errors import BadInput
 MOVIES_HEADER = ("movieId", "title", "genres")
 RATINGS_HEADER = ("userId", "movieId", "rating", "timestamp")
 NO_GENRES = "(no genres listed)"
-TEXT_SUFFIXES = (".txt", ".vec", ".emb")
 
 _YEAR = re.compile(r"\((\d{4})\)\s*$")
 _W2V_HEADER = re.compile(r"^\s*(\d+)\s+(\d+)\s*$")
@@ -187,6 +186,10 @@ def _numbered_text(path: str | Path) -> Iterator[tuple[int, str]]:
 # --- Embeddings -------------------------------------------------------------
 
 
+DIM_SETTING = "NEARLINE_ITEMS__EMBEDDING_DIM"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def read_embeddings(
     path: str | Path,
     *,
@@ -195,34 +198,60 @@ def read_embeddings(
 ) -> tuple[list[str], np.ndarray]:
     """Item ids and a float32 ``(n, d)`` matrix, row i belonging to ids[i].
 
-    Format by extension: ``.txt``/``.vec``/``.emb`` item2vec text (``<id>:<v1> <v2> ...``,
-    an optional word2vec-style ``<n> <d>`` first line), ``.csv`` (``id,v1,...,vd`` with an
-    optional header row), ``.npy`` (matrix) with ids one a line in ``ids_path`` or
-    ``<stem>.ids.txt`` beside it.
+    The format is told from the content, not the name (item2vec pipelines write their text
+    to ``.csv`` files as often as to ``.txt``): a ``.npy`` matrix by its magic bytes, with
+    ids one a line in ``ids_path`` or ``<stem>.ids.txt`` beside it; item2vec text
+    (``<id>:<v1> <v2> ...``, an optional word2vec-style ``<n> <d>`` first line) when the
+    first data line has a ``:`` before any comma; otherwise CSV (``id,v1,...,vd`` with an
+    optional header row). The dimension is the file's own (its header or first row); with
+    ``expected_dim`` a file of another dimension is refused with a message naming
+    NEARLINE_ITEMS__EMBEDDING_DIM.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in TEXT_SUFFIXES:
-        return _read_item2vec(path, expected_dim)
-    if suffix == ".csv":
-        return _read_embedding_csv(path, expected_dim)
-    if suffix == ".npy":
-        return _read_npy(path, ids_path, expected_dim)
-    raise LoadError(
-        path,
-        None,
-        f"unknown embedding format {suffix or '(no extension)'!r}; "
-        "expected .txt, .vec, .emb, .csv or .npy",
-    )
+    kind = sniff_embedding_format(path)
+    if kind == "npy":
+        ids, matrix = _read_npy(path, ids_path)
+    elif kind == "item2vec":
+        ids, matrix = _read_item2vec(path)
+    else:
+        ids, matrix = _read_embedding_csv(path)
+    if expected_dim is not None and matrix.shape[1] != expected_dim:
+        raise LoadError(
+            path,
+            None,
+            f"the vectors have {matrix.shape[1]} dimensions but {DIM_SETTING} is "
+            f"{expected_dim}: set {DIM_SETTING}={matrix.shape[1]} (for this command and the "
+            "workers)",
+        )
+    return ids, matrix
+
+
+def sniff_embedding_format(path: Path) -> str:
+    """ "npy", "item2vec" or "csv", from the first bytes and the first data line."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+    except FileNotFoundError:
+        raise LoadError(path, None, "no such file") from None
+    except OSError as e:
+        raise LoadError(path, None, f"cannot open: {e.strerror or e}") from None
+    if head == _NPY_MAGIC or path.suffix.lower() == ".npy":
+        return "npy"  # a damaged .npy is reported as one, not parsed as text
+    for _, text in _numbered_text(path):
+        if _W2V_HEADER.match(text):
+            continue  # "<count> <dim>": look at the first vector line
+        colon, comma = text.find(":"), text.find(",")
+        return "item2vec" if colon >= 0 and (comma < 0 or colon < comma) else "csv"
+    raise LoadError(path, None, "empty file: no embeddings")
 
 
 class _Rows:
     """Collects (id, vector) rows, checking ids and dimensions as they come."""
 
-    def __init__(self, path: Path, expected_dim: int | None, dim_source: str | None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.dim = expected_dim
-        self.dim_source = dim_source if expected_dim is None else "expected_dim"
+        self.dim: int | None = None
+        self.dim_source: str | None = None
         self.ids: list[str] = []
         self.first_line: dict[str, int] = {}
         self.vectors: list[np.ndarray] = []
@@ -274,8 +303,8 @@ def _parse_floats(path: Path, line: int, fields: list[str]) -> np.ndarray:
     return values
 
 
-def _read_item2vec(path: Path, expected_dim: int | None) -> tuple[list[str], np.ndarray]:
-    rows = _Rows(path, expected_dim, None)
+def _read_item2vec(path: Path) -> tuple[list[str], np.ndarray]:
+    rows = _Rows(path)
     declared: tuple[int, int] | None = None
     for line, text in _numbered_text(path):
         if not rows.ids and declared is None and ":" not in text:
@@ -283,10 +312,6 @@ def _read_item2vec(path: Path, expected_dim: int | None) -> tuple[list[str], np.
             m = _W2V_HEADER.match(text)
             if m:
                 declared = int(m.group(1)), int(m.group(2))
-                if expected_dim is not None and declared[1] != expected_dim:
-                    raise LoadError(
-                        path, line, f"header says dimension {declared[1]}, expected {expected_dim}"
-                    )
                 rows.dim, rows.dim_source = declared[1], f"header on line {line}"
                 continue
         item_id, colon, values = text.rpartition(":")
@@ -299,8 +324,8 @@ def _read_item2vec(path: Path, expected_dim: int | None) -> tuple[list[str], np.
     return ids, matrix
 
 
-def _read_embedding_csv(path: Path, expected_dim: int | None) -> tuple[list[str], np.ndarray]:
-    rows = _Rows(path, expected_dim, None)
+def _read_embedding_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    rows = _Rows(path)
     for line, row in _csv_records(path):
         fields = [f.strip() for f in row]
         if not rows.ids and _is_header(fields[1:]):
@@ -320,9 +345,7 @@ def _is_header(values: list[str]) -> bool:
     return bool(values)
 
 
-def _read_npy(
-    path: Path, ids_path: str | Path | None, expected_dim: int | None
-) -> tuple[list[str], np.ndarray]:
+def _read_npy(path: Path, ids_path: str | Path | None) -> tuple[list[str], np.ndarray]:
     ids_file = Path(ids_path) if ids_path is not None else path.with_name(f"{path.stem}.ids.txt")
     try:
         matrix = np.load(path, allow_pickle=False)
@@ -336,8 +359,6 @@ def _read_npy(
         raise LoadError(path, None, f"expected a numeric matrix, got dtype {matrix.dtype}")
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise LoadError(path, None, f"empty matrix (shape {matrix.shape})")
-    if expected_dim is not None and matrix.shape[1] != expected_dim:
-        raise LoadError(path, None, f"expected dimension {expected_dim}, got {matrix.shape[1]}")
     values = matrix.astype(np.float64, copy=False)
     bad = ~np.isfinite(values) | (np.abs(values) > _F32_MAX)
     if bad.any():

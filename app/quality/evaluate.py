@@ -23,21 +23,24 @@ from app.core.channels.genre import genre_recall
 from app.core.channels.trending import trending_recall
 from app.core.events import ItemUpdate, UserEvent, decode_item_update, encode_item_update
 from app.core.pipeline import Recommender
+from app.core.rank import RankModel
 from app.core.recall import RecallContext
 from app.core.user_state import UserState
 from app.data.loaders import LoadError, Movie, read_embeddings, read_movies
 from app.errors import BadInput
 from app.factory import build_recommender
-from app.producer import events_from_ratings, release_ts
+from app.producer import events_from_ratings, join_items
 from app.progress import Progress
+from app.quality.baselines import ShortTermBaseline
 from app.quality.metrics import MethodScore
 from app.quality.ratings import RatingTable
 from app.quality.train import Embeddings, TrainConfig, TrainingError, train_embeddings
 from app.settings import Settings
 
-METHODS = ("pipeline", "popularity", "trending", "genre")
+METHODS = ("pipeline", "short_term", "popularity", "trending", "genre")
 LABELS = {
     "pipeline": "full pipeline",
+    "short_term": "short-term item-to-item + popularity",
     "popularity": "global popularity (all-time counts)",
     "trending": "trending (decayed popularity)",
     "genre": "top-rated in liked genres",
@@ -57,6 +60,10 @@ class EvalConfig:
     threshold: float = 4.0
     """A test rating at or above this is a positive event (it is scored)."""
     progress: bool = False
+    ablation: bool = True
+    """Also replay the pipeline without each recall channel (same replay, shared state)."""
+    rankers: tuple[RankModel, ...] = ()
+    """Other ranking models, each scored on the same candidates as an ablation variant."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,8 @@ class Scored:
     item_id: str
     lists: dict[str, tuple[str, ...]]
     channels: tuple[str, ...]
+    variant_channels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Recall channel of each item of each ablation variant's list."""
 
 
 @dataclass
@@ -91,6 +100,8 @@ class Prepared:
     n_train: int
     updates: list[ItemUpdate]
     embeddings: dict[str, Any]
+    cooccurrence: tuple[list[str], np.ndarray]
+    """PPMI + SVD item vectors of the train part (the short-term baseline's)."""
 
 
 def check(settings: Settings, config: EvalConfig) -> None:
@@ -113,25 +124,14 @@ def split_index(n: int, share: float) -> int:
 def catalog_updates(
     movies: Sequence[Movie], ids: Sequence[str], vectors: np.ndarray
 ) -> list[ItemUpdate]:
-    """Item upserts for every item with a vector, exactly as the worker decodes them from
-    item-updates (the encoding rounds vectors to 6 decimals; both modes see the same)."""
-    meta = {m.item_id: m for m in movies}
-    out = []
-    for item_id, vec in zip(ids, vectors, strict=True):
-        m = meta.get(item_id)
-        update = ItemUpdate(
-            item_id=item_id,
-            op="upsert",
-            embedding=np.asarray(vec, np.float32),
-            title=m.title if m else "",
-            genres=m.genres if m else (),
-            year=m.year if m else None,
-            recommendable=True,
-            release_ts=release_ts(m) if m else None,
-        )
-        raw = encode_item_update(update)
-        out.append(decode_item_update(item_id.encode(), raw, dim=len(vec)))
-    return out
+    """Item upserts as `nearline load-items` publishes them (every movie, with or without a
+    vector), exactly as the worker decodes them from item-updates (the encoding rounds
+    vectors to 6 decimals; both modes see the same)."""
+    dim = vectors.shape[1]
+    return [
+        decode_item_update(u.item_id.encode(), encode_item_update(u), dim=dim)
+        for u in join_items(movies, ids, vectors)[0]
+    ]
 
 
 def prepare(
@@ -149,38 +149,54 @@ def prepare(
     table = RatingTable.read(ratings_path)
     n_train = split_index(len(table), config.train_share)
     dim = settings.items.embedding_dim
-    if embeddings_path is not None:
-        ids, matrix = read_embeddings(embeddings_path, expected_dim=dim)
-        emb_info: dict[str, Any] = {"source": str(embeddings_path), "items": len(ids)}
-    else:
-        tc = train_config or TrainConfig(dim=dim, rating_center=settings.embedding.rating_center)
-        if tc.dim != dim:
-            raise EvaluationError(f"training dim {tc.dim} != NEARLINE_ITEMS__EMBEDDING_DIM {dim}")
-        try:
-            trained: Embeddings = train_embeddings(
-                table.head(n_train), tc, movies=movies, progress=config.progress
-            )
-        except TrainingError as exc:
+    tc = train_config or TrainConfig(dim=dim, rating_center=settings.embedding.rating_center)
+    if tc.dim != dim:
+        raise EvaluationError(f"training dim {tc.dim} != NEARLINE_ITEMS__EMBEDDING_DIM {dim}")
+    given = None if embeddings_path is None else read_embeddings(embeddings_path, expected_dim=dim)
+    try:
+        trained: Embeddings | None = train_embeddings(
+            table.head(n_train), tc, movies=movies, progress=config.progress
+        )
+    except TrainingError as exc:
+        if given is None:
             raise EvaluationError(f"{ratings_path}: train part: {exc}") from None
+        trained = None  # the short-term baseline then uses the given vectors
+    if trained is not None:
+        # the co-occurrence vectors come first; the genre-filled ones follow
+        n_cooc = int(trained.info["items_trained"])
+        cooc = (trained.item_ids[:n_cooc], trained.items[:n_cooc])
+    if given is not None:
+        ids, matrix = given
+        emb_info: dict[str, Any] = {"source": str(embeddings_path), "items": len(ids)}
+        if trained is None:
+            cooc = (ids, matrix)
+    else:
+        assert trained is not None
         ids, matrix = trained.item_ids, trained.items
         emb_info = {"source": "trained on the train part", **trained.info}
     updates = catalog_updates(movies, ids, matrix)
     if not updates:
         raise LoadError(str(embeddings_path or ratings_path), None, "no item embeddings")
     events = list(events_from_ratings(table.rows()))
-    return Prepared(events=events, n_train=n_train, updates=updates, embeddings=emb_info)
+    return Prepared(
+        events=events, n_train=n_train, updates=updates, embeddings=emb_info, cooccurrence=cooc
+    )
 
 
 class Baselines:
     """The comparison lists, from the same state and stream statistics as the pipeline."""
 
-    def __init__(self, rec: Recommender, genre_min_ratings: int) -> None:
+    def __init__(
+        self, rec: Recommender, genre_min_ratings: int, short_term: ShortTermBaseline
+    ) -> None:
         self.rec = rec
         self.genre_min_ratings = genre_min_ratings
         self.counts = np.zeros(0)
+        self.short_term = short_term
 
-    def observe(self, item_id: str) -> None:
-        key = self.rec.catalog.key(item_id)
+    def observe(self, event: UserEvent) -> None:
+        self.short_term.observe(event.user_id, event.item_id, event.rating)
+        key = self.rec.catalog.key(event.item_id)
         if key is None:
             return
         if key >= len(self.counts):
@@ -206,6 +222,9 @@ class Baselines:
         ctx = self.rec.context(state)
         item_id = self.rec.catalog.item_id
         return {
+            "short_term": tuple(
+                item_id(k) for k in self.short_term.recommend(state.user_id, ctx.exclude, n)
+            ),
             "popularity": tuple(item_id(k) for k in self.popularity(ctx, n)),
             "trending": tuple(item_id(c.key) for c in trending_recall(ctx, n)),
             "genre": tuple(item_id(c.key) for c in genre_recall(ctx, n, self.genre_min_ratings)),
@@ -229,7 +248,15 @@ def replay(
     rec = recommender(settings)
     load_catalog(rec, prepared.updates)
     top_n = settings.ranking.top_n
-    base = Baselines(rec, settings.recall.genre_min_ratings)
+    ids, vectors = prepared.cooccurrence
+    base = Baselines(
+        rec,
+        settings.recall.genre_min_ratings,
+        ShortTermBaseline(rec.catalog, ids, vectors, config.threshold),
+    )
+    variants = ablation_variants(rec) if config.ablation else {}
+    for model in config.rankers:
+        variants[f"ranker {model.version}"] = (frozenset(), model)
     events, n_train = prepared.events, prepared.n_train
     positive = [
         i >= n_train and ev.rating is not None and ev.rating >= config.threshold
@@ -254,27 +281,40 @@ def replay(
             if before is None:
                 out.cold += 1
             else:
-                lists, channels = before
+                lists, channels, var_channels = before
                 if rec.catalog.key(ev.item_id) is None:
                     out.unknown_item += 1
-                out.scored.append(Scored(i, ev.user_id, ev.item_id, lists, channels))
+                out.scored.append(Scored(i, ev.user_id, ev.item_id, lists, channels, var_channels))
         state = states.get(ev.user_id)
         if state is None:
             state = states[ev.user_id] = UserState(user_id=ev.user_id)
         if rec.apply(state, ev, i):
-            base.observe(ev.item_id)
+            base.observe(ev)
             rec.touch(state)
             if needed[i]:
                 rec_list = rec.recommend(state)
                 lists = {"pipeline": tuple(it.item_id for it in rec_list.items)}
                 lists.update(base.lists(state, top_n))
-                current[ev.user_id] = (lists, tuple(it.channel for it in rec_list.items))
+                var_channels = {}
+                for name, v_list in rec.recommend_variants(state, variants).items():
+                    lists[name] = tuple(it.item_id for it in v_list.items)
+                    var_channels[name] = tuple(it.channel for it in v_list.items)
+                current[ev.user_id] = (
+                    lists,
+                    tuple(it.channel for it in rec_list.items),
+                    var_channels,
+                )
             else:
-                current[ev.user_id] = ({}, ())  # the user has a list; nobody will score it
+                current[ev.user_id] = ({}, (), {})  # the user has a list; nobody will score it
         bar.update(1)
     bar.close()
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def ablation_variants(rec: Recommender) -> dict[str, tuple[frozenset[str], RankModel | None]]:
+    """The pipeline without each of its recall channels (`Recommender.recommend_variants`)."""
+    return {f"without {cfg.name}": (frozenset([cfg.name]), None) for cfg, _ in rec.channels}
 
 
 def score(replay_out: Replay, k: int, catalog_size: int) -> dict[str, Any]:
@@ -284,6 +324,16 @@ def score(replay_out: Replay, k: int, catalog_size: int) -> dict[str, Any]:
         for m in METHODS:
             accs[m].add(s.item_id, s.lists[m], s.channels if m == "pipeline" else None)
     return {m: {"label": LABELS[m], **accs[m].summary(catalog_size)} for m in METHODS}
+
+
+def score_ablation(replay_out: Replay, k: int, catalog_size: int) -> dict[str, Any]:
+    """Metrics of each ablation variant (same events as the methods)."""
+    names = list(replay_out.scored[0].variant_channels) if replay_out.scored else []
+    accs = {name: MethodScore(k) for name in names}
+    for s in replay_out.scored:
+        for name in names:
+            accs[name].add(s.item_id, s.lists[name], s.variant_channels[name])
+    return {name: acc.summary(catalog_size) for name, acc in accs.items()}
 
 
 def evaluate(
@@ -318,15 +368,16 @@ def evaluate(
         "embeddings": prepared.embeddings,
         "model_version": build_model_version(settings),
         "methods": score(out, config.k, n_items),
+        "ablation": score_ablation(out, config.k, n_items),
         "replay_seconds": round(out.seconds, 2),
     }
     return report, out
 
 
 def build_model_version(settings: Settings) -> str:
-    from app.core.rank import load_model
+    from app.ranking import load_ranker
 
-    return load_model(settings.ranking.model_path).version
+    return load_ranker(settings.ranking.model_path).version
 
 
 def table_lines(report: dict[str, Any]) -> list[str]:
@@ -340,6 +391,26 @@ def table_lines(report: dict[str, Any]) -> list[str]:
         name = f"**{r['label']}**" if m == "pipeline" else r["label"]
         lines.append(
             f"| {name} | {r[f'hit_rate@{k}']:.4f} | {r[f'ndcg@{k}']:.4f} | {r['mrr']:.4f} "
+            f"| {r[f'coverage@{k}']:.3f} |"
+        )
+    return lines
+
+
+def ablation_lines(report: dict[str, Any]) -> list[str]:
+    """The ablation table: the pipeline, then each variant, with the change in HitRate@K."""
+    k = report["k"]
+    ablation = report.get("ablation") or {}
+    if not ablation:
+        return []
+    hr, nd = f"hit_rate@{k}", f"ndcg@{k}"
+    base = report["methods"]["pipeline"]
+    lines = [
+        f"| pipeline variant | HitRate@{k} | change | NDCG@{k} | MRR | coverage@{k} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in [("full pipeline", base), *ablation.items()]:
+        lines.append(
+            f"| {name} | {r[hr]:.4f} | {r[hr] - base[hr]:+.4f} | {r[nd]:.4f} | {r['mrr']:.4f} "
             f"| {r[f'coverage@{k}']:.3f} |"
         )
     return lines
@@ -364,7 +435,14 @@ def plot(report: dict[str, Any], path: Path) -> None:
     k = report["k"]
     methods = list(report["methods"])
     metrics = [f"hit_rate@{k}", f"ndcg@{k}", "mrr"]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    ablation = report.get("ablation") or {}
+    fig, axes = plt.subplots(
+        1,
+        3 if ablation else 2,
+        figsize=(17 if ablation else 12, 4.5),
+        gridspec_kw={"width_ratios": [3, 2, 2] if ablation else [3, 2]},
+    )
+    ax, ax2 = axes[0], axes[1]
     width = 0.8 / len(methods)
     x = np.arange(len(metrics))
     for j, m in enumerate(methods):
@@ -385,6 +463,18 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax2.invert_yaxis()
     ax2.set_title("full pipeline: recall channel of each item")
     ax2.legend(fontsize=8)
+    if ablation:
+        ax3 = axes[2]
+        hr = f"hit_rate@{k}"
+        names = ["full pipeline", *ablation]
+        vals = [report["methods"]["pipeline"][hr], *(ablation[n][hr] for n in ablation)]
+        bars = ax3.barh(np.arange(len(names)), vals, 0.6)
+        ax3.bar_label(bars, fmt="%.4f", fontsize=7)
+        if "short_term" in report["methods"]:
+            ax3.axvline(report["methods"]["short_term"][hr], color="k", ls="--", lw=1)
+        ax3.set_yticks(np.arange(len(names)), names)
+        ax3.invert_yaxis()
+        ax3.set_title(f"ablation: HitRate@{k} (dashed: short-term baseline)")
     if "e2e" in report:
         e = report["e2e"]
         hr = f"hit_rate@{k}"

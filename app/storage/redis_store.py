@@ -649,7 +649,7 @@ class RedisStore:
     # -- items ----------------------------------------------------------------------------
     async def write_items(
         self,
-        upserts: Sequence[tuple[str, int, dict[str, Any], np.ndarray]],
+        upserts: Sequence[tuple[str, int, dict[str, Any], np.ndarray | None]],
         deletes: Sequence[tuple[str, int]] = (),
     ) -> None:
         """Mirror item upserts/deletes; version = item-updates offset, so replays are no-ops."""
@@ -662,7 +662,14 @@ class RedisStore:
             for item_id, ver, meta, vec in upserts:
                 await self._cas(
                     keys=[keys.item(self.prefix, item_id)],
-                    args=[ver, 0, "meta", json.dumps(meta), "vec", encode_vector(vec)],
+                    args=[
+                        ver,
+                        0,
+                        "meta",
+                        json.dumps(meta),
+                        "vec",
+                        b"" if vec is None else encode_vector(vec),
+                    ],
                     client=pipe,
                 )
                 pipe.sadd(keys.items_index(self.prefix), item_id)

@@ -41,6 +41,7 @@ FILES: dict[str, bytes] = {
     # wrong dimension
     "emb_dim.txt": b"1:0.1 0.2 0.3\n2:0.1 0.3\n",
     "emb_dim.csv": b"id,v1,v2,v3\n1,0.1,0.2,0.3\n2,0.1,0.2,0.3,0.4\n",
+    "emb_wide.csv": b"1:0.1 0.2 0.3 0.4\n2:0.4 0.3 0.2 0.1\n",  # item2vec text in a .csv
     # wrong encoding
     "movies_latin1.csv": b"movieId,title,genres\n1,A (1999),Drama\n2,Caf\xe9 (2001),Drama\n",
     "ratings_latin1.csv": b"userId,movieId,rating,timestamp\n1,1,4.0,100\n\xe9,1,4.0,100\n",
@@ -80,7 +81,8 @@ CASES = [
     ("load-items/emb duplicate", ["load-items", "--movies", "movies.csv", "--embeddings", "emb_dup.txt"], "emb_dup.txt", 2, "duplicate", ()),
     ("load-items/emb dimension", ["load-items", "--movies", "movies.csv", "--embeddings", "emb_dim.txt"], "emb_dim.txt", 2, "expected 3 values", ()),
     ("load-items/emb csv dimension", ["load-items", "--movies", "movies.csv", "--embeddings", "emb_dim.csv"], "emb_dim.csv", 3, "expected 3 values", ()),
-    ("load-items/emb npy dimension", ["load-items", "--movies", "movies.csv", "--embeddings", "emb_dim.npy"], "emb_dim.npy", None, "dimension 3", ()),
+    ("load-items/emb npy dimension", ["load-items", "--movies", "movies.csv", "--embeddings", "emb_dim.npy"], "emb_dim.npy", None, "NEARLINE_ITEMS__EMBEDDING_DIM is 3", ()),
+    ("load-items/emb dimension of the file", ["load-items", "--movies", "movies.csv", "--embeddings", "emb_wide.csv"], "emb_wide.csv", None, "set NEARLINE_ITEMS__EMBEDDING_DIM=4", ()),
     ("load-items/emb npy ids", ["load-items", "--movies", "movies.csv", "--embeddings", "emb_ids.npy"], "emb_ids.ids.txt", None, "rows", ()),
     ("load-items/emb not npy", ["load-items", "--movies", "movies.csv", "--embeddings", "emb_bad.npy"], "emb_bad.npy", None, "npy", ()),
     ("load-items/emb encoding", ["load-items", "--movies", "movies.csv", "--embeddings", "emb_latin1.txt"], "emb_latin1.txt", 2, "utf-8", ()),

@@ -299,3 +299,43 @@ def test_ranking_version_moves_only_when_rules_could_answer_differently():
         change()
         assert cat.ranking_version == v + 1
         v += 1
+
+
+def _no_vector(item_id: str, genres: tuple[str, ...] = ("Drama",), year: int = 2001) -> ItemUpdate:
+    return ItemUpdate(item_id=item_id, op="upsert", genres=genres, year=year, title=item_id)
+
+
+@pytest.mark.parametrize("exact_below", [5000, 10])
+def test_item_without_vector_is_in_the_catalogue_but_not_the_index(exact_below):
+    cat, a_ids, _ = two_clusters(n_per=20, dim=DIM, exact_below=exact_below)
+    assert cat.upsert_many([_no_vector("plain", ("Action",), 2030)]) == 1
+    key = cat.key("plain")
+    assert key is not None and "plain" in cat and cat.vector("plain") is None
+    assert not cat.has_vector(key) and key in cat.live_keys().tolist()
+    assert key not in cat.indexed_keys().tolist()
+    assert cat.genre_mask("Action")[key] and cat.newest_order()[0][0] == key  # rules see it
+    for exact in (False, True):
+        keys, _ = cat.search(cat.vector("a1"), 60, exact=exact)
+        assert key not in keys.tolist()
+    assert len(cat.neighbours(key, 5)[0]) == 0
+    cat.reindex()
+    assert key not in cat.search(cat.vector("a1"), 60)[0].tolist()
+
+
+def test_item_gains_and_loses_its_vector():
+    cat, a_ids, _ = two_clusters(n_per=20, dim=DIM, exact_below=10)
+    cat.upsert_many([_no_vector("x")])
+    probe = np.zeros(DIM, np.float32)
+    probe[3] = 1.0
+    cat.upsert_many([item("x", probe)])
+    assert cat.has_vector(cat.key("x"))
+    assert ids(cat, cat.search(probe, 1)[0]) == ["x"]
+    cat.upsert_many([_no_vector("x")])  # the vector is withdrawn: out of the index, still known
+    assert cat.vector("x") is None and "x" in cat
+    assert "x" not in ids(cat, cat.search(probe, 60)[0])
+    # in one batch the later update wins, with or without a vector
+    cat.upsert_many([_no_vector("x"), item("x", probe)])
+    assert ids(cat, cat.search(probe, 1)[0]) == ["x"]
+    cat.upsert_many([item("x", probe), _no_vector("x")])
+    assert cat.vector("x") is None
+    assert cat.remove("x") and "x" not in cat

@@ -212,8 +212,11 @@ def test_all_zero_embedding():
     assert "zero" in err.detail
 
 
-def test_upsert_needs_an_embedding():
-    assert item_rejected({"item_id": "1", "op": "upsert"}).reason == "schema"
+def test_upsert_without_an_embedding_is_a_catalogue_item():
+    up = decode_item_update(b"1", raw({"item_id": "1", "op": "upsert", "genres": ["Drama"]}), dim=4)
+    assert (up.op, up.embedding, up.genres) == ("upsert", None, ("Drama",))
+    again = decode_item_update(b"1", encode_item_update(up), dim=4)
+    assert again == up
 
 
 def test_tombstone_is_a_delete_of_its_key():

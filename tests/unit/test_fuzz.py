@@ -106,9 +106,9 @@ def _item_property(key: bytes | None, raw: bytes | None) -> tuple[ItemUpdate | N
     assert isinstance(up, ItemUpdate) and up.op in ("upsert", "delete")
     up.item_id.encode("utf-8")
     if up.op == "upsert":
-        assert up.embedding is not None and up.embedding.shape == (DIM,)
-        assert up.embedding.dtype == np.float32
-        assert np.all(np.isfinite(up.embedding)) and float(np.linalg.norm(up.embedding)) > 0
+        if up.embedding is not None:  # an upsert without one is a catalogue-only item
+            assert up.embedding.shape == (DIM,) and up.embedding.dtype == np.float32
+            assert np.all(np.isfinite(up.embedding)) and float(np.linalg.norm(up.embedding)) > 0
         for g in up.genres:
             g.encode("utf-8")
         up.title.encode("utf-8")

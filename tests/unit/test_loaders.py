@@ -209,11 +209,15 @@ def test_item2vec_errors(tmp_path, content, line, fragment):
     expect_error(lambda: read_embeddings(path), path, line, fragment)
 
 
-def test_item2vec_expected_dim(tmp_path):
+def test_item2vec_expected_dim_names_the_setting(tmp_path):
     path = write(tmp_path, "emb.txt", "1:1 2 3\n")
-    expect_error(
-        lambda: read_embeddings(path, expected_dim=4), path, 1, "expected 4 values (expected_dim)"
+    err = expect_error(
+        lambda: read_embeddings(path, expected_dim=4),
+        path,
+        None,
+        "the vectors have 3 dimensions but NEARLINE_ITEMS__EMBEDDING_DIM is 4",
     )
+    assert "set NEARLINE_ITEMS__EMBEDDING_DIM=3" in err.problem
     assert read_embeddings(path, expected_dim=3)[1].shape == (1, 3)
 
 
@@ -223,9 +227,35 @@ def test_embeddings_empty_file(tmp_path, content):
     expect_error(lambda: read_embeddings(path), path, None, "empty file")
 
 
-def test_unknown_embedding_format(tmp_path):
-    path = write(tmp_path, "emb.parquet", "x")
-    expect_error(lambda: read_embeddings(path), path, None, "unknown embedding format '.parquet'")
+# The layout of SparrowRecSys' item2vecEmb.csv: item2vec text in a file named .csv.
+SPARROW_LIKE = "".join(
+    f"{item}:" + " ".join(f"{(item * 7 + j) % 11 / 5 - 1:.6f}" for j in range(10)) + "\n"
+    for item in (710, 205, 45)
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "ids", "dim"),
+    [
+        ("item2vecEmb.csv", SPARROW_LIKE, ["710", "205", "45"], 10),
+        ("emb.txt", "a,1,2\nb,3,4\n", ["a", "b"], 2),  # CSV in a .txt
+        ("emb", "2 3\n1:1 2 3\n2:4 5 6\n", ["1", "2"], 3),  # no extension, w2v header
+        ("emb.parquet", "id,x,y\nk:1,0.5,0.25\n", ["k:1"], 2),  # ':' after a comma: CSV
+    ],
+)
+def test_format_is_sniffed_from_content(tmp_path, name, content, ids, dim):
+    got_ids, matrix = read_embeddings(write(tmp_path, name, content))
+    assert got_ids == ids and matrix.shape == (len(ids), dim)
+
+
+def test_npy_is_told_by_magic_bytes(tmp_path):
+    ids, matrix = _matrix()
+    np.save(tmp_path / "m.npy", matrix)
+    (tmp_path / "m.npy").rename(tmp_path / "m.bin")
+    (tmp_path / "m.bin.ids").write_text("\n".join(ids) + "\n")
+    got_ids, got = read_embeddings(tmp_path / "m.bin", ids_path=tmp_path / "m.bin.ids")
+    assert got_ids == ids
+    np.testing.assert_array_equal(got, matrix)
 
 
 # --- embeddings: CSV and npy round trips ------------------------------------------
@@ -292,7 +322,10 @@ def test_npy_errors(tmp_path):
     expect_error(lambda: read_embeddings(npy), ids_path, 4, "not valid UTF-8")
     write(tmp_path, "m.ids.txt", "\n".join(ids) + "\n")
     expect_error(
-        lambda: read_embeddings(npy, expected_dim=8), npy, None, "expected dimension 8, got 4"
+        lambda: read_embeddings(npy, expected_dim=8),
+        npy,
+        None,
+        "the vectors have 4 dimensions but NEARLINE_ITEMS__EMBEDDING_DIM is 8",
     )
     bad = matrix.copy()
     bad[3, 2] = np.nan

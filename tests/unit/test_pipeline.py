@@ -200,3 +200,23 @@ def test_seen_items_are_excluded_on_a_tiny_catalog():
     assert len(got) == 8
     assert not {"a0", "a1", "a2", "a5"} & set(got)
     assert got[:2] == ["a3", "a4"]  # the rest of the liked cluster leads
+
+
+def test_variants_from_one_recall_equal_recommenders_configured_without_a_channel(sample):
+    rec = replayed(sample)
+    me = UserState("me")
+    engage(rec, me, sample.items_of(3)[:4], sample.now, 10_000)
+    names = [cfg.name for cfg, _ in rec.channels]
+    variants = {f"without {n}": (frozenset([n]), None) for n in names}
+    variants["all"] = (frozenset(), None)
+    got = rec.recommend_variants(me, variants)
+    assert got["all"] == rec.recommend(me)
+    for n in names:
+        config = replace(rec.config, channels=tuple(c for c in rec.config.channels if c.name != n))
+        alone = rec.as_variant(rec.variant, config, rec.model).recommend(me)
+        assert got[f"without {n}"] == alone, n
+        assert n not in {i.channel for i in alone.items}
+    other = replace(rec.model, version="other", weights={**rec.model.weights, "popularity": 0})
+    ranked = rec.recommend_variants(me, {"x": (frozenset(), other)})["x"]
+    assert ranked.model_version == "other"
+    assert ranked == rec.as_variant(rec.variant, rec.config, other).recommend(me)

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main
+from app.core.channels import CHANNELS
 from app.data.loaders import read_embeddings
 from app.data.sample import generate_sample
 from app.quality.e2e import compare
@@ -169,6 +170,10 @@ def _movielens_files(tmp_path: Path, sample) -> tuple[Path, Path]:
     return r_path, m_path
 
 
+def pipe_events(report: dict) -> int:
+    return report["methods"]["pipeline"]["events"]
+
+
 def test_evaluate_runs_on_a_movielens_format_file(small_sample, tmp_path, monkeypatch):
     monkeypatch.setenv("NEARLINE_ITEMS__EMBEDDING_DIM", "16")
     ratings, movies = _movielens_files(tmp_path, small_sample)
@@ -179,7 +184,13 @@ def test_evaluate_runs_on_a_movielens_format_file(small_sample, tmp_path, monkey
     assert res.exit_code == 0, res.output
     report = json.loads((out / "quality.json").read_text())
     assert (out / "quality.png").stat().st_size > 1000
-    assert set(report["methods"]) == {"pipeline", "popularity", "trending", "genre"}
+    assert set(report["methods"]) == {"pipeline", "short_term", "popularity", "trending", "genre"}
+    # the ablation: one variant per recall channel, scored on the same events
+    assert set(report["ablation"]) == {f"without {c}" for c in CHANNELS}
+    for r in report["ablation"].values():
+        assert r["events"] == pipe_events(report)
+        assert sum(c["hits"] for c in r["channels"].values()) == r["hits"]
+    assert "| without item2item |" in res.output
     assert report["events"]["scored"] > 100
     # the split is by time even though the file is ordered by user
     assert report["events"]["train"] == round(0.8 * 6000)
@@ -292,7 +303,9 @@ def test_compare_takes_the_latest_list_published_before_each_event():
         UserEvent(f"e{i}", "u", item, "rating", 100.0 + i, 5.0)
         for i, item in enumerate(["a", "b", "c", "d"])
     ]
-    prepared = Prepared(events=events, n_train=2, updates=[object()] * 4, embeddings={})
+    prepared = Prepared(
+        events=events, n_train=2, updates=[object()] * 4, embeddings={}, cooccurrence=([], None)
+    )
     scored = [
         Scored(2, "u", "c", {"pipeline": ("c", "x")}, ("embedding", "trending")),
         Scored(3, "u", "d", {"pipeline": ("x", "y")}, ("embedding", "trending")),
@@ -339,3 +352,46 @@ def test_pipeline_beats_every_baseline_on_the_default_sample(tmp_path):
     hit = {m: r["hit_rate@10"] for m, r in report["methods"].items()}
     assert report["events"]["scored"] > 4000
     assert hit["pipeline"] > 2 * max(hit["popularity"], hit["trending"], hit["genre"]), hit
+
+
+# -- the short-term baseline --------------------------------------------------------------
+
+
+def _baseline_catalog():
+    from app.core.catalog import ItemCatalog
+    from tests.unit.factories import item
+
+    cat = ItemCatalog(3)
+    cat.upsert_many([item(i, [1, 0, 0]) for i in "abcdefg"])
+    return cat
+
+
+def test_short_term_baseline_known_answer():
+    from app.quality.baselines import ShortTermBaseline
+
+    cat = _baseline_catalog()
+    ids = list("abcdefg")
+    e = np.eye(3, dtype=np.float32)
+    # a, b along x; c, d along y; e along z; f halfway x/y; g has no co-occurrence vector
+    vecs = np.vstack([e[0], e[0], e[1], e[1], e[2], (e[0] + e[1]) / 2, np.zeros(3)])
+    base = ShortTermBaseline(cat, ids, vecs, threshold=3.5)
+    base.observe("u", "a", 5.0)  # liked first (older)
+    base.observe("u", "c", 4.0)  # liked last (newest)
+    base.observe("u", "e", 3.0)  # below the threshold: neither a like nor a positive
+    for _ in range(3):
+        base.observe("v", "g", 5.0)  # g: most positives, no vector
+    s = base.scores("u")
+    key = {i: cat.key(i) for i in ids}
+    top = math.log1p(3)
+    # d: cosine 1 to the newest like (weight 1), 0 to the older one, no positives
+    assert s[key["d"]] == pytest.approx(1.0)
+    assert s[key["b"]] == pytest.approx(0.6)
+    assert s[key["f"]] == pytest.approx((1.0 + 0.6) / math.sqrt(2))
+    assert s[key["g"]] == pytest.approx(0.15)
+    assert s[key["c"]] == pytest.approx(1.0 + 0.15 * math.log1p(1) / top)
+    assert s[key["e"]] == pytest.approx(0.0)
+    seen = {key["a"], key["c"]}
+    got = [cat.item_id(k) for k in base.recommend("u", seen, 4)]
+    assert got == ["f", "d", "b", "g"]  # seen items excluded, best first (f: 1.6 / sqrt 2)
+    # a user without likes gets the positive counts only; ties broken by key
+    assert [cat.item_id(k) for k in base.recommend("w", set(), 3)] == ["g", "a", "c"]

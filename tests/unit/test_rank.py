@@ -39,7 +39,7 @@ GOOD = {"kind": "linear", "version": "t-1", "weights": {"similarity": 1.0}}
 def test_default_model_loads():
     m = load_model()
     assert m == load_model(None) == load_model(DEFAULT_MODEL)
-    assert m.version == "linear-default-2"
+    assert m.version == "linear-default-3"
     assert set(m.weights) == set(FEATURES)
     assert m.weights["similarity"] > 0
     assert m.recency_half_life_days > 0
@@ -212,6 +212,10 @@ def _reference_features(cands, ctx, model) -> np.ndarray:
         g = ctx.catalog.meta(c.key).genres
         if total and g:
             x[i, 4] = min(sum(genres.get(n, 0) for n in g) / (total * len(g)) * len(genres), 1.0)
+        # short-term taste: recency-weighted cosine to the last 5 likes, newest weight 1
+        v = ctx.catalog.vectors(np.array([c.key]))[0]
+        for age, liked in enumerate(reversed(ctx.user.liked[-5:])):
+            x[i, 5] += 0.6**age * float(v @ ctx.catalog.vector(liked))
     return x
 
 

@@ -13,6 +13,7 @@ from app.core.channels.embedding import embedding_recall
 from app.core.channels.genre import genre_recall
 from app.core.channels.item2item import item2item_recall
 from app.core.channels.newest import newest_recall
+from app.core.channels.short_term import short_term_recall
 from app.core.channels.similar_users import similar_users_recall
 from app.core.channels.trending import trending_recall
 from app.core.pipeline import Recommender
@@ -31,6 +32,7 @@ RECALL = {
     "genre": genre_recall,
     "trending": trending_recall,
     "newest": newest_recall,
+    "short_term": short_term_recall,
 }
 
 

@@ -9,6 +9,7 @@ from app.core.channels import (  # noqa: F401  (each registers itself; REGISTRY 
     genre,
     item2item,
     newest,
+    short_term,
     similar_users,
     trending,
 )

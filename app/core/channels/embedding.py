@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.core.channels.registry import Channel, register
-from app.core.recall import Candidate, RecallContext
+from app.core.recall import Candidate, RecallContext, nearest
 
 
 def embedding_recall(ctx: RecallContext, k: int) -> list[Candidate]:
@@ -11,11 +11,7 @@ def embedding_recall(ctx: RecallContext, k: int) -> list[Candidate]:
     the index skips the others while it gathers candidates."""
     if ctx.embedding is None or k <= 0:
         return []
-    keys, scores = ctx.catalog.search(ctx.embedding, k, allowed=ctx._admissible())
-    return [
-        Candidate(key, score, "embedding")
-        for key, score in zip(keys.tolist(), scores.tolist(), strict=True)
-    ]
+    return nearest(ctx, ctx.embedding, k, "embedding")
 
 
 CHANNEL = register(
