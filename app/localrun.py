@@ -174,9 +174,18 @@ class WorkerProcess:
 class ServeProcess:
     """A real `nearline serve` process group (granian pre-forks `processes` workers)."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path, processes: int = 1, name: str = "serve"):
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        processes: int = 1,
+        name: str = "serve",
+        argv: list[str] | None = None,
+    ):
         self.port = free_port()
         self.processes = processes
+        self.argv = argv
+        """Another server to run instead (its arguments, then the port): bench comparisons."""
         self.env = {**os.environ, **env}
         self.log_path = Path(log_dir) / f"{name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -184,6 +193,8 @@ class ServeProcess:
     def start(self, timeout: float = 60) -> ServeProcess:
         cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)]
         cmd += ["--processes", str(self.processes), "-l", "warning"]
+        if self.argv is not None:
+            cmd = [sys.executable, *self.argv, str(self.port)]
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,

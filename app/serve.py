@@ -41,6 +41,56 @@ JSON = [("content-type", "application/json")]
 INVALIDATE = "__redis__:invalidate"
 
 
+class GetBatcher:
+    """Coalesces the GETs that requests issue in one event-loop turn into one MGET: under
+    many connections, one Redis command (and one trip through the client library, whose
+    per-command cost dominates a read) serves a batch of reads."""
+
+    def __init__(self, client: Any, *, cluster: bool = False, max_batch: int = 256) -> None:
+        self.client = client
+        # a cluster's keys live in many slots: one MGET per slot, run side by side
+        self.mget = client.mget_nonatomic if cluster else client.mget
+        self.max_batch = max_batch
+        self.tasks: set[asyncio.Future[Any]] = set()
+        self.pending: list[tuple[str, asyncio.Future[Any]]] = []
+        self.batches = 0
+        self.keys = 0
+
+    def get(self, key: str) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.append((key, fut))
+        return fut
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        for i in range(0, len(batch), self.max_batch):
+            task = asyncio.ensure_future(self._mget(batch[i : i + self.max_batch]))
+            self.tasks.add(task)  # held until done (the loop keeps only weak references)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _mget(self, batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        live = [(k, f) for k, f in batch if not f.done()]  # a request past its budget left
+        if not live:
+            return
+        self.batches += 1
+        self.keys += len(live)
+        try:
+            values = await self.mget([k for k, _ in live])
+        except BaseException as exc:  # every waiting read sees the failure
+            for _, f in live:
+                if not f.done():
+                    f.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_, f), v in zip(live, values, strict=True):
+            if not f.done():
+                f.set_result(v)
+
+
 class Reader:
     """One serve process's read path: cache, Redis, fallbacks, invalidation, health."""
 
@@ -82,6 +132,7 @@ class Reader:
 
         self.client = make_client(self.s.redis, pool_size=self.s.serve.redis_connections)
         self.cluster = split_cluster_flag(self.s.redis.url)[1]
+        self.batcher = GetBatcher(self.client, cluster=self.cluster)
         await self._ping()
         self.tasks.append(asyncio.create_task(self._health_loop()))
         if self.cache_ttl > 0 and not self.cluster:
@@ -256,14 +307,8 @@ class Reader:
         return result
 
     async def _from_redis(self, user_id: str) -> ReadResult:
-        from redis.exceptions import ResponseError
-
-        try:
-            raw = await self.client.get(keys.user_list(self.prefix, user_id))
-        except ResponseError as exc:  # a key still in the previous layout: no list yet
-            if not str(exc).startswith("WRONGTYPE"):
-                raise
-            raw = None
+        # MGET answers nil for a key still in the previous layout (a hash): no list yet
+        raw = await self.batcher.get(keys.user_list(self.prefix, user_id))
         rec = None
         if raw is not None:
             try:
@@ -361,7 +406,8 @@ class Reader:
         return {
             "reads": dict(self.reads),
             "fallbacks": dict(self.fallbacks),
-            "counters": dict(self.counters),
+            "counters": dict(self.counters)
+            | {"redis_batches": self.batcher.batches, "redis_batched_keys": self.batcher.keys},
             "cache_entries": len(self.cache),
             "tracking": self.tracking,
             "redis_ok": self.redis_ok,
@@ -376,11 +422,15 @@ class ServeApp:
         self.settings: Settings | None = None
         self.registry: Any = None
 
-    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def settings_and_reader(self) -> None:
         self.settings = load_settings()
         self.reader = Reader(self.settings)
-        loop.run_until_complete(self.reader.start())
         self.registry = serve_registry(self.reader.snapshot)
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings_and_reader()
+        assert self.reader is not None
+        loop.run_until_complete(self.reader.start())
         log.info("serve process %d ready (redis ok: %s)", os.getpid(), self.reader.redis_ok)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -390,12 +440,21 @@ class ServeApp:
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":
             return
+        status, headers, body = await self.handle(
+            scope.path, scope.query_string, scope.headers.get("authorization", "")
+        )
+        proto.response_bytes(status, headers, body)
+
+    async def handle(
+        self, path: str, query_string: str, authorization: str
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One GET, whatever the HTTP server: (status, headers, body)."""
         assert self.settings is not None and self.reader is not None
-        path = scope.path
         serve = self.settings.serve
+        allowed = serve.token is None or token_ok(serve.token, authorization)
         if path.startswith("/recommendations/"):
-            if not self._allowed(scope):
-                return _error(proto, 401, "missing or wrong bearer token")
+            if not allowed:
+                return _error(401, "missing or wrong bearer token")
             user = path[len("/recommendations/") :]
             if user.endswith("/"):
                 user = user[:-1]
@@ -403,39 +462,29 @@ class ServeApp:
                 user_id = check_user_id(unquote(user))
                 if "/" in user_id:
                     raise BadRequest("user_id must not contain '/'")
-                query = parse_qs(scope.query_string) if scope.query_string else {}
+                query = parse_qs(query_string) if query_string else {}
                 k = parse_k(query.get("k", [None])[-1], serve.default_k)
             except BadRequest as exc:
-                return _error(proto, 400, str(exc))
+                return _error(400, str(exc))
             reader = self.reader
             result = await reader.read(user_id)
             body = result.response(
                 k, time.time(), serve.stale_after_seconds, titles=reader.title, keep=reader.keep
             )
-            proto.response_bytes(200, JSON, fastjson.dumps(body))
-            return None
+            return 200, JSON, fastjson.dumps(body)
         if path in ("/health", "/health/"):
-            proto.response_bytes(200, JSON, fastjson.dumps(self.reader.health()))
-            return None
+            return 200, JSON, fastjson.dumps(self.reader.health())
         if path in ("/metrics", "/metrics/"):
-            if not self._allowed(scope):
-                return _error(proto, 401, "missing or wrong bearer token")
+            if not allowed:
+                return _error(401, "missing or wrong bearer token")
             from prometheus_client import generate_latest
 
-            proto.response_bytes(
-                200, [("content-type", CONTENT_TYPE)], generate_latest(self.registry)
-            )
-            return None
-        return _error(proto, 404, f"no such endpoint: {path[:100]}")
-
-    def _allowed(self, scope: Any) -> bool:
-        assert self.settings is not None
-        token = self.settings.serve.token
-        return token is None or token_ok(token, scope.headers.get("authorization", ""))
+            return 200, [("content-type", CONTENT_TYPE)], generate_latest(self.registry)
+        return _error(404, f"no such endpoint: {path[:100]}")
 
 
-def _error(proto: Any, status: int, message: str) -> None:
-    proto.response_bytes(status, JSON, fastjson.dumps({"error": message, "status": status}))
+def _error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    return status, JSON, fastjson.dumps({"error": message, "status": status})
 
 
 app = ServeApp()

@@ -68,6 +68,10 @@ end
 """
 
 
+LIGHT_READS = 2000.0
+"""req/s of the light read load the worker's events/s is also measured under."""
+
+
 class MissingTool(BadInput):
     """A program the benchmark drives is not installed."""
 
@@ -108,6 +112,9 @@ class Load:
         out = subprocess.run(
             cmd, capture_output=True, text=True, env=env, timeout=self.seconds + 60, check=True
         ).stdout
+        return self.parse(out)
+
+    def parse(self, out: str) -> dict[str, Any]:
         m = re.search(r"^NLRESULT (.*)$", out, re.MULTILINE)
         if m is None:
             raise RuntimeError(f"wrk printed no result:\n{out[-2000:]}")
@@ -147,6 +154,16 @@ def redis_get(url: str, key_pattern: str, connections: int, users: int, n: int) 
         "p99_ms": float(cols[6]),
         "max_ms": float(cols[7]),
     }
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()  # fmt: skip
+    except (subprocess.SubprocessError, OSError):
+        return "unknown"
 
 
 def _loadavg() -> str:
@@ -217,7 +234,11 @@ def run(
             rows.setdefault(name, []).append(row)
             return row
 
+        stacks = _stacks(env, work, script, users, seconds, repeats, log)
         paced: dict[str, dict[str, Any]] = {}
+        serve_counters: dict[str, Any] = {}
+        profiles: dict[str, Any] = {}
+        """One process's /health after its rounds (reads by tier, fallbacks)."""
         for procs in processes:
             cached = ServeProcess(env, work, procs, f"cached{procs}").start()
             direct = ServeProcess(
@@ -252,23 +273,33 @@ def run(
                         "bare_rps_128": bare,
                         "rps_vs_bare": round(m["rps"] / bare, 3),
                     }
-            tiers = {"cached": cached.get("/health"), "redis": direct.get("/health")}
-            log(f"serve tiers (one process's counters): {tiers}")
+            for name, srv in (("cache", cached), ("redis", direct)):
+                serve_counters[f"{name}_p{procs}"] = srv.get("/health")
+            if procs == 1:
+                for name, srv in (("cache", cached), ("redis", direct)):
+                    log(f"profiling {name} reads at 128 connections")
+                    load = Load(srv.port, 128, seconds + 3, script, users)
+                    profiles[name] = _profile(srv, load, seconds)
             for srv in (cached, direct):
                 srv.stop()
             serving.clear()
 
         # the worker under read load: a burst of events drained with and without 128 paced
         # connections reading from a 2-process serve (the read load of the paced figures)
-        events_rows: dict[str, list[float]] = {"without_reads": [], "with_reads": []}
+        # and with a light read load (LIGHT_READS req/s), where the CPU reads take is small
         procs = max(processes)
         srv = ServeProcess(env, work, procs, "load").start()
         serving.append(srv)
         bare = median([r["rps"] for r in rows.get(f"bare_p{procs}_c128", [{"rps": 20_000}])])
-        interval = max(0.0, 128 / (paced_share * bare) * 1000 - 0.5)
+        intervals = {
+            "with_reads": max(0.0, 128 / (paced_share * bare) * 1000 - 0.5),
+            "with_light_reads": 128 / LIGHT_READS * 1000,
+        }
+        events_rows: dict[str, list[float]] = {"without_reads": [], **{c: [] for c in intervals}}
+        read_rates: dict[str, list[float]] = {c: [] for c in intervals}
         k = 0
         for _ in range(repeats):
-            for cond in ("without_reads", "with_reads"):
+            for cond in events_rows:
                 k += 1
                 evs = [
                     UserEvent(
@@ -281,9 +312,10 @@ def run(
                     for j in range(burst)
                 ]
                 load = None
-                if cond == "with_reads":
-                    cmd, wenv = Load(srv.port, 128, 600, script, users, interval).command()
-                    load = subprocess.Popen(cmd, env=wenv, stdout=subprocess.DEVNULL)
+                if cond in intervals:
+                    reads = Load(srv.port, 128, 600, script, users, intervals[cond])
+                    cmd, wenv = reads.command()
+                    load = subprocess.Popen(cmd, env=wenv, stdout=subprocess.PIPE, text=True)
                     time.sleep(1.0)  # the load is on before the burst
                 try:
                     base = (worker.status() or {})["counters"].get("events_done", 0)
@@ -297,8 +329,10 @@ def run(
                     rate = burst / (time.perf_counter() - t0)
                 finally:
                     if load is not None:
-                        load.send_signal(signal.SIGINT)
-                        load.wait(timeout=30)
+                        load.send_signal(signal.SIGINT)  # wrk prints its figures and exits
+                        out = load.communicate(timeout=30)[0]
+                if load is not None:
+                    read_rates[cond].append(reads.parse(out)["rps"])
                 events_rows[cond].append(round(rate, 1))
                 log(f"worker events/s {cond}: {rate:.0f}")
         staleness = _staleness(s, srv, names[: min(50, users)])
@@ -335,22 +369,151 @@ def run(
             "http_client": "wrk (closed loop; paced rounds: Lua delay per connection)",
             "redis_client": "redis-benchmark GET of the same records, same connections",
             "server": "granian RSGI, uvloop, pre-forked processes on one socket",
+            "light_reads_rps": LIGHT_READS,
+            "commit": _commit(),
         },
         "loadavg_before": load_before,
         "loadavg_after": _loadavg(),
+        "stacks_cached_128": stacks,
         "closed_loop": table,
         "paced_128": paced,
         "targets_128": _targets(paced),
         "worker_events_per_s": ev
-        | {"ratio_with_reads": round(ev["with_reads"] / ev["without_reads"], 3)},
+        | {
+            "ratio_with_reads": round(ev["with_reads"] / ev["without_reads"], 3),
+            "ratio_with_light_reads": round(ev["with_light_reads"] / ev["without_reads"], 3),
+            "read_rps_during": {c: median(v) for c, v in read_rates.items()},
+        },
         "worker_events_rounds": events_rows,
+        "serve_counters": serve_counters,
+        "profile_128_one_process": profiles,
         "staleness_ms": staleness,
         "rounds": rows,
         "worker_counters": worker_tail.get("counters", {}),
     }
     write_result(out_dir, "serve", figures)
+    (out_dir / "serve-table.md").write_text(markdown_table(figures))
     _plot(out_dir / "serve.png", table, processes, connections)
     return figures
+
+
+def _stacks(
+    env: dict[str, str],
+    work: Path,
+    script: Path,
+    users: int,
+    seconds: float,
+    repeats: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The server stack, chosen by this: one process, cached reads, 128 connections,
+    the same reader and handler behind granian (RSGI, uvloop) and aiohttp (asyncio or
+    uvloop), rounds interleaved."""
+    servers = {
+        "granian_rsgi_uvloop": None,
+        "aiohttp_asyncio": ["-m", "app.bench.serve_aiohttp", "asyncio"],
+        "aiohttp_uvloop": ["-m", "app.bench.serve_aiohttp", "uvloop"],
+    }
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    for name, argv in servers.items():
+        srv = ServeProcess(env, work, 1, name, argv=argv).start()
+        try:
+            Load(srv.port, 16, 1, script, users).run()  # warm
+            for rep in range(repeats):
+                log(f"stack {name}, round {rep + 1}/{repeats}")
+                rows[name].append(Load(srv.port, 128, seconds, script, users).run())
+        finally:
+            srv.stop()
+    return {name: _med(rs) | {"rounds_detail": rs} for name, rs in rows.items()}
+
+
+def _profile(srv: ServeProcess, load: Load, seconds: float) -> dict[str, Any]:
+    """Where one serve process's time goes under `load`: py-spy samples it (all threads,
+    GIL holders and not) while wrk runs; self time by frame, and inclusive time by part."""
+    if shutil.which("py-spy") is None:
+        return {"skipped": "py-spy not installed (pip install py-spy)"}
+    pid = (srv.get("/health") or {}).get("pid")
+    out = Path(tempfile.mkdtemp(prefix="nearline-prof-")) / "raw.txt"
+    cmd, env = load.command()
+    wrk_proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)
+        subprocess.run(
+            ["py-spy", "record", "--pid", str(pid), "--duration", f"{max(1, int(seconds))}"]
+            + ["--format", "raw", "--output", str(out), "--nonblocking"],
+            capture_output=True,
+            timeout=seconds + 60,
+            check=True,
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        return {"skipped": f"py-spy failed: {exc}"}
+    finally:
+        wrk_proc.wait(timeout=load.seconds + 30)
+    own: dict[str, int] = {}
+    parts = {"nearline code": 0, "redis client": 0, "granian (HTTP)": 0, "asyncio streams": 0}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, n_text = line.rpartition(" ")
+        n = int(n_text)
+        total += n
+        frames = stack.split(";")
+        key = frames[-1] or "(no Python frame: granian's native threads, the loop)"
+        own[key] = own.get(key, 0) + n
+        for part, needle in (
+            ("nearline code", "(app/"),
+            ("redis client", "(redis/"),
+            ("granian (HTTP)", "(granian/"),
+            ("asyncio streams", "(asyncio/streams.py"),
+        ):
+            if any(needle in f for f in frames):
+                parts[part] += n
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:15]
+    return {
+        "samples": total,
+        "inclusive_share": {k: round(v / max(total, 1), 3) for k, v in parts.items()},
+        "top_self": [{"frame": f, "share": round(n / max(total, 1), 3)} for f, n in top],
+    }
+
+
+def markdown_table(f: dict[str, Any]) -> str:
+    """The README's figures table, from the figures of one run."""
+
+    def cell(m: dict[str, Any], ratio: bool = True) -> str:
+        text = f"{m['rps']:,.0f} req/s, p50 {m['p50_ms']:.2f} ms, p99 {m['p99_ms']:.1f} ms"
+        return text + (f" ({m['rps_vs_bare']:.2f}x)" if ratio else "")
+
+    lines = [
+        "| processes | connections | cached read | Redis read | bare Redis GET |",
+        "|---|---|---|---|---|",
+    ]
+    for r in f["closed_loop"]:
+        lines.append(
+            f"| {r['processes']} | {r['connections']} | {cell(r['cache'])} | {cell(r['redis'])}"
+            f" | {cell(r['bare_redis_get'], ratio=False)} |"
+        )
+    lines += ["", "| at 128 connections, paced | target req/s | achieved | p50 | p99 | met |"]
+    lines.append("|---|---|---|---|---|---|")
+    for name, m in f["paced_128"].items():
+        t = f["targets_128"][name]
+        lines.append(
+            f"| {name} | {m['target_rps']:,.0f} | {m['rps']:,.0f} ({m['rps_vs_bare']:.2f}x bare)"
+            f" | {m['p50_ms']:.2f} ms | {m['p99_ms']:.1f} ms (limit {t['p99_limit_ms']:.0f})"
+            f" | {'yes' if t['met'] else 'no'} |"
+        )
+    ev = f["worker_events_per_s"]
+    lines += [
+        "",
+        f"Worker events/s: {ev['without_reads']:,.0f} without reads,"
+        f" {ev['with_reads']:,.0f} under the paced read load"
+        f" ({ev['read_rps_during']['with_reads']:,.0f} req/s; {ev['ratio_with_reads']:.2f}x),"
+        f" {ev['with_light_reads']:,.0f} under {ev['read_rps_during']['with_light_reads']:,.0f}"
+        f" req/s ({ev['ratio_with_light_reads']:.2f}x). Staleness after a change:"
+        f" p50 {f['staleness_ms']['p50']} ms, p99 {f['staleness_ms']['p99']} ms"
+        f" ({f['staleness_ms']['trials']} trials). Load average {f['loadavg_before']}"
+        f" before, {f['loadavg_after']} after.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _targets(paced: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -389,7 +552,7 @@ def _staleness(s: Any, srv: ServeProcess, users: list[str]) -> dict[str, Any]:
         version = int.from_bytes(raw[1:9], "big") + 1_000_000
         r.set(key, raw[:1] + version.to_bytes(8, "big") + raw[9:])
         t0 = time.perf_counter()
-        deadline = t0 + 10
+        deadline = t0 + 5
         while time.perf_counter() < deadline:
             body = srv.get(f"/recommendations/{u}?k=1") or {}
             if body.get("version") == version:
@@ -399,7 +562,7 @@ def _staleness(s: Any, srv: ServeProcess, users: list[str]) -> dict[str, Any]:
             misses += 1
     return {
         "trials": len(lat),
-        "not_fresh_within_10s": misses,
+        "not_fresh_within_5s": misses,
         "p50": round(percentile(lat, 50) * 1000, 3),
         "p99": round(percentile(lat, 99) * 1000, 3),
         "max": round(max(lat) * 1000, 3) if lat else None,
