@@ -153,3 +153,39 @@ def test_redis_stopped_answers_from_the_fallback_tiers_within_the_budget(
     finally:
         srv.stop()
         own.stop()
+
+
+def test_concurrent_reads_share_one_mget_and_a_read_past_its_budget_leaves_the_rest(
+    run_id: str,
+) -> None:
+    """GetBatcher on the real Redis: the GETs of one event-loop turn go as one MGET, each
+    read gets its own key's value, and a read cancelled at its budget does not disturb the
+    others of its batch."""
+    import asyncio
+
+    from app.localrun import settings_for
+    from app.serve import GetBatcher
+    from app.storage.redis_store import make_client
+
+    s = settings_for(run_env(run_id))
+    r = redis_client()
+    names = [f"{run_id}:k{i}" for i in range(100)]
+    for i, name in enumerate(names):
+        r.set(name, f"v{i}")
+
+    async def main() -> tuple[list[object], int]:
+        client = make_client(s.redis, pool_size=4)
+        batcher = GetBatcher(client)
+        try:
+            doomed = asyncio.ensure_future(batcher.get(names[0]))
+            reads = [batcher.get(n) for n in names[1:]]
+            doomed.cancel()  # as asyncio.timeout does to a read past its budget
+            values = await asyncio.gather(*reads)
+            return values, batcher.batches
+        finally:
+            await client.aclose()
+
+    values, batches = asyncio.run(main())
+    assert values == [f"v{i}".encode() for i in range(1, 100)]
+    assert batches == 1
+    r.delete(*names)
