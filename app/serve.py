@@ -25,7 +25,7 @@ import os
 import time
 from collections import Counter
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 from app.core import fastjson
 from app.metrics import CONTENT_TYPE, serve_registry
@@ -459,7 +459,7 @@ class ServeApp:
             if user.endswith("/"):
                 user = user[:-1]
             try:
-                user_id = check_user_id(unquote(user))
+                user_id = check_user_id(user)  # the server gives the path decoded
                 if "/" in user_id:
                     raise BadRequest("user_id must not contain '/'")
                 query = parse_qs(query_string) if query_string else {}

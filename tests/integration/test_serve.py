@@ -55,6 +55,9 @@ def test_processes_on_one_port_all_answer_and_the_token_is_required(
         validate("recommendation-response", body)
         assert body["tier"] == "default" and body["items"] == []
         assert srv.request("/recommendations/x?k=0", token="s3cret-serve")[0] == 400
+        # the user id arrives percent-decoded once: "a%2541" is the user "a%41"
+        status, body = srv.request("/recommendations/a%2541?k=1", token="s3cret-serve")
+        assert status == 200 and body["user_id"] == "a%41"
         assert srv.request("/nope", token="s3cret-serve")[0] == 404
     finally:
         srv.stop()
