@@ -134,6 +134,7 @@ class Reader:
         self.cluster = split_cluster_flag(self.s.redis.url)[1]
         self.batcher = GetBatcher(self.client, cluster=self.cluster)
         await self._ping()
+        await self._keep_shared()
         self.tasks.append(asyncio.create_task(self._health_loop()))
         if self.cache_ttl > 0 and not self.cluster:
             self.tasks.append(asyncio.create_task(self._track_loop()))
@@ -167,6 +168,20 @@ class Reader:
         while True:
             await asyncio.sleep(self.s.serve.health_interval_seconds)
             await self._ping()
+            await self._keep_shared()
+
+    async def _keep_shared(self) -> None:
+        """Keep the shared lists at hand, so a fallback answers with them even in a process
+        whose reads all found users' lists (they are read only for users without one)."""
+        from app.storage.redis_store import RETRYABLE
+
+        if not self.redis_ok:
+            return
+        try:
+            async with asyncio.timeout(max(self.budget * 4, 0.5)):
+                await self._shared()
+        except (*RETRYABLE, TimeoutError) as exc:
+            self._down(exc)
 
     # ------------------------------------------------------------ invalidation
 
