@@ -510,9 +510,27 @@ def markdown_table(f: dict[str, Any]) -> str:
         f" req/s ({ev['ratio_with_light_reads']:.2f}x). Staleness after a change:"
         f" p50 {f['staleness_ms']['p50']} ms, p99 {f['staleness_ms']['p99']} ms"
         f" ({f['staleness_ms']['trials']} trials). Load average {f['loadavg_before']}"
-        f" before, {f['loadavg_after']} after.",
+        f" before, {f['loadavg_after']} after; commit {f['params']['commit']}.",
+        "",
+        "Server stacks, one process, cached reads, 128 connections: "
+        + ", ".join(
+            f"{name} {m['rps']:,.0f} req/s (p99 {m['p99_ms']:.1f} ms)"
+            for name, m in f["stacks_cached_128"].items()
+        )
+        + ".",
         "",
     ]
+    for kind, prof in f["profile_128_one_process"].items():
+        if "skipped" in prof:
+            lines += [f"Profile of {kind} reads: {prof['skipped']}.", ""]
+            continue
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in prof["inclusive_share"].items())
+        top = "; ".join(f"{t['frame']} {t['share']:.0%}" for t in prof["top_self"][:5])
+        lines += [
+            f"Profile of {kind} reads (py-spy, {prof['samples']} samples): inclusive {shares};"
+            f" most self time: {top}.",
+            "",
+        ]
     return "\n".join(lines)
 
 
