@@ -154,6 +154,8 @@ def test_redis_stopped_answers_from_the_fallback_tiers_within_the_budget(
 
         own.start()  # back: the process notices within a health interval
         poll_until(lambda: srv.get("/health")["checks"]["redis"] is True, 10, "health: up")
+        # and its invalidation channel is set up again (the cache was flushed meanwhile)
+        poll_until(lambda: srv.get("/health")["checks"]["invalidation"], 10, "invalidation")
     finally:
         srv.stop()
         own.stop()
