@@ -260,12 +260,16 @@ def run(
             if c in connections:
                 bare = median([r["rps"] for r in rows[f"bare_p{procs}_c{c}"]])
                 target = paced_share * bare
-                interval = max(0.0, c / target * 1000 - 0.5)  # 0.5 ms: about one answer
+                servers = (("cache", cached), ("redis", direct))
+                intervals = {k: _pace(srv.port, c, target, script, users) for k, srv in servers}
                 for rep in range(repeats):
                     log(f"{procs} process(es), paced at {target:.0f} req/s, round {rep + 1}")
-                    for kind, srv in (("cache", cached), ("redis", direct)):
-                        row = Load(srv.port, c, seconds, script, users, interval).run()
-                        add(f"paced_{kind}_p{procs}", row | {"target_rps": round(target, 1)})
+                    for kind, srv in servers:
+                        row = Load(srv.port, c, seconds, script, users, intervals[kind]).run()
+                        add(
+                            f"paced_{kind}_p{procs}",
+                            row | {"target_rps": round(target, 1), "interval_ms": intervals[kind]},
+                        )
                 for kind in ("cache", "redis"):
                     m = _med(rows[f"paced_{kind}_p{procs}"])
                     paced[f"{kind}_p{procs}"] = m | {
@@ -292,7 +296,7 @@ def run(
         serving.append(srv)
         bare = median([r["rps"] for r in rows.get(f"bare_p{procs}_c128", [{"rps": 20_000}])])
         intervals = {
-            "with_reads": max(0.0, 128 / (paced_share * bare) * 1000 - 0.5),
+            "with_reads": _pace(srv.port, 128, paced_share * bare, script, users),
             "with_light_reads": 128 / LIGHT_READS * 1000,
         }
         events_rows: dict[str, list[float]] = {"without_reads": [], **{c: [] for c in intervals}}
@@ -425,6 +429,19 @@ def _stacks(
         finally:
             srv.stop()
     return {name: _med(rs) | {"rounds_detail": rs} for name, rs in rows.items()}
+
+
+def _pace(port: int, connections: int, target: float, script: Path, users: int) -> float:
+    """The per-connection pause that makes `connections` send `target` req/s in all: a
+    connection sends every pause + answer time, so a 2 s calibration round measures the
+    answer time at about that rate and the pause is corrected by it; two rounds (0: the
+    server cannot keep up, run closed loop)."""
+    period = connections / target * 1000
+    pause = period
+    for _ in range(2):
+        got = Load(port, connections, 2, script, users, pause).run()["rps"]
+        pause = max(0.0, pause + period - connections / max(got, 1.0) * 1000)
+    return round(pause, 3)
 
 
 def _profile(srv: ServeProcess, load: Load, seconds: float) -> dict[str, Any]:
