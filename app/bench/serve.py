@@ -322,7 +322,9 @@ def run(
                     load = subprocess.Popen(cmd, env=wenv, stdout=subprocess.PIPE, text=True)
                     time.sleep(1.0)  # the load is on before the burst
                 try:
-                    base = (worker.status() or {})["counters"].get("events_done", 0)
+                    # a status poll can time out on a loaded machine: wait for one that answers
+                    st0 = worker.wait(lambda st: "counters" in st, 120, "the worker's status")
+                    base = st0["counters"].get("events_done", 0)
                     t0 = time.perf_counter()
                     produce_events(s, evs)
                     worker.wait(
