@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 from app.logs import use_json_logs
 from app.metrics import CONTENT_TYPE
 from app.runtime import app, events_topic, runtime, settings
-from app.security import cleartext_secrets
+from app.security import cleartext_secrets, token_ok
 from app.serving import BadRequest, check_user_id, parse_k
 
 log = logging.getLogger("nearline.security")
@@ -30,11 +29,8 @@ def _denied(web: Any, request: Any, *, query: bool = False) -> Any | None:
     token = settings.serve.token
     if token is None:
         return None
-    expected = token.get_secret_value().encode()
     sent = request.headers.get("Authorization", "")
-    if hmac.compare_digest(sent.encode(), b"Bearer " + expected):
-        return None
-    if query and hmac.compare_digest(request.query.get("token", "").encode(), expected):
+    if token_ok(token, sent, request.query.get("token", "") if query else None):
         return None
     return _error(web, 401, "missing or wrong bearer token")
 

@@ -25,14 +25,17 @@ def main() -> None:
     """nearline-rec: a streaming nearline recommendation worker (Faust + Kafka + Redis)."""
 
 
-@main.command()
-@click.option(
+LOGLEVEL = click.option(
     "--loglevel",
     "-l",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+
+
+@main.command()
+@LOGLEVEL
 @one_line_errors
 def worker(loglevel: str) -> None:
     """Run a worker (same as `faust -A app.worker worker`); creates missing topics first."""
@@ -60,6 +63,38 @@ def worker(loglevel: str) -> None:
         str(s.worker.web_port),
     ]
     app.main()
+
+
+@main.command()
+@click.option("--host", default=None, help="Address (default NEARLINE_SERVE__HOST).")
+@click.option("--port", default=None, type=click.IntRange(1, 65535), help="NEARLINE_SERVE__PORT.")
+@click.option(
+    "--processes", default=None, type=click.IntRange(1, 256), help="NEARLINE_SERVE__PROCESSES."
+)
+@LOGLEVEL
+@one_line_errors
+def serve(host: str | None, port: int | None, processes: int | None, loglevel: str) -> None:
+    """Serve users' lists over HTTP: stateless read-only processes on one port (no consumer)."""
+    import logging
+
+    from app.security import serve_cleartext_token
+    from app.storage.redis_store import check_access
+
+    # the processes granian forks read their settings from the environment
+    for name, value in (("HOST", host), ("PORT", port), ("PROCESSES", processes)):
+        if value is not None:
+            os.environ[f"NEARLINE_SERVE__{name}"] = str(value)
+    s = settings()
+    check_access(s.redis)  # wrong credentials: one line now (a down Redis is served around)
+    if warning := serve_cleartext_token(s):
+        logging.getLogger("nearline.security").warning("%s", warning)
+    from app.serve import run
+
+    click.echo(
+        f"serving on http://{s.serve.host}:{s.serve.port} with {s.serve.processes} process(es)",
+        err=True,
+    )
+    run(s, host=s.serve.host, port=s.serve.port, processes=s.serve.processes, loglevel=loglevel)
 
 
 @main.command("init-topics")

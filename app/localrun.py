@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -167,4 +168,76 @@ class WorkerProcess:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class ServeProcess:
+    """A real `nearline serve` process group (granian pre-forks `processes` workers)."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        processes: int = 1,
+        name: str = "serve",
+        argv: list[str] | None = None,
+    ):
+        self.port = free_port()
+        self.processes = processes
+        self.argv = argv
+        """Another server to run instead (its arguments, then the port): bench comparisons."""
+        self.env = {**os.environ, **env}
+        self.log_path = Path(log_dir) / f"{name}-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> ServeProcess:
+        cmd = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)]
+        cmd += ["--processes", str(self.processes), "-l", "warning"]
+        if self.argv is not None:
+            cmd = [sys.executable, *self.argv, str(self.port)]
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=self.env,
+                start_new_session=True,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nearline serve exited:\n{self.log_tail()}")
+            if self.get("/health") is not None:
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"nearline serve did not answer in {timeout:.0f}s\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def request(self, path: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
+        """(status, JSON body) of one GET on a new connection."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}")
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        try:
+            return self.request(path, self.env.get("NEARLINE_SERVE__TOKEN"))[1]
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)

@@ -16,6 +16,14 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+def labelled_counter(name: str, doc: str, label: str, values: dict[str, float]) -> Any:
+    """One counter family with a sample per label value."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, n in values.items():
+        family.add_metric([key], n)
+    return family
+
+
 class RuntimeCollector(Collector):
     """Counters and gauges the worker already keeps, read at scrape time (no hot-path cost)."""
 
@@ -57,12 +65,12 @@ class RuntimeCollector(Collector):
         lists.add_metric(["degraded"], c.get("lists_degraded", 0))
         lists.add_metric(["recomputed"], c.get("dirty_recomputed", 0))
         yield lists
-        dead = CounterMetricFamily(
-            "nearline_dead_letters", "Records sent to a dead-letter topic.", labels=["reason"]
+        yield labelled_counter(
+            "nearline_dead_letters",
+            "Records sent to a dead-letter topic.",
+            "reason",
+            dict(sorted(s["dead_letters"].items())),
         )
-        for reason, n in sorted(s["dead_letters"].items()):
-            dead.add_metric([reason], n)
-        yield dead
         crashes = CounterMetricFamily(
             "nearline_agent_crashes",
             "Exceptions that escaped an agent or task (Faust restarts the agent); 0 expected.",
@@ -287,3 +295,54 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+FALLBACK_REASONS = ("redis_down", "budget", "error")
+"""Why `nearline serve` answered from the shared/default tiers."""
+
+
+class ServeCollector(Collector):
+    """One `nearline serve` process's counters, read at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        s = self.snapshot()
+        c = s["counters"]
+        reads = dict(sorted(s["reads"].items()))
+        yield labelled_counter("nearline_serve_reads", "Reads answered, by tier.", "tier", reads)
+        yield labelled_counter(
+            "nearline_serve_fallbacks",
+            "Reads answered from the shared/default tiers because Redis was down, the read"
+            " budget ran out, or the read failed.",
+            "reason",
+            {r: s["fallbacks"].get(r, 0) for r in FALLBACK_REASONS},
+        )
+        yield CounterMetricFamily(
+            "nearline_serve_invalidations",
+            "Invalidation messages received from Redis.",
+            value=c.get("invalidations", 0),
+        )
+        yield CounterMetricFamily(
+            "nearline_serve_cache_flushes",
+            "Whole-cache flushes (channel (re)started, Redis flushed, code registry changed).",
+            value=c.get("flushes", 0),
+        )
+        yield GaugeMetricFamily(
+            "nearline_serve_cache_entries", "Users in the cache.", value=s["cache_entries"]
+        )
+        yield GaugeMetricFamily(
+            "nearline_serve_invalidation_up",
+            "1 while the invalidation channel is established.",
+            value=int(s["tracking"]),
+        )
+        yield GaugeMetricFamily(
+            "nearline_serve_redis_up", "1 while Redis answers.", value=int(s["redis_ok"])
+        )
+
+
+def serve_registry(snapshot: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(ServeCollector(snapshot))
+    return registry

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import re
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 if TYPE_CHECKING:
+    from pydantic import SecretStr
+
     from app.settings import Settings
 
 MASK = "***"
@@ -45,6 +48,15 @@ def mask_secrets(text: str) -> str:
     return text[: starts[0]] + "".join(
         _mask_url(text[a:b]) for a, b in zip(starts, ends, strict=True)
     )
+
+
+def token_ok(token: SecretStr, authorization: str, query_token: str | None = None) -> bool:
+    """The request carries the bearer token (`Authorization: Bearer <token>`, or the token
+    itself as `query_token`); compared in constant time."""
+    expected = token.get_secret_value().encode()
+    if hmac.compare_digest(authorization.encode(), b"Bearer " + expected):
+        return True
+    return query_token is not None and hmac.compare_digest(query_token.encode(), expected)
 
 
 def _is_loopback(host: str) -> bool:
@@ -86,3 +98,14 @@ def cleartext_secrets(settings: Settings) -> list[str]:
             " NEARLINE_WORKER__WEB_HOST=127.0.0.1 so only the proxy reaches the worker"
         )
     return found
+
+
+def serve_cleartext_token(settings: Settings) -> str | None:
+    """The warning `nearline serve` logs when its token travels in cleartext."""
+    s = settings.serve
+    if s.token is None or _is_loopback(s.host):
+        return None
+    return (
+        "NEARLINE_SERVE__TOKEN travels in cleartext: nearline serve speaks plain HTTP on"
+        f" {s.host}:{s.port}; put a TLS proxy or load balancer in front"
+    )

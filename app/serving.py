@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -41,8 +42,11 @@ def parse_k(raw: str | None, default: int) -> int:
     return k
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_user_id(user_id: str) -> str:
-    if not user_id or len(user_id) > 128 or any(ord(c) < 32 or ord(c) == 127 for c in user_id):
+    if not user_id or len(user_id) > 128 or _CONTROL.search(user_id):
         raise BadRequest("user_id must be 1 to 128 printable characters")
     return user_id
 

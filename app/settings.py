@@ -337,7 +337,25 @@ class DegradeSettings(_Section):
 
 class ServeSettings(_Section):
     cache_ttl_seconds: float = Field(2.0, ge=0, le=3600)
-    """TTL of the in-process list cache on the read path (0 = no cache)."""
+    """TTL of the in-process list cache (0 = none); `nearline serve`: while not invalidated."""
+    tracked_cache_ttl_seconds: float = Field(300.0, gt=0, le=86400)
+    """`nearline serve`: TTL of a cache entry while Redis invalidates it on every change."""
+    cache_max_users: int = Field(100_000, ge=1)
+    """`nearline serve`: most users in a process's cache (the oldest entry goes first)."""
+    read_budget_ms: float = Field(50.0, gt=0, le=60_000)
+    """`nearline serve`: longest wait for Redis; past it the shared/default tiers answer."""
+    redis_connections: int = Field(32, ge=1, le=10_000)
+    """`nearline serve`: Redis connections per process (more concurrent reads wait for one)."""
+    health_interval_seconds: float = Field(0.5, gt=0, le=60)
+    """`nearline serve`: seconds between Redis pings (a down Redis is not asked per read)."""
+    host: str = "127.0.0.1"
+    """`nearline serve`: address to listen on."""
+    port: int = Field(6067, ge=1, le=65535)
+    """`nearline serve`: port all of its processes share."""
+    processes: int = Field(1, ge=1, le=256)
+    """`nearline serve`: worker processes pre-forked on the one listening socket."""
+    backlog: int = Field(2048, ge=16, le=65535)
+    """`nearline serve`: listen backlog of the shared socket."""
     stale_after_seconds: float = Field(3600.0, gt=0)
     """A list older than this is reported stale."""
     default_k: int = Field(10, ge=1, le=1000)

@@ -27,7 +27,7 @@ from app.producer import produce_events, publish_items
 from app.progress import Progress
 from app.quality.evaluate import EvalConfig, EvaluationError, Prepared, Replay
 from app.quality.metrics import MethodScore
-from app.settings import Settings
+from app.settings import LSHSettings, Settings
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,13 @@ def run_overrides(settings: Settings, run: str, config: E2EConfig) -> dict[str, 
     if "degrade" in Settings.model_fields:
         # A replay is one burst of lag by design; the lists must be the real ones.
         extra["NEARLINE_DEGRADE__MODE"] = "normal"
+        # One worker: its own counts are all the counts, and counting in memory applies an
+        # event's popularity before its list is made, as the in-process replay does (the
+        # shared counts reach a worker on its next read, a second later).
+        extra["NEARLINE_DEGRADE__SHARED_STATS"] = "false"
+    if "calibrate" in LSHSettings.model_fields:
+        # the in-process replay indexes with the size defaults: the same index on both sides
+        extra["NEARLINE_LSH__CALIBRATE"] = "false"
     return isolated_env(run, **extra)
 
 

@@ -229,7 +229,12 @@ def split_cluster_flag(url: str) -> tuple[str, bool]:
     return urlunsplit(parts._replace(query=rest)), on
 
 
-def make_client(cfg: RedisSettings) -> Any:
+def make_client(
+    cfg: RedisSettings, *, pool_size: int | None = None, protocol: int | None = None
+) -> Any:
+    """An asyncio client. `pool_size`: at most that many connections, a command waiting for
+    a free one (without it, one connection per concurrent command); `protocol`: RESP
+    version (default: the client library's)."""
     # One retry layer only (tenacity); redis-py's own retries are switched off (a cluster
     # client keeps its own, which follow MOVED/ASK redirections).
     url, cluster = split_cluster_flag(cfg.url)
@@ -240,13 +245,21 @@ def make_client(cfg: RedisSettings) -> Any:
         "socket_connect_timeout": cfg.socket_timeout,
         "decode_responses": False,
     }
+    if protocol is not None:
+        kwargs["protocol"] = protocol
     if url.startswith("rediss://") and cfg.ssl_ca_certs:
         kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
     if cluster:
         from redis.asyncio.cluster import RedisCluster
 
         return RedisCluster.from_url(url, **kwargs)
-    return aioredis.Redis.from_url(url, retry=AsyncRetry(NoBackoff(), 0), **kwargs)
+    kwargs["retry"] = AsyncRetry(NoBackoff(), 0)
+    if pool_size is not None:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=pool_size, timeout=None, **kwargs
+        )
+        return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_url(url, **kwargs)
 
 
 def check_access(cfg: RedisSettings) -> None:

@@ -139,7 +139,8 @@ def test_item_changes_while_running_and_state_survives_restart(catalog_run, work
     run = catalog_run
     s = run.settings
     # LSH even for this small catalog, so live inserts, moves and deletes go through it
-    lsh_env = {**run.env, "NEARLINE_LSH__EXACT_BELOW": "100"}
+    # (with the size defaults: a calibration may choose exact search for so few items)
+    lsh_env = {**run.env, "NEARLINE_LSH__EXACT_BELOW": "100", "NEARLINE_LSH__CALIBRATE": "false"}
     worker = workers(lsh_env)
     assert worker.wait_ready()["index"] == "lsh"
     user = "restart-user"

@@ -47,5 +47,7 @@ def test_e2e_replay_through_the_worker_matches_in_process(tmp_path):
         "genre",
         "trending",
         "newest",
+        "short_term",
+        "friends",
         "cold_start",
     }

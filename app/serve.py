@@ -1,0 +1,524 @@
+"""`nearline serve`: the stateless read path, one RSGI app per process (granian, pre-fork).
+
+No consumer, no table: a process reads users' lists from Redis through the tiers of
+`app.serving` (in-process cache -> Redis -> popular -> cold start -> default) and answers
+the worker's JSON contract with the same token. Any number run on one port (granian's
+workers share the listening socket) and on any host behind a load balancer.
+
+The cache stays correct by Redis's server-assisted invalidation: each process turns on
+`CLIENT TRACKING ... BCAST` for the prefixes of user records, shared lists, the item
+mirror and the code registry, redirected to a Pub/Sub connection, so Redis tells it about
+every write, expiry or flush of those keys (by any worker, `rebuild-lists` or an operator)
+and the entry is dropped. While that channel is not established, an entry is served for at
+most NEARLINE_SERVE__CACHE_TTL_SECONDS. A request never waits past
+NEARLINE_SERVE__READ_BUDGET_MS for Redis: then, or while Redis is down, it is answered from
+the last shared lists this process saw (popular, cold start) or the empty default, and
+counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any
+from urllib.parse import parse_qs
+
+from app.core import fastjson
+from app.metrics import CONTENT_TYPE, serve_registry
+from app.security import token_ok
+from app.serving import BadRequest, ReadResult, check_user_id, parse_k, resolve
+from app.settings import Settings, load_settings
+from app.storage import codec, keys
+from app.storage.codes import CodeBook
+
+log = logging.getLogger("nearline.serve")
+
+JSON = [("content-type", "application/json")]
+INVALIDATE = "__redis__:invalidate"
+
+
+class GetBatcher:
+    """Coalesces the GETs that requests issue in one event-loop turn into one MGET: under
+    many connections, one Redis command (and one trip through the client library, whose
+    per-command cost dominates a read) serves a batch of reads."""
+
+    def __init__(self, client: Any, *, cluster: bool = False, max_batch: int = 256) -> None:
+        self.client = client
+        # a cluster's keys live in many slots: one MGET per slot, run side by side
+        self.mget = client.mget_nonatomic if cluster else client.mget
+        self.max_batch = max_batch
+        self.tasks: set[asyncio.Future[Any]] = set()
+        self.pending: list[tuple[str, asyncio.Future[Any]]] = []
+        self.batches = 0
+        self.keys = 0
+
+    def get(self, key: str) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self._flush)
+        self.pending.append((key, fut))
+        return fut
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        for i in range(0, len(batch), self.max_batch):
+            task = asyncio.ensure_future(self._mget(batch[i : i + self.max_batch]))
+            self.tasks.add(task)  # held until done (the loop keeps only weak references)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _mget(self, batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
+        live = [(k, f) for k, f in batch if not f.done()]  # a request past its budget left
+        if not live:
+            return
+        self.batches += 1
+        self.keys += len(live)
+        try:
+            values = await self.mget([k for k, _ in live])
+        except BaseException as exc:  # every waiting read sees the failure
+            for _, f in live:
+                if not f.done():
+                    f.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_, f), v in zip(live, values, strict=True):
+            if not f.done():
+                f.set_result(v)
+
+
+class Reader:
+    """One serve process's read path: cache, Redis, fallbacks, invalidation, health."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.prefix = settings.redis.key_prefix
+        self.cache_ttl = settings.serve.cache_ttl_seconds
+        self.tracked_ttl = settings.serve.tracked_cache_ttl_seconds
+        self.max_entries = settings.serve.cache_max_users
+        self.budget = settings.serve.read_budget_ms / 1000.0
+        self.client: Any = None
+        self.codes = CodeBook()
+        self.cache: dict[str, tuple[dict[str, Any], float]] = {}
+        """user id -> (stored list without titles, monotonic time it was read)."""
+        self.meta: dict[str, tuple[str | None, bool]] = {}
+        """item id -> (title, recommendable) from the item mirror."""
+        self.shared: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
+        self.shared_at = 0.0
+        self.last_shared: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)
+        """The last shared lists seen: the fallback while Redis is away (kept past expiry)."""
+        self.inflight: dict[str, list[int]] = {}
+        """user id -> [reads in flight, invalidated while in flight]: such a read is not cached."""
+        self.tracking = False
+        self.redis_ok = False
+        self.redis_error: str | None = None
+        self.reads: Counter[str] = Counter()
+        self.fallbacks: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self.tasks: list[asyncio.Task[Any]] = []
+        self._rec = keys.user_list(self.prefix, "")[:-1]  # "<prefix>rec:{"
+        self._item = keys.item(self.prefix, "")[:-1]
+        self._codes_meta = keys.codes_meta(self.prefix)
+        self._shared_prefix = keys.popular_list(self.prefix).rsplit(":", 1)[0] + ":"
+
+    # ---------------------------------------------------------------- life cycle
+
+    async def start(self) -> None:
+        from app.storage.redis_store import make_client, split_cluster_flag
+
+        self.client = make_client(self.s.redis, pool_size=self.s.serve.redis_connections)
+        self.cluster = split_cluster_flag(self.s.redis.url)[1]
+        self.batcher = GetBatcher(self.client, cluster=self.cluster)
+        await self._ping()
+        await self._keep_shared()
+        self.tasks.append(asyncio.create_task(self._health_loop()))
+        if self.cache_ttl > 0 and not self.cluster:
+            self.tasks.append(asyncio.create_task(self._track_loop()))
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def _ping(self) -> None:
+        from app.storage.redis_store import RETRYABLE
+
+        try:
+            async with asyncio.timeout(max(self.budget * 4, 0.5)):
+                await self.client.ping()
+            self.redis_ok, self.redis_error = True, None
+        except (*RETRYABLE, TimeoutError) as exc:
+            self._down(exc)
+
+    def _down(self, exc: BaseException) -> None:
+        if self.redis_ok:
+            log.warning("Redis unreachable, answering from fallback tiers: %r", exc)
+        self.redis_ok = False
+        self.redis_error = f"{type(exc).__name__}: {exc}"[:200]
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.s.serve.health_interval_seconds)
+            await self._ping()
+            await self._keep_shared()
+
+    async def _keep_shared(self) -> None:
+        """Keep the shared lists at hand, so a fallback answers with them even in a process
+        whose reads all found users' lists (they are read only for users without one)."""
+        from app.storage.redis_store import RETRYABLE
+
+        if not self.redis_ok:
+            return
+        try:
+            async with asyncio.timeout(max(self.budget * 4, 0.5)):
+                await self._shared()
+        except (*RETRYABLE, TimeoutError) as exc:
+            self._down(exc)
+
+    # ------------------------------------------------------------ invalidation
+
+    async def _track_loop(self) -> None:
+        """Keep the invalidation channel up; the cache is flushed whenever it (re)starts."""
+        import redis.asyncio as aioredis
+
+        from app.storage.redis_store import make_client
+
+        while True:
+            sub: Any = None
+            tracker: Any = None
+            try:
+                # RESP2: Redis sends a redirected client's invalidations as Pub/Sub messages
+                sub = make_client(self.s.redis, protocol=2)
+                ps = sub.pubsub()
+                await ps.connect()
+                # the id of the connection that subscribes: Redis redirects invalidations to it
+                await ps.connection.send_command("CLIENT", "ID")
+                cid = int(await ps.connection.read_response())
+                await ps.subscribe(INVALIDATE)
+                tracker = make_client(self.s.redis, pool_size=1, protocol=2)
+                prefixes = [self._rec, self._item, self._codes_meta, self._shared_prefix]
+                args: list[Any] = ["CLIENT", "TRACKING", "ON", "REDIRECT", cid, "BCAST"]
+                for p in prefixes:
+                    args += ["PREFIX", p]
+                await tracker.execute_command(*args)
+                self.flush()
+                self.tracking = True
+                self.counters["tracking_starts"] += 1
+                last_ping = time.monotonic()
+                while True:
+                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None and msg.get("type") == "message":
+                        self.invalidate(msg["data"])
+                    if time.monotonic() - last_ping > 1.0:
+                        # tracking lives as long as the tracker's connection and its redirect
+                        await self._check_tracking(tracker, cid)
+                        last_ping = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except (aioredis.RedisError, OSError) as exc:
+                if self.tracking:
+                    log.warning("invalidation channel lost (%r): cache TTL bounds staleness", exc)
+                self.tracking = False
+                self.counters["tracking_losses"] += 1
+            finally:
+                self.tracking = False
+                for c in (tracker, sub):
+                    if c is not None:
+                        with contextlib.suppress(Exception):
+                            await c.aclose()
+            await asyncio.sleep(self.s.serve.health_interval_seconds)
+
+    @staticmethod
+    async def _check_tracking(tracker: Any, cid: int) -> None:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        info = await tracker.execute_command("CLIENT", "TRACKINGINFO")
+        fields = info if isinstance(info, dict) else dict(zip(info[::2], info[1::2], strict=False))
+        flags = fields.get(b"flags") or []
+        if b"on" not in flags or b"broken_redirect" in flags or fields.get(b"redirect") != cid:
+            raise RedisConnectionError(f"tracking is off: {fields!r}")
+
+    def invalidate(self, data: Any) -> None:
+        """One invalidation message: a list of keys, or None when Redis was flushed."""
+        self.counters["invalidations"] += 1
+        if data is None:
+            self.flush()
+            return
+        for raw in data:
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if key.startswith(self._rec):
+                user = key[len(self._rec) : -1]
+                self.cache.pop(user, None)
+                if (flight := self.inflight.get(user)) is not None:
+                    flight[1] = 1
+            elif key.startswith(self._item):
+                self.meta.pop(key[len(self._item) : -1], None)
+            elif key == self._codes_meta:
+                self.codes.forget()  # registry lost or rebuilt: codes may mean other items
+                self.flush()
+            else:
+                self.shared = None
+
+    def flush(self) -> None:
+        self.cache.clear()
+        self.meta.clear()
+        self.shared = None
+        self.counters["flushes"] += 1
+
+    # --------------------------------------------------------------- the read
+
+    def _fresh(self, stored_at: float) -> bool:
+        ttl = self.tracked_ttl if self.tracking else self.cache_ttl
+        return time.monotonic() - stored_at < ttl
+
+    async def read(self, user_id: str) -> ReadResult:
+        hit = self.cache.get(user_id)
+        if hit is not None:
+            if self._fresh(hit[1]):
+                self.reads["cache"] += 1
+                return ReadResult(user_id, "cache", hit[0])
+            del self.cache[user_id]
+        if not self.redis_ok:
+            return self._fallback(user_id, "redis_down")
+        flight = self.inflight.setdefault(user_id, [0, 0])
+        flight[0] += 1
+        try:
+            async with asyncio.timeout(self.budget):
+                result = await self._from_redis(user_id)
+        except TimeoutError:
+            return self._fallback(user_id, "budget")
+        except Exception as exc:
+            from app.storage.redis_store import RETRYABLE
+
+            if isinstance(exc, RETRYABLE):
+                self._down(exc)
+                return self._fallback(user_id, "redis_down")
+            log.warning("user %r: read failed, answered from fallback: %r", user_id, exc)
+            return self._fallback(user_id, "error")
+        finally:
+            flight[0] -= 1
+            if flight[0] == 0:
+                self.inflight.pop(user_id, None)
+        if result.tier == "redis" and self.cache_ttl > 0 and not flight[1]:
+            if len(self.cache) >= self.max_entries:
+                self.cache.pop(next(iter(self.cache)))  # the oldest entry
+            self.cache[user_id] = (result.value, time.monotonic())
+        self.reads[result.tier] += 1
+        return result
+
+    def _fallback(self, user_id: str, reason: str) -> ReadResult:
+        self.fallbacks[reason] += 1
+        popular, cold = self.shared or self.last_shared
+        result = resolve(user_id, popular=popular, cold_start=cold)
+        self.reads[result.tier] += 1
+        return result
+
+    async def _from_redis(self, user_id: str) -> ReadResult:
+        # MGET answers nil for a key still in the previous layout (a hash): no list yet
+        raw = await self.batcher.get(keys.user_list(self.prefix, user_id))
+        rec = None
+        if raw is not None:
+            try:
+                rec = codec.decode(raw)
+            except codec.CorruptRecord as exc:
+                self.counters["corrupt"] += 1
+                log.warning("user %r: unreadable record in Redis: %s", user_id, exc)
+        if rec is not None:
+            await self._resolve_codes(rec)
+            value = codec.list_from_record(
+                rec, user_id, item_id=self.codes.item_id.get, string=self.codes.string.get
+            )
+            await self._learn_meta([i["item_id"] for i in value["items"]])
+            return resolve(user_id, personal=value)
+        popular, cold = await self._shared()
+        return resolve(user_id, popular=popular, cold_start=cold)
+
+    async def _resolve_codes(self, rec: codec.UserRecord) -> None:
+        items, strs = self.codes.unknown_codes([rec])
+        if not items and not strs:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(self._codes_meta, "epoch")
+        if items:
+            pipe.hmget(keys.item_ids(self.prefix), items)
+        if strs:
+            pipe.hmget(keys.strings(self.prefix), strs)
+        out = await pipe.execute()
+        self.codes.learn_names(
+            out[0], items, out[1] if items else [], strs, out[-1] if strs else []
+        )
+
+    async def _learn_meta(self, item_ids: list[str]) -> None:
+        """Titles and recommendable flags of items this process has not seen (one round
+        trip; none once the items are known, until the mirror changes them)."""
+        missing = [i for i in item_ids if i not in self.meta]
+        if not missing:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for i in missing:
+            pipe.hget(keys.item(self.prefix, i), "meta")
+        for i, raw in zip(missing, await pipe.execute(), strict=True):
+            meta = fastjson.loads(raw) if raw else {}
+            title = meta.get("title")
+            self.meta[i] = (
+                title if isinstance(title, str) else None,
+                meta.get("recommendable", True) is not False,
+            )
+
+    async def _shared(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        if self.shared is not None and self._fresh(self.shared_at):
+            return self.shared
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.popular_list(self.prefix))
+        pipe.get(keys.cold_start_list(self.prefix))
+        popular, cold = await pipe.execute()
+        value = (
+            None if popular is None else fastjson.loads(popular),
+            None if cold is None else fastjson.loads(cold),
+        )
+        self.shared, self.shared_at = value, time.monotonic()
+        if value != (None, None):
+            self.last_shared = value
+        return value
+
+    def title(self, item_id: str) -> str | None:
+        m = self.meta.get(item_id)
+        return None if m is None else m[0]
+
+    def keep(self, item_id: str) -> bool:
+        """An item the mirror says is retired (deleted, not recommendable) is left out; one
+        it has not seen is kept."""
+        m = self.meta.get(item_id)
+        return m is None or m[1]
+
+    # ---------------------------------------------------------------- status
+
+    def health(self) -> dict[str, Any]:
+        degraded = not self.redis_ok
+        return {
+            "live": True,
+            # a serve process always answers: from the fallback tiers while Redis is away
+            "ready": True,
+            "degraded": degraded,
+            "serving_from": "fallback" if degraded else "redis",
+            "checks": {"redis": self.redis_ok, "invalidation": self.tracking},
+            "redis_error": self.redis_error,
+            "pid": os.getpid(),
+            "reads": dict(self.reads),
+            "fallbacks": dict(self.fallbacks),
+            "cache_entries": len(self.cache),
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "reads": dict(self.reads),
+            "fallbacks": dict(self.fallbacks),
+            "counters": dict(self.counters)
+            | {"redis_batches": self.batcher.batches, "redis_batched_keys": self.batcher.keys},
+            "cache_entries": len(self.cache),
+            "tracking": self.tracking,
+            "redis_ok": self.redis_ok,
+        }
+
+
+class ServeApp:
+    """The RSGI application granian runs in each worker process."""
+
+    def __init__(self) -> None:
+        self.reader: Reader | None = None
+        self.settings: Settings | None = None
+        self.registry: Any = None
+
+    def settings_and_reader(self) -> None:
+        self.settings = load_settings()
+        self.reader = Reader(self.settings)
+        self.registry = serve_registry(self.reader.snapshot)
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.settings_and_reader()
+        assert self.reader is not None
+        loop.run_until_complete(self.reader.start())
+        log.info("serve process %d ready (redis ok: %s)", os.getpid(), self.reader.redis_ok)
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.reader is not None:
+            loop.run_until_complete(self.reader.stop())
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        if scope.proto != "http":
+            return
+        status, headers, body = await self.handle(
+            scope.path, scope.query_string, scope.headers.get("authorization", "")
+        )
+        proto.response_bytes(status, headers, body)
+
+    async def handle(
+        self, path: str, query_string: str, authorization: str
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One GET, whatever the HTTP server: (status, headers, body)."""
+        assert self.settings is not None and self.reader is not None
+        serve = self.settings.serve
+        allowed = serve.token is None or token_ok(serve.token, authorization)
+        if path.startswith("/recommendations/"):
+            if not allowed:
+                return _error(401, "missing or wrong bearer token")
+            user = path[len("/recommendations/") :]
+            if user.endswith("/"):
+                user = user[:-1]
+            try:
+                user_id = check_user_id(user)  # the server gives the path decoded
+                if "/" in user_id:
+                    raise BadRequest("user_id must not contain '/'")
+                query = parse_qs(query_string) if query_string else {}
+                k = parse_k(query.get("k", [None])[-1], serve.default_k)
+            except BadRequest as exc:
+                return _error(400, str(exc))
+            reader = self.reader
+            result = await reader.read(user_id)
+            body = result.response(
+                k, time.time(), serve.stale_after_seconds, titles=reader.title, keep=reader.keep
+            )
+            return 200, JSON, fastjson.dumps(body)
+        if path in ("/health", "/health/"):
+            return 200, JSON, fastjson.dumps(self.reader.health())
+        if path in ("/metrics", "/metrics/"):
+            if not allowed:
+                return _error(401, "missing or wrong bearer token")
+            from prometheus_client import generate_latest
+
+            return 200, [("content-type", CONTENT_TYPE)], generate_latest(self.registry)
+        return _error(404, f"no such endpoint: {path[:100]}")
+
+
+def _error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    return status, JSON, fastjson.dumps({"error": message, "status": status})
+
+
+app = ServeApp()
+"""What `nearline serve` hands granian (target `app.serve:app`)."""
+
+
+def run(settings: Settings, *, host: str, port: int, processes: int, loglevel: str) -> None:
+    """Serve until SIGINT/SIGTERM: `processes` pre-forked workers on one listening socket."""
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    Granian(
+        "app.serve:app",
+        address=host,
+        port=port,
+        interface=Interfaces.RSGI,
+        workers=processes,
+        loop=Loops.uvloop,
+        backlog=settings.serve.backlog,
+        log_level=loglevel,  # type: ignore[arg-type]
+        respawn_failed_workers=True,
+    ).serve()
