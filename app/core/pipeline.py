@@ -15,6 +15,7 @@ from app.core.events import UserEvent
 from app.core.popularity import ItemStats, top_keys
 from app.core.rank import RankModel, rank
 from app.core.recall import Candidate, ChannelConfig, RecallContext, merge
+from app.core.social import Activity, SocialChange, SocialPolicy, apply_activity, like_forwards
 from app.core.user_state import UpdatePolicy, UserState, apply_event
 from app.core.users import UserDirectory
 
@@ -69,6 +70,16 @@ class RecList:
         }
 
 
+def own_likes(state: UserState) -> list[tuple[str, float]]:
+    """The user's likes still standing, (item, time of the last event on it), oldest first."""
+    liked = set(state.liked)
+    when: dict[str, float] = {}
+    for item_id, _, ts, _ in state.history:
+        if item_id in liked:
+            when[item_id] = ts
+    return [(i, when.get(i, state.last_event_time)) for i in state.liked]
+
+
 class Recommender:
     """Holds the shared in-process state (catalog, stream statistics, user directory) and
     turns one user's state into a ranked list. Pure: no I/O, deterministic for equal inputs."""
@@ -83,6 +94,7 @@ class Recommender:
         popularity_half_life: float = 24 * 3600,
         user_index: IndexConfig | None = None,
         embedding_version: str = "v1",
+        social: SocialPolicy | None = None,
     ) -> None:
         self.catalog = catalog
         self.model = model
@@ -91,6 +103,7 @@ class Recommender:
         self.stats = ItemStats(popularity_half_life)
         self.users = UserDirectory(catalog.dim, user_index or catalog.config, item_key=catalog.key)
         self.embedding_version = embedding_version
+        self.social = social or SocialPolicy()
         self.variant = "control"
         """Experiment variant whose recall/ranking settings this instance uses."""
         self.channels = build_channels(list(self.config.channels), self.config.channel_options)
@@ -128,6 +141,21 @@ class Recommender:
         rebuilt after another event of the batch failed half way)."""
         return apply_event(state, event, offset, self.catalog.vector, self.policy, partition)
 
+    def apply_social(self, state: UserState, act: Activity) -> SocialChange:
+        """Apply one friend-activity record (idempotent: last writer wins per edge, one like
+        per friend and item). A change the user's list shows moves its list position on, so
+        the list made from it outranks the one before."""
+        change = apply_activity(state, act, self.social, own_likes(state))
+        if change.list_changed:
+            state.last_offset += 1
+        return change
+
+    def like_forwards(self, state: UserState, event: UserEvent) -> list[Activity]:
+        """The records a like becomes for the user's followers (none for other events)."""
+        if not state.followers or not self.policy.is_like(event):
+            return []
+        return like_forwards(state, event.item_id, event.timestamp, event.event_id, self.social)
+
     def touch(self, state: UserState) -> None:
         """Move the user in the similar-users buckets after its embedding changed."""
         self.users.update(state.user_id, state.embedding, state.liked)
@@ -158,7 +186,7 @@ class Recommender:
 
     def recommend(self, state: UserState) -> RecList:
         ctx = self.context(state)
-        if ctx.embedding is None and not state.liked:
+        if ctx.embedding is None and not state.liked and not state.friend_likes:
             return self._finish(state, self.cold_start(ctx), "cold_start")
         per_channel = [(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels]
         cands = merge(per_channel)
