@@ -45,6 +45,8 @@ def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
         (t.item_updates, 1, compacted),
         (t.item_updates_dlq, 1, {}),
         (changelog_topic(settings), n, compacted),
+        (t.user_relations, n, compacted),
+        (t.friend_activity, n, {}),
     ]
 
 
@@ -163,12 +165,14 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
 
 
 def grow_partitions(settings: Settings, total: int, timeout_s: float = 30.0) -> dict[str, int]:
-    """Grow user-events and the user-state changelog together to `total` partitions (they
-    must match: a user's state lives in the changelog partition of its events). Returns the
-    partition counts before. Kafka cannot shrink a topic: `total` must be larger."""
+    """Grow user-events, the user-state changelog and the friend topics together to `total`
+    partitions (they must match: a user's state lives in the changelog partition of its
+    events, and its friend activity comes on the same partition). Returns the partition
+    counts before. Kafka cannot shrink a topic: `total` must be larger."""
     from kafka.admin import KafkaAdminClient, NewPartitions
 
-    names = [settings.topics.user_events, changelog_topic(settings)]
+    t = settings.topics
+    names = [t.user_events, changelog_topic(settings), t.friend_activity, t.user_relations]
     admin = KafkaAdminClient(
         client_id=f"{settings.worker.app_id}-admin",
         request_timeout_ms=int(timeout_s * 1000),

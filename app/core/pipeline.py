@@ -145,7 +145,9 @@ class Recommender:
         """Apply one friend-activity record (idempotent: last writer wins per edge, one like
         per friend and item). A change the user's list shows moves its list position on, so
         the list made from it outranks the one before."""
-        change = apply_activity(state, act, self.social, own_likes(state))
+        # the user's own likes are a new follower's backfill: read only for that record
+        likes = own_likes(state) if act.kind == "follower" and act.action == "add" else []
+        change = apply_activity(state, act, self.social, likes)
         if change.list_changed:
             state.last_offset += 1
         return change
