@@ -351,7 +351,12 @@ class BatchProcessor:
             make_list = (
                 make_list
                 or change.list_changed
-                or (not change.changed and act.kind in ("like", "follow") and bool(state.friends))
+                or (
+                    not change.changed
+                    and act.kind in ("like", "follow")
+                    and bool(state.friends)
+                    and state.last_offset >= 0  # a list was made before: make it again
+                )
             )
         return make_list if (changed or make_list) else None
 

@@ -143,12 +143,12 @@ class Recommender:
 
     def apply_social(self, state: UserState, act: Activity) -> SocialChange:
         """Apply one friend-activity record (idempotent: last writer wins per edge, one like
-        per friend and item). A change the user's list shows moves its list position on, so
-        the list made from it outranks the one before."""
+        per friend and item). A change moves the user's list position on, so a list made
+        from it outranks the one before."""
         # the user's own likes are a new follower's backfill: read only for that record
         likes = own_likes(state) if act.kind == "follower" and act.action == "add" else []
         change = apply_activity(state, act, self.social, likes)
-        if change.list_changed:
+        if change.changed:
             state.last_offset += 1
         return change
 

@@ -272,6 +272,8 @@ def test_a_friends_like_reaches_the_followers_list_through_the_processor(rec):
 
     out = run(as_records(forwards, 0))
     assert set(out.states) == {"a", "b"} and out.lists == []  # no like yet: no list
+    again = run(as_records(forwards, 0))  # redelivered: nothing new, a list with a version
+    assert all(w.version >= 0 for _, w, _ in again.lists)
     liked = event("e1", "b7", user_id="b", type="like")
     out = run([_raw("user-events", 0, b"b", liked.encode())])
     assert [(f.kind, f.user, f.item_id) for f in out.forwards] == [("like", "a", "b7")]
