@@ -183,7 +183,7 @@ def _set_edge(edges: dict[str, float], other: str, action: str, ts: float, cap: 
     if current is not None and abs(current) == ts and (current > 0) == (action == "add"):
         return False  # the same change again
     edges[other] = ts if action == "add" else -ts
-    if action == "add" and len(edges) > cap + cap // 4 + 1:
+    if len(edges) > cap + cap // 4 + 1:  # removals too: tombstones are bounded as well
         _trim(edges, cap)
     return True
 

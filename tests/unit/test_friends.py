@@ -156,6 +156,9 @@ def test_ten_thousand_friends_cost_a_bounded_amount_of_work(rec, monkeypatch):
     # new edges, so at most 5 ranks per relation whatever the number of friends (linear)
     assert len(s.friends) <= policy.friends_max + policy.friends_max // 4 + 1
     assert ranks["n"] <= 5 * 10_000
+    for n in range(10_000):  # unfollows of users never followed: tombstones stay bounded
+        rec.apply_social(s, follow("popular", f"g{n}", T0 + n, "remove"))
+    assert len(s.friends) <= policy.friends_max + policy.friends_max // 4 + 1
     kept = social.standing(s.friends)
     for n, f in enumerate(kept * 2):  # two likes of every kept friend: 2,000 likes
         rec.apply_social(s, like("popular", f, f"b{n % 10}", T0 + n))
