@@ -150,15 +150,18 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
             except TopicAlreadyExistsError:
                 pass  # another worker won the race
             created = [t.name for t in new]
-        described = admin.describe_topics([settings.topics.user_events, changelog_topic(settings)])
+        # friend-activity reaches the owner of a user only with the same partition count
+        together = [changelog_topic(settings), settings.topics.friend_activity]
+        described = admin.describe_topics([settings.topics.user_events, *together])
         counts = {d.get("name", d.get("topic")): len(d["partitions"]) for d in described}
-        a, b = counts.get(settings.topics.user_events), counts.get(changelog_topic(settings))
-        if a is not None and b is not None and a != b:
-            raise TopicError(
-                f"{settings.topics.user_events} has {a} partitions but {changelog_topic(settings)}"
-                f" has {b}; they must match: `nearline grow-partitions {max(a, b)}` grows"
-                " both"
-            )
+        a = counts.get(settings.topics.user_events)
+        for name in together:
+            b = counts.get(name)
+            if a is not None and b is not None and a != b:
+                raise TopicError(
+                    f"{settings.topics.user_events} has {a} partitions but {name} has {b};"
+                    f" they must match: `nearline grow-partitions {max(a, b)}` grows both"
+                )
         return created
     finally:
         admin.close()
