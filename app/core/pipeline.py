@@ -147,10 +147,23 @@ class Recommender:
         from it outranks the one before."""
         # the user's own likes are a new follower's backfill: read only for that record
         likes = own_likes(state) if act.kind == "follower" and act.action == "add" else []
+        before = self.friends_top(state) if act.kind == "like" else None
         change = apply_activity(state, act, self.social, likes)
         if change.changed:
             state.last_offset += 1
+        if before is not None and change.list_changed and self.friends_top(state) == before:
+            # what the friends channel gives the merge is the same: so is the list (the
+            # like is kept and counts in the user's next list)
+            change = SocialChange(True, False, change.forwards)
         return change
+
+    def friends_top(self, state: UserState) -> tuple[int, ...]:
+        """The items the friends channel gives the merge for this user (its quota), in
+        order; empty when the channel is off."""
+        for cfg, fn in self.channels:
+            if cfg.name == "friends":
+                return tuple(c.key for c in fn(self.context(state), cfg.quota))
+        return ()
 
     def like_forwards(self, state: UserState, event: UserEvent) -> list[Activity]:
         """The records a like becomes for the user's followers (none for other events)."""

@@ -296,3 +296,26 @@ def test_a_friends_like_reaches_the_followers_list_through_the_processor(rec):
     assert write.version > first_version
     bad = run([_raw("friend-activity", 9, b"x", b'{"kind":"poke"}')])
     assert [dl.value["reason"] for dl in bad.dead_letters] == ["schema"]
+
+
+def test_a_like_that_changes_nothing_the_channel_gives_makes_no_list(rec):
+    config = PipelineConfig(channels=(ChannelConfig("friends", 2, 2),), top_n=10)
+    pipe = Recommender(rec.catalog, load_model(), config=config)
+    s = UserState("me")
+    for f in ("f1", "f2", "f3"):
+        pipe.apply_social(s, follow("me", f))
+    assert pipe.apply_social(s, like("me", "f1", "b1")).list_changed
+    # b1's score moves but not its place: the merge and the ranking (which reads the place
+    # within the channel, not the score) see the same, so no list
+    assert not pipe.apply_social(s, like("me", "f2", "b1")).list_changed
+    assert pipe.apply_social(s, like("me", "f1", "b2")).list_changed  # b2 enters the top 2
+    quiet = pipe.apply_social(s, like("me", "f3", "b3"))  # ties b2, which wins by key
+    assert quiet.changed and not quiet.list_changed
+    assert pipe.apply_social(s, like("me", "f2", "b3")).list_changed  # now it enters
+    off = Recommender(
+        rec.catalog, load_model(), config=PipelineConfig(channels=(ChannelConfig("embedding"),))
+    )
+    t = UserState("you")
+    off.apply_social(t, follow("you", "f1"))
+    change = off.apply_social(t, like("you", "f1", "b4"))
+    assert change.changed and not change.list_changed  # the channel is off: no list
