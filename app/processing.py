@@ -335,7 +335,11 @@ class BatchProcessor:
         before still makes the list (its first list may not have been written)."""
         if not acts:
             return None
-        changed = make_list = False
+        # A like makes the list again only if it changes what the friends channel gives the
+        # merge (its quota, in order: the ranking reads the place within a channel, not the
+        # score); checked once per user and batch, not per record.
+        before = self.rec.friends_top(state) if any(a.kind == "like" for a, _ in acts) else None
+        changed = make_list = liked = False
         for act, record in acts:
             try:
                 change = self.rec.apply_social(state, act)
@@ -348,6 +352,9 @@ class BatchProcessor:
             else:
                 out.duplicates += 1
             out.forwards.extend(change.forwards)
+            if act.kind == "like" and change.list_changed:
+                liked = True
+                continue
             make_list = (
                 make_list
                 or change.list_changed
@@ -358,6 +365,8 @@ class BatchProcessor:
                     and state.last_offset >= 0  # a list was made before: make it again
                 )
             )
+        if liked and not make_list:
+            make_list = before is None or self.rec.friends_top(state) != before
         return make_list if (changed or make_list) else None
 
     def _quarantine(

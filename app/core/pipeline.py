@@ -147,14 +147,9 @@ class Recommender:
         from it outranks the one before."""
         # the user's own likes are a new follower's backfill: read only for that record
         likes = own_likes(state) if act.kind == "follower" and act.action == "add" else []
-        before = self.friends_top(state) if act.kind == "like" else None
         change = apply_activity(state, act, self.social, likes)
         if change.changed:
             state.last_offset += 1
-        if before is not None and change.list_changed and self.friends_top(state) == before:
-            # what the friends channel gives the merge is the same: so is the list (the
-            # like is kept and counts in the user's next list)
-            change = SocialChange(True, False, change.forwards)
         return change
 
     def friends_top(self, state: UserState) -> tuple[int, ...]:

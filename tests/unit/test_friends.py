@@ -301,21 +301,35 @@ def test_a_friends_like_reaches_the_followers_list_through_the_processor(rec):
 def test_a_like_that_changes_nothing_the_channel_gives_makes_no_list(rec):
     config = PipelineConfig(channels=(ChannelConfig("friends", 2, 2),), top_n=10)
     pipe = Recommender(rec.catalog, load_model(), config=config)
-    s = UserState("me")
-    for f in ("f1", "f2", "f3"):
-        pipe.apply_social(s, follow("me", f))
-    assert pipe.apply_social(s, like("me", "f1", "b1")).list_changed
+    proc = _processor(pipe)
+    states: dict[str, UserState] = {}
+
+    def lists_after(*acts: Activity) -> int:
+        records = [
+            _raw("friend-activity", n, a.user.encode(), a.encode()) for n, a in enumerate(acts)
+        ]
+        out = proc.process(records, states.get, now=T0)
+        states.update(out.states)
+        return len(out.lists)
+
+    assert lists_after(*(follow("me", f) for f in ("f1", "f2", "f3"))) == 0
+    assert lists_after(like("me", "f1", "b1")) == 1
     # b1's score moves but not its place: the merge and the ranking (which reads the place
     # within the channel, not the score) see the same, so no list
-    assert not pipe.apply_social(s, like("me", "f2", "b1")).list_changed
-    assert pipe.apply_social(s, like("me", "f1", "b2")).list_changed  # b2 enters the top 2
-    quiet = pipe.apply_social(s, like("me", "f3", "b3"))  # ties b2, which wins by key
-    assert quiet.changed and not quiet.list_changed
-    assert pipe.apply_social(s, like("me", "f2", "b3")).list_changed  # now it enters
-    off = Recommender(
-        rec.catalog, load_model(), config=PipelineConfig(channels=(ChannelConfig("embedding"),))
+    assert lists_after(like("me", "f2", "b1")) == 0
+    assert lists_after(like("me", "f1", "b2")) == 1  # b2 enters the top 2
+    assert lists_after(like("me", "f3", "b3")) == 0  # ties b2, which wins by key
+    assert lists_after(like("me", "f2", "b3")) == 1  # now it enters
+    assert ("f3", "b3", T0) in states["me"].friend_likes  # kept all the same
+    off = _processor(
+        Recommender(rec.catalog, load_model(), config=PipelineConfig((ChannelConfig("embedding"),)))
     )
-    t = UserState("you")
-    off.apply_social(t, follow("you", "f1"))
-    change = off.apply_social(t, like("you", "f1", "b4"))
-    assert change.changed and not change.list_changed  # the channel is off: no list
+    out = off.process(
+        [
+            _raw("friend-activity", 0, b"you", follow("you", "f1").encode()),
+            _raw("friend-activity", 1, b"you", like("you", "f1", "b4").encode()),
+        ],
+        {}.get,
+        now=T0,
+    )
+    assert out.lists == [] and out.applied == 2  # the channel is off: applied, no list
