@@ -18,6 +18,7 @@ from app.kafka_clients import RangeReader, describe_topic, send_in_batches
 from app.offsets import Gap
 from app.processing import DeadLetter, RawRecord, dead_letter
 from app.runtime import (
+    activity_topic,
     app,
     counting_crashes,
     events_dlq_topic,
@@ -437,6 +438,10 @@ async def process_records(records: list[RawRecord]) -> None:
     )
     dlq = events_dlq_topic.get_topic_name()
     records_out.extend((dlq, None, dl.key, dl.encode()) for dl in result.dead_letters)
+    # a like to the user's followers, a backfill to a new follower: keyed by the receiver
+    activity = activity_topic.get_topic_name()
+    records_out.extend((activity, None, a.user.encode(), a.encode()) for a in result.forwards)
+    runtime.counters["friend_activity_sent"] += len(result.forwards)
     published = asyncio.ensure_future(publish_until_done(records_out))
     dirty = set(result.dirty)
     clean = [uid for uid in result.states if uid not in dirty]

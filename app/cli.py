@@ -224,6 +224,38 @@ def load_items(movies: Path, embeddings: Path, ids: Path | None) -> None:
     )
 
 
+@main.command("load-relations")
+@click.argument("pairs", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--remove", is_flag=True, help="Publish unfollows instead of follows.")
+@click.option("--both-ways", is_flag=True, help="Each pair is a friendship: follow both ways.")
+@click.option(
+    "--timestamp",
+    type=click.FloatRange(0),
+    help="Time of the changes (unix s; default: now). The last change of an edge wins.",
+)
+@one_line_errors
+def load_relations(pairs: Path, remove: bool, both_ways: bool, timestamp: float | None) -> None:
+    """Check a friends file (follower, followee per line; tab or comma), then publish it to
+    the user-relations topic."""
+    import time
+
+    from app.data.loaders import read_pairs
+    from app.kafka_clients import ensure_topics
+    from app.producer import publish_relations, relations_from_pairs
+    from app.progress import Progress
+
+    s = settings()
+    action = "remove" if remove else "add"
+    when = time.time() if timestamp is None else timestamp
+    rels = relations_from_pairs(
+        read_pairs(pairs), action=action, timestamp=when, both_ways=both_ways
+    )
+    ensure_topics(s)
+    with Progress(len(rels), "relations", "rel") as bar:
+        n = publish_relations(s, rels, progress=bar.update)
+    click.echo(f"published {n} relations ({action}) to {s.topics.user_relations}")
+
+
 @main.command()
 @click.argument("ratings", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(

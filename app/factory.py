@@ -12,6 +12,7 @@ from app.core.channels import REGISTRY
 from app.core.pipeline import PipelineConfig, Recommender
 from app.core.rank import ModelError, RankModel, load_model
 from app.core.recall import ChannelConfig
+from app.core.social import SocialPolicy
 from app.core.user_state import policy_from_settings
 from app.ranking import is_onnx, load_ranker
 from app.settings import RankingSettings, RecallSettings, Settings, SettingsError
@@ -44,6 +45,13 @@ def build_recommender(settings: Settings, *, learned_required: bool = True) -> R
         policy=policy_from_settings(settings.embedding, settings.worker),
         popularity_half_life=r.popularity_half_life_seconds,
         embedding_version=settings.items.embedding_version,
+        social=SocialPolicy(
+            friends_max=r.friends_max,
+            followers_max=r.friends_followers_max,
+            fanout_per_like=r.friends_fanout_per_like,
+            likes_kept=r.friends_likes_kept,
+            backfill=r.friends_backfill,
+        ),
     )
     variants = settings.experiments.variants
     base.variant = variants[0].name

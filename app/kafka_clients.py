@@ -48,6 +48,8 @@ def topic_specs(settings: Settings) -> list[tuple[str, int, dict[str, str]]]:
         (t.item_updates, 1, compacted),
         (t.item_updates_dlq, 1, base),
         (changelog_topic(settings), n, compacted),
+        (t.user_relations, n, compacted),
+        (t.friend_activity, n, {}),
     ]
 
 
@@ -176,27 +178,32 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
             except TopicAlreadyExistsError:
                 pass  # another worker won the race
             created = [t.name for t in new]
-        described = admin.describe_topics([settings.topics.user_events, changelog_topic(settings)])
+        # friend-activity reaches the owner of a user only with the same partition count
+        together = [changelog_topic(settings), settings.topics.friend_activity]
+        described = admin.describe_topics([settings.topics.user_events, *together])
         counts = {d.get("name", d.get("topic")): len(d["partitions"]) for d in described}
-        a, b = counts.get(settings.topics.user_events), counts.get(changelog_topic(settings))
-        if a is not None and b is not None and a != b:
-            raise TopicError(
-                f"{settings.topics.user_events} has {a} partitions but {changelog_topic(settings)}"
-                f" has {b}; they must match: `nearline grow-partitions {max(a, b)}` grows"
-                " both"
-            )
+        a = counts.get(settings.topics.user_events)
+        for name in together:
+            b = counts.get(name)
+            if a is not None and b is not None and a != b:
+                raise TopicError(
+                    f"{settings.topics.user_events} has {a} partitions but {name} has {b};"
+                    f" they must match: `nearline grow-partitions {max(a, b)}` grows both"
+                )
         return created
     finally:
         admin.close()
 
 
 def grow_partitions(settings: Settings, total: int, timeout_s: float = 30.0) -> dict[str, int]:
-    """Grow user-events and the user-state changelog together to `total` partitions (they
-    must match: a user's state lives in the changelog partition of its events). Returns the
-    partition counts before. Kafka cannot shrink a topic: `total` must be larger."""
+    """Grow user-events, the user-state changelog and the friend topics together to `total`
+    partitions (they must match: a user's state lives in the changelog partition of its
+    events, and its friend activity comes on the same partition). Returns the partition
+    counts before. Kafka cannot shrink a topic: `total` must be larger."""
     from kafka.admin import KafkaAdminClient, NewPartitions
 
-    names = [settings.topics.user_events, changelog_topic(settings)]
+    t = settings.topics
+    names = [t.user_events, changelog_topic(settings), t.friend_activity, t.user_relations]
     admin = KafkaAdminClient(
         client_id=f"{settings.worker.app_id}-admin",
         request_timeout_ms=int(timeout_s * 1000),

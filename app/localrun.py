@@ -65,6 +65,8 @@ def isolated_env(run: str, **extra: str) -> dict[str, str]:
         "NEARLINE_TOPICS__RECOMMENDATIONS": f"{run}-recommendations",
         "NEARLINE_TOPICS__USER_EVENTS_DLQ": f"{run}-user-events-dlq",
         "NEARLINE_TOPICS__ITEM_UPDATES_DLQ": f"{run}-item-updates-dlq",
+        "NEARLINE_TOPICS__USER_RELATIONS": f"{run}-user-relations",
+        "NEARLINE_TOPICS__FRIEND_ACTIVITY": f"{run}-friend-activity",
         "NEARLINE_REDIS__KEY_PREFIX": f"{run[-20:]}:",
     }
     env.update(extra)

@@ -17,6 +17,7 @@ from app.core.events import InvalidRecord, UserEvent, decode_event
 from app.core.experiments import OnlineMetric, Variant, assign
 from app.core.pipeline import RecList, Recommender
 from app.core.popularity import CountedEvent
+from app.core.social import Activity, decode_activity, decode_relation, split_relation
 from app.core.user_state import UserState
 from app.storage.redis_store import ListWrite
 
@@ -132,6 +133,8 @@ class BatchResult:
     """Records quarantined as processing_error dead letters, with what they raised."""
     list_errors: list[tuple[str, RawRecord, Exception]] = field(default_factory=list)
     """Users whose list could not be made (served the degraded list instead)."""
+    forwards: list[Activity] = field(default_factory=list)
+    """friend-activity records to send (a like to the user's followers, a backfill)."""
 
 
 class BatchProcessor:
@@ -146,8 +149,10 @@ class BatchProcessor:
         dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
         variants: dict[str, Recommender] | None = None,
         experiment: str = "default",
+        activity_topic: str = "friend-activity",
     ) -> None:
         self.rec = recommender
+        self.activity_topic = activity_topic
         self.max_event_bytes = max_event_bytes
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.source_topic = source_topic
@@ -174,7 +179,12 @@ class BatchProcessor:
     def _letter(self, record: RawRecord, reason: str, detail: str) -> DeadLetter:
         return dead_letter(record, reason, detail, max_bytes=self.dead_letter_max_bytes)
 
-    def decode(self, record: RawRecord) -> UserEvent | DeadLetter:
+    def decode(self, record: RawRecord) -> UserEvent | Activity | DeadLetter:
+        if record.topic == self.activity_topic:
+            try:
+                return decode_activity(record.key, record.value, max_bytes=self.max_event_bytes)
+            except InvalidRecord as exc:
+                return self._letter(record, exc.reason, exc.detail)
         try:
             event = decode_event(record.value, max_bytes=self.max_event_bytes)
         except InvalidRecord as exc:
@@ -189,6 +199,32 @@ class BatchProcessor:
                 f"key {record.key[:64]!r} does not match user_id {event.user_id!r}",
             )
         return event
+
+    def relations(self, records: Sequence[RawRecord]) -> tuple[list[Activity], list[DeadLetter]]:
+        """user-relations records -> the friend-activity records they become (one for the
+        follower, one for the followee, each keyed by its user), and dead letters for the
+        records that are not relations (same validation and reasons as user events)."""
+        forwards: list[Activity] = []
+        letters: list[DeadLetter] = []
+        for record in records:
+            try:
+                rel = decode_relation(record.key, record.value, max_bytes=self.max_event_bytes)
+            except InvalidRecord as exc:
+                letters.append(self._letter(record, exc.reason, exc.detail))
+                continue
+            except Exception as exc:  # a decoder bug: quarantine the record, go on
+                letters.append(
+                    dead_letter(
+                        record,
+                        "processing_error",
+                        f"{type(exc).__name__} while decoding the record: {exc}",
+                        error=exc,
+                        max_bytes=self.dead_letter_max_bytes,
+                    )
+                )
+                continue
+            forwards.extend(split_relation(rel))
+        return forwards, letters
 
     def process(
         self,
@@ -206,7 +242,7 @@ class BatchProcessor:
         events still apply); a list that cannot be made is replaced by the degraded list and
         the user marked dirty, to be recomputed later. The batch always completes."""
         out = BatchResult()
-        per_user: OrderedDict[str, list[tuple[UserEvent, RawRecord]]] = OrderedDict()
+        per_user: OrderedDict[str, list[tuple[UserEvent | Activity, RawRecord]]] = OrderedDict()
         for record in records:
             try:
                 decoded = self.decode(record)
@@ -216,33 +252,35 @@ class BatchProcessor:
                 out.dead_letters.append(decoded)
                 continue
             out.valid += 1
-            per_user.setdefault(decoded.user_id, []).append((decoded, record))
+            owner = decoded.user if isinstance(decoded, Activity) else decoded.user_id
+            per_user.setdefault(owner, []).append((decoded, record))
         generated = time.time() if now is None else now
         # Apply every user's events first, then make the lists: the stream statistics stay
         # fixed while the batch's lists are made, so what derives from them is computed once.
-        touched: list[
-            tuple[UserState, Recommender, list[tuple[UserEvent, RawRecord]], Exception | None]
-        ] = []
-        for user_id, items in per_user.items():
+        touched: list[tuple[UserState, Recommender, RawRecord, Exception | None, bool]] = []
+        for user_id, both in per_user.items():
+            items = [(e, r) for e, r in both if isinstance(e, UserEvent)]
+            acts = [(a, r) for a, r in both if isinstance(a, Activity)]
             try:
                 state = load_state(user_id) or UserState(user_id=user_id)
             except Exception as exc:  # the stored state cannot be read: keep the events
-                for _, record in items:
+                for _, record in both:
                     out.dead_letters.append(
                         self._quarantine(out, record, exc, "loading the user's stored state")
                     )
                 continue
             changed = False
-            if self.partition_count and items[0][1].key:
+            if self.partition_count and items and items[0][1].key:
                 home = (murmur2(items[0][1].key) & 0x7FFFFFFF) % self.partition_count
                 out.other_partitioner += sum(1 for _, r in items if r.partition != home)
             # An offset at or below the last applied one is Kafka redelivering after a crash
             # or rebalance: the table changelog got ahead of the committed offset, so the
             # list write or publish may not have happened. Emit the list again; the Redis
             # write is versioned, so doing it twice is harmless.
-            first = items[0][1]
-            redelivered = state.source in ("", self.source_id) and first.offset <= (
-                state.offsets.get(first.partition, -1)
+            redelivered = (
+                bool(items)
+                and state.source in ("", self.source_id)
+                and items[0][1].offset <= state.offsets.get(items[0][1].partition, -1)
             )
             rec = self.recommender_for(user_id)
             current = set(state.last_list)
@@ -263,6 +301,9 @@ class BatchProcessor:
                         self.rec.reapply(state, ev, rc.offset, rc.partition, self.source_id)
                     continue
                 good.append((event, record))
+                # a redelivered like is forwarded again: its forwards may not have gone out
+                # before the crash, and the followers' states take a like once
+                out.forwards.extend(self.rec.like_forwards(state, event))
                 if applied:
                     out.applied += 1
                     changed = True
@@ -282,26 +323,29 @@ class BatchProcessor:
                     )
                 else:
                     out.duplicates += 1
-            if not good or (not changed and not (redelivered and state.n_events)):
+            social = self._apply_social(out, state, acts)
+            event_list = bool(good) and (changed or (redelivered and state.n_events > 0))
+            if not event_list and social is None:
                 continue  # duplicate event ids only: state, list and output stay as they are
-            if not changed:
+            if event_list and not changed:
                 out.reemitted += 1
-            state.partition = good[-1][1].partition
+            last = good[-1][1] if good else acts[-1][1]
+            state.partition = last.partition
             out.states[user_id] = state
-            out.last_record[user_id] = good[-1][1]
+            out.last_record[user_id] = last
             failed: Exception | None = None
-            if degraded is None:
+            if degraded is None and good:
                 try:
                     self.rec.touch(state)
                 except Exception as exc:
                     failed = exc
-            touched.append((state, rec, good, failed))
+            touched.append((state, rec, last, failed, event_list or bool(social)))
         # one call of a learned model for all the batch's lists of each recommender
         made: dict[int, RecList | Exception] = {}
         if degraded is None:
             groups: dict[int, list[int]] = {}
-            for n, (_, rec, _, failed) in enumerate(touched):
-                if failed is None:
+            for n, (_, rec, _, failed, make_list) in enumerate(touched):
+                if failed is None and make_list:
                     groups.setdefault(id(rec), []).append(n)
             for members in groups.values():
                 rec = touched[members[0]][1]
@@ -310,8 +354,9 @@ class BatchProcessor:
                 except Exception as exc:  # contained like a single list's failure
                     lists = [exc] * len(members)
                 made.update(zip(members, lists, strict=True))
-        for n, (state, rec, items, failed) in enumerate(touched):
-            last = items[-1][1]
+        for n, (state, rec, last, failed, make_list) in enumerate(touched):
+            if not make_list:
+                continue  # a follower came or went: the user's own list is the same
             try:
                 if failed is not None:
                     raise failed
@@ -330,6 +375,48 @@ class BatchProcessor:
             write, result = self.output(state, rec_list, last.topic, last.partition, generated)
             out.lists.append((rec_list, write, result))
         return out
+
+    def _apply_social(
+        self, out: BatchResult, state: UserState, acts: list[tuple[Activity, RawRecord]]
+    ) -> bool | None:
+        """Apply the user's friend-activity records: None when nothing changed and no list
+        is owed, else whether the user's list must be made again. A like or a follow seen
+        before still makes the list (its first list may not have been written)."""
+        if not acts:
+            return None
+        # A like makes the list again only if it changes what the friends channel gives the
+        # merge (its quota, in order: the ranking reads the place within a channel, not the
+        # score); checked once per user and batch, not per record.
+        before = self.rec.friends_top(state) if any(a.kind == "like" for a, _ in acts) else None
+        changed = make_list = liked = False
+        for act, record in acts:
+            try:
+                change = self.rec.apply_social(state, act)
+            except Exception as exc:
+                out.dead_letters.append(self._quarantine(out, record, exc, "applying the record"))
+                continue
+            if change.changed:
+                out.applied += 1
+                changed = True
+            else:
+                out.duplicates += 1
+            out.forwards.extend(change.forwards)
+            if act.kind == "like" and change.list_changed:
+                liked = True
+                continue
+            make_list = (
+                make_list
+                or change.list_changed
+                or (
+                    not change.changed
+                    and act.kind in ("like", "follow")
+                    and bool(state.friends)
+                    and state.last_offset >= 0  # a list was made before: make it again
+                )
+            )
+        if liked and not make_list:
+            make_list = before is None or self.rec.friends_top(state) != before
+        return make_list if (changed or make_list) else None
 
     def _quarantine(
         self, out: BatchResult, record: RawRecord, exc: Exception, doing: str

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from app.core.events import ItemUpdate, UserEvent, encode_item_update
+from app.core.social import Relation
 from app.data.loaders import LoadError, Movie, Rating, read_embeddings, read_movies
 from app.kafka_clients import client_kwargs
 from app.settings import Settings
@@ -140,8 +141,39 @@ def produce_events(
     return n
 
 
+def relations_from_pairs(
+    pairs: Iterable[tuple[str, str]], *, action: str, timestamp: float, both_ways: bool = False
+) -> list[Relation]:
+    """One relation per pair (and its reverse with `both_ways`); the event id names the
+    edge, the action and the time, so loading the same file again is the same change."""
+    out = []
+    for a, b in pairs:
+        for follower, followee in ((a, b), (b, a)) if both_ways else ((a, b),):
+            eid = f"rel-{follower}-{followee}-{action}-{int(timestamp * 1000)}"
+            out.append(Relation(eid[:128], follower, followee, action, timestamp))
+    return out
+
+
+def publish_relations(
+    settings: Settings,
+    relations: Iterable[Relation],
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Publish relations to user-relations, keyed by edge (any partition: the worker that
+    reads one sends it on to the owners of both users)."""
+    return produce_raw(
+        settings,
+        settings.topics.user_relations,
+        ((rel.key(), rel.encode()) for rel in relations),
+        progress=progress,
+    )
+
+
 def produce_raw(
-    settings: Settings, topic: str, records: Iterable[tuple[bytes | None, bytes | None]]
+    settings: Settings,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes | None]],
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     producer = make_producer(settings)
     n = 0
@@ -149,6 +181,8 @@ def produce_raw(
         for key, value in records:
             producer.send(topic, key=key, value=value)
             n += 1
+            if progress:
+                progress(1)
         producer.flush(timeout=60)
     finally:
         producer.close(timeout=10)

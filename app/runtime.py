@@ -85,6 +85,7 @@ class Runtime:
             source_topic=settings.topics.user_events,
             variants=variants,
             experiment=settings.experiments.name,
+            activity_topic=settings.topics.friend_activity,
         )
         self.shared_stats = SharedStatsView()
         if settings.degrade.shared_stats:  # counted in Redis by all workers, read back
@@ -294,6 +295,15 @@ events_dlq_topic = app.topic(
     settings.topics.user_events_dlq, partitions=settings.topics.partitions, **raw
 )
 items_dlq_topic = app.topic(settings.topics.item_updates_dlq, partitions=1, **raw)
+# The friend graph: relations are read by any worker and split into friend-activity
+# records keyed by the user they belong to; friend-activity is co-partitioned with
+# user-events (same partition count, key = user id), so the owner of a user reads both.
+relations_topic = app.topic(
+    settings.topics.user_relations, partitions=settings.topics.partitions, **raw
+)
+activity_topic = app.topic(
+    settings.topics.friend_activity, partitions=settings.topics.partitions, **raw
+)
 
 # Changelog-backed: a restarted or rebalanced worker replays it to recover every user.
 user_table = app.tables.add(

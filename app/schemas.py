@@ -13,6 +13,8 @@ from jsonschema import Draft202012Validator
 
 SCHEMA_NAMES = (
     "user-event",
+    "user-relation",
+    "friend-activity",
     "item-update",
     "recommendation",
     "redis-user-list",

@@ -73,6 +73,10 @@ class TopicSettings(_Section):
     """Dead letters of user-events: original bytes + reason + source position."""
     item_updates_dlq: str = "item-updates-dlq"
     """Dead letters of item-updates."""
+    user_relations: str = "user-relations"
+    """Compacted topic of friend-graph changes (key = follower TAB followee)."""
+    friend_activity: str = "friend-activity"
+    """Internal topic (key = user id): relations and friends' likes to the user's worker."""
     partitions: int = Field(4, ge=1, le=1024)
     """Partitions of user-events (and of every topic co-partitioned with it)."""
     replication_factor: int = Field(1, ge=1, le=16)
@@ -274,12 +278,26 @@ class RecallSettings(_Section):
     """Most recently released items."""
     short_term: ChannelSettings = _ch("short_term")
     """Recency-weighted sum of the last liked items' vectors -> nearest items."""
+    friends: ChannelSettings = _ch("friends")
+    """Items the user's friends liked recently (user-relations)."""
     item2item_seeds: int = Field(5, ge=1, le=100)
     """How many last liked items seed item-to-item."""
     item2item_cache: int = Field(10_000, ge=0, le=10_000_000)
     """Items whose neighbour lists stay in memory (~3 KB each; 0 = search every time)."""
     similar_users_n: int = Field(20, ge=1, le=1000)
     """How many similar users to draw items from."""
+    friends_half_life_seconds: float = Field(7 * 24 * 3600, gt=0)
+    """Half-life of a friend's like in the friends channel's score."""
+    friends_max: int = Field(1000, ge=1, le=1_000_000)
+    """Friends a user's state keeps; past it a fixed pseudo-random sample of them."""
+    friends_followers_max: int = Field(1000, ge=1, le=1_000_000)
+    """Followers a user's state keeps to forward likes to (sampled alike past it)."""
+    friends_fanout_per_like: int = Field(100, ge=1, le=100_000)
+    """Followers one like is forwarded to (a fresh pseudo-random sample per like)."""
+    friends_likes_kept: int = Field(200, ge=1, le=100_000)
+    """Friends' likes a user's state keeps, newest first (bounds the channel's work)."""
+    friends_backfill: int = Field(20, ge=0, le=1000)
+    """A new follower gets this many of the user's most recent likes at once."""
     genre_min_ratings: int = Field(3, ge=1)
     """Ratings an item needs before the genre rule trusts its average."""
     popularity_half_life_seconds: float = Field(30 * 24 * 3600, gt=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import agents.degrade  # noqa: F401,E402  registers the lag monitor and recompute task
+import agents.friends  # noqa: F401,E402  registers the user-relations and friend-activity agents
 import agents.ingest  # noqa: F401,E402  registers the user-events agent
 import agents.items  # noqa: F401,E402  registers the item-updates follower
 import agents.views  # noqa: F401,E402  registers the web views

@@ -352,3 +352,28 @@ def bench_profile(
         log=lambda m: click.echo(m, err=True),
     ):
         click.echo(f"wrote {path}")
+
+
+@bench.command("friends")
+@OUT
+@click.option("--plays", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="HetRec user_artists.dat (user TAB item TAB weight).")  # fmt: skip
+@click.option("--relations", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="HetRec user_friends.dat (follower TAB followee).")  # fmt: skip
+@click.option("--events", default=4000, show_default=True, type=click.IntRange(100, 10**6))
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1, 50))
+@one_line_errors
+def bench_friends(
+    out_dir: Path, plays: Path, relations: Path, events: int, batch: int, repeats: int
+) -> None:
+    """Fan-out on write vs on read for the friends channel: events/s against a baseline
+    without the graph, Redis and state bytes per user (Redis for the read side)."""
+    from app.bench.friends import run
+    from app.clitools import settings
+
+    summary = run(
+        out_dir, settings(), plays, relations, events=events, batch=batch, repeats=repeats
+    )
+    click.echo(json.dumps(summary, indent=2))
+    click.echo(f"wrote {out_dir / 'friends-fanout.json'} and {out_dir / 'friends-fanout.png'}")

@@ -17,6 +17,7 @@ from app.core.events import UserEvent
 from app.core.popularity import ItemStats, top_keys
 from app.core.rank import RankModel, diversify, learned_features, rank
 from app.core.recall import Candidate, ChannelConfig, RecallContext, merge
+from app.core.social import Activity, SocialChange, SocialPolicy, apply_activity, like_forwards
 from app.core.user_state import UpdatePolicy, UserState, apply_event
 from app.core.users import UserDirectory
 
@@ -71,6 +72,16 @@ class RecList:
         }
 
 
+def own_likes(state: UserState) -> list[tuple[str, float]]:
+    """The user's likes still standing, (item, time of the last event on it), oldest first."""
+    liked = set(state.liked)
+    when: dict[str, float] = {}
+    for item_id, _, ts, _ in state.history:
+        if item_id in liked:
+            when[item_id] = ts
+    return [(i, when.get(i, state.last_event_time)) for i in state.liked]
+
+
 class Recommender:
     """Holds the shared in-process state (catalog, stream statistics, user directory) and
     turns one user's state into a ranked list. Pure: no I/O, deterministic for equal inputs."""
@@ -85,6 +96,7 @@ class Recommender:
         popularity_half_life: float = 24 * 3600,
         user_index: IndexConfig | None = None,
         embedding_version: str = "v1",
+        social: SocialPolicy | None = None,
     ) -> None:
         self.catalog = catalog
         self.model = model
@@ -96,6 +108,7 @@ class Recommender:
         Redis) and set into `stats`; applying an event then leaves them alone."""
         self.users = UserDirectory(catalog.dim, user_index or catalog.config, item_key=catalog.key)
         self.embedding_version = embedding_version
+        self.social = social or SocialPolicy()
         self.variant = "control"
         """Experiment variant whose recall/ranking settings this instance uses."""
         self.channels = build_channels(list(self.config.channels), self.config.channel_options)
@@ -144,6 +157,31 @@ class Recommender:
             state, event, offset, self.catalog.vector, self.policy, partition, source
         )
 
+    def apply_social(self, state: UserState, act: Activity) -> SocialChange:
+        """Apply one friend-activity record (idempotent: last writer wins per edge, one like
+        per friend and item). A change moves the user's list position on, so a list made
+        from it outranks the one before."""
+        # the user's own likes are a new follower's backfill: read only for that record
+        likes = own_likes(state) if act.kind == "follower" and act.action == "add" else []
+        change = apply_activity(state, act, self.social, likes)
+        if change.changed:
+            state.last_offset += 1
+        return change
+
+    def friends_top(self, state: UserState) -> tuple[int, ...]:
+        """The items the friends channel gives the merge for this user (its quota), in
+        order; empty when the channel is off."""
+        for cfg, fn in self.channels:
+            if cfg.name == "friends":
+                return tuple(c.key for c in fn(self.context(state), cfg.quota))
+        return ()
+
+    def like_forwards(self, state: UserState, event: UserEvent) -> list[Activity]:
+        """The records a like becomes for the user's followers (none for other events)."""
+        if not state.followers or not self.policy.is_like(event):
+            return []
+        return like_forwards(state, event.item_id, event.timestamp, event.event_id, self.social)
+
     def touch(self, state: UserState) -> None:
         """Move the user in the similar-users buckets after its embedding changed."""
         self.users.update(state.user_id, state.embedding, state.liked)
@@ -179,7 +217,7 @@ class Recommender:
                 raise got
             return got
         ctx = self.context(state)
-        if ctx.embedding is None and not state.liked:
+        if ctx.embedding is None and not state.liked and not state.friend_likes:
             return self._finish(state, self.cold_start(ctx), "cold_start")
         per_channel = [(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels]
         cands = merge(per_channel)

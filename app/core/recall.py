@@ -108,6 +108,15 @@ def nearest(ctx: RecallContext, query: np.ndarray, k: int, name: str) -> list[Ca
     ]
 
 
+def best(keys: np.ndarray, scores: np.ndarray, k: int, name: str) -> list[Candidate]:
+    """The k best of distinct keys by score, ties by key (deterministic across runs)."""
+    order = np.lexsort((keys, -scores))[:k]
+    return [
+        Candidate(key, score, name)
+        for key, score in zip(keys[order].tolist(), scores[order].tolist(), strict=True)
+    ]
+
+
 def _want(ctx: RecallContext, k: int) -> int:
     # Ask for extra: the index excludes seen items but not non-recommendable ones.
     return k + min(len(ctx.catalog) // 20, 4 * k) + 8

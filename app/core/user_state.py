@@ -85,6 +85,12 @@ class UserState:
     """Source partition of the user's events (set by the batch processor)."""
     last_list: list[str] = field(default_factory=list)
     """Item ids of the list last written for the user (the online hit-rate metric)."""
+    friends: dict[str, float] = field(default_factory=dict)
+    """Users this user follows -> time of the last change (negative: unfollowed then)."""
+    followers: dict[str, float] = field(default_factory=dict)
+    """Users following this user (same form): whom this user's likes are forwarded to."""
+    friend_likes: list[tuple[str, str, float]] = field(default_factory=list)
+    """Recent likes of the users this user follows: (friend, item_id, time), bounded."""
 
     @property
     def embedding(self) -> np.ndarray | None:
@@ -114,6 +120,13 @@ class UserState:
             "p": self.partition,
             "ll": self.last_list,
         }
+        # only when used: the state of a user without friends stays as it was
+        if self.friends:
+            doc["fr"] = self.friends
+        if self.followers:
+            doc["fo"] = self.followers
+        if self.friend_likes:
+            doc["fl"] = self.friend_likes
         if self.taste is not None:
             doc["t"] = base64.b64encode(np.asarray(self.taste, dtype="<f4").tobytes()).decode()
         return fastjson.dumps(doc)
@@ -140,6 +153,9 @@ class UserState:
             last_event_time=doc["et"],
             partition=doc.get("p", -1),
             last_list=list(doc.get("ll", ())),
+            friends=dict(doc.get("fr", {})),
+            followers=dict(doc.get("fo", {})),
+            friend_likes=[tuple(fl) for fl in doc.get("fl", ())],  # type: ignore[misc]
         )
 
 

@@ -388,3 +388,69 @@ def _read_npy(path: Path, ids_path: str | Path | None) -> tuple[list[str], np.nd
             ids_file, None, f"{len(ids)} ids but {path.name} has {matrix.shape[0]} rows"
         )
     return ids, matrix.astype(np.float32)
+
+
+# --- Friend graph -----------------------------------------------------------
+
+_ID_MAX = 128
+_PAIR_COLUMNS = {
+    "userid", "friendid", "user_id", "friend_id", "user", "friend", "follower", "followee",
+}  # fmt: skip
+
+
+def read_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """(follower, followee) per line: two user ids separated by a tab or a comma, as the
+    HetRec 2011 `user_friends.dat` (userID TAB friendID, a header line first). A first line
+    of column names (userID, friendID, follower, followee, ...), or whose fields are not
+    numbers while the next line's are, is a header. The whole file is checked before
+    anything is used: an error names its file and line."""
+    rows: list[tuple[int, list[str]]] = []
+    for number, text in _numbered_text(path):
+        sep = "\t" if "\t" in text else ","
+        rows.append((number, [f.strip() for f in text.split(sep)]))
+    if rows and (
+        all(f.lower() in _PAIR_COLUMNS for f in rows[0][1])
+        or (len(rows) >= 2 and _is_header(rows[0][1]) and not _is_header(rows[1][1]))
+    ):
+        rows = rows[1:]
+    out: list[tuple[str, str]] = []
+    for number, fields in rows:
+        if len(fields) != 2 or not all(fields):
+            raise LoadError(
+                path,
+                number,
+                f"expected two user ids separated by a tab or a comma, got {len(fields)}"
+                f" field(s): {'|'.join(fields)[:80]!r}",
+            )
+        a, b = fields
+        for v in fields:
+            if len(v) > _ID_MAX or any(ord(c) < 32 or ord(c) == 127 for c in v):
+                raise LoadError(path, number, f"user id {v[:40]!r} is not a valid user id")
+        if a == b:
+            raise LoadError(path, number, f"user {a!r} cannot be its own friend")
+        out.append((a, b))
+    if not out:
+        raise LoadError(path, None, "no user pairs found")
+    return out
+
+
+def read_plays(path: str | Path) -> list[tuple[str, str, float]]:
+    """(user, item, weight) per line, tab- or comma-separated, as the HetRec 2011
+    `user_artists.dat` (userID TAB artistID TAB weight = play count, a header line first).
+    Errors name the file and line."""
+    out: list[tuple[str, str, float]] = []
+    for n, (number, text) in enumerate(_numbered_text(path)):
+        fields = [f.strip() for f in text.split("\t" if "\t" in text else ",")]
+        if n == 0 and _is_header(fields):
+            continue
+        if len(fields) != 3 or not fields[0] or not fields[1]:
+            raise LoadError(
+                path, number, f"expected user, item and weight, got {len(fields)} field(s)"
+            )
+        weight = _finite(path, number, fields[2], "weight")
+        if weight < 0:
+            raise LoadError(path, number, f"weight {fields[2]!r} is negative")
+        out.append((fields[0], fields[1], weight))
+    if not out:
+        raise LoadError(path, None, "no plays found")
+    return out

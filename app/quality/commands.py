@@ -74,8 +74,33 @@ def train_embeddings_cmd(
 
 
 @click.command("evaluate")
-@click.option("--ratings", required=True, type=_file, help="MovieLens ratings.csv.")
-@click.option("--movies", required=True, type=_file, help="MovieLens movies.csv.")
+@click.option("--ratings", type=_file, help="MovieLens ratings.csv.")
+@click.option("--movies", type=_file, help="MovieLens movies.csv.")
+@click.option(
+    "--plays",
+    type=_file,
+    help="Instead of ratings: user TAB item TAB weight (HetRec user_artists.dat), evaluated by"
+    " a per-user random holdout with and without the friends channel (needs --relations).",
+)
+@click.option(
+    "--relations",
+    type=_file,
+    help="With --plays: follower TAB followee pairs (HetRec user_friends.dat), read as"
+    " `nearline load-relations` reads them.",
+)
+@click.option(
+    "--holdout",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="With --plays: share of each user's items held out.",
+)
+@click.option("--seed", default=42, show_default=True, type=int, help="With --plays: split seed.")
+@click.option(
+    "--readme",
+    type=_file,
+    help="With --plays: write the table into this README between its friends-eval markers.",
+)
 @click.option(
     "--embeddings",
     type=_file,
@@ -132,8 +157,13 @@ def train_embeddings_cmd(
 )
 @one_line_errors
 def evaluate_cmd(
-    ratings: Path,
-    movies: Path,
+    ratings: Path | None,
+    movies: Path | None,
+    plays: Path | None,
+    relations: Path | None,
+    holdout: float,
+    seed: int,
+    readme: Path | None,
     embeddings: Path | None,
     k: int,
     train_share: float,
@@ -158,6 +188,11 @@ def evaluate_cmd(
     from app.ranking import load_ranker
 
     s = settings()
+    if plays is not None or relations is not None:
+        _evaluate_friends(s, plays, relations, k, holdout, seed, out_dir, readme)
+        return
+    if ratings is None or movies is None:
+        fail("give --ratings and --movies (or --plays and --relations)")
     config = EvalConfig(
         k=k,
         train_share=train_share,
@@ -260,6 +295,46 @@ def train_ranker_cmd(
         f"wrote {out['model']} ({card['kind']}, version {card['version']}) and {out['card']} "
         f"from {card['examples']['groups']} events in {out['seconds']:.1f}s"
     )
+
+
+def _evaluate_friends(
+    s: object,
+    plays: Path | None,
+    relations: Path | None,
+    k: int,
+    holdout: float,
+    seed: int,
+    out_dir: Path,
+    readme: Path | None,
+) -> None:
+    from app.data.loaders import read_pairs, read_plays
+    from app.quality.evaluate import EvaluationError
+    from app.quality.friends_eval import HoldoutConfig, evaluate_holdout, table_lines, write_readme
+
+    if plays is None or relations is None:
+        fail("--plays and --relations go together")
+    cfg = HoldoutConfig(k=k, holdout=holdout, seed=seed, progress=True)
+    try:
+        report = evaluate_holdout(
+            s,  # type: ignore[arg-type]
+            read_plays(plays),
+            read_pairs(relations),
+            cfg,
+            sources={"plays": plays.name, "relations": relations.name},
+        )
+        if readme is not None:
+            write_readme(report, readme)
+    except EvaluationError as exc:
+        fail(str(exc))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "friends-holdout.json"
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    click.echo(
+        f"{report['users_scored']} users scored, {report['held_out']} held-out items,"
+        f" {report['friend_edges']} friend edges"
+    )
+    click.echo("\n".join(table_lines(report)))
+    click.echo(f"wrote {json_path}" + (f" and the table in {readme}" if readme else ""), err=True)
 
 
 COMMANDS = (train_embeddings_cmd, evaluate_cmd, train_ranker_cmd)

@@ -53,6 +53,14 @@ FILES: dict[str, bytes] = {
     "emb_empty.txt": b"",
     "movies_header.csv": b"movieId,title,genres\n",
     "ratings_header.csv": b"userId,movieId,rating,timestamp\n",
+    # friend graph and plays (HetRec Last.fm formats)
+    "friends.dat": b"userID\tfriendID\n2\t275\n275\t2\n",
+    "plays.dat": b"userID\tartistID\tweight\n2\t51\t13883\n",
+    "friends_counts.dat": b"2101\n25434\n2\t275\n",
+    "friends_self.dat": b"1,2\n3,3\n",
+    "friends_latin1.dat": b"1\t2\n\xe9\t3\n",
+    "friends_empty.dat": b"",
+    "plays_weight.dat": b"userID\tartistID\tweight\n2\t51\tmany\n",
 }
 
 
@@ -88,6 +96,14 @@ CASES = [
     ("load-items/emb encoding", ["load-items", "--movies", "movies.csv", "--embeddings", "emb_latin1.txt"], "emb_latin1.txt", 2, "utf-8", ()),
     ("load-items/emb empty", ["load-items", "--movies", "movies.csv", "--embeddings", "emb_empty.txt"], "emb_empty.txt", None, "empty", ()),
     ("load-items/emb missing", ["load-items", "--movies", "movies.csv", "--embeddings", "nope.txt"], "nope.txt", None, "no such file", ()),
+    # load-relations
+    ("load-relations/counts for a header", ["load-relations", "friends_counts.dat"], "friends_counts.dat", 1, "expected two user ids", ()),
+    ("load-relations/self", ["load-relations", "friends_self.dat"], "friends_self.dat", 2, "its own friend", ()),
+    ("load-relations/encoding", ["load-relations", "friends_latin1.dat"], "friends_latin1.dat", 2, "utf-8", ()),
+    ("load-relations/empty", ["load-relations", "friends_empty.dat"], "friends_empty.dat", None, "no user pairs", ()),
+    ("load-relations/missing", ["load-relations", "nope.dat"], "nope.dat", None, "no such file", ()),
+    ("evaluate/plays weight", ["evaluate", "--plays", "plays_weight.dat", "--relations", "friends.dat", "--out", "ev"], "plays_weight.dat", 2, "not a number", ("ev",)),
+    ("evaluate/relations self", ["evaluate", "--plays", "plays.dat", "--relations", "friends_self.dat", "--out", "ev"], "friends_self.dat", 2, "its own friend", ("ev",)),
     # replay
     ("replay/bad number", ["replay", "ratings_number.csv"], "ratings_number.csv", 3, "not a number", ()),
     ("replay/fields", ["replay", "ratings_fields.csv"], "ratings_fields.csv", 3, "expected 4 fields", ()),
@@ -119,6 +135,8 @@ FLAG_CASES = [
     ("replay --limit x", ["replay", "ratings.csv", "--limit", "x"], {}, "--limit"),
     ("replay directory", ["replay", "."], {}, "directory"),
     ("load-items no --movies", ["load-items", "--embeddings", "emb.txt"], {}, "--movies"),
+    ("evaluate --plays alone", ["evaluate", "--plays", "plays.dat"], {}, "--relations"),
+    ("evaluate without inputs", ["evaluate"], {}, "--ratings"),
     ("unknown command", ["frobnicate"], {}, "frobnicate"),
     ("unknown option", ["recs", "1", "--colour"], {}, "--colour"),
     ("degrade bad mode", ["degrade", "maybe"], {}, "maybe"),
@@ -166,6 +184,7 @@ def files(tmp_path, monkeypatch):
         (app.producer, "make_producer"),
         (app.producer, "publish_items"),
         (app.producer, "produce_events"),
+        (app.producer, "publish_relations"),
         (app.kafka_clients, "ensure_topics"),
     ]:
         monkeypatch.setattr(mod, name, recorder(name))

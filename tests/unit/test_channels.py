@@ -33,7 +33,7 @@ def test_codes_are_fixed_contiguous_and_what_the_record_codec_stores():
     # the codes of stored lists never change: these were written before the registry
     assert codes == {"embedding": 0, "item2item": 1, "similar_users": 2, "genre": 3,
                      "trending": 4, "newest": 5, "popular": 6, "cold_start": 7,
-                     "short_term": 8}  # fmt: skip
+                     "short_term": 8, "friends": 9}  # fmt: skip
 
 
 def test_a_code_or_name_taken_is_refused():

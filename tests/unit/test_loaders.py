@@ -335,3 +335,65 @@ def test_npy_errors(tmp_path):
     expect_error(lambda: read_embeddings(npy), npy, None, "expected a 2-D matrix")
     npy.write_bytes(b"not numpy at all")
     expect_error(lambda: read_embeddings(npy), npy, None, "not a readable .npy file")
+
+
+# --- friend graph and plays (HetRec 2011 Last.fm formats) -------------------------------
+
+
+def test_friend_pairs_tab_or_comma_with_or_without_a_header(tmp_path):
+    from app.data.loaders import read_pairs
+
+    hetrec = tmp_path / "user_friends.dat"
+    hetrec.write_text("userID\tfriendID\r\n2\t275\r\n2\t428\r\n")
+    assert read_pairs(hetrec) == [("2", "275"), ("2", "428")]
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("alice,bob\n\nbob, carol\n")
+    assert read_pairs(csv) == [("alice", "bob"), ("bob", "carol")]
+    named = tmp_path / "named.csv"
+    named.write_text("follower,followee\nalice,bob\n")
+    assert read_pairs(named) == [("alice", "bob")]
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "says"),
+    [
+        ("2101\n25434\n2\t275\n", ":1:", "expected two user ids"),  # counts instead of a header
+        ("1,2\n3,3\n", ":2:", "cannot be its own friend"),
+        ("1,2\n1,2,3\n", ":2:", "got 3 field(s)"),
+        ("1,\n", ":1:", "expected two user ids"),
+        ("\n\n", "", "no user pairs found"),
+    ],
+)
+def test_a_bad_friends_file_is_one_line_naming_file_and_line(tmp_path, text, where, says):
+    from app.data.loaders import read_pairs
+
+    path = tmp_path / "friends.dat"
+    path.write_text(text)
+    with pytest.raises(LoadError) as err:
+        read_pairs(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}{where}") and says in msg and "\n" not in msg
+
+
+def test_plays_with_a_header_and_bad_weights(tmp_path):
+    from app.data.loaders import read_plays
+
+    path = tmp_path / "user_artists.dat"
+    path.write_text("userID\tartistID\tweight\n2\t51\t13883\n2\t52\t11690\n")
+    assert read_plays(path) == [("2", "51", 13883.0), ("2", "52", 11690.0)]
+    path.write_text("2\t51\t13883\n2\t52\tlots\n")
+    with pytest.raises(LoadError, match=r"user_artists.dat:2: weight 'lots' is not a number"):
+        read_plays(path)
+
+
+def test_relations_from_pairs_name_the_edge_and_go_both_ways_on_request():
+    from app.core.social import decode_relation
+    from app.producer import relations_from_pairs
+
+    rels = relations_from_pairs([("2", "275")], action="add", timestamp=1.5, both_ways=True)
+    assert [(r.follower, r.followee, r.action) for r in rels] == [
+        ("2", "275", "add"),
+        ("275", "2", "add"),
+    ]
+    assert rels[0].event_id == "rel-2-275-add-1500"
+    assert all(decode_relation(r.key(), r.encode()) == r for r in rels)

@@ -39,7 +39,7 @@ GOOD = {"kind": "linear", "version": "t-1", "weights": {"similarity": 1.0}}
 def test_default_model_loads():
     m = load_model()
     assert m == load_model(None) == load_model(DEFAULT_MODEL)
-    assert m.version == "linear-default-3"
+    assert m.version == "linear-default-4"
     assert set(m.weights) == set(FEATURES)
     assert m.weights["similarity"] > 0
     assert m.recency_half_life_days > 0

@@ -10,6 +10,7 @@ import pytest
 from app.core.catalog import IndexConfig
 from app.core.channels import CHANNELS, build_channels
 from app.core.channels.embedding import embedding_recall
+from app.core.channels.friends import friends_recall
 from app.core.channels.genre import genre_recall
 from app.core.channels.item2item import item2item_recall
 from app.core.channels.newest import newest_recall
@@ -19,6 +20,7 @@ from app.core.channels.trending import trending_recall
 from app.core.pipeline import Recommender
 from app.core.rank import load_model
 from app.core.recall import Candidate, ChannelConfig, RecallContext, liked_genres, merge
+from app.core.social import Activity
 from app.core.user_state import UserState
 from tests.unit.factories import DAY, T0, cluster_vectors, event, item, two_clusters
 
@@ -33,6 +35,7 @@ RECALL = {
     "trending": trending_recall,
     "newest": newest_recall,
     "short_term": short_term_recall,
+    "friends": friends_recall,
 }
 
 
@@ -76,10 +79,16 @@ def make_world(exact_below: int = 5000) -> tuple[Recommender, list[str], list[st
 
 
 def action_fan(rec: Recommender) -> UserState:
-    """A user who rated three A items 5 stars."""
+    """A user who rated three A items 5 stars, with three friends whose likes include a
+    seen item (a0) and non-recommendable ones (a6, b6)."""
     s = UserState("me")
     for n, item_id in enumerate(["a0", "a1", "a2"]):
         rec.apply(s, event(f"e{n}", item_id, user_id="me", type="rating", rating=5.0), n)
+    for friend, items in {"f1": ["a0", "a6", "b3", "a4"], "f2": ["a4", "b6", "a5"],
+                          "f3": ["a4", "b8"]}.items():  # fmt: skip
+        rec.apply_social(s, Activity("follow", "me", friend, T0 - DAY, f"r-{friend}"))
+        for item_id in items:
+            rec.apply_social(s, Activity("like", "me", friend, T0, f"l-{friend}", "add", item_id))
     return s
 
 

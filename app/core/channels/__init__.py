@@ -4,8 +4,9 @@ Adding a channel: a module here with its recall function and a `register(Channel
 (a new, unused code), its import below, and its settings section in `RecallSettings`
 (app/settings.py: `<name>: ChannelSettings` plus any options it reads)."""
 
-from app.core.channels import (  # noqa: F401  (each registers itself; REGISTRY orders by code)
+from app.core.channels import (  # noqa: F401  (each registers itself; REGISTRY orders by merge order)
     embedding,
+    friends,
     genre,
     item2item,
     newest,

@@ -24,11 +24,18 @@ class Channel:
     doc: str
     make: Callable[[Mapping[str, Any]], RecallFn]
     """The recall function, from the recall settings (flat: `item2item_seeds`, ...)."""
+    order: int | None = None
+    """Place in the default merge order (None: the code). An item two channels found is
+    credited to the one merged first."""
+
+    @property
+    def merge_order(self) -> tuple[int, int]:
+        return (self.code if self.order is None else self.order, self.code)
 
 
 REGISTRY: dict[str, Channel] = {}
-"""Registered channels ordered by code: the default order of the merge (a channel added later
-takes the next free code, so it comes after the others unless the settings reorder)."""
+"""Registered channels in the default order of the merge: by code (a channel added later
+takes the next free code, so it comes after the others) unless a channel sets `order`."""
 
 LIST_CHANNELS = {"popular": 6, "cold_start": 7}
 """Channel names of shared lists (not recall channels), with their stored codes."""
@@ -44,7 +51,7 @@ def register(channel: Channel) -> Channel:
             f"{taken.get(channel.code)!r} or outside 0..15"
         )
     REGISTRY[channel.name] = channel
-    ordered = sorted(REGISTRY.values(), key=lambda c: c.code)
+    ordered = sorted(REGISTRY.values(), key=lambda c: c.merge_order)
     REGISTRY.clear()
     REGISTRY.update((c.name, c) for c in ordered)
     return channel

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.core.channels.registry import Channel, register
-from app.core.recall import Candidate, RecallContext
+from app.core.recall import Candidate, RecallContext, best
 
 
 def similar_users_recall(ctx: RecallContext, k: int, n_users: int = 20) -> list[Candidate]:
@@ -33,11 +33,7 @@ def similar_users_recall(ctx: RecallContext, k: int, n_users: int = 20) -> list[
     distinct, at = np.unique(all_keys[ok], return_inverse=True)
     # bincount adds in input order, as a running sum per key would
     votes = np.bincount(at, weights=weights[ok], minlength=len(distinct))
-    order = np.lexsort((distinct, -votes))[:k]
-    return [
-        Candidate(key, score, "similar_users")
-        for key, score in zip(distinct[order].tolist(), votes[order].tolist(), strict=True)
-    ]
+    return best(distinct, votes, k, "similar_users")
 
 
 CHANNEL = register(
