@@ -306,6 +306,8 @@ class _Search:
         self.build_seconds: list[float] = []
         self.best: tuple[Trial, LSHIndex] | None = None
         self.best_recall: tuple[Trial, LSHIndex] | None = None
+        self.table_bytes: float | None = None
+        """Bytes a table of the last build held (entries, buckets, its share of the rest)."""
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -315,17 +317,36 @@ class _Search:
             self.log(msg)
 
     def build(self, p: LSHParams) -> LSHIndex | None:
-        if memory_floor(len(self.keys), p.dim, p.L) > self.budget_bytes:
+        if self.estimated_bytes(p) > self.budget_bytes:
             return None
         t = time.perf_counter()
         index = LSHIndex(replace(p, probes=0, sketch_keep=0, max_candidates=0))
         index.upsert_many(self.keys, self.x)
         self.builds += 1
         self.build_seconds.append(time.perf_counter() - t)
+        fixed = memory_floor(len(self.keys), p.dim, 0)
+        self.table_bytes = (index.memory_bytes() - fixed) / p.L
         if index.memory_bytes() > self.budget_bytes:
             self._say(f"  w={p.w} m={p.m} L={p.L}: over the memory budget")
             return None
         return index
+
+    def estimated_bytes(self, p: LSHParams) -> float:
+        """Memory of a build of `p`: the floor, or with the per-table bytes of the last
+        build when there was one (fewer buckets with smaller m or wider w: an overestimate
+        there, so a build is skipped only when it would very likely not fit)."""
+        floor = memory_floor(len(self.keys), p.dim, p.L)
+        if self.table_bytes is None:
+            return floor
+        return max(floor, memory_floor(len(self.keys), p.dim, 0) + self.table_bytes * p.L)
+
+    def tables_that_fit(self, p: LSHParams) -> int:
+        """Most tables of `p`'s kind within the memory budget, by the last build's bytes a
+        table (fewer than `p.L` - 8 only when the last build was far over the budget)."""
+        if self.table_bytes is None:
+            return p.L - 8
+        fixed = memory_floor(len(self.keys), p.dim, 0)
+        return min(p.L - 1, int((self.budget_bytes - fixed) // self.table_bytes))
 
     def measure(self, base: LSHIndex, p: LSHParams, with_cost: bool) -> Trial:
         view = base._query_view(p)
@@ -433,9 +454,11 @@ class _Search:
         """Hill-climb over builds from `start`: move to the first neighbour that scores
         better, stop when none does or the time budget would be overrun."""
         base = self.build(start)
-        if base is None:  # the start does not fit: fewer tables until it does
+        if base is None:
+            # The start does not fit: the most tables that do, by the bytes a table of the
+            # build took (a start at 2.01x the raw vectors loses one table, not eight).
             while base is None and start.L > 4:
-                start = replace(start, L=max(4, start.L - 8))
+                start = replace(start, L=max(4, self.tables_that_fit(start)))
                 base = self.build(start)
             if base is None:
                 return
