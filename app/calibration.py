@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import threading
 import time
+import traceback
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,7 +27,10 @@ from app.settings import LSHSettings
 log = logging.getLogger("nearline.calibration")
 
 _PROBE_S = 0.02
-"""Interval of the event-loop stall probe while a calibration runs."""
+"""Interval of the event-loop stall probe."""
+_PROBE_KEEP = 30_000
+"""Wake-ups the probe remembers (10 minutes at _PROBE_S), for the window before a
+calibration."""
 
 
 class CalibrationRunner:
@@ -45,7 +52,15 @@ class CalibrationRunner:
         self.loop_stall_max_s = 0.0
         """Longest the event loop woke late during the last calibration."""
         self.loop_stall_p99_s = 0.0
+        self.loop_stall_before_max_s = 0.0
+        """Longest it woke late in as long a time just before the calibration (the baseline:
+        what the loop's own work and the machine's load cost without a calibration)."""
+        self.loop_stall_before_p99_s = 0.0
         self.running_since: float | None = None
+        self._wakes: deque[tuple[float, float]] = deque(maxlen=_PROBE_KEEP)
+        """(loop time, lateness) of the probe's recent wake-ups."""
+        self._probe: asyncio.Task[None] | None = None
+        self._thread_id: int | None = None
 
     @property
     def running(self) -> bool:
@@ -81,12 +96,13 @@ class CalibrationRunner:
         )
         keys, vectors = cat.calibration_snapshot()
         loop = asyncio.get_running_loop()
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_loop())
+            await asyncio.sleep(0)  # the probe's first sleep starts now
         self.running_since = time.time()
-        stalls: list[float] = []
-        done = asyncio.Event()
-        probe = asyncio.ensure_future(_probe_loop(done, stalls))
+        began = loop.time()
         try:
-            cal = await loop.run_in_executor(self._executor, _calibrate, cat, keys, vectors, config)
+            cal = await loop.run_in_executor(self._executor, self._calibrate, keys, vectors, config)
         except Exception as exc:
             cat.abandon_calibration()
             self.failures += 1
@@ -94,17 +110,17 @@ class CalibrationRunner:
             log.exception("lsh calibration failed")
             return None
         finally:
-            done.set()
-            await probe
             self.running_since = None
+        ended = loop.time()
         self.replayed = cat.install_calibration(cal)
         self.runs += 1
         self.trigger = trigger
         self.measured_at = time.time()
         self.last_error = None
-        stalls.sort()
-        self.loop_stall_max_s = stalls[-1] if stalls else 0.0
-        self.loop_stall_p99_s = stalls[int(0.99 * (len(stalls) - 1))] if stalls else 0.0
+        self.loop_stall_max_s, self.loop_stall_p99_s = self._stalls(began, ended)
+        self.loop_stall_before_max_s, self.loop_stall_before_p99_s = self._stalls(
+            2 * began - ended, began
+        )
         log_fields(
             log,
             "lsh calibrated",
@@ -115,8 +131,46 @@ class CalibrationRunner:
             seconds=round(cal.seconds, 1),
             replayed=self.replayed,
             loop_stall_max_ms=round(1000 * self.loop_stall_max_s, 1),
+            loop_stall_before_max_ms=round(1000 * self.loop_stall_before_max_s, 1),
         )
         return cal
+
+    def _calibrate(self, keys: Any, vectors: Any, config: Any) -> Calibration:
+        from app.core.lsh.calibrate import calibrate
+
+        self._thread_id = threading.get_ident()
+        try:
+            return calibrate(keys, self.catalog.gather_snapshot(keys, vectors), config)
+        finally:
+            self._thread_id = None
+
+    def _stalls(self, start: float, end: float) -> tuple[float, float]:
+        """(max, p99) lateness of the probe's wake-ups in [start, end) of loop time."""
+        late = sorted(lateness for at, lateness in self._wakes if start <= at < end)
+        if not late:
+            return 0.0, 0.0
+        return late[-1], late[int(0.99 * (len(late) - 1))]
+
+    async def _probe_loop(self) -> None:
+        """Sleep _PROBE_S at a time for as long as the worker runs, recording how late each
+        wake-up was; a wake-up over 50 ms late during a calibration logs where the
+        calibration thread was then (debug)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(_PROBE_S)
+            now = loop.time()
+            late = max(0.0, now - t - _PROBE_S)
+            self._wakes.append((t, late))
+            thread = self._thread_id
+            if late > 0.05 and thread is not None and log.isEnabledFor(logging.DEBUG):
+                frame = sys._current_frames().get(thread)
+                where = traceback.extract_stack(frame)[-3:] if frame is not None else []
+                log.debug(
+                    "event loop woke %.0f ms late; calibration thread at %s",
+                    1000 * late,
+                    " < ".join(f"{f.name}:{f.lineno}" for f in reversed(where)),
+                )
 
     def status(self) -> dict[str, Any]:
         """The calibration block of /status/ (and of /metrics, `nearline status`)."""
@@ -136,26 +190,14 @@ class CalibrationRunner:
             "replayed": self.replayed,
             "loop_stall_max_ms": round(1000 * self.loop_stall_max_s, 2),
             "loop_stall_p99_ms": round(1000 * self.loop_stall_p99_s, 2),
+            "loop_stall_before_max_ms": round(1000 * self.loop_stall_before_max_s, 2),
+            "loop_stall_before_p99_ms": round(1000 * self.loop_stall_before_p99_s, 2),
         }
         if cal is not None:
             out.update(cal.summary())
         return out
 
     def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _calibrate(cat: ItemCatalog, keys: Any, vectors: Any, config: Any) -> Calibration:
-    from app.core.lsh.calibrate import calibrate
-
-    x = cat.gather_snapshot(keys, vectors)
-    return calibrate(keys, x, config)
-
-
-async def _probe_loop(done: asyncio.Event, stalls: list[float]) -> None:
-    """Sleep _PROBE_S at a time until `done`, recording how late each wake-up was."""
-    loop = asyncio.get_running_loop()
-    while not done.is_set():
-        t = loop.time()
-        await asyncio.sleep(_PROBE_S)
-        stalls.append(max(0.0, loop.time() - t - _PROBE_S))

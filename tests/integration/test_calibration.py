@@ -56,11 +56,13 @@ def test_catalogue_changing_shape_is_recalibrated_while_events_flow(catalog_run,
     publish_items(s, items("large", mixture_vectors(9_000, dim, n_clusters=6, seed=8)))
 
     seen_running: list[int] = []  # events done, at each poll that saw the calibration run
+    unanswered = 0  # polls that timed out (2 s) after one saw the calibration run
     deadline = time.monotonic() + 180
     st = w.status()
     while time.monotonic() < deadline:
-        polled = w.status()  # None when a request timed out (a loaded machine)
+        polled = w.status()  # None when a request timed out
         if polled is None:
+            unanswered += bool(seen_running)
             time.sleep(0.1)
             continue
         st = polled
@@ -81,7 +83,15 @@ def test_catalogue_changing_shape_is_recalibrated_while_events_flow(catalog_run,
     # events were processed while the calibration ran on its thread
     assert len(seen_running) >= 2, f"calibration seen running at {len(seen_running)} polls"
     assert seen_running[-1] > seen_running[0], seen_running
-    assert cal["loop_stall_max_ms"] >= 0 and cal["failures"] == 0
+    assert cal["failures"] == 0
+    # The event loop kept answering while the calibration ran on its thread: no /status/ poll
+    # timed out, and it never woke later than half the calibration's time (a calibration run
+    # on the loop, or one holding the GIL throughout, fails both). The baseline is the same
+    # length of time just before it (events and the item burst, no calibration).
+    stalls = {k: v for k, v in cal.items() if k.startswith("loop_stall")}
+    assert unanswered == 0, f"{unanswered} /status/ polls timed out during the calibration"
+    assert 0 <= cal["loop_stall_max_ms"] < 500 * cal["seconds"], (stalls, cal["seconds"])
+    assert cal["loop_stall_before_max_ms"] > 0, stalls  # the probe ran before it too
     produced = producer.join()
     w.wait_events(len(produced))
     assert metric(w.port, "nearline_lsh_measured_recall") == pytest.approx(cal["recall"])
