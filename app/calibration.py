@@ -57,8 +57,8 @@ class CalibrationRunner:
         what the loop's own work and the machine's load cost without a calibration)."""
         self.loop_stall_before_p99_s = 0.0
         self.running_since: float | None = None
-        self._wakes: deque[tuple[float, float]] = deque(maxlen=_PROBE_KEEP)
-        """(loop time, lateness) of the probe's recent wake-ups."""
+        self._wakes: deque[tuple[float, float, float]] = deque(maxlen=_PROBE_KEEP)
+        """(loop time slept from, woke at, lateness) of the probe's recent wake-ups."""
         self._probe: asyncio.Task[None] | None = None
         self._thread_id: int | None = None
 
@@ -145,8 +145,11 @@ class CalibrationRunner:
             self._thread_id = None
 
     def _stalls(self, start: float, end: float) -> tuple[float, float]:
-        """(max, p99) lateness of the probe's wake-ups in [start, end) of loop time."""
-        late = sorted(lateness for at, lateness in self._wakes if start <= at < end)
+        """(max, p99) lateness of the probe's sleeps overlapping [start, end) of loop time
+        (a stall longer than the window counts for it too)."""
+        late = sorted(
+            lateness for slept, woke, lateness in self._wakes if slept < end and woke >= start
+        )
         if not late:
             return 0.0, 0.0
         return late[-1], late[int(0.99 * (len(late) - 1))]
@@ -161,7 +164,7 @@ class CalibrationRunner:
             await asyncio.sleep(_PROBE_S)
             now = loop.time()
             late = max(0.0, now - t - _PROBE_S)
-            self._wakes.append((t, late))
+            self._wakes.append((t, now, late))
             thread = self._thread_id
             if late > 0.05 and thread is not None and log.isEnabledFor(logging.DEBUG):
                 frame = sys._current_frames().get(thread)

@@ -74,7 +74,8 @@ def test_catalogue_changing_shape_is_recalibrated_while_events_flow(catalog_run,
         time.sleep(0.1)
     cal = st["calibration"]
     assert cal["runs"] == 2, cal
-    assert cal["trigger"] == "changed" and cal["items"] == 21_600
+    # it started once half the first catalogue had changed, maybe before the last items came
+    assert cal["trigger"] == "changed" and 12_600 + 6_300 <= cal["items"] <= 21_600, cal
     assert cal["measured_at"] > first["measured_at"]
     # the recall shown is the one measured on held-out queries, and says whether it is met
     assert 0 < cal["recall"] <= 1 and cal["meets_target"] == (cal["recall"] >= 0.95), cal
@@ -94,5 +95,6 @@ def test_catalogue_changing_shape_is_recalibrated_while_events_flow(catalog_run,
     assert cal["loop_stall_before_max_ms"] > 0, stalls  # the probe ran before it too
     produced = producer.join()
     w.wait_events(len(produced))
+    w.wait(lambda s: s["items"] == 21_600, 60, "every item applied")
     assert metric(w.port, "nearline_lsh_measured_recall") == pytest.approx(cal["recall"])
     assert metric(w.port, "nearline_lsh_calibrations_total") == 2
