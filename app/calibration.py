@@ -16,6 +16,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,9 +37,17 @@ calibration."""
 class CalibrationRunner:
     """Starts calibrations, installs their result and keeps what an operator reads."""
 
-    def __init__(self, catalog: ItemCatalog, settings: LSHSettings) -> None:
+    def __init__(
+        self,
+        catalog: ItemCatalog,
+        settings: LSHSettings,
+        events_done: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.catalog = catalog
         self.settings = settings
+        self._events_done = events_done
+        self.events_during = 0
+        """Events the worker finished while the last calibration ran (it does not block them)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsh-calibrate")
         self._task: asyncio.Task[None] | None = None
         self.runs = 0
@@ -101,6 +110,7 @@ class CalibrationRunner:
             await asyncio.sleep(0)  # the probe's first sleep starts now
         self.running_since = time.time()
         began = loop.time()
+        events_before = self._events_done()
         try:
             cal = await loop.run_in_executor(self._executor, self._calibrate, keys, vectors, config)
         except Exception as exc:
@@ -112,6 +122,7 @@ class CalibrationRunner:
         finally:
             self.running_since = None
         ended = loop.time()
+        self.events_during = self._events_done() - events_before
         self.replayed = cat.install_calibration(cal)
         self.runs += 1
         self.trigger = trigger
@@ -130,6 +141,7 @@ class CalibrationRunner:
             queries=cal.heldout_queries,
             seconds=round(cal.seconds, 1),
             replayed=self.replayed,
+            events_during=self.events_during,
             loop_stall_max_ms=round(1000 * self.loop_stall_max_s, 1),
             loop_stall_before_max_ms=round(1000 * self.loop_stall_before_max_s, 1),
         )
@@ -191,6 +203,7 @@ class CalibrationRunner:
             if cal is None
             else int(self.settings.recalibrate_share * max(cal.n_items, 1)),
             "replayed": self.replayed,
+            "events_during": self.events_during,
             "loop_stall_max_ms": round(1000 * self.loop_stall_max_s, 2),
             "loop_stall_p99_ms": round(1000 * self.loop_stall_p99_s, 2),
             "loop_stall_before_max_ms": round(1000 * self.loop_stall_before_max_s, 2),

@@ -55,21 +55,20 @@ def test_catalogue_changing_shape_is_recalibrated_while_events_flow(catalog_run,
     time.sleep(1.0)  # let the first events reach the worker before the items do
     publish_items(s, items("large", mixture_vectors(9_000, dim, n_clusters=6, seed=8)))
 
-    seen_running: list[int] = []  # events done, at each poll that saw the calibration run
-    unanswered = 0  # polls that timed out (2 s) after one saw the calibration run
+    answered = unanswered = 0  # polls while the last answered one saw the calibration run
+    running = False
     deadline = time.monotonic() + 180
     st = w.status()
     while time.monotonic() < deadline:
-        polled = w.status()  # None when a request timed out
+        polled = w.status()  # None when a request timed out (2 s)
         if polled is None:
-            unanswered += bool(seen_running)
+            unanswered += running
             time.sleep(0.1)
             continue
         st = polled
-        cal = st["calibration"]
-        if cal["running"]:
-            seen_running.append(st["counters"].get("events_done", 0))
-        if cal["runs"] >= 2:
+        running = st["calibration"]["running"]
+        answered += running
+        if st["calibration"]["runs"] >= 2:
             break
         time.sleep(0.1)
     cal = st["calibration"]
@@ -82,15 +81,14 @@ def test_catalogue_changing_shape_is_recalibrated_while_events_flow(catalog_run,
     assert cal["setting"] is not None or cal["index"] == "exact"
     assert cal["heldout_queries"] == 100
     # events were processed while the calibration ran on its thread
-    assert len(seen_running) >= 2, f"calibration seen running at {len(seen_running)} polls"
-    assert seen_running[-1] > seen_running[0], seen_running
+    assert cal["events_during"] > 0, cal
     assert cal["failures"] == 0
     # The event loop kept answering while the calibration ran on its thread: no /status/ poll
     # timed out, and it never woke later than half the calibration's time (a calibration run
     # on the loop, or one holding the GIL throughout, fails both). The baseline is the same
     # length of time just before it (events and the item burst, no calibration).
     stalls = {k: v for k, v in cal.items() if k.startswith("loop_stall")}
-    assert unanswered == 0, f"{unanswered} /status/ polls timed out during the calibration"
+    assert unanswered == 0, f"{unanswered} of {answered + unanswered} polls during it timed out"
     assert 0 <= cal["loop_stall_max_ms"] < 500 * cal["seconds"], (stalls, cal["seconds"])
     assert cal["loop_stall_before_max_ms"] > 0, stalls  # the probe ran before it too
     produced = producer.join()
