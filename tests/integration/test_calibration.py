@@ -84,12 +84,13 @@ def test_catalogue_changing_shape_is_recalibrated_while_events_flow(catalog_run,
     assert cal["events_during"] > 0, cal
     assert cal["failures"] == 0
     # The event loop kept answering while the calibration ran on its thread: no /status/ poll
-    # timed out, and it never woke later than half the calibration's time (a calibration run
-    # on the loop, or one holding the GIL throughout, fails both). The baseline is the same
-    # length of time just before it (events and the item burst, no calibration).
+    # made meanwhile timed out, and the loop never woke later than 0.8x the calibration's
+    # time (a calibration run on the loop, or holding the GIL throughout, stalls it ~1x and
+    # fails both). The baseline is as long a time just before it (events and item updates,
+    # no calibration); on the shared 2-core machine (load 11-15) both were 0.3-1.7 s.
     stalls = {k: v for k, v in cal.items() if k.startswith("loop_stall")}
     assert unanswered == 0, f"{unanswered} of {answered + unanswered} polls during it timed out"
-    assert 0 <= cal["loop_stall_max_ms"] < 500 * cal["seconds"], (stalls, cal["seconds"])
+    assert 0 <= cal["loop_stall_max_ms"] < 800 * cal["seconds"], (stalls, cal["seconds"])
     assert cal["loop_stall_before_max_ms"] > 0, stalls  # the probe ran before it too
     produced = producer.join()
     w.wait_events(len(produced))
