@@ -22,8 +22,17 @@ def _knobs(p: dict | None) -> str:
     return f"w={p['w']} m={p['m']} L={p['L']} probes={p['probes']} keep={p['sketch_keep']}"
 
 
-def _r(x: float | None, fmt: str = "{:.2f}") -> str:
-    return "n/a (hnswlib never reached it)" if x is None else fmt.format(x)
+def vs_hnsw(s: dict) -> tuple[float | None, str]:
+    """(ratio to hnswlib at the same recall, or a lower bound of it; how to read it). Where no
+    ef reached the LSH recall, hnswlib at that recall would be slower than at its best one, so
+    the q/s over hnswlib's at its most accurate ef is a lower bound."""
+    if s["calibrated_vs_hnsw"] is not None:
+        return s["calibrated_vs_hnsw"], f"{s['calibrated_vs_hnsw']:.2f}"
+    if not s["hnsw_points"]:
+        return None, "n/a (no hnswlib run)"
+    ef, best, qps = max(s["hnsw_points"], key=lambda p: (p[1], p[2]))
+    bound = s["calibrated_qps"] / qps
+    return bound, f">= {bound:.2f} (hnswlib's best: {best:.4f} at ef {ef})"
 
 
 def summaries() -> list[tuple[str, dict, bool]]:
@@ -40,7 +49,7 @@ def summaries() -> list[tuple[str, dict, bool]]:
                 and s["calibrated_recall"] >= doc["params"]["target_recall"]
                 and s["calibrated_memory_vs_raw"] <= 2.0
                 and (s["n"] < 1_000_000 or s["calibrated_vs_exact"] >= 20)
-                and (s["calibrated_vs_hnsw"] or 0) >= 0.25
+                and (vs_hnsw(s)[0] or 0) >= 0.25
             )
             out.append((path.name, s, met))
     return out
@@ -53,7 +62,7 @@ def rows() -> list[str]:
             f"| {s['workload']} | {s['n']:,} x {s['dim']} | {_knobs(s['calibrated_params'])} "
             f"| {s['calibrated_recall']:.3f} | {s['calibrated_qps']:,.0f} "
             f"({s['calibrated_p50_ms']:.2f} / {s['calibrated_p99_ms']:.2f} ms) "
-            f"| {s['calibrated_vs_exact']:.1f}x | {_r(s['calibrated_vs_hnsw'])} "
+            f"| {s['calibrated_vs_exact']:.1f}x | {vs_hnsw(s)[1]} "
             f"| {s['calibrated_memory_vs_raw']:.2f}x | {s['default_recall']:.3f} at "
             f"{s['default_qps']:,.0f} q/s, {s['default_memory_vs_raw']:.2f}x "
             f"| {s['exact_qps']:,.0f} | {_verdict(s, met)} | {s['loadavg']} "
@@ -85,12 +94,7 @@ def readme_row() -> str:
     met = sum(ok for _, _, ok in found)
     big = [
         f"{s['workload']} {_setting_short(s)}: recall {s['calibrated_recall']:.3f}, "
-        f"{s['calibrated_vs_exact']:.0f}x exact, "
-        + (
-            "hnswlib never as exact"
-            if s["calibrated_vs_hnsw"] is None
-            else f"{s['calibrated_vs_hnsw']:.2f}x hnswlib"
-        )
+        f"{s['calibrated_vs_exact']:.0f}x exact, " + f"vs hnswlib {vs_hnsw(s)[1]}"
         for _, s, _ in found
         if s["n"] >= 1_000_000
     ]
