@@ -307,7 +307,9 @@ class _Search:
         self.best: tuple[Trial, LSHIndex] | None = None
         self.best_recall: tuple[Trial, LSHIndex] | None = None
         self.table_bytes: float | None = None
-        """Bytes a table of the last build held (entries, buckets, its share of the rest)."""
+        """Bytes a table of the last build held (its entries, buckets and directory cells)."""
+        self.rest_bytes = 0
+        """Bytes of the last build besides its tables (vectors, keys, epochs, sketches...)."""
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -317,36 +319,41 @@ class _Search:
             self.log(msg)
 
     def build(self, p: LSHParams) -> LSHIndex | None:
-        if self.estimated_bytes(p) > self.budget_bytes:
+        # The floor is a bound; the estimate gets 5% leeway: the rest of a build also grows a
+        # little with its tables (delta buffers, projections), so an estimate from a build
+        # with more tables runs high.
+        if memory_floor(len(self.keys), p.dim, p.L) > self.budget_bytes or (
+            self.estimated_bytes(p) > 1.05 * self.budget_bytes
+        ):
             return None
         t = time.perf_counter()
         index = LSHIndex(replace(p, probes=0, sketch_keep=0, max_candidates=0))
         index.upsert_many(self.keys, self.x)
         self.builds += 1
         self.build_seconds.append(time.perf_counter() - t)
-        fixed = memory_floor(len(self.keys), p.dim, 0)
-        self.table_bytes = (index.memory_bytes() - fixed) / p.L
+        self.table_bytes = index.table_memory_bytes() / p.L
+        self.rest_bytes = index.memory_bytes() - index.table_memory_bytes()
         if index.memory_bytes() > self.budget_bytes:
             self._say(f"  w={p.w} m={p.m} L={p.L}: over the memory budget")
             return None
         return index
 
     def estimated_bytes(self, p: LSHParams) -> float:
-        """Memory of a build of `p`: the floor, or with the per-table bytes of the last
-        build when there was one (fewer buckets with smaller m or wider w: an overestimate
-        there, so a build is skipped only when it would very likely not fit)."""
+        """Memory of a build of `p`: the floor, or the last build's bytes besides its tables
+        plus its bytes a table times `p.L` when there was one (fewer buckets with smaller m
+        or wider w: an overestimate there, so a build is skipped only when it would very
+        likely not fit)."""
         floor = memory_floor(len(self.keys), p.dim, p.L)
         if self.table_bytes is None:
             return floor
-        return max(floor, memory_floor(len(self.keys), p.dim, 0) + self.table_bytes * p.L)
+        return max(floor, self.rest_bytes + self.table_bytes * p.L)
 
     def tables_that_fit(self, p: LSHParams) -> int:
         """Most tables of `p`'s kind within the memory budget, by the last build's bytes a
         table (fewer than `p.L` - 8 only when the last build was far over the budget)."""
         if self.table_bytes is None:
             return p.L - 8
-        fixed = memory_floor(len(self.keys), p.dim, 0)
-        return min(p.L - 1, int((self.budget_bytes - fixed) // self.table_bytes))
+        return min(p.L - 1, int((self.budget_bytes - self.rest_bytes) // self.table_bytes))
 
     def measure(self, base: LSHIndex, p: LSHParams, with_cost: bool) -> Trial:
         view = base._query_view(p)
