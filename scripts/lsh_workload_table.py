@@ -100,7 +100,7 @@ def readme_row() -> str:
     ]
     at_1m = "; ".join(big) if big else "none measured"
     missed = ", ".join(
-        f"{s['workload']} {s['n'] // 1000:,}k x {s['dim']} ({_missed(s)})"
+        f"{s['workload']} {_size(s['n'])} x {s['dim']} ({_missed(s)})"
         for _, s, ok in found
         if not ok
     )
@@ -110,6 +110,10 @@ def readme_row() -> str:
         f"catalogues measured; NOT met: {missed or 'none'}; at 1M x 64: {at_1m} "
         "| [LSH calibration](docs/lsh-calibration.md) |"
     )
+
+
+def _size(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
 
 
 def _missed(s: dict) -> str:
