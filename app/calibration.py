@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import threading
 import time
+import traceback
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,15 +28,28 @@ from app.settings import LSHSettings
 log = logging.getLogger("nearline.calibration")
 
 _PROBE_S = 0.02
-"""Interval of the event-loop stall probe while a calibration runs."""
+"""Interval of the event-loop stall probe."""
+_PROBE_KEEP = 30_000
+"""Wake-ups the probe remembers (10 minutes at _PROBE_S), for the window before a
+calibration."""
 
 
 class CalibrationRunner:
     """Starts calibrations, installs their result and keeps what an operator reads."""
 
-    def __init__(self, catalog: ItemCatalog, settings: LSHSettings) -> None:
+    def __init__(
+        self,
+        catalog: ItemCatalog,
+        settings: LSHSettings,
+        events_done: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.catalog = catalog
         self.settings = settings
+        self._events_done = events_done
+        self.events_during = 0
+        self.install_s = 0.0
+        """Time the event loop spent replaying the changes and swapping the index in."""
+        """Events the worker finished while the last calibration ran (it does not block them)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsh-calibrate")
         self._task: asyncio.Task[None] | None = None
         self.runs = 0
@@ -45,7 +63,15 @@ class CalibrationRunner:
         self.loop_stall_max_s = 0.0
         """Longest the event loop woke late during the last calibration."""
         self.loop_stall_p99_s = 0.0
+        self.loop_stall_before_max_s = 0.0
+        """Longest it woke late in as long a time just before the calibration (the baseline:
+        what the loop's own work and the machine's load cost without a calibration)."""
+        self.loop_stall_before_p99_s = 0.0
         self.running_since: float | None = None
+        self._wakes: deque[tuple[float, float, float]] = deque(maxlen=_PROBE_KEEP)
+        """(loop time slept from, woke at, lateness) of the probe's recent wake-ups."""
+        self._probe: asyncio.Task[None] | None = None
+        self._thread_id: int | None = None
 
     @property
     def running(self) -> bool:
@@ -81,12 +107,14 @@ class CalibrationRunner:
         )
         keys, vectors = cat.calibration_snapshot()
         loop = asyncio.get_running_loop()
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_loop())
+            await asyncio.sleep(0)  # the probe's first sleep starts now
         self.running_since = time.time()
-        stalls: list[float] = []
-        done = asyncio.Event()
-        probe = asyncio.ensure_future(_probe_loop(done, stalls))
+        began = loop.time()
+        events_before = self._events_done()
         try:
-            cal = await loop.run_in_executor(self._executor, _calibrate, cat, keys, vectors, config)
+            cal = await loop.run_in_executor(self._executor, self._calibrate, keys, vectors, config)
         except Exception as exc:
             cat.abandon_calibration()
             self.failures += 1
@@ -94,17 +122,20 @@ class CalibrationRunner:
             log.exception("lsh calibration failed")
             return None
         finally:
-            done.set()
-            await probe
             self.running_since = None
+        ended = loop.time()
+        self.events_during = self._events_done() - events_before
+        installing = time.perf_counter()
         self.replayed = cat.install_calibration(cal)
+        self.install_s = time.perf_counter() - installing
         self.runs += 1
         self.trigger = trigger
         self.measured_at = time.time()
         self.last_error = None
-        stalls.sort()
-        self.loop_stall_max_s = stalls[-1] if stalls else 0.0
-        self.loop_stall_p99_s = stalls[int(0.99 * (len(stalls) - 1))] if stalls else 0.0
+        self.loop_stall_max_s, self.loop_stall_p99_s = self._stalls(began, ended)
+        self.loop_stall_before_max_s, self.loop_stall_before_p99_s = self._stalls(
+            2 * began - ended, began
+        )
         log_fields(
             log,
             "lsh calibrated",
@@ -114,9 +145,52 @@ class CalibrationRunner:
             queries=cal.heldout_queries,
             seconds=round(cal.seconds, 1),
             replayed=self.replayed,
+            events_during=self.events_during,
+            install_ms=round(1000 * self.install_s, 1),
             loop_stall_max_ms=round(1000 * self.loop_stall_max_s, 1),
+            loop_stall_before_max_ms=round(1000 * self.loop_stall_before_max_s, 1),
         )
         return cal
+
+    def _calibrate(self, keys: Any, vectors: Any, config: Any) -> Calibration:
+        from app.core.lsh.calibrate import calibrate
+
+        self._thread_id = threading.get_ident()
+        try:
+            return calibrate(keys, self.catalog.gather_snapshot(keys, vectors), config)
+        finally:
+            self._thread_id = None
+
+    def _stalls(self, start: float, end: float) -> tuple[float, float]:
+        """(max, p99) lateness of the probe's sleeps overlapping [start, end) of loop time
+        (a stall longer than the window counts for it too)."""
+        late = sorted(
+            lateness for slept, woke, lateness in self._wakes if slept < end and woke >= start
+        )
+        if not late:
+            return 0.0, 0.0
+        return late[-1], late[int(0.99 * (len(late) - 1))]
+
+    async def _probe_loop(self) -> None:
+        """Sleep _PROBE_S at a time for as long as the worker runs, recording how late each
+        wake-up was; a wake-up over 250 ms late during a calibration logs where the
+        calibration thread was then."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(_PROBE_S)
+            now = loop.time()
+            late = max(0.0, now - t - _PROBE_S)
+            self._wakes.append((t, now, late))
+            thread = self._thread_id
+            if late > 0.25 and thread is not None:
+                frame = sys._current_frames().get(thread)
+                where = traceback.extract_stack(frame)[-3:] if frame is not None else []
+                log.info(
+                    "event loop woke %.0f ms late; calibration thread at %s",
+                    1000 * late,
+                    " < ".join(f"{f.name}:{f.lineno}" for f in reversed(where)),
+                )
 
     def status(self) -> dict[str, Any]:
         """The calibration block of /status/ (and of /metrics, `nearline status`)."""
@@ -134,28 +208,18 @@ class CalibrationRunner:
             if cal is None
             else int(self.settings.recalibrate_share * max(cal.n_items, 1)),
             "replayed": self.replayed,
+            "events_during": self.events_during,
+            "install_ms": round(1000 * self.install_s, 2),
             "loop_stall_max_ms": round(1000 * self.loop_stall_max_s, 2),
             "loop_stall_p99_ms": round(1000 * self.loop_stall_p99_s, 2),
+            "loop_stall_before_max_ms": round(1000 * self.loop_stall_before_max_s, 2),
+            "loop_stall_before_p99_ms": round(1000 * self.loop_stall_before_p99_s, 2),
         }
         if cal is not None:
             out.update(cal.summary())
         return out
 
     def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _calibrate(cat: ItemCatalog, keys: Any, vectors: Any, config: Any) -> Calibration:
-    from app.core.lsh.calibrate import calibrate
-
-    x = cat.gather_snapshot(keys, vectors)
-    return calibrate(keys, x, config)
-
-
-async def _probe_loop(done: asyncio.Event, stalls: list[float]) -> None:
-    """Sleep _PROBE_S at a time until `done`, recording how late each wake-up was."""
-    loop = asyncio.get_running_loop()
-    while not done.is_set():
-        t = loop.time()
-        await asyncio.sleep(_PROBE_S)
-        stalls.append(max(0.0, loop.time() - t - _PROBE_S))

@@ -220,6 +220,11 @@ class RuntimeCollector(Collector):
                 "Longest the event loop woke late while the last calibration ran.",
                 value=cal["loop_stall_max_ms"] / 1000,
             )
+            yield GaugeMetricFamily(
+                "nearline_lsh_calibration_loop_stall_before_seconds",
+                "Longest the event loop woke late in as long a time just before it (baseline).",
+                value=cal["loop_stall_before_max_ms"] / 1000,
+            )
         yield GaugeMetricFamily(
             "nearline_redis_up",
             "1 when the last Redis write and the last ping succeeded.",

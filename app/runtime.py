@@ -124,7 +124,11 @@ class Runtime:
         self.lag: dict[int, int] = {}
         """Lag per assigned user-events partition at the last measurement."""
         self.lag_measured_at = 0.0
-        self.calibration = CalibrationRunner(self.recommender.catalog, settings.lsh)
+        self.calibration = CalibrationRunner(
+            self.recommender.catalog,
+            settings.lsh,
+            events_done=lambda: self.counters.get("events_done", 0),
+        )
         self.metrics = Metrics(self.status)
         self._reader: ListReader | None = None
         self.history: deque[dict[str, Any]] = deque(maxlen=3600)

@@ -163,7 +163,6 @@ def bench_lsh(
             hnsw=not no_hnsw,
             hnsw_efs=_ints(efs),
             ef_construction=ef_construction,
-            budget_s=60.0,
             calibration_budget_s=calibration_budget,
             target=target_recall,
             tag=tag,

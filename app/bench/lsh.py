@@ -101,6 +101,52 @@ def measure_single(
     }
 
 
+Method = tuple[Callable[[], Any], Callable[[np.ndarray], Any], np.ndarray]
+"""(prepare before a pass, search one query, the queries of a pass)."""
+
+
+def measure_interleaved(
+    methods: dict[str, Method], passes: int, min_pass_s: float = 0.5
+) -> dict[str, dict[str, Any]]:
+    """Single-query q/s of several methods timed in alternation: each round times one pass
+    of every method, in an order rotated by one each round, so that a change of load on a
+    shared machine falls on all of them alike. A pass goes through its queries, again and
+    again until `min_pass_s` has passed, so one preemption of a few ms does not decide a fast
+    method's figure. Per method: the median pass's q/s, its p50/p99, every pass's q/s, and the
+    load average at the start and end of the rounds."""
+    names = list(methods)
+    for prepare, search, qs in methods.values():
+        prepare()
+        search(qs[0])  # warm-up
+    runs: dict[str, list[tuple[float, list[float]]]] = {name: [] for name in names}
+    load_before = _loadavg()
+    for r in range(passes):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            prepare, search, qs = methods[name]
+            prepare()
+            lat: list[float] = []
+            total = 0.0
+            while total < min_pass_s or not lat:
+                spent, more = _latencies(search, qs)
+                total += spent
+                lat += more
+            runs[name].append((len(lat) / total, lat))
+    load_after = _loadavg()
+    out = {}
+    for name in names:
+        ordered = sorted(runs[name], key=lambda run: run[0])
+        qps, lat = ordered[len(ordered) // 2]
+        out[name] = {
+            "qps": round(qps, 1),
+            "p50_ms": round(1000 * percentile(lat, 50), 4),
+            "p99_ms": round(1000 * percentile(lat, 99), 4),
+            "passes": len(ordered),
+            "pass_qps": [round(q, 1) for q, _ in runs[name]],
+            "loadavg": f"{load_before} -> {load_after}",
+        }
+    return out
+
+
 # -- the LSH settings compared ------------------------------------------------------------------
 
 
@@ -218,6 +264,31 @@ def bench_updates(
     }
 
 
+def _hnsw_build(hnswlib: Any, x: np.ndarray, ef_construction: int) -> tuple[Any, dict[str, Any]]:
+    """hnswlib M=16 on x (inner product), built on every core, set to query on one; and its
+    build figures."""
+    n, dim = x.shape
+    gc.collect()
+    rss0 = rss_bytes()
+    t = time.perf_counter()
+    index = hnswlib.Index(space="ip", dim=dim)
+    index.init_index(max_elements=n, ef_construction=ef_construction, M=16, random_seed=1)
+    index.set_num_threads(os.cpu_count() or 1)  # the build may use every core...
+    index.add_items(x, np.arange(n))
+    build_s = time.perf_counter() - t
+    mem = rss_bytes() - rss0
+    index.set_num_threads(1)  # ...queries run on one, like the others
+    return index, {
+        "available": True,
+        "M": 16,
+        "ef_construction": ef_construction,
+        "build_s": round(build_s, 2),
+        "build_threads": os.cpu_count() or 1,
+        "rss_bytes": mem,
+        "points": [],
+    }
+
+
 def _hnsw_runs(
     x: np.ndarray,
     qs: np.ndarray,
@@ -232,26 +303,7 @@ def _hnsw_runs(
         import hnswlib
     except ImportError:
         return {"available": False, "why": "hnswlib not installed (pip install -e '.[bench]')"}
-    n, dim = x.shape
-    gc.collect()
-    rss0 = rss_bytes()
-    t = time.perf_counter()
-    index = hnswlib.Index(space="ip", dim=dim)
-    index.init_index(max_elements=n, ef_construction=ef_construction, M=16, random_seed=1)
-    index.set_num_threads(os.cpu_count() or 1)  # the build may use every core...
-    index.add_items(x, np.arange(n))
-    build_s = time.perf_counter() - t
-    mem = rss_bytes() - rss0
-    index.set_num_threads(1)  # ...queries run on one, like the others
-    out: dict[str, Any] = {
-        "available": True,
-        "M": 16,
-        "ef_construction": ef_construction,
-        "build_s": round(build_s, 2),
-        "build_threads": os.cpu_count() or 1,
-        "rss_bytes": mem,
-        "points": [],
-    }
+    index, out = _hnsw_build(hnswlib, x, ef_construction)
     for ef in efs:
         index.set_ef(max(ef, K))
         found = [index.knn_query(q, k=K)[0][0] for q in qs]
@@ -595,25 +647,15 @@ def workload_queries(x: np.ndarray, n_queries: int, seed: int = 99) -> np.ndarra
 
 
 def _lsh_point(
-    label: str,
-    index: Any,
-    qs: np.ndarray,
-    truth: list[np.ndarray],
-    raw: int,
-    exact_qps: float,
-    passes: int,
-    budget_s: float,
+    label: str, index: Any, qs: np.ndarray, truth: list[np.ndarray], raw: int
 ) -> dict[str, Any]:
     from app.core.lsh.calibrate import describe
 
     found = [index.search(q, K)[0] for q in qs]
-    single = measure_single(lambda q, ix=index: ix.search(q, K), qs, passes, budget_s)
     return {
         "label": label,
         "params": describe(index.params),
         "recall": round(recall_at_k(found, truth, K), 4),
-        **single,
-        "vs_exact_qps": round(single["qps"] / exact_qps, 2),
         "memory_bytes": index.memory_bytes(),
         "memory_vs_raw": round(index.memory_bytes() / raw, 3),
     }
@@ -628,13 +670,14 @@ def bench_workload(
     hnsw: bool,
     hnsw_efs: list[int],
     ef_construction: int,
-    budget_s: float,
     calibration_budget_s: float,
     target: float,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """One catalogue: exact, the calibrated index (or exact search, if it chose that), the
-    size defaults and hnswlib, all on the same held-out taste queries, in one run."""
+    size defaults and hnswlib at each ef, all on the same held-out taste queries, in one run:
+    everything is built first, then the single-query timings alternate between them
+    (`measure_interleaved`), so the ratios compare figures taken under the same load."""
     from app.core.lsh.calibrate import CalibrationConfig, calibrate
 
     n, dim = x.shape
@@ -642,11 +685,6 @@ def bench_workload(
     log(f"  {name} N={n:,} d={dim}: queries ...")
     qs = workload_queries(x, n_queries)
     truth = exact_batch(x, qs)
-    exact = {
-        **measure_single(lambda q: exact_single(x, q), qs[: min(len(qs), 200)], passes, budget_s),
-        "recall": 1.0,
-    }
-    log(f"    exact: qps {exact['qps']}")
     t = time.perf_counter()
     cal = calibrate(
         np.arange(n),
@@ -655,30 +693,59 @@ def bench_workload(
         log=lambda m: log("    " + m),
     )
     cal_s = time.perf_counter() - t
+    log(f"    calibrated: {cal.reason} ({cal_s:.0f} s)")
+    nothing = lambda: None  # noqa: E731
+    exact_qs = qs[: min(len(qs), 200)]  # exact search is slow at 1M: fewer queries a pass
+    methods: dict[str, Method] = {"exact": (nothing, lambda q: exact_single(x, q), exact_qs)}
     points = []
     if cal.index is not None:
-        point = _lsh_point("calibrated", cal.index, qs, truth, raw, exact["qps"], passes, budget_s)
+        points.append(_lsh_point("calibrated", cal.index, qs, truth, raw))
+        methods["calibrated"] = (nothing, lambda q, ix=cal.index: ix.search(q, K), qs)
     else:
-        point = {"label": "calibrated", "params": None, **exact, "vs_exact_qps": 1.0}
-        point["memory_vs_raw"] = 1.0
-    point["calibration"] = {k: v for k, v in cal.summary().items() if k != "setting"}
-    point["calibration"]["wall_s"] = round(cal_s, 1)
-    points.append(point)
-    log(f"    calibrated: {cal.reason}; recall {point['recall']} qps {point['qps']}")
-    del cal
-    gc.collect()
+        points.append({"label": "calibrated", "params": None, "recall": 1.0, "memory_vs_raw": 1.0})
+    points[0]["calibration"] = {k: v for k, v in cal.summary().items() if k != "setting"}
+    points[0]["calibration"]["wall_s"] = round(cal_s, 1)
     default = LSHIndex(default_params(n, dim))
     default.upsert_many(np.arange(n), x)
-    points.append(_lsh_point("default", default, qs, truth, raw, exact["qps"], passes, budget_s))
-    log(f"    default: recall {points[-1]['recall']} qps {points[-1]['qps']}")
-    del default
-    gc.collect()
+    points.append(_lsh_point("default", default, qs, truth, raw))
+    methods["default"] = (nothing, lambda q, ix=default: ix.search(q, K), qs)
     hnsw_out: dict[str, Any] = {"available": False, "why": "skipped (--no-hnsw)"}
+    hnsw_index = None
     if hnsw:
-        hnsw_out = _hnsw_runs(x, qs, truth, hnsw_efs, ef_construction, passes, budget_s, log)
-        if hnsw_out.get("available"):
-            for p in points:
-                p["vs_hnsw_same_recall"] = _vs_hnsw(p, hnsw_out["points"])
+        try:
+            import hnswlib
+        except ImportError:
+            hnsw_out["why"] = "hnswlib not installed (pip install -e '.[bench]')"
+        else:
+            log("    hnswlib: build ...")
+            hnsw_index, hnsw_out = _hnsw_build(hnswlib, x, ef_construction)
+            for ef in hnsw_efs:
+                hnsw_index.set_ef(max(ef, K))
+                found = [hnsw_index.knn_query(q, k=K)[0][0] for q in qs]
+                hnsw_out["points"].append(
+                    {"ef": ef, "recall": round(recall_at_k(found, truth, K), 4)}
+                )
+                methods[f"hnsw-{ef}"] = (
+                    lambda ef=ef, ix=hnsw_index: ix.set_ef(max(ef, K)),
+                    lambda q, ix=hnsw_index: ix.knn_query(q, k=K),
+                    qs,
+                )
+    log(f"    timing {len(methods)} methods in {passes} alternating rounds ...")
+    timed = measure_interleaved(methods, passes)
+    exact = {**timed["exact"], "recall": 1.0}
+    log(f"    exact: qps {exact['qps']}")
+    for p in points:
+        p.update(timed.get(p["label"], {k: v for k, v in exact.items() if k != "recall"}))
+        p["vs_exact_qps"] = round(p["qps"] / exact["qps"], 2)
+        log(f"    {p['label']}: recall {p['recall']} qps {p['qps']}")
+    for hp in hnsw_out.get("points", []):
+        hp.update(timed[f"hnsw-{hp['ef']}"])
+        log(f"    hnswlib ef={hp['ef']}: recall {hp['recall']} qps {hp['qps']}")
+    if hnsw_out.get("available"):
+        for p in points:
+            p["vs_hnsw_same_recall"] = _vs_hnsw(p, hnsw_out["points"])
+    del cal, default, hnsw_index, methods
+    gc.collect()
     return {
         "workload": name,
         "n": n,
@@ -688,6 +755,7 @@ def bench_workload(
         "exact": exact,
         "lsh": points,
         "hnswlib": hnsw_out,
+        "timing": "interleaved: every method timed once a round, rounds rotate the order",
         "loadavg": _loadavg(),
     }
 
@@ -734,7 +802,6 @@ def run_workloads(
     hnsw: bool,
     hnsw_efs: list[int],
     ef_construction: int,
-    budget_s: float,
     calibration_budget_s: float,
     target: float,
     tag: str,
@@ -759,7 +826,6 @@ def run_workloads(
                         hnsw=hnsw,
                         hnsw_efs=hnsw_efs,
                         ef_construction=ef_construction,
-                        budget_s=budget_s,
                         calibration_budget_s=calibration_budget_s,
                         target=target,
                         log=log,

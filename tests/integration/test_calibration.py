@@ -55,34 +55,45 @@ def test_catalogue_changing_shape_is_recalibrated_while_events_flow(catalog_run,
     time.sleep(1.0)  # let the first events reach the worker before the items do
     publish_items(s, items("large", mixture_vectors(9_000, dim, n_clusters=6, seed=8)))
 
-    seen_running: list[int] = []  # events done, at each poll that saw the calibration run
+    answered = unanswered = 0  # polls while the last answered one saw the calibration run
+    running = False
     deadline = time.monotonic() + 180
     st = w.status()
     while time.monotonic() < deadline:
-        polled = w.status()  # None when a request timed out (a loaded machine)
+        polled = w.status()  # None when a request timed out (2 s)
         if polled is None:
+            unanswered += running
             time.sleep(0.1)
             continue
         st = polled
-        cal = st["calibration"]
-        if cal["running"]:
-            seen_running.append(st["counters"].get("events_done", 0))
-        if cal["runs"] >= 2:
+        running = st["calibration"]["running"]
+        answered += running
+        if st["calibration"]["runs"] >= 2:
             break
         time.sleep(0.1)
     cal = st["calibration"]
     assert cal["runs"] == 2, cal
-    assert cal["trigger"] == "changed" and cal["items"] == 21_600
+    # it started once half the first catalogue had changed, maybe before the last items came
+    assert cal["trigger"] == "changed" and 12_600 + 6_300 <= cal["items"] <= 21_600, cal
     assert cal["measured_at"] > first["measured_at"]
     # the recall shown is the one measured on held-out queries, and says whether it is met
     assert 0 < cal["recall"] <= 1 and cal["meets_target"] == (cal["recall"] >= 0.95), cal
     assert cal["setting"] is not None or cal["index"] == "exact"
     assert cal["heldout_queries"] == 100
     # events were processed while the calibration ran on its thread
-    assert len(seen_running) >= 2, f"calibration seen running at {len(seen_running)} polls"
-    assert seen_running[-1] > seen_running[0], seen_running
-    assert cal["loop_stall_max_ms"] >= 0 and cal["failures"] == 0
+    assert cal["events_during"] > 0, cal
+    assert cal["failures"] == 0
+    # The event loop kept answering while the calibration ran on its thread: no /status/ poll
+    # made meanwhile timed out, and the loop never woke later than 0.8x the calibration's
+    # time (a calibration run on the loop, or holding the GIL throughout, stalls it ~1x and
+    # fails both). The baseline is as long a time just before it (events and item updates,
+    # no calibration); on the shared 2-core machine (load 11-15) both were 0.3-1.7 s.
+    stalls = {k: v for k, v in cal.items() if k.startswith("loop_stall")}
+    assert unanswered == 0, f"{unanswered} of {answered + unanswered} polls during it timed out"
+    assert 0 <= cal["loop_stall_max_ms"] < 800 * cal["seconds"], (stalls, cal["seconds"])
+    assert cal["loop_stall_before_max_ms"] > 0, stalls  # the probe ran before it too
     produced = producer.join()
     w.wait_events(len(produced))
+    w.wait(lambda s: s["items"] == 21_600, 60, "every item applied")
     assert metric(w.port, "nearline_lsh_measured_recall") == pytest.approx(cal["recall"])
     assert metric(w.port, "nearline_lsh_calibrations_total") == 2

@@ -162,3 +162,16 @@ def test_default_params_index_still_answers_without_calibration():
     index = LSHIndex(default_params(3000, 16))
     index.upsert_many(np.arange(3000), x)
     assert index.search(x[5], 1)[0][0] == 5
+
+
+def test_a_start_over_the_memory_budget_keeps_the_most_tables_that_fit(few_large):
+    x = few_large[:5000]
+    start = default_params(len(x), DIM)
+    full = LSHIndex(start)
+    full.upsert_many(np.arange(len(x)), x)
+    # the budget one byte short of the size default: one table fewer fits, not eight
+    ratio = (full.memory_bytes() - 1) / x.nbytes
+    config = CalibrationConfig(budget_seconds=0.1, queries=20, memory_ratio=ratio)
+    cal = calibrate(np.arange(len(x)), x, config)
+    assert cal.trials and {t.params.L for t in cal.trials} == {start.L - 1}, cal.trials
+    assert all(t.memory_bytes <= ratio * x.nbytes for t in cal.trials)

@@ -306,6 +306,10 @@ class _Search:
         self.build_seconds: list[float] = []
         self.best: tuple[Trial, LSHIndex] | None = None
         self.best_recall: tuple[Trial, LSHIndex] | None = None
+        self.table_bytes: float | None = None
+        """Bytes a table of the last build held (its entries, buckets and directory cells)."""
+        self.rest_bytes = 0
+        """Bytes of the last build besides its tables (vectors, keys, epochs, sketches...)."""
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -315,17 +319,41 @@ class _Search:
             self.log(msg)
 
     def build(self, p: LSHParams) -> LSHIndex | None:
-        if memory_floor(len(self.keys), p.dim, p.L) > self.budget_bytes:
+        # The floor is a bound; the estimate gets 5% leeway: the rest of a build also grows a
+        # little with its tables (delta buffers, projections), so an estimate from a build
+        # with more tables runs high.
+        if memory_floor(len(self.keys), p.dim, p.L) > self.budget_bytes or (
+            self.estimated_bytes(p) > 1.05 * self.budget_bytes
+        ):
             return None
         t = time.perf_counter()
         index = LSHIndex(replace(p, probes=0, sketch_keep=0, max_candidates=0))
         index.upsert_many(self.keys, self.x)
         self.builds += 1
         self.build_seconds.append(time.perf_counter() - t)
+        self.table_bytes = index.table_memory_bytes() / p.L
+        self.rest_bytes = index.memory_bytes() - index.table_memory_bytes()
         if index.memory_bytes() > self.budget_bytes:
             self._say(f"  w={p.w} m={p.m} L={p.L}: over the memory budget")
             return None
         return index
+
+    def estimated_bytes(self, p: LSHParams) -> float:
+        """Memory of a build of `p`: the floor, or the last build's bytes besides its tables
+        plus its bytes a table times `p.L` when there was one (fewer buckets with smaller m
+        or wider w: an overestimate there, so a build is skipped only when it would very
+        likely not fit)."""
+        floor = memory_floor(len(self.keys), p.dim, p.L)
+        if self.table_bytes is None:
+            return floor
+        return max(floor, self.rest_bytes + self.table_bytes * p.L)
+
+    def tables_that_fit(self, p: LSHParams) -> int:
+        """Most tables of `p`'s kind within the memory budget, by the last build's bytes a
+        table (fewer than `p.L` - 8 only when the last build was far over the budget)."""
+        if self.table_bytes is None:
+            return p.L - 8
+        return min(p.L - 1, int((self.budget_bytes - self.rest_bytes) // self.table_bytes))
 
     def measure(self, base: LSHIndex, p: LSHParams, with_cost: bool) -> Trial:
         view = base._query_view(p)
@@ -433,9 +461,11 @@ class _Search:
         """Hill-climb over builds from `start`: move to the first neighbour that scores
         better, stop when none does or the time budget would be overrun."""
         base = self.build(start)
-        if base is None:  # the start does not fit: fewer tables until it does
+        if base is None:
+            # The start does not fit: the most tables that do, by the bytes a table of the
+            # build took (a start at 2.01x the raw vectors loses one table, not eight).
             while base is None and start.L > 4:
-                start = replace(start, L=max(4, start.L - 8))
+                start = replace(start, L=max(4, self.tables_that_fit(start)))
                 base = self.build(start)
             if base is None:
                 return
@@ -444,7 +474,7 @@ class _Search:
         del base
         while True:
             moved = False
-            for p in self.neighbours(current):
+            for p in self.neighbours(current, far_below=-current_score[1] < self.goal - 0.05):
                 key = (round(p.w, 4), p.m, p.L)
                 if key in visited:
                     continue
@@ -462,12 +492,17 @@ class _Search:
             if not moved:
                 return
 
-    def neighbours(self, p: LSHParams) -> list[LSHParams]:
+    def neighbours(self, p: LSHParams, far_below: bool = False) -> list[LSHParams]:
         """Build settings one step from `p`: fewer hash functions or wider buckets (more
-        recall a probe), more or fewer tables, more functions (fewer candidates)."""
+        recall a probe), more or fewer tables, more functions (fewer candidates). When `p`'s
+        best recall is far below the goal (`far_below`: more than 0.05, e.g. after the memory
+        budget cut its tables), two functions fewer comes first: each function fewer gained
+        0.06-0.07 there (100k x 32), so single steps spent the time budget on builds that
+        could not reach the goal."""
         fixed = self.config.fixed
         out = []
         if "m" not in fixed:
+            out += [replace(p, m=p.m - 2)] if far_below and p.m > 3 else []
             out += [replace(p, m=p.m - 1)] if p.m > 2 else []
         if "w" not in fixed:
             out.append(replace(p, w=round(p.w * 1.25, 4)))

@@ -504,6 +504,11 @@ class LSHIndex(_BucketLayout):
         view.params = params
         return view
 
+    def table_memory_bytes(self) -> int:
+        """Bytes of the bucket arrays and directory: the part that grows with the tables."""
+        arrays = (self._entry_rows, self._bucket_keys, self._bucket_starts, self._directory)
+        return sum(x.nbytes for x in arrays)
+
     def memory_bytes(self) -> int:
         """Approximate bytes held: vectors, key map, bucket arrays, directory and delta."""
         total = self._store_memory_bytes() + self._epoch.nbytes + self._sketch.nbytes

@@ -56,7 +56,7 @@ def _prefetch(typingctx, array, index):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _popcount(x: np.uint64) -> int:
     x = x - ((x >> np.uint64(1)) & _M1)
     x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
@@ -64,7 +64,7 @@ def _popcount(x: np.uint64) -> int:
     return int((x * _H01) >> np.uint64(56))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _pair(scores, moves, steps, t, at, base, i, j, m):  # type: ignore[no-untyped-def]
     """Score and key step of the two-coordinate probe of single steps i and j of table t."""
     # both directions of one coordinate are not a perturbation
@@ -75,7 +75,7 @@ def _pair(scores, moves, steps, t, at, base, i, j, m):  # type: ignore[no-untype
     moves[at] = steps[t, i] + steps[t, j]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _kth_smallest(scores, k):  # type: ignore[no-untyped-def]
     """The k-th smallest of non-negative scores (inf allowed): a 1,024-bin histogram over
     [0, 2) finds its bin, a sort of that bin finds it (np.partition was ~13 us here, slowed
@@ -99,7 +99,7 @@ def _kth_smallest(scores, k):  # type: ignore[no-untyped-def]
     return inside[k - below - 1]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def probe_keys(codes, frac, probes, steps, table_tags, shift):  # type: ignore[no-untyped-def]
     """Layout keys (uint32, unsorted, may repeat on a hash collision) of each table's bucket
     and of the `probes` x L lowest-scored neighbouring buckets (`LSHIndex._probe_keys`)."""
@@ -165,7 +165,7 @@ def probe_keys(codes, frac, probes, steps, table_tags, shift):  # type: ignore[n
     return out
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _lower(a, key, lo, hi):  # type: ignore[no-untyped-def]
     while lo < hi:
         mid = (lo + hi) >> 1
@@ -176,7 +176,7 @@ def _lower(a, key, lo, hi):  # type: ignore[no-untyped-def]
     return lo
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def cell_directory(sorted_keys, bits):  # type: ignore[no-untyped-def]
     """int32 directory of uint32 `sorted_keys` on their top `bits` bits: entry c is the
     first position of a key whose top bits are >= c, the last is len(sorted_keys), so the
@@ -194,7 +194,7 @@ def cell_directory(sorted_keys, bits):  # type: ignore[no-untyped-def]
     return out
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _shift_of(directory):  # type: ignore[no-untyped-def]
     """The key shift of a `cell_directory` (its length is 2^bits + 1)."""
     bits = 0
@@ -203,7 +203,7 @@ def _shift_of(directory):  # type: ignore[no-untyped-def]
     return np.uint32(32 - bits)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _run_ranges(keys, run_keys, directory, lo, hi):  # type: ignore[no-untyped-def]
     """[lo, hi) in the sorted `run_keys` of each of `keys` (empty where absent), through the
     run's cell directory; phase by phase with prefetches, as in `query`."""
@@ -234,13 +234,13 @@ _NO_KEY = np.uint64(1 << 32)  # an empty slot: no uint32 key equals it
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _slot(key, bits):  # type: ignore[no-untyped-def]
     """Fibonacci hashing of a uint64 key to `bits` bits."""
     return np.int64((key * _GOLDEN) >> np.uint64(64 - bits))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _delta_rows(keys, delta, epoch):  # type: ignore[no-untyped-def]
     """Live rows of the delta runs in the buckets of `keys` (`LSHIndex._delta_candidates`).
     `delta`: (large keys, large rows, large directory, small keys, small rows, small epochs,
@@ -295,7 +295,7 @@ def _delta_rows(keys, delta, epoch):  # type: ignore[no-untyped-def]
     return np.array(out, dtype=np.int32) if out else np.empty(0, np.int32)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def query(  # type: ignore[no-untyped-def]
     keys,  # uint32 layout keys to read (probe_keys)
     bucket_keys,  # uint32 distinct keys, sorted
@@ -375,14 +375,29 @@ def query(  # type: ignore[no-untyped-def]
     for r in excluded:
         mark[r] = 1
     m = 0
+    first_extra = n - extra.shape[0]
+    if not use_allowed:
+        # Branch-free dedupe: every row is written at m, and m advances only for a row not
+        # marked yet. Whether a row repeats is a coin toss where the tables overlap, so the
+        # branch it replaces was often mispredicted (paired A/B: the gather, dedupe and
+        # re-rank took 0.89-0.95x as long on few-large 100k x 64, 0.98x on wide-powerlaw).
+        for j in range(n):
+            r = rows[j]
+            take = np.uint8(1) - mark[r]
+            # an extra row is live by construction; a row of the arrays only while its epoch
+            # is 0 (mostly true: a predictable branch)
+            if check_epoch and j < first_extra and epoch[r] != 0:
+                take = np.uint8(0)
+            rows[m] = r
+            m += take
+            mark[r] |= take
+        n = 0
     for j in range(n):
         r = rows[j]
-        # an extra row is live by construction; a row of the arrays only while its epoch is 0
-        if mark[r] == 0 and (j >= n - extra.shape[0] or not check_epoch or epoch[r] == 0):
-            if use_allowed:
-                key = row_keys[r]
-                if key >= allowed.shape[0] or not allowed[key]:
-                    continue
+        if mark[r] == 0 and (j >= first_extra or not check_epoch or epoch[r] == 0):
+            key = row_keys[r]
+            if key >= allowed.shape[0] or not allowed[key]:
+                continue
             mark[r] = 1
             rows[m] = r
             m += 1
@@ -414,7 +429,7 @@ def query(  # type: ignore[no-untyped-def]
     return out, _dots(vectors, out, q)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def _dots(vectors, rows, q):  # type: ignore[no-untyped-def]
     """float32 inner products of the rows with q (reassociated, so vectorised)."""
     scores = np.empty(rows.shape[0], np.float32)
@@ -430,7 +445,7 @@ def _dots(vectors, rows, q):  # type: ignore[no-untyped-def]
     return scores
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def top_small(scores, keys, k):  # type: ignore[no-untyped-def]
     """`store._top_k` for a small k (insertion into a sorted list of k): best score first,
     ties by key ascending."""
@@ -456,7 +471,7 @@ def top_small(scores, keys, k):  # type: ignore[no-untyped-def]
     return best_k, best_s
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _from_projections(raw, b, w, mult, sketch_bits):  # type: ignore[no-untyped-def]
     """(L,) uint64 bucket keys, (L, m) fractional positions and the uint64 sign sketch
     (numpy.packbits bit order) of a vector's float64 projections `raw` (x . a): the same
@@ -481,7 +496,7 @@ def _from_projections(raw, b, w, mult, sketch_bits):  # type: ignore[no-untyped-
     return codes, frac, sketch
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def hash_query(q, a, b, w, mult, sketch_bits):  # type: ignore[no-untyped-def]
     """`LSHIndex._hash` of one query: (L,) uint64 bucket keys, (L, m) fractional positions
     and the sign sketch. The projections are summed in another order than numpy's product: a
@@ -498,7 +513,7 @@ def hash_query(q, a, b, w, mult, sketch_bits):  # type: ignore[no-untyped-def]
     return _from_projections(raw, b, w, mult, sketch_bits)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def stored_keys(raw, b, w, mult, sketch_bits, shift, table_tags):  # type: ignore[no-untyped-def]
     """(L,) uint32 layout keys and the sign sketch of one stored row from its projections
     `raw` (numpy's `x @ a`, as `LSHIndex._hash` computes them): `_hash` + `_tagged` in one
@@ -510,7 +525,7 @@ def stored_keys(raw, b, w, mult, sketch_bits, shift, table_tags):  # type: ignor
     return tagged, sketch
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def search_one(  # type: ignore[no-untyped-def]
     q,
     a,
