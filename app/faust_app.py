@@ -19,8 +19,9 @@ from app.offsets import OffsetFrontier
 from app.settings import KafkaSettings, Settings
 
 # The Kafka clients' debug logs print every request, the SASL login with its password
-# included: those loggers stay at INFO even when the worker runs at debug.
-for _name in ("aiokafka.conn", "kafka.conn", "kafka.net.connection", "kafka.protocol.parser"):
+# included, and kafka-python's clients their whole configuration (the password with it):
+# those loggers stay at INFO even when the worker runs at debug.
+for _name in ("aiokafka.conn", "kafka"):
     logging.getLogger(_name).setLevel(logging.INFO)
 
 
