@@ -142,7 +142,8 @@ class WorkerSettings(_Section):
     data_dir: str = "/tmp/nearline-rec"
     """Where Faust keeps per-app local data (one folder per app id below it)."""
     store: str = "memory://"
-    """Faust table store (memory:// replays the changelog on start; rocksdb:// keeps it)."""
+    """Faust table store (memory:// replays the changelog on start; rocksdb:// keeps it on
+    local disk: experimental, see docs/reliability.md)."""
 
     @field_validator("store")
     @classmethod
