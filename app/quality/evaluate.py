@@ -21,7 +21,7 @@ import numpy as np
 
 from app.core.channels.genre import genre_recall
 from app.core.channels.trending import trending_recall
-from app.core.events import ItemUpdate, UserEvent, decode_item_update, encode_item_update
+from app.core.events import ItemUpdate, UserEvent, encode_item_update
 from app.core.pipeline import Recommender
 from app.core.rank import RankModel
 from app.core.recall import RecallContext
@@ -35,6 +35,7 @@ from app.quality.baselines import ShortTermBaseline
 from app.quality.metrics import MethodScore
 from app.quality.ratings import RatingTable
 from app.quality.train import Embeddings, TrainConfig, TrainingError, train_embeddings
+from app.records import decode_item_update
 from app.settings import Settings
 
 METHODS = ("pipeline", "short_term", "popularity", "trending", "genre")
