@@ -9,9 +9,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from app.core.catalog import ItemMeta
-from app.core.events import InvalidRecord, ItemUpdate, decode_item_update
+from app.core.events import InvalidRecord, ItemUpdate
 from app.kafka_clients import client_kwargs
 from app.processing import RawRecord, dead_letter
+from app.records import decode_item_update
 from app.runtime import app, counting_crashes, items_dlq_topic, log_event, runtime, settings
 from app.storage.redis_store import UNAVAILABLE
 

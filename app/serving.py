@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.modes import ListMode
 from app.errors import BadInput
 from app.storage import keys
 from app.storage.codec import CorruptRecord
@@ -86,7 +87,7 @@ class ReadResult:
             "items": items,
             "tier": self.tier,
             # a shared list answers a user without one: that is cold start, not overload
-            "mode": "cold_start" if shared else v.get("mode", "cold_start"),
+            "mode": ListMode.COLD_START if shared else v.get("mode", ListMode.COLD_START),
             "degraded": False if shared else bool(v.get("degraded", False)),
             # personal lists go stale with time; shared lists are refreshed on a timer
             "stale": self.tier == "default" or (age is not None and age > stale_after),
@@ -123,7 +124,7 @@ def resolve(
         return ReadResult(user_id, "popular", popular)
     if cold_start is not None and cold_start.get("items"):
         return ReadResult(user_id, "cold_start", cold_start)
-    fallback = default or {"items": [], "mode": "cold_start", "degraded": False}
+    fallback = default or {"items": [], "mode": ListMode.COLD_START, "degraded": False}
     return ReadResult(user_id, "default", fallback)
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+from enum import Enum
 from typing import Any, Literal, get_args
 
 from pydantic import (
@@ -22,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 from app.core.channels import REGISTRY
+from app.core.modes import ModeOverride
 from app.errors import ConfigurationError
 
 ENV_PREFIX = "NEARLINE_"
@@ -321,7 +323,7 @@ class RankingSettings(_Section):
 
 
 class DegradeSettings(_Section):
-    mode: Literal["auto", "degraded", "normal"] = "auto"
+    mode: ModeOverride = ModeOverride.AUTO
     """Start mode: auto follows lag; degraded/normal force it (changeable at run time)."""
     lag_high: int = Field(5000, ge=1)
     """Enter degraded mode when this worker's lag stays at or above this many events..."""
@@ -537,6 +539,8 @@ def iter_setting_docs() -> list[tuple[str, str, str]]:
                 continue
             if isinstance(default, SecretStr):
                 default = "***"
+            elif isinstance(default, Enum):
+                default = default.value  # the value an environment variable spells
             doc = " ".join((field.description or "").split())  # one line, however written
             rows.append((_env_name((*prefix, name)), repr(default), doc))
 

@@ -492,9 +492,10 @@ def _hostile_items(dim: int) -> list[tuple[str, bytes | None, bytes | None, str 
 
 
 def test_hostile_input_ends_in_state_or_dead_letters_and_worker_survives(catalog_run, workers):
-    from app.core.events import InvalidRecord, decode_item_update
+    from app.core.events import InvalidRecord
     from app.factory import build_recommender
     from app.processing import BatchProcessor, DeadLetter, RawRecord
+    from app.records import decode_item_update
     from tests.integration.conftest import consume_all
     from tests.integration.faults import Produced, produce_raw_tracked
 
