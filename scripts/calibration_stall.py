@@ -199,6 +199,35 @@ def replay_ab(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def markdown(paths: list[Path]) -> str:
+    """The docs' table rows (docs/lsh-calibration.md) from result files of this script."""
+    rows = []
+    for path in paths:
+        d = json.loads(path.read_text())
+        p, summary = d["params"], d["summary"]
+        label = (
+            f"{p['items']:,} x {p['dim']} ({p['queries']}, {p['budget']:g} s), "
+            f"{p['repeats']} rounds"
+        )
+        loads = [r["loadavg_before"][0] for r in d["rounds"]]
+        work = summary["loop_work_per_s"]
+        for m in MODES:
+            s = summary[m]
+            rows.append(
+                f"| {label} | {m} | {s['stall_max_ms']:.1f} ms | {s['stall_p99_ms']:.1f} ms "
+                f"| {s['before_max_ms']:.1f} / {s['before_p99_ms']:.1f} ms "
+                f"| {s['install_ms']:.1f} ms | {s['wall_s']:.2f} s | {work[m]:.1f}/s "
+                f"| {min(loads):.1f}-{max(loads):.1f} |"
+            )
+        r = summary["process_vs_thread"]
+        rows.append(
+            f"| {label} | process / thread | {r['stall_max_ms']:.2f}x | {r['stall_p99_ms']:.2f}x "
+            f"| {r['before_max_ms']:.2f}x / {r['before_p99_ms']:.2f}x | | {r['wall_s']:.2f}x "
+            f"| {work['process'] / work['thread']:.2f}x | |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--items", type=int, default=21_600)
@@ -217,7 +246,11 @@ def main() -> None:
         default=None,
         help="only time the swap's replay of this many changed keys (e.g. 1000,4000)",
     )
+    ap.add_argument("--markdown", type=Path, nargs="*", help="print the docs' rows of these")
     a = ap.parse_args()
+    if a.markdown:
+        print(markdown(a.markdown))
+        return
     limit_blas_threads(1)  # as the worker
     if a.replay_keys:
         out = {

@@ -453,7 +453,7 @@ class ItemCatalog:
 
     def _replay(self, index: LSHIndex, changed: set[int]) -> None:
         """Onto `index`: the current vectors of `changed` keys, one vectorised upsert (a loop
-        of single upserts took 4x as long for 1,000 keys: scripts/calibration_stall.py
+        of single upserts took 2.8x as long for 1,000 keys: scripts/calibration_stall.py
         --replay-keys), and the removal of those without one."""
         if not changed:
             return
