@@ -240,6 +240,11 @@ class LSHSettings(_Section):
     """Recalibrate in the background once this share of the items was added, moved or removed."""
     memory_ratio: float = Field(2.0, gt=1)
     """Most memory a calibrated index may hold, as a multiple of the raw float32 vectors."""
+    calibration_in: Literal["process", "thread"] = "process"
+    """Where a calibration runs: a child process (the vectors passed in shared memory, the
+    index sent back) or a thread of the worker (shares the event loop's GIL and CPU)."""
+    calibration_nice: int = Field(10, ge=0, le=19)
+    """Niceness added to the calibration process, so the event loop gets a core first."""
 
     @model_validator(mode="after")
     def _probes_fit(self) -> LSHSettings:
