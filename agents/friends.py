@@ -14,16 +14,16 @@ from agents.ingest import (
     process_contained,
     publish_until_done,
 )
-from app.runtime import (
+from app.composition import (
     activity_topic,
     app,
     counting_crashes,
     events_dlq_topic,
-    log_event,
     relations_topic,
     runtime,
     settings,
 )
+from app.runtime import log_event
 
 
 async def split_relations(events: list[Any]) -> None:
@@ -31,7 +31,7 @@ async def split_relations(events: list[Any]) -> None:
     for the followee, keyed by each; a bad record becomes a dead letter on user-events-dlq
     with its reason. All are on the broker before the batch is acknowledged."""
     records = [_record(e) for e in events]
-    forwards, letters = runtime.processor.relations(records)
+    forwards, letters = runtime().processor.relations(records)
     activity = activity_topic.get_topic_name()
     dlq = events_dlq_topic.get_topic_name()
     try:
@@ -44,9 +44,9 @@ async def split_relations(events: list[Any]) -> None:
         return
     for dl in letters:
         _count_dead_letter(dl)
-    runtime.counters["relations_in"] += len(records)
-    runtime.counters["friend_activity_sent"] += len(forwards)
-    runtime.counters["dead_letters"] += len(letters)
+    runtime().counters["relations_in"] += len(records)
+    runtime().counters["friend_activity_sent"] += len(forwards)
+    runtime().counters["dead_letters"] += len(letters)
 
 
 @app.agent(relations_topic, concurrency=1)
@@ -77,20 +77,20 @@ async def _requeue(records: list[Any]) -> None:
     end of their partitions again instead. Applying them is idempotent and does not depend
     on their order (last writer wins per edge, one like per friend and item). The same for
     a batch of relations whose split could not be published."""
-    runtime.counters["batches_abandoned"] += 1
+    runtime().counters["batches_abandoned"] += 1
     try:  # to the partition each came from: relations are keyed by edge, not by user
         await _publish([(r.topic, r.partition, r.key, r.value) for r in records])
     except Exception as exc:  # the broker is away too: say what was lost
-        runtime.counters["friend_records_dropped"] += len(records)
+        runtime().counters["friend_records_dropped"] += len(records)
         log_event("friend records dropped", records=len(records), error=repr(exc))
         return
-    runtime.counters["friend_records_requeued"] += len(records)
+    runtime().counters["friend_records_requeued"] += len(records)
     log_event("friend records given up for a rebalance, requeued", records=len(records))
 
 
 @app.agent(activity_topic, concurrency=1)
 async def friend_activity(stream: Any) -> None:
-    await runtime.catalog_ready.wait()  # lists are scored against the catalog
+    await runtime().catalog_ready.wait()  # lists are scored against the catalog
     w = settings.worker
 
     async def consume() -> None:

@@ -12,24 +12,24 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.types import TP
 
-from app.core import fastjson
-from app.errors import NearlineError
-from app.kafka_clients import RangeReader, describe_topic, send_in_batches
-from app.offsets import Gap
-from app.processing import DeadLetter, RawRecord, dead_letter
-from app.runtime import (
+from app.composition import (
     activity_topic,
     app,
     counting_crashes,
     events_dlq_topic,
     events_topic,
     load_user,
-    log_event,
     recommendations_topic,
     runtime,
     settings,
     user_table,
 )
+from app.core import fastjson
+from app.errors import NearlineError
+from app.kafka_clients import RangeReader, describe_topic, send_in_batches
+from app.offsets import Gap
+from app.processing import DeadLetter, RawRecord, dead_letter
+from app.runtime import log_event
 from app.storage.redis_store import RETRYABLE, RedisRefused
 
 log = logging.getLogger("nearline.ingest")
@@ -55,36 +55,36 @@ async def write_redis_until_done(writes: list[Any], **marks: Any) -> None:
     delay = 0.5
     while True:
         try:
-            await runtime.store.write_lists(
+            await runtime().store.write_lists(
                 writes,
                 now=time.time(),
                 # positions are in this incarnation of the topic (counted again when new)
-                count_topic=f"{events_topic.get_topic_name()}@{runtime.processor.source_id}",
+                count_topic=f"{events_topic.get_topic_name()}@{runtime().processor.source_id}",
                 half_life=settings.recall.popularity_half_life_seconds,
                 **marks,
             )
-            if not runtime.redis_ok:
-                log_event("redis back", pending=len(writes), refused=runtime.redis_refusal)
-            runtime.redis_ok = True
-            runtime.redis_refusal = None
+            if not runtime().redis_ok:
+                log_event("redis back", pending=len(writes), refused=runtime().redis_refusal)
+            runtime().redis_ok = True
+            runtime().redis_refusal = None
             return
         except RETRYABLE as exc:
-            if runtime.redis_ok:
+            if runtime().redis_ok:
                 log.warning("redis unavailable, pausing batch: %s", exc)
-            runtime.redis_ok = False
-            runtime.counters["redis_batch_retries"] += 1
+            runtime().redis_ok = False
+            runtime().counters["redis_batch_retries"] += 1
         except RedisRefused as exc:
-            if runtime.redis_refusal != exc.code:
+            if runtime().redis_refusal != exc.code:
                 log.error(
                     "redis refuses writes (%s), holding the batch and retrying: %s. %s",
                     exc.code,
                     exc.reply,
                     exc.advice,
                 )
-            runtime.redis_ok = False
-            runtime.redis_refusal = exc.code
-            runtime.counters[f"redis_refused_{exc.code}"] += 1
-            runtime.counters["redis_batch_retries"] += 1
+            runtime().redis_ok = False
+            runtime().redis_refusal = exc.code
+            runtime().counters[f"redis_refused_{exc.code}"] += 1
+            runtime().counters["redis_batch_retries"] += 1
         await _backoff(delay)
         delay = min(delay * 2, 5.0)
 
@@ -130,7 +130,7 @@ async def publish_until_done(records: list[tuple[str, int | None, bytes | None, 
         except Exception as exc:
             if not _transient(exc):
                 raise
-            runtime.counters["publish_retries"] += 1
+            runtime().counters["publish_retries"] += 1
             log.warning("publishing %d records failed, retrying: %r", len(records), exc)
         await _backoff(delay)
         delay = min(delay * 2, 5.0)
@@ -193,8 +193,8 @@ async def _fill(gaps: Sequence[Gap], why: str) -> dict[tuple[int, int], list[Raw
     for gap in gaps:
         got = await read_gap_until_done(gap)
         out[(gap.partition, gap.end)] = got
-        runtime.counters["offset_gaps"] += 1
-        runtime.counters["events_refetched"] += len(got)
+        runtime().counters["offset_gaps"] += 1
+        runtime().counters["events_refetched"] += len(got)
         log_event(
             "offset gap filled",
             why=why,
@@ -224,16 +224,16 @@ async def learn_source_id() -> None:
         found, partitions = await asyncio.to_thread(describe_topic, settings, topic)
     except Exception as exc:
         log.warning(
-            "topic id of %s not read, keeping %r: %s", topic, runtime.processor.source_id, exc
+            "topic id of %s not read, keeping %r: %s", topic, runtime().processor.source_id, exc
         )
         return
     app.source_stale = False
-    runtime.processor.partition_count = partitions
-    if found and found != runtime.processor.source_id:
-        if runtime.processor.source_id:
+    runtime().processor.partition_count = partitions
+    if found and found != runtime().processor.source_id:
+        if runtime().processor.source_id:
             log_event("source topic made again", topic=topic, topic_id=found)
-            runtime.counters["source_topic_changes"] += 1
-        runtime.processor.source_id = found
+            runtime().counters["source_topic_changes"] += 1
+        runtime().processor.source_id = found
 
 
 async def handle_batch(events: Sequence[Any]) -> None:
@@ -259,7 +259,7 @@ async def handle_batch(events: Sequence[Any]) -> None:
         try:
             await process_contained(records)
         except BatchAbandoned:
-            runtime.counters["batches_abandoned"] += 1
+            runtime().counters["batches_abandoned"] += 1
             log_event("batch given up for a rebalance, to be redone", records=len(records))
             return  # the frontier stays: these offsets are not committed
         frontier.advance(records)
@@ -313,13 +313,13 @@ async def process_contained(records: list[RawRecord]) -> None:
     while True:
         try:
             await process_records(records)
-            runtime.effects_error = None
+            runtime().effects_error = None
             return
         except BatchAbandoned:
             raise
         except Exception as exc:
             failed = exc
-        runtime.counters["batch_errors"] += 1
+        runtime().counters["batch_errors"] += 1
         log_event(
             "batch failed, retrying its records one at a time",
             records=len(records),
@@ -338,9 +338,9 @@ async def process_contained(records: list[RawRecord]) -> None:
         if passed or not still:
             for record, exc in still:
                 await _quarantine_effects(record, exc)
-            runtime.effects_error = None
+            runtime().effects_error = None
             return
-        if runtime.effects_error is None:
+        if runtime().effects_error is None:
             log.error(
                 "no record of a batch of %d can be written (%s: %s): holding it and retrying;"
                 " this is the worker's fault, not the records' (see the traceback above)",
@@ -349,8 +349,8 @@ async def process_contained(records: list[RawRecord]) -> None:
                 str(failed)[:200],
                 exc_info=failed,
             )
-        runtime.effects_error = f"{type(failed).__name__}: {str(failed)[:200]}"
-        runtime.counters["batch_holds"] += 1
+        runtime().effects_error = f"{type(failed).__name__}: {str(failed)[:200]}"
+        runtime().counters["batch_holds"] += 1
         await _backoff(delay)
         delay = min(delay * 2, 5.0)
 
@@ -365,14 +365,14 @@ async def _quarantine_effects(record: RawRecord, exc: Exception) -> None:
     )
     _count_dead_letter(dl)
     await publish_until_done([(events_dlq_topic.get_topic_name(), None, dl.key, dl.encode())])
-    runtime.counters["events_done"] += 1
-    runtime.counters["dead_letters"] += 1
-    runtime.counters["processing_errors"] += 1
+    runtime().counters["events_done"] += 1
+    runtime().counters["dead_letters"] += 1
+    runtime().counters["processing_errors"] += 1
 
 
 def _count_dead_letter(dl: DeadLetter) -> None:
     reason = dl.value["reason"]
-    runtime.dead_letters[reason] += 1
+    runtime().dead_letters[reason] += 1
     src = dl.value["source"]
     fields: dict[str, Any] = {}
     if "error" in dl.value:
@@ -383,7 +383,7 @@ def _count_dead_letter(dl: DeadLetter) -> None:
         reason=reason,
         partition=src["partition"],
         offset=src["offset"],
-        mode=runtime.policy.mode,
+        mode=runtime().policy.mode,
         **fields,
     )
 
@@ -394,22 +394,22 @@ async def process_records(records: list[RawRecord]) -> None:
     started = time.perf_counter()
     stamps = [r.timestamp for r in records if r.timestamp]
     waited = time.time() - min(stamps) if stamps else None  # the batch's oldest event
-    degraded = runtime.policy.mode == "degraded" and bool(runtime.popular_rows)
-    runtime.refresh_model()
-    result = runtime.processor.process(
-        records, load_user, degraded=runtime.popular_rows if degraded else None
+    degraded = runtime().policy.mode == "degraded" and bool(runtime().popular_rows)
+    runtime().refresh_model()
+    result = runtime().processor.process(
+        records, load_user, degraded=runtime().popular_rows if degraded else None
     )
-    runtime.counters["events_in"] += len(records)
-    runtime.counters["events_applied"] += result.applied
-    runtime.counters["events_duplicate"] += result.duplicates
-    runtime.counters["lists_reemitted"] += result.reemitted
-    runtime.counters["events_other_partitioner"] += result.other_partitioner
+    runtime().counters["events_in"] += len(records)
+    runtime().counters["events_applied"] += result.applied
+    runtime().counters["events_duplicate"] += result.duplicates
+    runtime().counters["lists_reemitted"] += result.reemitted
+    runtime().counters["events_other_partitioner"] += result.other_partitioner
 
     for dl in result.dead_letters:
         _count_dead_letter(dl)
-    runtime.counters["processing_errors"] += len(result.errors)
+    runtime().counters["processing_errors"] += len(result.errors)
     for user_id, record, exc in result.list_errors:
-        runtime.counters["list_errors"] += 1
+        runtime().counters["list_errors"] += 1
         log_event(
             "list failed, serving the degraded list",
             user_id=user_id,
@@ -441,7 +441,7 @@ async def process_records(records: list[RawRecord]) -> None:
     # a like to the user's followers, a backfill to a new follower: keyed by the receiver
     activity = activity_topic.get_topic_name()
     records_out.extend((activity, None, a.user.encode(), a.encode()) for a in result.forwards)
-    runtime.counters["friend_activity_sent"] += len(result.forwards)
+    runtime().counters["friend_activity_sent"] += len(result.forwards)
     published = asyncio.ensure_future(publish_until_done(records_out))
     dirty = set(result.dirty)
     clean = [uid for uid in result.states if uid not in dirty]
@@ -449,7 +449,7 @@ async def process_records(records: list[RawRecord]) -> None:
         await write_redis_until_done(
             [w for _, w, _ in result.lists],
             dirty=result.dirty,
-            clean=[uid for uid in clean if uid in runtime.dirty],
+            clean=[uid for uid in clean if uid in runtime().dirty],
             counted=result.counted if settings.degrade.shared_stats else (),
         )
     except BaseException:
@@ -457,32 +457,32 @@ async def process_records(records: list[RawRecord]) -> None:
         raise
     now = time.time()
     for uid in result.dirty:
-        runtime.dirty.setdefault(uid, now)
+        runtime().dirty.setdefault(uid, now)
     for uid in clean:
-        runtime.dirty.pop(uid, None)
+        runtime().dirty.pop(uid, None)
     await published
-    runtime.counters["lists_written"] += len(result.lists)
+    runtime().counters["lists_written"] += len(result.lists)
     # only now are the batch's effects (table, Redis, topic) all done: waiters key on this
-    runtime.counters["events_done"] += len(records)
-    runtime.counters["lists_degraded"] += len(result.dirty)
-    runtime.counters["dead_letters"] += len(result.dead_letters)
-    runtime.last_batch_at = time.time()
-    runtime.metrics.observe_batch(
+    runtime().counters["events_done"] += len(records)
+    runtime().counters["lists_degraded"] += len(result.dirty)
+    runtime().counters["dead_letters"] += len(result.dead_letters)
+    runtime().last_batch_at = time.time()
+    runtime().metrics.observe_batch(
         len(records),
         time.perf_counter() - started,
-        [runtime.last_batch_at - r.timestamp for r in result.last_record.values() if r.timestamp],
+        [runtime().last_batch_at - r.timestamp for r in result.last_record.values() if r.timestamp],
         waited,
     )
     if stamps:
-        runtime.last_message_time = max(runtime.last_message_time, max(stamps))
+        runtime().last_message_time = max(runtime().last_message_time, max(stamps))
     for state in result.states.values():
-        runtime.last_event_time = max(runtime.last_event_time, state.last_event_time)
+        runtime().last_event_time = max(runtime().last_event_time, state.last_event_time)
 
 
 @app.agent(events_topic, concurrency=1)
 async def ingest(stream: Any) -> None:
     # Users are scored against the catalog: wait until the item follower caught up.
-    await runtime.catalog_ready.wait()
+    await runtime().catalog_ready.wait()
     w = settings.worker
 
     async def consume() -> None:
