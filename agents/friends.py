@@ -5,24 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.ingest import (
-    BatchAbandoned,
-    _batch_lock,
-    _count_dead_letter,
-    _publish,
-    _record,
-    process_contained,
-    publish_until_done,
-)
+from agents.ingest import _record, process_contained
 from app.composition import (
     activity_topic,
     app,
     counting_crashes,
     events_dlq_topic,
+    guard,
     relations_topic,
     runtime,
     settings,
+    sink,
 )
+from app.retry import BatchAbandoned
 from app.runtime import log_event
 
 
@@ -35,7 +30,7 @@ async def split_relations(events: list[Any]) -> None:
     activity = activity_topic.get_topic_name()
     dlq = events_dlq_topic.get_topic_name()
     try:
-        await publish_until_done(
+        await sink().publish_until_done(
             [(activity, None, a.user.encode(), a.encode()) for a in forwards]
             + [(dlq, None, dl.key, dl.encode()) for dl in letters]
         )
@@ -43,7 +38,7 @@ async def split_relations(events: list[Any]) -> None:
         await _requeue(records)
         return
     for dl in letters:
-        _count_dead_letter(dl)
+        sink().count_dead_letter(dl)
     runtime().counters["relations_in"] += len(records)
     runtime().counters["friend_activity_sent"] += len(forwards)
     runtime().counters["dead_letters"] += len(letters)
@@ -64,7 +59,7 @@ async def handle_activity(events: list[Any]) -> None:
     """A batch of friend activity: applied to its users' states and their lists made, with
     the batch lock the user-events agent holds too (the two write the same users)."""
     records = [_record(e) for e in events]
-    async with _batch_lock:
+    async with guard.lock:
         try:
             await process_contained(records)
         except BatchAbandoned:
@@ -79,7 +74,7 @@ async def _requeue(records: list[Any]) -> None:
     a batch of relations whose split could not be published."""
     runtime().counters["batches_abandoned"] += 1
     try:  # to the partition each came from: relations are keyed by edge, not by user
-        await _publish([(r.topic, r.partition, r.key, r.value) for r in records])
+        await sink().publish([(r.topic, r.partition, r.key, r.value) for r in records])
     except Exception as exc:  # the broker is away too: say what was lost
         runtime().counters["friend_records_dropped"] += len(records)
         log_event("friend records dropped", records=len(records), error=repr(exc))

@@ -12,15 +12,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+from app.commit_guard import CommitGuard
 from app.core.user_state import UserState
 from app.faust_app import UserStateTable, create_app
 from app.runtime import Runtime
 from app.settings import load_settings
+from app.sink import Sink
 
 log = logging.getLogger("nearline")
 
 settings = load_settings()
 app = create_app(settings)
+assert app.guard is not None
+guard: CommitGuard = app.guard
+"""At-least-once for user-events: the consumer's hooks, the frontier, gap refill, commit."""
 
 raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 events_topic = app.topic(settings.topics.user_events, partitions=settings.topics.partitions, **raw)
@@ -54,6 +59,7 @@ user_table = app.tables.add(
 )
 
 _runtime: Runtime | None = None
+_sink: Sink | None = None
 
 
 def runtime() -> Runtime:
@@ -68,8 +74,25 @@ def runtime() -> Runtime:
 def use_runtime(rt: Runtime | None) -> None:
     """Install a Runtime built elsewhere (the agent tests: an in-memory store), or None to
     build one from the settings on next use."""
-    global _runtime
-    _runtime = rt
+    global _runtime, _sink
+    _runtime, _sink = rt, None
+
+
+def sink() -> Sink:
+    """The sink of the user-events and friend-activity batches (app.sink)."""
+    global _sink
+    if _sink is None:
+        _sink = Sink(
+            runtime(),
+            table=user_table,
+            # the worker's started producer: its records go out a producer batch per partition
+            producer=lambda: app.producer._ensure_producer(),
+            recommendations=recommendations_topic.get_topic_name(),
+            dead_letters=events_dlq_topic.get_topic_name(),
+            activity=activity_topic.get_topic_name(),
+            rebalancing=lambda: bool(app.rebalancing),
+        )
+    return _sink
 
 
 def load_user(user_id: str) -> UserState | None:

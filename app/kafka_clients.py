@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from app.errors import NearlineError
-from app.faust_app import ssl_context
 from app.settings import KafkaSettings, Settings
+
+
+def ssl_context(cfg: KafkaSettings) -> ssl.SSLContext | None:
+    if cfg.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.ssl_cafile)
+    if cfg.ssl_certfile:
+        ctx.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
+    return ctx
+
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +241,7 @@ def grow_partitions(settings: Settings, total: int, timeout_s: float = 30.0) -> 
 
 class RangeReader:
     """Reads a range of offsets of one partition with a group-less aiokafka consumer (the
-    worker's gap filler, app.offsets); one connection, reused."""
+    worker's gap filler, app.commit_guard); one connection, reused."""
 
     def __init__(self, cfg: KafkaSettings, timeout_s: float = 15.0) -> None:
         self.cfg = cfg
