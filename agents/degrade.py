@@ -25,7 +25,7 @@ from app.core.user_state import UserState
 from app.kafka_clients import client_kwargs
 from app.runtime import log_event
 from app.storage import keys
-from app.storage.redis_store import UNAVAILABLE
+from app.storage.redis_client import UNAVAILABLE
 
 log = logging.getLogger("nearline.degrade")
 
@@ -101,7 +101,7 @@ async def start_rebuild(reason: str) -> None:
     try:
         items = await mirror_catalog()
     except UNAVAILABLE as exc:  # the next check tries again (the registry is still gone)
-        runtime().store.codes.forget()
+        runtime().store.forget_codes()
         log.warning("rebuild postponed, redis unavailable: %s", exc)
         return
     now = time.time()

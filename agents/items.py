@@ -14,7 +14,7 @@ from app.core.events import InvalidRecord, ItemUpdate, decode_item_update
 from app.kafka_clients import client_kwargs
 from app.processing import RawRecord, dead_letter
 from app.runtime import log_event
-from app.storage.redis_store import UNAVAILABLE
+from app.storage.redis_client import UNAVAILABLE
 
 log = logging.getLogger("nearline.items")
 

@@ -17,7 +17,7 @@ from app.core.user_state import UserState
 from app.faust_app import UserStateTable, create_app
 from app.runtime import Runtime
 from app.settings import load_settings
-from app.sink import Sink
+from app.sink import Publish, Sink, broker_publisher
 
 log = logging.getLogger("nearline")
 
@@ -60,6 +60,7 @@ user_table = app.tables.add(
 
 _runtime: Runtime | None = None
 _sink: Sink | None = None
+_publish: Publish | None = None
 
 
 def runtime() -> Runtime:
@@ -71,11 +72,12 @@ def runtime() -> Runtime:
     return _runtime
 
 
-def use_runtime(rt: Runtime | None) -> None:
-    """Install a Runtime built elsewhere (the agent tests: an in-memory store), or None to
-    build one from the settings on next use."""
-    global _runtime, _sink
-    _runtime, _sink = rt, None
+def use_runtime(rt: Runtime | None, publish: Publish | None = None) -> None:
+    """Install a Runtime built elsewhere (the agent tests: an in-memory store) and, with
+    `publish`, what the sink sends records with (instead of the worker's producer); None:
+    built from the settings on next use."""
+    global _runtime, _sink, _publish
+    _runtime, _sink, _publish = rt, None, publish
 
 
 def sink() -> Sink:
@@ -85,8 +87,8 @@ def sink() -> Sink:
         _sink = Sink(
             runtime(),
             table=user_table,
-            # the worker's started producer: its records go out a producer batch per partition
-            producer=lambda: app.producer._ensure_producer(),
+            publish=_publish
+            or broker_publisher(lambda: app.producer._ensure_producer(), user_table),
             recommendations=recommendations_topic.get_topic_name(),
             dead_letters=events_dlq_topic.get_topic_name(),
             activity=activity_topic.get_topic_name(),

@@ -19,7 +19,7 @@ from app.core.pipeline import RecList, Recommender
 from app.core.popularity import CountedEvent
 from app.core.social import Activity, decode_activity, decode_relation, split_relation
 from app.core.user_state import UserState
-from app.storage.redis_store import ListWrite
+from app.storage.store import ListWrite
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from app.processing import BatchProcessor
 from app.ranking import ServedRanker, is_onnx
 from app.serving import ListReader
 from app.settings import Settings
-from app.storage.redis_store import RedisStore
+from app.storage.store import WorkerStore
 
 log = logging.getLogger("nearline")
 
@@ -56,7 +56,9 @@ class SharedStatsView:
 class Runtime:
     """Mutable per-process state shared by the agents; one per worker process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: WorkerStore | None = None) -> None:
+        """`store`: the store to write to (tests: an in-memory one); by default the Redis
+        store of the settings, made on first use."""
         self.settings = settings
         # a bad setting raises SettingsError: the entry points print it on one line
         self.recommender = build_recommender(settings, learned_required=False)
@@ -107,7 +109,7 @@ class Runtime:
         self.last_event_time = 0.0
         self.last_message_time = 0.0
         """Kafka timestamp of the newest processed event (its age is the freshness lag)."""
-        self._store: RedisStore | None = None
+        self._store: WorkerStore | None = store
         self._catalog_ready: asyncio.Event | None = None
         d = settings.degrade
         self.policy = LagPolicy(LagThresholds(d.lag_high, d.lag_low, d.hold_seconds), d.mode)
@@ -143,9 +145,11 @@ class Runtime:
         self.recommender.model = self.ranker.model_for_batch()
 
     @property
-    def store(self) -> RedisStore:
+    def store(self) -> WorkerStore:
         # Created on first use so the client binds to the worker's running loop.
         if self._store is None:
+            from app.storage.redis_store import RedisStore
+
             self._store = RedisStore(self.settings.redis)
         return self._store
 

@@ -16,11 +16,12 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.types import TP
 
 from app.core import fastjson
+from app.errors import NearlineError
 from app.kafka_clients import send_in_batches
 from app.processing import BatchResult, DeadLetter, RawRecord, dead_letter
 from app.retry import BatchAbandoned, held
 from app.runtime import Runtime, log_event
-from app.storage.redis_store import RETRYABLE, RedisRefused
+from app.storage.redis_client import RETRYABLE, RedisRefused
 
 log = logging.getLogger("nearline.ingest")
 
@@ -37,7 +38,7 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, TimeoutError | OSError | ConnectionError) or isinstance(exc, RETRYABLE)
 
 
-class _NothingPassed(Exception):
+class _NothingPassed(NearlineError):
     """No record of a batch can be written: the worker's fault, the batch is held."""
 
     def __init__(self, failed: Exception) -> None:
@@ -45,17 +46,39 @@ class _NothingPassed(Exception):
         self.failed = failed
 
 
+Publish = Callable[[list[Out]], Awaitable[None]]
+"""Sends records and returns when the broker has every one."""
+
+
+def broker_publisher(producer: Callable[[], Any], table: Any) -> Publish:
+    """Publishing through the worker's producer (`producer()`: the started aiokafka
+    producer), one producer batch per partition; the changelog offsets the table's store
+    records as persisted (what Table._on_changelog_sent does, for rocksdb:// stores)."""
+
+    async def publish(records: list[Out]) -> None:
+        if not records:
+            return
+        sent = await send_in_batches(producer(), records)
+        changelog = table.changelog_topic.get_topic_name()
+        for topic, partition, n, fut in sent:
+            meta = await fut
+            if topic == changelog:
+                table.data.set_persisted_offset(TP(topic, partition), meta.offset + n - 1)
+
+    return publish
+
+
 class Sink:
-    """Writes a batch's effects. `producer` gives the worker's started producer, `table`
-    is the user-state table (put_state and its changelog topic), `topics` the names of
-    the recommendations, user-events-dlq and friend-activity topics."""
+    """Writes a batch's effects. `table` is the user-state table (put_state and its
+    changelog topic), `publish` sends records to the broker, `recommendations`,
+    `dead_letters` and `activity` are the names of the topics the batch writes to."""
 
     def __init__(
         self,
         runtime: Runtime,
         *,
         table: Any,
-        producer: Callable[[], Any],
+        publish: Publish,
         recommendations: str,
         dead_letters: str,
         activity: str,
@@ -63,7 +86,7 @@ class Sink:
     ) -> None:
         self.rt = runtime
         self.table = table
-        self.producer = producer
+        self.publish = publish
         self.recommendations = recommendations
         self.dead_letters = dead_letters
         self.activity = activity
@@ -76,18 +99,6 @@ class Sink:
         key = user_id.encode()
         self.table.put_state(key, value, partition)
         return (self.table.changelog_topic.get_topic_name(), partition, key, value)
-
-    async def publish(self, records: list[Out]) -> None:
-        """Send records one producer batch per partition and wait until the broker has
-        every one."""
-        if not records:
-            return
-        sent = await send_in_batches(self.producer(), records)
-        changelog = self.table.changelog_topic.get_topic_name()
-        for topic, partition, n, fut in sent:
-            meta = await fut
-            if topic == changelog:  # what Table._on_changelog_sent records (rocksdb:// stores)
-                self.table.data.set_persisted_offset(TP(topic, partition), meta.offset + n - 1)
 
     async def publish_until_done(self, records: list[Out]) -> None:
         """Publish with backoff while the broker is away; nothing is acked until it is
