@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -340,29 +341,38 @@ async def recompute_holders_of_retired() -> None:
     await counting_crashes("retired", _recompute_holders)
 
 
+async def table_slices(slice_size: int) -> AsyncIterator[list[tuple[Any, bytes]]]:
+    """The user table's (key, state) pairs as they are now, `slice_size` at a time, with
+    the loop given back between slices (batches run meanwhile)."""
+    states = list(user_table.data.items())
+    for start in range(0, len(states), slice_size):
+        yield states[start : start + slice_size]
+        await asyncio.sleep(0)
+
+
 async def _recompute_holders(slice_size: int = 2000) -> None:
-    await runtime().catalog_ready.wait()
+    rt = runtime()
+    await rt.catalog_ready.wait()
     while True:
         await asyncio.sleep(1.0)
-        if not runtime().retired:
+        if not rt.retired:
             continue
-        items = set(runtime().retired)
-        runtime().retired.clear()
+        items = set(rt.retired)
+        rt.retired.clear()
         t0 = time.monotonic()
-        states = list(user_table.data.items())
-        marked = 0
+        marked = scanned = 0
         now = time.time()
-        for start in range(0, len(states), slice_size):
-            for user_id in holders(states[start : start + slice_size], items):
-                runtime().dirty.setdefault(user_id, now)
+        async for states in table_slices(slice_size):
+            scanned += len(states)
+            for user_id in holders(states, items):
+                rt.dirty.setdefault(user_id, now)
                 marked += 1
-            await asyncio.sleep(0)  # batches run between slices
-        runtime().counters["retired_holders_marked"] += marked
+        rt.counters["retired_holders_marked"] += marked
         log_event(
             "lists holding retired items marked for recompute",
             items=len(items),
             users=marked,
-            scanned=len(states),
+            scanned=scanned,
             seconds=round(time.monotonic() - t0, 2),
         )
 
@@ -377,22 +387,21 @@ async def fill_user_directory() -> None:
 
 
 async def _fill_directory(slice_size: int = 1000) -> None:
-    await runtime().catalog_ready.wait()
+    rt = runtime()
+    await rt.catalog_ready.wait()
     while True:
-        users = runtime().recommender.users
-        states = list(user_table.data.items())
+        users = rt.recommender.users
         added = 0
-        for start in range(0, len(states), slice_size):
-            for key, raw in states[start : start + slice_size]:
+        async for states in table_slices(slice_size):
+            for key, raw in states:
                 user_id = key.decode() if isinstance(key, bytes) else str(key)
                 if raw and user_id not in users:
                     state = UserState.from_bytes(raw)
                     if state.embedding is not None:
-                        runtime().recommender.touch(state)
+                        rt.recommender.touch(state)
                         added += 1
-            await asyncio.sleep(0)  # batches run between slices
         if added:
-            runtime().counters["directory_filled"] += added
+            rt.counters["directory_filled"] += added
             log_event("similar-users directory filled from the table", users=added)
         await asyncio.sleep(30.0)
 

@@ -18,11 +18,14 @@ from app.composition import (
     settings,
     sink,
 )
-from app.kafka_clients import describe_topic
+from app.kafka_clients import TopicDescriber
 from app.processing import RawRecord
 from app.runtime import log_event
 
 log = logging.getLogger("nearline.ingest")
+
+_describer = TopicDescriber(settings)
+"""One admin client for the topic id, asked after every assignment."""
 
 
 def _record(event: Any) -> RawRecord:
@@ -46,7 +49,7 @@ async def learn_source_id() -> None:
     processor = runtime().processor
     topic = events_topic.get_topic_name()
     try:
-        found, partitions = await asyncio.to_thread(describe_topic, settings, topic)
+        found, partitions = await asyncio.to_thread(_describer.describe, topic)
     except Exception as exc:
         log.warning("topic id of %s not read, keeping %r: %s", topic, processor.source_id, exc)
         return
@@ -105,5 +108,7 @@ async def ingest(stream: Any) -> None:
 
 @app.on_before_shutdown.connect
 async def close_range_reader(app: Any, **kwargs: Any) -> None:
-    """The gap filler's consumer is not Faust's: close it with the worker."""
+    """The gap filler's consumer and the admin client are not Faust's: closed with the
+    worker."""
     await guard.close()
+    await asyncio.to_thread(_describer.close)
