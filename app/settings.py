@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import re
-import sys
 from typing import Any, Literal, get_args
 
 from pydantic import (
@@ -497,14 +496,6 @@ def _unparsable_section_var(section: str) -> str:
                 pass
             return name
     return prefix
-
-
-def load_settings_or_exit() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def secret_setting_names() -> set[str]:
