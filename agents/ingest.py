@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from app.composition import (
@@ -76,15 +77,20 @@ async def process_records(records: list[RawRecord]) -> None:
     await sink().write_batch(records, result, started, waited)
 
 
-async def process_contained(records: list[RawRecord]) -> None:
+# process_contained and handle_batch return their coroutine rather than await it: the
+# records are decoded at the bottom of this chain, and a JSON document nested near the
+# recursion limit gets its verdict (not_json or schema) by the depth of the stack there.
+
+
+def process_contained(records: list[RawRecord]) -> Awaitable[None]:
     """process_records, with a failure kept to the records that cause it (Sink.contained)."""
-    await sink().contained(process_records, records)
+    return sink().contained(process_records, records)
 
 
-async def handle_batch(events: list[Any]) -> None:
+def handle_batch(events: list[Any]) -> Awaitable[None]:
     """One micro-batch from the stream, applied under the commit guard."""
     records = [_record(e) for e in events]
-    await guard.run_batch(records, process_contained, runtime().counters, before=learn_source_id)
+    return guard.run_batch(records, process_contained, runtime().counters, before=learn_source_id)
 
 
 @app.timer(interval=1.0)

@@ -292,15 +292,29 @@ class Sink:
         reaches Faust's agent supervisor (which would restart the agent on the same
         records); transient trouble is retried inside."""
         rt = self.rt
+        # The common case first, with nothing of the retry machinery on the stack: the
+        # records are decoded below here, and a JSON document nested near the recursion
+        # limit must get the same verdict as it did with the agent doing this itself.
+        try:
+            await apply(records)
+            rt.effects_error = None
+            return
+        except BatchAbandoned:
+            raise
+        except Exception as exc:
+            failures = [exc]
 
         async def attempt() -> None:
-            try:
-                await apply(records)
-                return
-            except BatchAbandoned:
-                raise
-            except Exception as exc:
-                failed = exc
+            if failures:
+                failed = failures.pop()
+            else:
+                try:
+                    await apply(records)
+                    return
+                except BatchAbandoned:
+                    raise
+                except Exception as exc:
+                    failed = exc
             rt.counters["batch_errors"] += 1
             log_event(
                 "batch failed, retrying its records one at a time",
