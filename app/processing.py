@@ -20,7 +20,7 @@ from app.core.popularity import CountedEvent
 from app.core.social import Activity, split_relation
 from app.core.user_state import UserState
 from app.records import decode_activity, decode_event, decode_relation
-from app.storage.redis_store import ListWrite
+from app.storage.store import ListWrite
 
 
 @dataclass(frozen=True, slots=True)

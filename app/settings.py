@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import re
-import sys
 from enum import Enum
 from typing import Any, Literal, get_args
 
@@ -504,14 +503,6 @@ def _unparsable_section_var(section: str) -> str:
                 pass
             return name
     return prefix
-
-
-def load_settings_or_exit() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def secret_setting_names() -> set[str]:
