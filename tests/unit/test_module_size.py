@@ -8,10 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 MAX_LINES = 600
 
-# Being split right now by other branches; the lead removes each entry when that work is
-# merged (do not add to this list: split the module instead).
-ALLOWED_OVER = {
-}
+# Files allowed over the limit: none (split a module rather than adding it here).
+ALLOWED_OVER: set[str] = set()
 
 
 def _line_counts() -> dict[str, int]:
