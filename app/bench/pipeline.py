@@ -455,10 +455,9 @@ def summarize(f: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(path: Path, f: dict[str, Any]) -> None:
-    import matplotlib
+    from app.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     runs = [("1 process (first drain)", f.get("one_worker", {}), "tab:blue")]

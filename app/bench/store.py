@@ -344,10 +344,9 @@ def run(
 
 
 def _plot(path: Path, runs: list[dict[str, Any]], users: int) -> None:
-    import matplotlib
+    from app.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [r["store"] for r in runs]
     panels = [
