@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 from kafka.partitioner.default import murmur2
 
-from app.bench.store import Catalog, state_records
-from app.core.events import ItemUpdate
-from app.core.user_state import UserState
-from app.settings import Settings
+from nearline_rec.core.events import ItemUpdate
+from nearline_rec.core.user_state import UserState
+from nearline_rec.settings import Settings
+from nearline_rec.tools.bench.store import Catalog, state_records
 
 
 def _catalog(dim: int, n: int = 40) -> Catalog:
