@@ -144,7 +144,7 @@ class WorkerSettings(_Section):
     """Where Faust keeps per-app local data (one folder per app id below it)."""
     store: str = "memory://"
     """Faust table store (memory:// replays the changelog on start; rocksdb:// keeps it on
-    local disk: experimental, see docs/reliability.md)."""
+    local disk and reads only the changelog's tail; see docs/performance.md)."""
 
     @field_validator("store")
     @classmethod

@@ -46,6 +46,13 @@ OUT = click.option(
 @click.option("--users", default=1_000_000, show_default=True, type=click.IntRange(100, 10**8))
 @click.option("--per-user", default=1, show_default=True, type=click.IntRange(1, 1000))
 @click.option(
+    "--burst",
+    default=20_000,
+    show_default=True,
+    type=click.IntRange(100, 10**7),
+    help="Events of distinct users applied after recovery (events/s).",
+)
+@click.option(
     "--stores",
     default="memory://,rocksdb://",
     show_default=True,
@@ -53,16 +60,16 @@ OUT = click.option(
 )
 @one_line_errors
 @needs_plot
-def bench_store(out_dir: Path, users: int, per_user: int, stores: str) -> None:
-    """User state in memory against RocksDB: events/s, worker memory and recovery time
-    after a restart, with N users' state (a real worker per store)."""
+def bench_store(out_dir: Path, users: int, per_user: int, burst: int, stores: str) -> None:
+    """User state in memory against RocksDB: recovery time, worker memory and events/s,
+    with N users' state written into the changelog (a real worker per store)."""
     from nearline_rec.tools.bench.store import run
 
     names = [x.strip() for x in stores.split(",") if x.strip()]
     bad = [x for x in names if x.split("://")[0] not in ("memory", "rocksdb")]
     if bad or not names:
         raise click.BadParameter(f"--stores: {bad or stores!r}: use memory:// and/or rocksdb://")
-    run(out_dir, users=users, per_user=per_user, stores=names)
+    run(out_dir, users=users, per_user=per_user, burst=burst, stores=names)
     click.echo(f"wrote {out_dir / 'store.json'} and {out_dir / 'store.png'}")
 
 
