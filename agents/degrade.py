@@ -381,15 +381,24 @@ async def _recompute_holders(slice_size: int = 2000) -> None:
 async def fill_user_directory() -> None:
     """The similar-users directory holds the users of this worker's partitions: after a
     start or a rebalance their states come from the table, not from new events, so every
-    owned user with an embedding is added from the table (again every 30 s, for
-    partitions gained since)."""
+    owned user with an embedding is added from the table. The table is scanned again every
+    30 s while the last scan still found users (a recovery in progress) or after a new
+    assignment; otherwise not (a scan reads every state: at 1M users, seconds of the loop)."""
     await counting_crashes("directory", _fill_directory)
 
 
 async def _fill_directory(slice_size: int = 1000) -> None:
     rt = runtime()
     await rt.catalog_ready.wait()
+    guard = app.guard
+    scanned_at = -1  # the assignment count at the last scan
+    added = 0
     while True:
+        seen = guard.assignments if guard is not None else 0
+        if added == 0 and seen == scanned_at:
+            await asyncio.sleep(30.0)
+            continue
+        scanned_at = seen
         users = rt.recommender.users
         added = 0
         async for states in table_slices(slice_size):

@@ -179,6 +179,8 @@ class CommitGuard:
         self.rebalancing = rebalancing
         self._kafka = kafka
         self._reader: RangeReader | None = None
+        self.assignments = 0
+        """Assignments seen so far (what follows the table's partitions counts on it)."""
 
     @property
     def topic(self) -> str:
@@ -187,6 +189,7 @@ class CommitGuard:
     # -- consumer hooks (nearline_rec.faust_app) ------------------------------------------------
     def on_assigned(self) -> None:
         """A new assignment is coming: no commits until its positions are known."""
+        self.assignments += 1
         self.frontier.forget()
         self.source_stale = True  # the topic may have been made again: ask its id
 
