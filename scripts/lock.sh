@@ -4,7 +4,7 @@
 #
 #   bash scripts/lock.sh [--upgrade]
 #
-# scripts/requirements.lock          runtime + dev + bench + learn + rocksdb extras: what
+# scripts/requirements.lock          runtime + dev + bench + learn + embeddings + rocksdb extras: what
 #                                    scripts/test.sh and CI install
 # scripts/requirements-runtime.lock  runtime only: the Docker image and scripts/demo.sh
 #
@@ -20,6 +20,6 @@ if ! "$PYTHON" -m uv --version >/dev/null 2>&1; then
 fi
 common=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes
   --no-header --annotation-style line --quiet "$@")
-"$PYTHON" -m uv pip compile pyproject.toml --extra dev --extra bench --extra learn --extra rocksdb -o scripts/requirements.lock "${common[@]}"
+"$PYTHON" -m uv pip compile pyproject.toml --extra dev --extra bench --extra learn --extra embeddings --extra rocksdb -o scripts/requirements.lock "${common[@]}"
 "$PYTHON" -m uv pip compile pyproject.toml --extra rocksdb -o scripts/requirements-runtime.lock "${common[@]}"
 echo "lock.sh: wrote scripts/requirements.lock and scripts/requirements-runtime.lock"
