@@ -13,8 +13,8 @@ from tests.unit.test_learned_ranker import _rows, _write
 def test_core_ranks_with_the_onnx_model_and_reports_the_ranking_share(tmp_path):
     x, y, g = _rows()
     model = _write(tmp_path, "logistic", fit("logistic", x, y, g, LearnConfig()), "v-bench")
-    cat = catalogue(2000, 16)
-    kw = {"n_events": 600, "n_users": 50, "batch_size": 100, "warm_events": 300, "log": print}
+    cat = catalogue(1000, 16)
+    kw = {"n_events": 300, "n_users": 40, "batch_size": 100, "warm_events": 100, "log": print}
     linear = core_throughput(cat, profile=True, **kw)
     learned = core_throughput(
         cat, settings={"ranking": {"model_path": str(model)}}, profile=True, **kw
