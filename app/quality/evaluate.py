@@ -362,6 +362,7 @@ def evaluate(
         "k": config.k,
         "threshold": config.threshold,
         "train_share": config.train_share,
+        "embedding_method": config.embedding_method,
         "events": {
             "total": len(prepared.events),
             "train": prepared.n_train,
