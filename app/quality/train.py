@@ -185,12 +185,22 @@ def train_embeddings(
     if config.method not in METHODS:
         raise TrainingError(f"unknown embedding method {config.method!r}; known: {list(METHODS)}")
     t0 = time.perf_counter()
+    # what cannot train fails before the progress bar starts (one line on the CLI)
+    if config.method == "ppmi-svd":
+        counts = cooccurrence(table, config)
+        if counts.nnz == 0:
+            raise TrainingError(
+                f"no two items rated >= {config.min_rating} by one user within "
+                f"{config.window} ratings of each other: nothing to learn from (lower the "
+                "minimum rating)"
+            )
+    else:
+        vectors, has_vector, info = _implicit_factors(table, config)
     steps = 3 + (config.power_iterations if config.method == "ppmi-svd" else 0)
     with Progress(steps, "train", "step", enabled=progress) as bar:
         if config.method == "ppmi-svd":
-            vectors, has_vector, info = _ppmi_svd(table, config, bar)
+            vectors, has_vector, info = _ppmi_svd(counts, config, bar)
         else:
-            vectors, has_vector, info = _implicit_factors(table, config)
             bar.update(2)
         item_ids = [table.item_ids[i] for i in np.flatnonzero(has_vector)]
         items = vectors[has_vector].astype(np.float32)
@@ -225,15 +235,10 @@ def train_embeddings(
 
 
 def _ppmi_svd(
-    table: RatingTable, config: TrainConfig, bar: Progress
+    counts: sp.csr_matrix, config: TrainConfig, bar: Progress
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """(n_items, dim) unit item vectors, which items have one, and counts for the info."""
-    counts = cooccurrence(table, config)
-    if counts.nnz == 0:
-        raise TrainingError(
-            f"no two items rated >= {config.min_rating} by one user within {config.window} "
-            "ratings of each other: nothing to learn from (lower the minimum rating)"
-        )
+    """(n_items, dim) unit item vectors from the co-occurrence counts, which items have
+    one, and counts for the info."""
     bar.update(1)
     pmi = ppmi(counts, config.smoothing)
     bar.update(1)
@@ -246,7 +251,7 @@ def _ppmi_svd(
         seed=config.seed,
         progress=bar,
     )
-    vectors = np.zeros((len(table.item_ids), config.dim))
+    vectors = np.zeros((counts.shape[0], config.dim))
     vectors[:, :rank] = u * np.sqrt(s)
     vectors = _unit_rows(vectors)
     has_vector = np.asarray(pmi.getnnz(axis=1) > 0) & (np.linalg.norm(vectors, axis=1) > 0)
