@@ -386,6 +386,7 @@ def test_compare_takes_the_latest_list_published_before_each_event():
             "user_id": "u",
             "source": {"offset": offset},
             "items": [{"item_id": i, "channel": "embedding"} for i in items],
+            "model_version": "logistic-x" if offset > 10 else "linear-default-4",
         }
         return SimpleNamespace(value=json.dumps(doc).encode())
 
@@ -401,6 +402,8 @@ def test_compare_takes_the_latest_list_published_before_each_event():
     assert agreement["identical_top_k"] == pytest.approx(0.5)  # event d: e2e had d first
     assert got["methods"]["pipeline"]["hit_rate@1"] == 1.0
     assert agreement["hit_disagreements"] == 1
+    # which model ranked the worker's lists, counted from the records it published
+    assert agreement["worker_model_versions"] == {"logistic-x": 2, "linear-default-4": 1}
 
 
 def test_pipeline_beats_every_baseline_on_the_default_sample(tmp_path):
