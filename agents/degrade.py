@@ -5,27 +5,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from agents.items import mirror_catalog
-from app.core import fastjson
-from app.core.user_state import UserState
-from app.kafka_clients import client_kwargs
-from app.runtime import (
+from app.composition import (
     app,
     counting_crashes,
     events_topic,
-    log_event,
     recommendations_topic,
     runtime,
     settings,
     user_table,
 )
+from app.core import fastjson
+from app.core.user_state import UserState
+from app.kafka_clients import client_kwargs
+from app.runtime import log_event
 from app.storage import keys
-from app.storage.redis_store import UNAVAILABLE
+from app.storage.redis_client import UNAVAILABLE
 
 log = logging.getLogger("nearline.degrade")
 
@@ -78,16 +79,16 @@ async def read_control() -> str | None:
     """The operator's mode override; on the way, notice that Redis lost its data (the code
     registry is gone) or that `nearline rebuild-lists` was run, and rebuild the lists."""
     try:
-        override, epoch, token = await runtime.store.read_control()
-        runtime.redis_ping_ok = True
+        override, epoch, token = await runtime().store.read_control()
+        runtime().redis_ping_ok = True
     except UNAVAILABLE:
-        runtime.redis_ping_ok = False
+        runtime().redis_ping_ok = False
         return None
-    if runtime.store.registry_lost(epoch):
+    if runtime().store.registry_lost(epoch):
         await start_rebuild("redis lost its data (the code registry is gone)")
-    if token != runtime.rebuild_token:
-        seen_before = runtime.rebuild_token_seen
-        runtime.rebuild_token, runtime.rebuild_token_seen = token, True
+    if token != runtime().rebuild_token:
+        seen_before = runtime().rebuild_token_seen
+        runtime().rebuild_token, runtime().rebuild_token_seen = token, True
         if seen_before and token is not None:  # not a request made before this worker ran
             await start_rebuild("requested (nearline rebuild-lists)")
     return override
@@ -101,15 +102,15 @@ async def start_rebuild(reason: str) -> None:
     try:
         items = await mirror_catalog()
     except UNAVAILABLE as exc:  # the next check tries again (the registry is still gone)
-        runtime.store.codes.forget()
+        runtime().store.forget_codes()
         log.warning("rebuild postponed, redis unavailable: %s", exc)
         return
     now = time.time()
     users = [k.decode() if isinstance(k, bytes) else str(k) for k in list(user_table.data.keys())]
     for user_id in users:
-        runtime.dirty.setdefault(user_id, now)
-    runtime.counters["rebuilds"] += 1
-    runtime.last_rebuild = {"reason": reason, "at": now, "users": len(users), "items": items}
+        runtime().dirty.setdefault(user_id, now)
+    runtime().counters["rebuilds"] += 1
+    runtime().last_rebuild = {"reason": reason, "at": now, "users": len(users), "items": items}
     log_event(
         "rebuilding lists",
         reason=reason,
@@ -123,36 +124,36 @@ async def start_rebuild(reason: str) -> None:
 async def lag_monitor() -> None:
     now = time.time()
     override = await read_control()
-    if override in ("auto", "degraded", "normal") and override != runtime.policy.override:
-        runtime.policy.set_override(override, now)
-        log_event("mode override", override=override, mode=runtime.policy.mode)
+    if override in ("auto", "degraded", "normal") and override != runtime().policy.override:
+        runtime().policy.set_override(override, now)
+        log_event("mode override", override=override, mode=runtime().policy.mode)
     try:
-        runtime.lag = await measure_lag()
-        runtime.lag_measured_at = now
+        runtime().lag = await measure_lag()
+        runtime().lag_measured_at = now
     except Exception as exc:  # the broker is away: keep the last figure, say so
-        runtime.counters["lag_check_failures"] += 1
+        runtime().counters["lag_check_failures"] += 1
         log.warning("lag check failed: %s", exc)
-    lag = sum(runtime.lag.values())
-    before = runtime.policy.mode
-    mode = runtime.policy.observe(lag, now)
+    lag = sum(runtime().lag.values())
+    before = runtime().policy.mode
+    mode = runtime().policy.observe(lag, now)
     if mode != before:
-        t = runtime.policy.transitions[-1]
+        t = runtime().policy.transitions[-1]
         log_event(
-            "mode change", mode=mode, lag=lag, reason=t.reason, dirty_users=len(runtime.dirty)
+            "mode change", mode=mode, lag=lag, reason=t.reason, dirty_users=len(runtime().dirty)
         )
-    events = runtime.counters["events_in"]
-    prev = runtime.history[-1] if runtime.history else None
+    events = runtime().counters["events_in"]
+    prev = runtime().history[-1] if runtime().history else None
     eps = 0.0
     if prev is not None and now > prev["t"]:
         eps = (events - prev["events"]) / (now - prev["t"])
-    runtime.history.append(
+    runtime().history.append(
         {
             "t": now,
             "lag": lag,
             "mode": mode,
             "events": events,
             "eps": round(eps, 1),
-            "dirty": len(runtime.dirty),
+            "dirty": len(runtime().dirty),
         }
     )
 
@@ -168,15 +169,15 @@ async def read_shared_stats() -> int:
 
 
 async def _read_shared_stats() -> int:
-    shared = runtime.shared_stats
-    seq, changed = await runtime.store.read_counts(shared.seq)
-    stats = runtime.recommender.stats
+    shared = runtime().shared_stats
+    seq, changed = await runtime().store.read_counts(shared.seq)
+    stats = runtime().recommender.stats
     if seq < shared.seq:  # Redis lost them: count again from zero, as every worker does
         log_event("shared item statistics lost, starting again", had=shared.seq, now=seq)
         stats.clear()
         shared.reset()
         return 0
-    catalog = runtime.recommender.catalog
+    catalog = runtime().recommender.catalog
     grown = shared.catalog_seen != (len(catalog), catalog.ranking_version)
     shared.counts.update(changed)
     todo = shared.counts if grown else changed  # items the catalog did not know before
@@ -194,7 +195,7 @@ async def _read_shared_stats() -> int:
 async def follow_shared_stats() -> None:
     """Every worker ranks with the statistics of all workers' events (popularity, trending,
     ratings behind the genre rule), read from Redis as they change."""
-    if not settings.degrade.shared_stats or not runtime.catalog_ready.is_set():
+    if not settings.degrade.shared_stats or not runtime().catalog_ready.is_set():
         return
     try:
         await read_shared_stats()
@@ -212,13 +213,13 @@ def writes_shared_lists() -> bool:
 
 
 async def refresh_lists() -> None:
-    rec = runtime.recommender
+    rec = runtime().recommender
     n = settings.degrade.popular_size
     if settings.degrade.shared_stats:  # the lists include every count written before now
         await read_shared_stats()
-    runtime.popular_rows = rec.popular_rows(n)
-    runtime.shared_stats.writer = writes_shared_lists()
-    if not runtime.shared_stats.writer:
+    runtime().popular_rows = rec.popular_rows(n)
+    runtime().shared_stats.writer = writes_shared_lists()
+    if not runtime().shared_stats.writer:
         await flush_experiment_counts()
         return
     stamp = time.time()
@@ -229,21 +230,21 @@ async def refresh_lists() -> None:
     }
     for genre, lst in rec.genre_popular_lists(n).items():
         shared[keys.genre_list(prefix, genre)] = lst.to_json(version=0, generated_at=stamp)
-    await runtime.store.write_shared_lists(shared)
+    await runtime().store.write_shared_lists(shared)
     await flush_experiment_counts()
 
 
 async def flush_experiment_counts() -> None:
     """A/B online metric: this worker's counts since the last flush, summed in Redis."""
-    delta = runtime.experiment_delta()
-    await runtime.store.add_experiment_counts(settings.experiments.name, delta)
-    runtime.experiment_flushed(delta)
+    delta = runtime().experiment_delta()
+    await runtime().store.add_experiment_counts(settings.experiments.name, delta)
+    runtime().experiment_flushed(delta)
 
 
 @app.timer(interval=settings.degrade.refresh_seconds)
 async def refresh_shared_lists() -> None:
     """Popularity, per-genre and cold-start lists, ready to serve, computed ahead of time."""
-    if not runtime.catalog_ready.is_set():
+    if not runtime().catalog_ready.is_set():
         return
     try:
         await refresh_lists()
@@ -253,7 +254,7 @@ async def refresh_shared_lists() -> None:
 
 async def recompute_some(budget: int) -> int:
     """Recompute up to `budget` dirty users, oldest first; returns how many were done."""
-    picked = list(runtime.dirty.items())[:budget]
+    picked = list(runtime().dirty.items())[:budget]
     outputs = []
     gone = []
     for user_id, _marked in picked:
@@ -262,9 +263,9 @@ async def recompute_some(budget: int) -> int:
             gone.append(user_id)
             continue
         try:
-            outputs.append(runtime.processor.recompute(UserState.from_bytes(raw)))
+            outputs.append(runtime().processor.recompute(UserState.from_bytes(raw)))
         except Exception as exc:  # keeps its degraded list; the next event tries again
-            runtime.counters["list_errors"] += 1
+            runtime().counters["list_errors"] += 1
             log_event(
                 "recompute failed, keeping the degraded list",
                 user_id=user_id,
@@ -273,7 +274,7 @@ async def recompute_some(budget: int) -> int:
             )
     writes = [w for _, w, _ in outputs]
     # rewrite: a rebuild replaces records of the same version (written with lost codes)
-    await runtime.store.write_lists(
+    await runtime().store.write_lists(
         writes, clean=[w.user_id for w in writes], now=time.time(), rewrite=True
     )
     sends = [
@@ -283,8 +284,8 @@ async def recompute_some(budget: int) -> int:
     if sends:
         await asyncio.gather(*sends)
     for user_id, _ in picked:
-        runtime.dirty.pop(user_id, None)
-    runtime.counters["dirty_recomputed"] += len(outputs)
+        runtime().dirty.pop(user_id, None)
+    runtime().counters["dirty_recomputed"] += len(outputs)
     return len(outputs)
 
 
@@ -295,24 +296,24 @@ async def recompute_dirty() -> None:
 
 
 async def _recompute_dirty() -> None:
-    await runtime.catalog_ready.wait()
+    await runtime().catalog_ready.wait()
     tick = 0.25
     per_tick = max(1, int(settings.degrade.recompute_rate * tick))
     last_reload = 0.0
     while True:
         await asyncio.sleep(tick)
-        if runtime.policy.mode != "normal":
+        if runtime().policy.mode != "normal":
             continue
         try:
-            if not runtime.dirty and time.monotonic() - last_reload > 30:
+            if not runtime().dirty and time.monotonic() - last_reload > 30:
                 # users marked by an earlier run of this worker, or moved here by a rebalance
                 last_reload = time.monotonic()
-                for user_id in await runtime.store.dirty_users():
+                for user_id in await runtime().store.dirty_users():
                     if user_table.get_state(user_id.encode()) is not None:
-                        runtime.dirty.setdefault(user_id, 0.0)
-            if runtime.dirty:
+                        runtime().dirty.setdefault(user_id, 0.0)
+            if runtime().dirty:
                 done = await recompute_some(per_tick)
-                if not runtime.dirty:
+                if not runtime().dirty:
                     log_event("dirty users recomputed", last_batch=done)
         except UNAVAILABLE as exc:
             log.warning("recompute paused, redis unavailable: %s", exc)
@@ -340,29 +341,38 @@ async def recompute_holders_of_retired() -> None:
     await counting_crashes("retired", _recompute_holders)
 
 
+async def table_slices(slice_size: int) -> AsyncIterator[list[tuple[Any, bytes]]]:
+    """The user table's (key, state) pairs as they are now, `slice_size` at a time, with
+    the loop given back between slices (batches run meanwhile)."""
+    states = list(user_table.data.items())
+    for start in range(0, len(states), slice_size):
+        yield states[start : start + slice_size]
+        await asyncio.sleep(0)
+
+
 async def _recompute_holders(slice_size: int = 2000) -> None:
-    await runtime.catalog_ready.wait()
+    rt = runtime()
+    await rt.catalog_ready.wait()
     while True:
         await asyncio.sleep(1.0)
-        if not runtime.retired:
+        if not rt.retired:
             continue
-        items = set(runtime.retired)
-        runtime.retired.clear()
+        items = set(rt.retired)
+        rt.retired.clear()
         t0 = time.monotonic()
-        states = list(user_table.data.items())
-        marked = 0
+        marked = scanned = 0
         now = time.time()
-        for start in range(0, len(states), slice_size):
-            for user_id in holders(states[start : start + slice_size], items):
-                runtime.dirty.setdefault(user_id, now)
+        async for states in table_slices(slice_size):
+            scanned += len(states)
+            for user_id in holders(states, items):
+                rt.dirty.setdefault(user_id, now)
                 marked += 1
-            await asyncio.sleep(0)  # batches run between slices
-        runtime.counters["retired_holders_marked"] += marked
+        rt.counters["retired_holders_marked"] += marked
         log_event(
             "lists holding retired items marked for recompute",
             items=len(items),
             users=marked,
-            scanned=len(states),
+            scanned=scanned,
             seconds=round(time.monotonic() - t0, 2),
         )
 
@@ -377,22 +387,21 @@ async def fill_user_directory() -> None:
 
 
 async def _fill_directory(slice_size: int = 1000) -> None:
-    await runtime.catalog_ready.wait()
+    rt = runtime()
+    await rt.catalog_ready.wait()
     while True:
-        users = runtime.recommender.users
-        states = list(user_table.data.items())
+        users = rt.recommender.users
         added = 0
-        for start in range(0, len(states), slice_size):
-            for key, raw in states[start : start + slice_size]:
+        async for states in table_slices(slice_size):
+            for key, raw in states:
                 user_id = key.decode() if isinstance(key, bytes) else str(key)
                 if raw and user_id not in users:
                     state = UserState.from_bytes(raw)
                     if state.embedding is not None:
-                        runtime.recommender.touch(state)
+                        rt.recommender.touch(state)
                         added += 1
-            await asyncio.sleep(0)  # batches run between slices
         if added:
-            runtime.counters["directory_filled"] += added
+            rt.counters["directory_filled"] += added
             log_event("similar-users directory filled from the table", users=added)
         await asyncio.sleep(30.0)
 

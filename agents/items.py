@@ -8,12 +8,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from app.composition import app, counting_crashes, items_dlq_topic, runtime, settings
 from app.core.catalog import ItemMeta
-from app.core.events import InvalidRecord, ItemUpdate, decode_item_update
+from app.core.events import InvalidRecord, ItemUpdate
 from app.kafka_clients import client_kwargs
 from app.processing import RawRecord, dead_letter
-from app.runtime import app, counting_crashes, items_dlq_topic, log_event, runtime, settings
-from app.storage.redis_store import UNAVAILABLE
+from app.records import decode_item_update
+from app.runtime import log_event
+from app.storage.redis_client import UNAVAILABLE
 
 log = logging.getLogger("nearline.items")
 
@@ -32,7 +34,7 @@ async def mirror_catalog(chunk: int = 2000) -> int:
     """Write the whole catalogue to the item mirror (after Redis lost its data: the mirror
     gives readers titles and retirements, and its write interns the item codes again).
     Version 0: an item already mirrored from its update keeps that newer copy."""
-    catalog = runtime.recommender.catalog
+    catalog = runtime().recommender.catalog
     live = catalog.live_keys()
     for start in range(0, len(live), chunk):
         keys = live[start : start + chunk]
@@ -41,7 +43,7 @@ async def mirror_catalog(chunk: int = 2000) -> int:
         for key, vec in zip(keys.tolist(), vectors, strict=True):
             m = catalog.meta(key)
             upserts.append((m.item_id, 0, item_meta(m), vec if catalog.has_vector(key) else None))
-        await runtime.store.write_items(upserts)
+        await runtime().store.write_items(upserts)
         await asyncio.sleep(0)  # let batches run between chunks
     return len(live)
 
@@ -49,7 +51,7 @@ async def mirror_catalog(chunk: int = 2000) -> int:
 async def apply_records(records: list[RawRecord]) -> None:
     """Decode a batch of item-updates records and apply them in offset order. A record the
     catalog raises on is dead-lettered (processing_error) and the rest still apply."""
-    catalog = runtime.recommender.catalog
+    catalog = runtime().recommender.catalog
     upserts: list[tuple[ItemUpdate, RawRecord]] = []
     mirror_up: list[tuple[str, int, dict[str, Any], Any]] = []
     mirror_del: list[tuple[str, int]] = []
@@ -64,7 +66,7 @@ async def apply_records(records: list[RawRecord]) -> None:
             max_bytes=settings.worker.dead_letter_max_bytes,
         )
         letters.append(("item_processing_error", dl))
-        runtime.counters["processing_errors"] += 1
+        runtime().counters["processing_errors"] += 1
         log_event(
             "item dead letter",
             reason="processing_error",
@@ -110,20 +112,20 @@ async def apply_records(records: list[RawRecord]) -> None:
         else:
             upserts.append((update, rec))
             mirror_up.append((update.item_id, rec.offset, item_meta(update), update.embedding))
-        runtime.counters["item_updates"] += 1
+        runtime().counters["item_updates"] += 1
     flush_upserts()
-    if runtime.catalog_ready.is_set():  # live retirements: the lists holding them are redone
+    if runtime().catalog_ready.is_set():  # live retirements: the lists holding them are redone
         retired = [item for item, _ in mirror_del]
         retired += [item for item, _, meta, _ in mirror_up if not meta["recommendable"]]
-        runtime.retired.update(retired)
+        runtime().retired.update(retired)
     for counter, dl in letters:
-        runtime.dead_letters[counter] += 1
+        runtime().dead_letters[counter] += 1
         await items_dlq_topic.send(key=dl.key, value=dl.encode())
     try:
-        await runtime.store.write_items(mirror_up, mirror_del)
+        await runtime().store.write_items(mirror_up, mirror_del)
     except UNAVAILABLE as exc:
         # The catalog in memory is what serves; the Redis mirror catches up on the next update.
-        runtime.counters["item_mirror_failures"] += 1
+        runtime().counters["item_mirror_failures"] += 1
         log.warning("item mirror to redis failed: %s", exc)
 
 
@@ -151,7 +153,7 @@ async def _follow_items() -> None:
             tps = sorted(consumer.assignment())
         end = await consumer.end_offsets(tps)
         log_event("catalog recovery", topic=topic, records=sum(end.values()))
-        ready = runtime.catalog_ready
+        ready = runtime().catalog_ready
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for tp, msgs in batch.items():
@@ -169,15 +171,15 @@ async def _follow_items() -> None:
                     ]
                 )
             if ready.is_set() and batch:
-                runtime.calibration.maybe_start()  # in the background once enough changed
+                runtime().calibration.maybe_start()  # in the background once enough changed
             if not ready.is_set():
                 positions = {tp: await consumer.position(tp) for tp in tps}
                 if all(positions[tp] >= end[tp] for tp in tps):
-                    runtime.recommender.catalog.reindex()
+                    runtime().recommender.catalog.reindex()
                     # Calibrated on a thread before events are scored (the loop stays free).
-                    await runtime.calibration.run("start")
+                    await runtime().calibration.run("start")
                     ready.set()
-                    cat = runtime.recommender.catalog
+                    cat = runtime().recommender.catalog
                     log_event(
                         "catalog ready", items=len(cat), index="lsh" if cat.uses_lsh else "exact"
                     )

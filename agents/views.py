@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.composition import app, events_topic, runtime, settings
 from app.logs import use_json_logs
 from app.metrics import CONTENT_TYPE
-from app.runtime import app, events_topic, runtime, settings
 from app.security import cleartext_secrets, token_ok
 from app.serving import BadRequest, check_user_id, parse_k
 
@@ -43,7 +43,7 @@ async def _recommendations(web: Any, request: Any, user_id: str) -> Any:
         k = parse_k(request.query.get("k"), settings.serve.default_k)
     except BadRequest as exc:
         return _error(web, 400, str(exc))
-    result = await runtime.reader.read(user_id)
+    result = await runtime().reader.read(user_id)
     return web.json(
         result.response(
             k, time.time(), settings.serve.stale_after_seconds, titles=_title, keep=_recommendable
@@ -54,14 +54,14 @@ async def _recommendations(web: Any, request: Any, user_id: str) -> Any:
 def _recommendable(item_id: str) -> bool:
     """Still in the catalog and recommendable: a list written before an item was retired
     (deleted, or updated with recommendable false) still names it."""
-    catalog = runtime.recommender.catalog
+    catalog = runtime().recommender.catalog
     key = catalog.key(item_id)
     return key is not None and bool(catalog.recommendable_mask[key])
 
 
 def _title(item_id: str) -> str | None:
     """An item's title from the worker's catalog (lists in Redis store no titles)."""
-    catalog = runtime.recommender.catalog
+    catalog = runtime().recommender.catalog
     key = catalog.key(item_id)
     return None if key is None else catalog.meta(key).title
 
@@ -83,13 +83,13 @@ def health_checks() -> dict[str, bool]:
     check_every = settings.degrade.check_interval
     return {
         # the lag monitor asks the broker every check: a recent answer means it is reachable
-        "broker": runtime.lag_measured_at > time.time() - max(5.0, 5 * check_every),
-        "redis": runtime.redis_ok and runtime.redis_ping_ok,
+        "broker": runtime().lag_measured_at > time.time() - max(5.0, 5 * check_every),
+        "redis": runtime().redis_ok and runtime().redis_ping_ok,
         "partitions_assigned": bool(assigned),
         "recovery_done": bool(recovery is not None and recovery.completed.is_set()),
-        "catalog_loaded": runtime.catalog_ready.is_set(),
+        "catalog_loaded": runtime().catalog_ready.is_set(),
         # a batch held because none of its records can be written (not a record's fault)
-        "effects": runtime.effects_error is None,
+        "effects": runtime().effects_error is None,
     }
 
 
@@ -101,9 +101,9 @@ async def _health(web: Any, request: Any) -> Any:
             "live": True,
             "ready": ready,
             "checks": checks,
-            "mode": runtime.policy.mode,
+            "mode": runtime().policy.mode,
             # why Redis is not ready when it answers but refuses writes (OOM, READONLY, ...)
-            "redis_refusal": runtime.redis_refusal,
+            "redis_refusal": runtime().redis_refusal,
         },
         status=200 if ready else 503,
     )
@@ -123,7 +123,7 @@ async def health_slash(web: Any, request: Any) -> Any:
 async def status(web: Any, request: Any) -> Any:
     if (denied := _denied(web, request)) is not None:
         return denied
-    return web.json(runtime.status())
+    return web.json(runtime().status())
 
 
 @app.page("/status/history/")
@@ -135,7 +135,7 @@ async def status_history(web: Any, request: Any) -> Any:
         floor = float(since) if since else 0.0
     except ValueError:
         return _error(web, 400, "since must be a unix time in seconds")
-    return web.json({"samples": [s for s in runtime.history if s["t"] > floor]})
+    return web.json({"samples": [s for s in runtime().history if s["t"] > floor]})
 
 
 @app.page("/status/page/")
@@ -151,7 +151,7 @@ async def status_page(web: Any, request: Any) -> Any:
 async def metrics(web: Any, request: Any) -> Any:
     if (denied := _denied(web, request)) is not None:
         return denied
-    return web.bytes(runtime.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+    return web.bytes(runtime().metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 @app.task

@@ -1,27 +1,36 @@
-"""The worker's LSH calibration: on a thread, at start and after the catalogue changed.
+"""The worker's LSH calibration: at start and after the catalogue changed, off the event loop.
 
-The core calibrator (app/core/lsh/calibrate.py) runs on one worker thread against a snapshot
-of the live items; the event loop keeps processing meanwhile, and the changes it applies are
-logged and replayed onto the new index before the swap (`ItemCatalog.install_calibration`,
-one assignment on the event loop). A probe task measures how late the event loop wakes while a
-calibration runs (the GIL is shared with the thread): /status/ and /metrics show it.
+The core calibrator (app/core/lsh/calibrate.py) runs against a snapshot of the live items, in
+a child process at a lower CPU priority (`NEARLINE_LSH__CALIBRATION_IN=process`, the default:
+the snapshot goes through shared memory, the chosen index comes back pickled) or on a worker
+thread (`thread`: it shares the GIL and the CPU with the event loop). The event loop keeps
+processing meanwhile, and the changes it applies are logged and replayed onto the new index
+before the swap (`ItemCatalog.install_calibration`, one assignment on the event loop). A probe
+task measures how late the event loop wakes while a calibration runs: /status/ and /metrics
+show it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import sys
 import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
+import numpy as np
+
 from app.core.catalog import ItemCatalog
-from app.core.lsh.calibrate import Calibration
+from app.core.lsh.calibrate import Calibration, CalibrationConfig
 from app.logs import log_fields
 from app.settings import LSHSettings
 
@@ -51,6 +60,8 @@ class CalibrationRunner:
         """Time the event loop spent replaying the changes and swapping the index in."""
         """Events the worker finished while the last calibration ran (it does not block them)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsh-calibrate")
+        self._process: ProcessPoolExecutor | None = None
+        """The calibration process (started on first use, kept for the next calibration)."""
         self._task: asyncio.Task[None] | None = None
         self.runs = 0
         self.failures = 0
@@ -153,13 +164,50 @@ class CalibrationRunner:
         return cal
 
     def _calibrate(self, keys: Any, vectors: Any, config: Any) -> Calibration:
-        from app.core.lsh.calibrate import calibrate
+        """On the runner's thread: calibrate here, or in the calibration process; then replay
+        onto the new index the changes made so far (the install replays only the rest)."""
+        if self.settings.calibration_in == "process":
+            cal = self._calibrate_in_process(keys, vectors, config)
+        else:
+            from app.core.lsh.calibrate import calibrate
 
-        self._thread_id = threading.get_ident()
+            self._thread_id = threading.get_ident()
+            try:
+                cal = calibrate(keys, self.catalog.gather_snapshot(keys, vectors), config)
+            finally:
+                self._thread_id = None
+        self.catalog.replay_changes(cal)
+        return cal
+
+    def _calibrate_in_process(
+        self, keys: np.ndarray, vectors: np.ndarray, config: CalibrationConfig
+    ) -> Calibration:
+        """Copy the snapshot's rows into shared memory (on this thread, in chunks), calibrate
+        in the child process and wait for its result here; the shared memory is freed either
+        way, and a child that died is replaced at the next calibration."""
+        shape = (len(keys), vectors.shape[1])
+        shm = SharedMemory(create=True, size=max(4 * shape[0] * shape[1], 1))
         try:
-            return calibrate(keys, self.catalog.gather_snapshot(keys, vectors), config)
+            x = np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
+            ItemCatalog.gather_snapshot(keys, vectors, out=x)
+            del x
+            if self._process is None:
+                self._process = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=multiprocessing.get_context("spawn"),  # threads: never fork
+                    initializer=_calibration_process_init,
+                    initargs=(self.settings.calibration_nice,),
+                )
+            try:
+                return self._process.submit(
+                    _calibrate_shared, shm.name, shape, keys, config
+                ).result()
+            except BrokenProcessPool:
+                self._process = None
+                raise
         finally:
-            self._thread_id = None
+            shm.close()
+            shm.unlink()
 
     def _stalls(self, start: float, end: float) -> tuple[float, float]:
         """(max, p99) lateness of the probe's sleeps overlapping [start, end) of loop time
@@ -223,3 +271,41 @@ class CalibrationRunner:
         if self._probe is not None:
             self._probe.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._process is not None:
+            self._process.shutdown(wait=False, cancel_futures=True)
+
+
+def _calibration_process_init(nice: int) -> None:
+    """In the calibration process: a lower CPU priority than the worker's event loop, one
+    BLAS thread like the worker (app/blas.py), and an exit when the worker is gone (killed,
+    it cannot shut the process down)."""
+    from app.blas import limit_blas_threads
+
+    limit_blas_threads(1)
+    if nice:
+        os.nice(nice)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
+
+
+def _calibrate_shared(
+    shm_name: str, shape: tuple[int, int], keys: np.ndarray, config: CalibrationConfig
+) -> Calibration:
+    """In the calibration process: calibrate on the vectors in shared memory (the calibrator
+    copies them, sorted by key, before it returns)."""
+    from app.core.lsh.calibrate import calibrate
+
+    shm = SharedMemory(name=shm_name)
+    try:
+        x = np.ndarray(shape, dtype=np.float32, buffer=shm.buf)
+        try:
+            return calibrate(keys, x, config)
+        finally:
+            del x
+    finally:
+        shm.close()

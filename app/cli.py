@@ -328,9 +328,12 @@ def degrade(mode: str) -> None:
     """Force degraded mode on every worker (on), force normal (off), or follow lag (auto)."""
     import asyncio
 
+    from app.core.modes import ModeOverride
     from app.storage.redis_store import RedisStore
 
-    value = {"on": "degraded", "off": "normal", "auto": "auto"}[mode]
+    value = {"on": ModeOverride.DEGRADED, "off": ModeOverride.NORMAL, "auto": ModeOverride.AUTO}[
+        mode
+    ]
 
     async def write() -> None:
         store = RedisStore(settings().redis)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import ssl
 from pathlib import Path
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
 from mode.services import WaitResults
 
+from app.commit_guard import CommitGuard
 from app.core.user_state import newest_states
-from app.offsets import OffsetFrontier
+from app.kafka_clients import ssl_context
 from app.settings import KafkaSettings, Settings
 
 # The Kafka clients' debug logs print every request, the SASL login with its password
@@ -26,15 +25,6 @@ for _name in ("aiokafka.conn", "kafka"):
 
 
 _FAUST_WEB_FLAGS = ("WEB_TABLES_ENABLED", "WEB_ROUTER_ENABLED")
-
-
-def ssl_context(cfg: KafkaSettings) -> ssl.SSLContext | None:
-    if cfg.security_protocol not in ("SSL", "SASL_SSL"):
-        return None
-    ctx = ssl.create_default_context(cafile=cfg.ssl_cafile)
-    if cfg.ssl_certfile:
-        ctx.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
-    return ctx
 
 
 def broker_credentials(cfg: KafkaSettings) -> Any:
@@ -81,9 +71,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
-    """Faust's consumer with the worker's commit guard (app.offsets): positions are learned
-    when the consumer seeks to the committed offsets, and no commit of a user-events
-    partition goes past what the agent has processed."""
+    """Faust's consumer with the worker's commit guard (app.commit_guard): positions are
+    learned when the consumer seeks to the committed offsets, and no commit of a
+    user-events partition goes past what the agent has processed."""
 
     def _new_consumer_thread(self) -> Any:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -107,41 +97,23 @@ class _Consumer(faust_aiokafka.Consumer):
         return await super().wait_first(*coros, timeout=timeout)
 
     async def on_partitions_assigned(self, assigned: Any, generation_id: int = 0) -> None:
-        frontier = self.app.frontier
-        if frontier is not None:
-            frontier.forget()  # no commits until this assignment's positions are known
-        self.app.source_stale = True  # the topic may have been made again: ask its id
+        guard = self.app.guard
+        if guard is not None:
+            guard.on_assigned()
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def perform_seek(self) -> None:
         await super().perform_seek()
-        frontier = self.app.frontier
-        if frontier is None:
-            return
-        tps = [tp for tp in self.assignment() if tp.topic == frontier.topic]
-        positions = {}
-        fresh = []
-        for tp in tps:
-            committed = self._committed_offset.get(tp)  # Faust keeps 0 as None
-            if committed is None:
-                fresh.append(tp)
-            else:
-                positions[tp.partition] = committed
-        if fresh:  # nothing committed: the consumer starts at the log start (earliest)
-            earliest = await self.earliest_offsets(*fresh)
-            positions.update({tp.partition: max(earliest.get(tp) or 0, 0) for tp in fresh})
-        frontier.reset(positions)
+        guard = self.app.guard
+        if guard is not None:
+            await guard.on_seek(self)
 
     async def _commit(self, offsets: Any) -> bool:
-        frontier = self.app.frontier
-        if frontier is not None:
-            mine = {tp.partition: off for tp, off in offsets.items() if tp.topic == frontier.topic}
-            if mine:
-                allowed = frontier.clamp(mine)
-                offsets = {tp: off for tp, off in offsets.items() if tp.topic != frontier.topic}
-                offsets.update({TP(frontier.topic, p): off for p, off in allowed.items()})
-                if not offsets:
-                    return False
+        guard = self.app.guard
+        if guard is not None:
+            offsets = guard.clamp_commit(offsets)
+            if not offsets:
+                return False
         return bool(await super()._commit(offsets))
 
 
@@ -191,13 +163,10 @@ class UserStateTable(faust.Table):
 
 class NearlineApp(faust.App):
     """faust.App whose consumer does not let the broker hold fetches for 1.5 s and never
-    commits a user-events offset the agent has not processed (`frontier`)."""
+    commits a user-events offset the agent has not processed (`guard`)."""
 
     fetch_max_wait: float = 1.5
-    frontier: OffsetFrontier | None = None
-    source_stale: bool = True
-    """The user-events topic id must be asked again before the next batch (an assignment
-    came: the topic may have been deleted and made again)."""
+    guard: CommitGuard | None = None
 
     def _new_transport(self) -> Any:
         url = self.conf.broker_consumer[0]
@@ -251,5 +220,7 @@ def create_app(settings: Settings) -> faust.App:
         datadir=f"{w.data_dir}/{w.app_id}",
     )
     app.fetch_max_wait = w.fetch_max_wait
-    app.frontier = OffsetFrontier(settings.topics.user_events)
+    app.guard = CommitGuard(
+        settings.topics.user_events, settings.kafka, rebalancing=lambda: bool(app.rebalancing)
+    )
     return app

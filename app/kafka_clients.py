@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from app.errors import NearlineError
-from app.faust_app import ssl_context
 from app.settings import KafkaSettings, Settings
+
+
+def ssl_context(cfg: KafkaSettings) -> ssl.SSLContext | None:
+    if cfg.security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    ctx = ssl.create_default_context(cafile=cfg.ssl_cafile)
+    if cfg.ssl_certfile:
+        ctx.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
+    return ctx
+
 
 log = logging.getLogger(__name__)
 
@@ -130,23 +140,55 @@ def topic_id(settings: Settings, name: str, timeout_s: float = 15.0) -> str:
     return describe_topic(settings, name, timeout_s)[0]
 
 
-def describe_topic(settings: Settings, name: str, timeout_s: float = 15.0) -> tuple[str, int]:
-    """(topic id, partition count) of topic `name`; ("", 0) when it does not exist."""
+def _admin(settings: Settings, timeout_s: float) -> Any:
     from kafka.admin import KafkaAdminClient
 
-    admin = KafkaAdminClient(
+    return KafkaAdminClient(
         client_id=f"{settings.worker.app_id}-admin",
         request_timeout_ms=int(timeout_s * 1000),
         **client_kwargs(settings.kafka),
     )
-    try:
-        described = admin.describe_topics([name])
-    finally:
-        admin.close()
+
+
+def _topic_id(described: list[dict[str, Any]], name: str) -> tuple[str, int]:
     for d in described:
         if d.get("name", d.get("topic")) == name and not d.get("error_code"):
             return str(d.get("topic_id") or ""), len(d.get("partitions") or ())
     return "", 0
+
+
+def describe_topic(settings: Settings, name: str, timeout_s: float = 15.0) -> tuple[str, int]:
+    """(topic id, partition count) of topic `name`; ("", 0) when it does not exist."""
+    admin = _admin(settings, timeout_s)
+    try:
+        return _topic_id(admin.describe_topics([name]), name)
+    finally:
+        admin.close()
+
+
+class TopicDescriber:
+    """`describe_topic` with one admin client kept between calls (the worker asks after
+    every assignment); a call that fails drops the client, the next makes a new one.
+    Blocking: called on a thread, one call at a time."""
+
+    def __init__(self, settings: Settings, timeout_s: float = 15.0) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self._client: Any = None
+
+    def describe(self, name: str) -> tuple[str, int]:
+        if self._client is None:
+            self._client = _admin(self.settings, self.timeout_s)
+        try:
+            return _topic_id(self._client.describe_topics([name]), name)
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            client.close()
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
@@ -231,7 +273,7 @@ def grow_partitions(settings: Settings, total: int, timeout_s: float = 30.0) -> 
 
 class RangeReader:
     """Reads a range of offsets of one partition with a group-less aiokafka consumer (the
-    worker's gap filler, app.offsets); one connection, reused."""
+    worker's gap filler, app.commit_guard); one connection, reused."""
 
     def __init__(self, cfg: KafkaSettings, timeout_s: float = 15.0) -> None:
         self.cfg = cfg

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +93,17 @@ class WorkerProcess:
     """A real `nearline worker` process with its own settings, log file and web port."""
 
     def __init__(
-        self, env: dict[str, str], log_dir: Path, name: str = "worker", loglevel: str = "info"
+        self,
+        env: dict[str, str],
+        log_dir: Path,
+        name: str = "worker",
+        loglevel: str = "info",
+        entry: Sequence[str] = ("-m", "app.cli"),
     ) -> None:
+        """`entry`: what python runs with `worker -l LEVEL` (a test's own entry point that
+        wraps the CLI, to inject a fault)."""
         self.port = free_port()
+        self.entry = tuple(entry)
         self.env = {**os.environ, **env, "NEARLINE_WORKER__WEB_PORT": str(self.port)}
         self.log_path = Path(log_dir) / f"{name}-{self.port}.log"
         self.loglevel = loglevel
@@ -104,7 +112,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "worker", "-l", self.loglevel],
+                [sys.executable, *self.entry, "worker", "-l", self.loglevel],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,

@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app.storage.redis_store import REFUSALS
+from app.core.modes import ListMode, WorkerMode
+from app.storage.redis_client import REFUSALS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -61,8 +62,9 @@ class RuntimeCollector(Collector):
             "Per-user lists written to Redis and published.",
             labels=["mode"],
         )
-        lists.add_metric(["personal"], c.get("lists_written", 0) - c.get("lists_degraded", 0))
-        lists.add_metric(["degraded"], c.get("lists_degraded", 0))
+        written, degraded = c.get("lists_written", 0), c.get("lists_degraded", 0)
+        lists.add_metric([ListMode.PERSONAL], written - degraded)
+        lists.add_metric([ListMode.DEGRADED], degraded)
         lists.add_metric(["recomputed"], c.get("dirty_recomputed", 0))
         yield lists
         yield labelled_counter(
@@ -167,13 +169,13 @@ class RuntimeCollector(Collector):
             ranker.get("seconds", 0.0),
         )
         mode = GaugeMetricFamily("nearline_mode", "1 for the current mode.", labels=["mode"])
-        for m in ("normal", "degraded"):
-            mode.add_metric([m], 1.0 if s["mode"] == m else 0.0)
+        for wm in WorkerMode:
+            mode.add_metric([wm], 1.0 if s["mode"] == wm else 0.0)
         yield mode
         yield GaugeMetricFamily(
             "nearline_degraded",
             "1 while serving degraded lists.",
-            value=1.0 if s["mode"] == "degraded" else 0.0,
+            value=1.0 if s["mode"] == WorkerMode.DEGRADED else 0.0,
         )
         yield GaugeMetricFamily(
             "nearline_dirty_users", "Users waiting for a normal recompute.", value=s["dirty_users"]

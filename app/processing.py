@@ -13,13 +13,14 @@ from typing import Any
 
 from kafka.partitioner.default import murmur2
 
-from app.core.events import InvalidRecord, UserEvent, decode_event
+from app.core.events import InvalidRecord, UserEvent
 from app.core.experiments import OnlineMetric, Variant, assign
 from app.core.pipeline import RecList, Recommender
 from app.core.popularity import CountedEvent
-from app.core.social import Activity, decode_activity, decode_relation, split_relation
+from app.core.social import Activity, split_relation
 from app.core.user_state import UserState
-from app.storage.redis_store import ListWrite
+from app.records import decode_activity, decode_event, decode_relation
+from app.storage.store import ListWrite
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,17 @@
 """Progress of a long command: a tqdm bar on a terminal, a plain line every few seconds
-otherwise (a log or CI output gets readable lines, not hundreds of carriage-return frames)."""
+otherwise (a log or CI output gets readable lines, not hundreds of carriage-return frames).
+tqdm is optional (the `progress` extra); without it a terminal gets the plain lines too."""
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from typing import IO, Any
+from collections.abc import Callable, Generator, Iterable
+from typing import IO, Any, TypeVar
+
+from app.extras import has
+
+T = TypeVar("T")
 
 
 class Progress:
@@ -33,7 +38,7 @@ class Progress:
         self.enabled = enabled
         self._bar: Any = None
         self._closed = False
-        if enabled and _is_terminal(self.stream):
+        if enabled and _is_terminal(self.stream) and has("tqdm"):
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream)
@@ -73,6 +78,24 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def terminal_bar(
+    items: Iterable[T], desc: str, unit: str = "it", enabled: bool = True
+) -> Generator[T, None, None]:
+    """`items` under a transient tqdm bar where one redraws in place (a terminal, tqdm
+    installed), else `items` as they are: an inner loop whose outer Progress prints lines.
+    `close()` it after a loop that may break, to clear the bar."""
+    if not (enabled and on_terminal() and has("tqdm")):
+        yield from items
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(items, desc=desc, unit=unit, leave=False)
+    try:
+        yield from bar
+    finally:
+        bar.close()
 
 
 def on_terminal(stream: IO[str] | None = None) -> bool:

@@ -1,4 +1,5 @@
-"""The worker's process-wide objects: settings, faust.App, topics, the user table, the core."""
+"""The worker's mutable per-process state (the Runtime): the core, the store, the ranker,
+the calibration, counters. Built by app.composition when the worker starts, not at import."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import dataclasses
 import logging
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.calibration import CalibrationRunner
@@ -15,16 +15,14 @@ from app.core.degrade import LagPolicy, LagThresholds
 from app.core.experiments import Variant, summarize
 from app.core.popularity import ItemCount
 from app.core.rank import load_model
-from app.core.user_state import UserState
 from app.factory import build_recommender, build_variants
-from app.faust_app import UserStateTable, create_app
 from app.logs import log_fields
 from app.metrics import Metrics
 from app.processing import BatchProcessor
 from app.ranking import ServedRanker, is_onnx
 from app.serving import ListReader
-from app.settings import Settings, SettingsError, load_settings_or_exit
-from app.storage.redis_store import RedisStore
+from app.settings import Settings
+from app.storage.store import WorkerStore
 
 log = logging.getLogger("nearline")
 
@@ -58,13 +56,13 @@ class SharedStatsView:
 class Runtime:
     """Mutable per-process state shared by the agents; one per worker process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: WorkerStore | None = None) -> None:
+        """`store`: the store to write to (tests: an in-memory one); by default the Redis
+        store of the settings, made on first use."""
         self.settings = settings
-        try:  # built at import (faust -A app.worker too): a bad setting is one line
-            self.recommender = build_recommender(settings, learned_required=False)
-            variants = build_variants(settings, self.recommender, learned_required=False)
-        except SettingsError as exc:
-            raise SystemExit(f"error: {exc}") from None
+        # a bad setting raises SettingsError: the entry points print it on one line
+        self.recommender = build_recommender(settings, learned_required=False)
+        variants = build_variants(settings, self.recommender, learned_required=False)
         self.ranker: ServedRanker | None = None
         """The learned model file being served (NEARLINE_RANKING__MODEL_PATH is an .onnx)."""
         r = settings.ranking
@@ -111,7 +109,7 @@ class Runtime:
         self.last_event_time = 0.0
         self.last_message_time = 0.0
         """Kafka timestamp of the newest processed event (its age is the freshness lag)."""
-        self._store: RedisStore | None = None
+        self._store: WorkerStore | None = store
         self._catalog_ready: asyncio.Event | None = None
         d = settings.degrade
         self.policy = LagPolicy(LagThresholds(d.lag_high, d.lag_low, d.hold_seconds), d.mode)
@@ -147,9 +145,11 @@ class Runtime:
         self.recommender.model = self.ranker.model_for_batch()
 
     @property
-    def store(self) -> RedisStore:
+    def store(self) -> WorkerStore:
         # Created on first use so the client binds to the worker's running loop.
         if self._store is None:
+            from app.storage.redis_store import RedisStore
+
             self._store = RedisStore(self.settings.redis)
         return self._store
 
@@ -270,58 +270,6 @@ class Runtime:
         }
 
 
-async def counting_crashes(agent: str, body: Callable[[], Awaitable[None]]) -> None:
-    """Run an agent's or task's body; an exception that escapes it (Faust's supervisor then
-    restarts the agent) is counted in /status/ and /metrics and logged before it goes on."""
-    try:
-        await body()
-    except Exception as exc:
-        runtime.counters[f"agent_crashes_{agent}"] += 1
-        log.exception("%s crashed (%s); Faust restarts it", agent, type(exc).__name__)
-        raise
-
-
 def log_event(msg: str, **fields: Any) -> None:
     """Structured log line: message plus fields (user_id=, partition=, offset=, mode=...)."""
     log_fields(log, msg, **fields)
-
-
-settings = load_settings_or_exit()
-app = create_app(settings)
-runtime = Runtime(settings)
-
-raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-events_topic = app.topic(settings.topics.user_events, partitions=settings.topics.partitions, **raw)
-recommendations_topic = app.topic(
-    settings.topics.recommendations, partitions=settings.topics.partitions, **raw
-)
-events_dlq_topic = app.topic(
-    settings.topics.user_events_dlq, partitions=settings.topics.partitions, **raw
-)
-items_dlq_topic = app.topic(settings.topics.item_updates_dlq, partitions=1, **raw)
-# The friend graph: relations are read by any worker and split into friend-activity
-# records keyed by the user they belong to; friend-activity is co-partitioned with
-# user-events (same partition count, key = user id), so the owner of a user reads both.
-relations_topic = app.topic(
-    settings.topics.user_relations, partitions=settings.topics.partitions, **raw
-)
-activity_topic = app.topic(
-    settings.topics.friend_activity, partitions=settings.topics.partitions, **raw
-)
-
-# Changelog-backed: a restarted or rebalanced worker replays it to recover every user.
-user_table = app.tables.add(
-    UserStateTable(
-        app,
-        name="user-state",
-        beacon=app.tables.beacon,
-        partitions=settings.topics.partitions,
-        key_type=bytes,  # bytes types make Faust use the raw codec for the changelog
-        value_type=bytes,
-    )
-)
-
-
-def load_user(user_id: str) -> UserState | None:
-    raw_state = user_table.get_state(user_id.encode())
-    return None if raw_state is None else UserState.from_bytes(raw_state)

@@ -149,7 +149,7 @@ class Reader:
             await self.client.aclose()
 
     async def _ping(self) -> None:
-        from app.storage.redis_store import RETRYABLE
+        from app.storage.redis_client import RETRYABLE
 
         try:
             async with asyncio.timeout(max(self.budget * 4, 0.5)):
@@ -173,7 +173,7 @@ class Reader:
     async def _keep_shared(self) -> None:
         """Keep the shared lists at hand, so a fallback answers with them even in a process
         whose reads all found users' lists (they are read only for users without one)."""
-        from app.storage.redis_store import RETRYABLE
+        from app.storage.redis_client import RETRYABLE
 
         if not self.redis_ok:
             return
@@ -296,7 +296,7 @@ class Reader:
         except TimeoutError:
             return self._fallback(user_id, "budget")
         except Exception as exc:
-            from app.storage.redis_store import RETRYABLE
+            from app.storage.redis_client import RETRYABLE
 
             if isinstance(exc, RETRYABLE):
                 self._down(exc)

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.modes import ListMode
 from app.errors import BadInput
 from app.storage import keys
 from app.storage.codec import CorruptRecord
+from app.storage.store import WorkerStore
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ class ReadResult:
             "items": items,
             "tier": self.tier,
             # a shared list answers a user without one: that is cold start, not overload
-            "mode": "cold_start" if shared else v.get("mode", "cold_start"),
+            "mode": ListMode.COLD_START if shared else v.get("mode", ListMode.COLD_START),
             "degraded": False if shared else bool(v.get("degraded", False)),
             # personal lists go stale with time; shared lists are refreshed on a timer
             "stale": self.tier == "default" or (age is not None and age > stale_after),
@@ -123,7 +125,7 @@ def resolve(
         return ReadResult(user_id, "popular", popular)
     if cold_start is not None and cold_start.get("items"):
         return ReadResult(user_id, "cold_start", cold_start)
-    fallback = default or {"items": [], "mode": "cold_start", "degraded": False}
+    fallback = default or {"items": [], "mode": ListMode.COLD_START, "degraded": False}
     return ReadResult(user_id, "default", fallback)
 
 
@@ -134,7 +136,7 @@ def _loads(raw: bytes | str | None) -> dict[str, Any] | None:
 class ListReader:
     """The worker's read path: aiocache memory cache in front of Redis."""
 
-    def __init__(self, store: Any, *, cache_ttl: float, default: Any) -> None:
+    def __init__(self, store: WorkerStore, *, cache_ttl: float, default: Any) -> None:
         from aiocache import SimpleMemoryCache
 
         self.store = store
@@ -152,12 +154,7 @@ class ListReader:
         hit = await self.cache.get("\0shared")
         if hit is not None:
             return hit
-        p = self.store.prefix
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.get(keys.popular_list(p))
-        pipe.get(keys.cold_start_list(p))
-        popular, cold = await pipe.execute()
-        value = (_loads(popular), _loads(cold))
+        value = await self.store.read_shared_lists()
         if self.cache_ttl > 0:
             await self.cache.set("\0shared", value, ttl=self.cache_ttl)
         return value
@@ -166,7 +163,7 @@ class ListReader:
         """The user's list through the tiers. A list from Redis has no titles: the caller
         fills them at response time (`ReadResult.response(titles=...)`, the worker from its
         catalog)."""
-        from app.storage.redis_store import RETRYABLE
+        from app.storage.redis_client import RETRYABLE
 
         cached = await self.cache.get(user_id)
         if cached is not None:

@@ -6,7 +6,7 @@ import importlib.util
 import json
 import os
 import re
-import sys
+from enum import Enum
 from typing import Any, Literal, get_args
 
 from pydantic import (
@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 from app.core.channels import REGISTRY
+from app.core.modes import ModeOverride
 from app.errors import ConfigurationError
 
 ENV_PREFIX = "NEARLINE_"
@@ -238,6 +239,11 @@ class LSHSettings(_Section):
     """Recalibrate in the background once this share of the items was added, moved or removed."""
     memory_ratio: float = Field(2.0, gt=1)
     """Most memory a calibrated index may hold, as a multiple of the raw float32 vectors."""
+    calibration_in: Literal["process", "thread"] = "process"
+    """Where a calibration runs: a child process (the vectors passed in shared memory, the
+    index sent back) or a thread of the worker (shares the event loop's GIL and CPU)."""
+    calibration_nice: int = Field(10, ge=0, le=19)
+    """Niceness added to the calibration process, so the event loop gets a core first."""
 
     @model_validator(mode="after")
     def _probes_fit(self) -> LSHSettings:
@@ -321,7 +327,7 @@ class RankingSettings(_Section):
 
 
 class DegradeSettings(_Section):
-    mode: Literal["auto", "degraded", "normal"] = "auto"
+    mode: ModeOverride = ModeOverride.AUTO
     """Start mode: auto follows lag; degraded/normal force it (changeable at run time)."""
     lag_high: int = Field(5000, ge=1)
     """Enter degraded mode when this worker's lag stays at or above this many events..."""
@@ -499,14 +505,6 @@ def _unparsable_section_var(section: str) -> str:
     return prefix
 
 
-def load_settings_or_exit() -> Settings:
-    try:
-        return load_settings()
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def secret_setting_names() -> set[str]:
     """Env vars of the SecretStr settings: their values are never printed."""
     names: set[str] = set()
@@ -537,6 +535,8 @@ def iter_setting_docs() -> list[tuple[str, str, str]]:
                 continue
             if isinstance(default, SecretStr):
                 default = "***"
+            elif isinstance(default, Enum):
+                default = default.value  # the value an environment variable spells
             doc = " ".join((field.description or "").split())  # one line, however written
             rows.append((_env_name((*prefix, name)), repr(default), doc))
 

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from app.bench.lsh import workload_queries
+from app.bench.lsh_workloads import workload_queries
 from app.blas import limit_blas_threads
 from app.core.lsh import LSHIndex, LSHParams
 from app.core.lsh import kernels as K

@@ -13,6 +13,15 @@ from typing import Any
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "scripts" / "results"
 
 
+def loadavg() -> str:
+    """The 1, 5 and 15 minute load averages (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return ""
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from app.bench import DEFAULT_OUT
-from app.clitools import one_line_errors
+from app.clitools import F, one_line_errors
+from app.extras import require
 from app.settings import WorkerSettings
+
+
+def needs_plot(fn: F) -> F:
+    """Fail before a benchmark runs, not after, when its PNG cannot be drawn."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        require("matplotlib", "plot", "a benchmark's PNG")
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 @click.group()
@@ -38,6 +52,7 @@ OUT = click.option(
     help="Comma-separated table stores to compare.",
 )
 @one_line_errors
+@needs_plot
 def bench_store(out_dir: Path, users: int, per_user: int, stores: str) -> None:
     """User state in memory against RocksDB: events/s, worker memory and recovery time
     after a restart, with N users' state (a real worker per store)."""
@@ -60,6 +75,7 @@ def bench_store(out_dir: Path, users: int, per_user: int, stores: str) -> None:
 @click.option("--hold", default=2.0, show_default=True, type=click.FloatRange(0))
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(10))
 @one_line_errors
+@needs_plot
 def bench_degrade(
     out_dir: Path, events: int, users: int, lag_high: int, lag_low: int, hold: float, timeout: float
 ) -> None:
@@ -126,6 +142,7 @@ def _ints(text: str) -> list[int]:
 @click.option("--target-recall", default=0.95, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--tag", default="workloads", show_default=True, help="Output: lsh-TAG.json/png.")
 @one_line_errors
+@needs_plot
 def bench_lsh(
     out_dir: Path,
     sizes: str,
@@ -146,7 +163,8 @@ def bench_lsh(
     """LSH vs exact numpy brute force vs hnswlib: recall@10, queries/s (single and batched),
     build time, insert/move/delete rate, memory; recall-vs-speed plot. With --workload: the
     calibrated index and the defaults on each workload (lsh-TAG.json)."""
-    from app.bench.lsh import run, run_workloads
+    from app.bench.lsh import run
+    from app.bench.lsh_workloads import run_workloads
 
     size_list, dim_list = _ints(sizes), _ints(dims)
     if workloads:
@@ -206,6 +224,7 @@ def bench_lsh(
 @click.option("--burst", default=15_000, show_default=True, type=click.IntRange(1000, 10**7))
 @click.option("--paced-share", default=0.3, show_default=True, type=click.FloatRange(0.01, 2))
 @one_line_errors
+@needs_plot
 def bench_serve(
     out_dir: Path,
     seconds: float,
@@ -266,6 +285,7 @@ def bench_serve(
 )
 @click.option("--rounds", default=2, show_default=True, type=click.IntRange(1, 10))
 @one_line_errors
+@needs_plot
 def bench_pipeline(
     out_dir: Path,
     n_items: int,
@@ -315,6 +335,7 @@ def bench_pipeline(
 @click.option("--users", default=100_000, show_default=True, type=click.IntRange(100))
 @click.option("--events-per-user", default=10, show_default=True, type=click.IntRange(1, 1000))
 @one_line_errors
+@needs_plot
 def bench_memory(
     out_dir: Path,
     index_sizes: str,
@@ -376,6 +397,7 @@ def bench_profile(
 @click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1, 50))
 @one_line_errors
+@needs_plot
 def bench_friends(
     out_dir: Path, plays: Path, relations: Path, events: int, batch: int, repeats: int
 ) -> None:

@@ -127,10 +127,9 @@ def _one_run(
 
 
 def _plot(path: Path, runs: list[dict[str, Any]], args: dict[str, Any]) -> None:
-    import matplotlib
+    from app.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     colors = {"auto": "tab:blue", "baseline": "tab:gray"}

@@ -237,10 +237,9 @@ def run(
 
 
 def _plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    from app.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = ["baseline", "write", "read"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from app.bench import median, write_result
-from app.bench.lsh import rss_bytes
+from app.bench.lsh_measure import rss_bytes
 
 Log = Callable[[str], None]
 
@@ -445,10 +445,9 @@ def summarize(f: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(path: Path, f: dict[str, Any]) -> None:
-    import matplotlib
+    from app.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     labels, raw, lsh, exact = [], [], [], []

@@ -646,10 +646,9 @@ def summarize(f: dict[str, Any]) -> dict[str, Any]:
 
 
 def plot(path: Path, f: dict[str, Any]) -> None:
-    import matplotlib
+    from app.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     ranker = (f.get("summary") or {}).get("ranker")
     n_panels = 3 if ranker else 2

@@ -44,7 +44,7 @@ def profile_pipeline(out: Path, n_items: int, dim: int, n_events: int, log: Log)
 
 
 def profile_lsh(out: Path, n: int, dim: int, n_queries: int, log: Log) -> Path:
-    from app.bench.lsh import workload
+    from app.bench.lsh_measure import workload
     from app.core.lsh import LSHIndex, default_params
 
     x, qs = workload(n, dim, n_queries)

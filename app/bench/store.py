@@ -233,10 +233,9 @@ def run(out_dir: Path, *, users: int, per_user: int, stores: list[str]) -> dict[
 
 
 def _plot(path: Path, runs: list[dict[str, Any]]) -> None:
-    import matplotlib
+    from app.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [r["store"] for r in runs]
     panels = [

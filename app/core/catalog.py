@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -107,6 +108,10 @@ class ItemCatalog:
         self.changed = 0
         """Items added, moved or removed since the last calibration was installed."""
         self._since_snapshot: set[int] | None = None
+        self._log_lock = threading.Lock()
+        """Guards the change log against `replay_changes` on the calibration's thread."""
+        self._replayed_early = 0
+        """Changes `replay_changes` replayed since the snapshot (counted at the install)."""
         """Keys changed since `calibration_snapshot` (replayed onto the new index)."""
         """Per genre, which keys carry it; kept up to date on every change (a rebuild walked
         every item in Python on each catalog change, ~1 s at 100k items)."""
@@ -375,7 +380,8 @@ class ItemCatalog:
     def _note_changed(self, keys: np.ndarray) -> None:
         self.changed += len(keys)
         if self._since_snapshot is not None:
-            self._since_snapshot.update(keys.tolist())
+            with self._log_lock:
+                self._since_snapshot.update(keys.tolist())
 
     def calibration_config(self, **fields: object) -> CalibrationConfig:
         """A calibration starting from the size default, keeping the knobs the operator set
@@ -392,40 +398,75 @@ class ItemCatalog:
         row read while it changed is corrected there. The vectors array is read by reference:
         call `np.take` on it off the event loop (`gather_snapshot`)."""
         self._since_snapshot = set()
+        self._replayed_early = 0
         return self.indexed_keys(), self._vectors
 
     @staticmethod
-    def gather_snapshot(keys: np.ndarray, vectors: np.ndarray, chunk: int = 65_536) -> np.ndarray:
-        """Copy the snapshot's rows (in chunks, so another thread gets the GIL between)."""
-        out = np.empty((len(keys), vectors.shape[1]), dtype=np.float32)
+    def gather_snapshot(
+        keys: np.ndarray,
+        vectors: np.ndarray,
+        chunk: int = 65_536,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Copy the snapshot's rows (in chunks, so another thread gets the GIL between), into
+        `out` when given."""
+        if out is None:
+            out = np.empty((len(keys), vectors.shape[1]), dtype=np.float32)
         for start in range(0, len(keys), chunk):
             np.take(vectors, keys[start : start + chunk], axis=0, out=out[start : start + chunk])
         return out
 
+    def replay_changes(self, cal: Calibration) -> int:
+        """Off the event loop (the calibration's thread), before the install: replay onto the
+        new index the changes logged so far and start a new log, so that the install, on the
+        event loop, replays only the changes made after this. A row read here while the loop
+        changes it is logged again and corrected at the install. Returns how many keys."""
+        with self._log_lock:
+            changed, self._since_snapshot = self._since_snapshot, set()
+        if changed is None:  # abandoned meanwhile
+            self._since_snapshot = None
+            return 0
+        if cal.index is not None:
+            self._replay(cal.index, changed)
+        self._replayed_early += len(changed)
+        return len(changed)
+
     def install_calibration(self, cal: Calibration) -> int:
         """Swap in the calibrated index (or exact search) in one assignment, after replaying
-        onto it every change since the snapshot; returns how many keys were replayed. Until
-        this call the old index serves, so a half-built one is never read."""
+        onto it every change since the snapshot (or since `replay_changes`); returns how many
+        keys were replayed in all. Until this call the old index serves, so a half-built one
+        is never read."""
         changed = self._since_snapshot or set()
         self._since_snapshot = None
         index = cal.index
         if index is not None:
-            for key in sorted(changed):
-                if self._has_vector[key]:
-                    index.upsert(key, self._vectors[key])
-                else:
-                    index.remove(key)
+            self._replay(index, changed)
         self._neighbours.clear()  # the new index may answer differently
         self._lsh = index
         self._pinned_exact = index is None
         self._calibrated = cal.params
         self.calibration = cal
-        self.changed = len(changed)
-        return len(changed)
+        total = len(changed) + self._replayed_early
+        self._replayed_early = 0
+        self.changed = total
+        return total
+
+    def _replay(self, index: LSHIndex, changed: set[int]) -> None:
+        """Onto `index`: the current vectors of `changed` keys, one vectorised upsert (a loop
+        of single upserts took 2.8x as long for 1,000 keys: scripts/calibration_stall.py
+        --replay-keys), and the removal of those without one."""
+        if not changed:
+            return
+        keys = np.fromiter(sorted(changed), dtype=np.int64, count=len(changed))
+        live = self._has_vector[keys]
+        index.upsert_many(keys[live], self._vectors[keys[live]])
+        for key in keys[~live].tolist():
+            index.remove(key)
 
     def abandon_calibration(self) -> None:
         """A calibration failed or was dropped: stop logging changes for it."""
         self._since_snapshot = None
+        self._replayed_early = 0
 
     def calibrate(self, config: CalibrationConfig | None = None) -> Calibration:
         """Calibrate on the live items and install the result, in this thread."""

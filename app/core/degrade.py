@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODES = ("normal", "degraded")
-OVERRIDES = ("auto", "degraded", "normal")
+from app.core.modes import ModeOverride, WorkerMode
+
+MODES = tuple(WorkerMode)
+OVERRIDES = tuple(ModeOverride)
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class LagThresholds:
 @dataclass(frozen=True)
 class Transition:
     at: float
-    mode: str
+    mode: WorkerMode
     lag: int
     reason: str
 
@@ -38,44 +40,50 @@ class LagPolicy:
     """Hysteresis on consumer lag. Between the two thresholds the mode never changes, so a
     lag oscillating there cannot flap; the hold time filters spikes above `high`."""
 
-    def __init__(self, thresholds: LagThresholds, override: str = "auto") -> None:
+    def __init__(
+        self, thresholds: LagThresholds, override: ModeOverride | str = ModeOverride.AUTO
+    ) -> None:
         self.thresholds = thresholds
-        self.mode = "normal"
-        self.override = "auto"
+        self.mode = WorkerMode.NORMAL
+        self.override = ModeOverride.AUTO
         self._above_since: float | None = None
         self.transitions: list[Transition] = []
         self.set_override(override, now=0.0)
 
-    def set_override(self, override: str, now: float) -> str:
+    def set_override(self, override: ModeOverride | str, now: float) -> WorkerMode:
         if override not in OVERRIDES:
-            raise ValueError(f"override must be one of {OVERRIDES}, got {override!r}")
-        self.override = override
-        if override != "auto":
-            self._switch(override, now, -1, f"forced {override}")
+            names = tuple(o.value for o in OVERRIDES)
+            raise ValueError(f"override must be one of {names}, got {override!r}")
+        self.override = ModeOverride(override)
+        if self.override != ModeOverride.AUTO:
+            self._switch(WorkerMode(override), now, -1, f"forced {self.override}")
         self._above_since = None
         return self.mode
 
-    def observe(self, lag: int, now: float) -> str:
+    def observe(self, lag: int, now: float) -> WorkerMode:
         """Feed one lag measurement; returns the mode to use from now on."""
-        if self.override != "auto":
+        if self.override != ModeOverride.AUTO:
             return self.mode
         t = self.thresholds
-        if self.mode == "normal":
+        if self.mode == WorkerMode.NORMAL:
             if lag >= t.high:
                 if self._above_since is None:
                     self._above_since = now
                 if now - self._above_since >= t.hold_seconds:
                     self._switch(
-                        "degraded", now, lag, f"lag >= {t.high} for {now - self._above_since:.1f}s"
+                        WorkerMode.DEGRADED,
+                        now,
+                        lag,
+                        f"lag >= {t.high} for {now - self._above_since:.1f}s",
                     )
             else:
                 self._above_since = None
         elif lag <= t.low:
-            self._switch("normal", now, lag, f"lag <= {t.low}")
+            self._switch(WorkerMode.NORMAL, now, lag, f"lag <= {t.low}")
             self._above_since = None
         return self.mode
 
-    def _switch(self, mode: str, now: float, lag: int, reason: str) -> None:
+    def _switch(self, mode: WorkerMode, now: float, lag: int, reason: str) -> None:
         if mode != self.mode:
             self.mode = mode
             self.transitions.append(Transition(now, mode, lag, reason))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from app.errors import BadInput
-from app.schemas import first_error
 
 EVENT_TYPES = (
     "click",
@@ -24,6 +24,12 @@ EVENT_TYPES = (
     "share",
     "skip",
 )
+
+
+SchemaCheck = Callable[[str, Any], str | None]
+"""(schema name, parsed JSON) -> the first violation of schemas/<name>.schema.json as one line,
+or None when valid. The edge supplies it (app.records plugs in app.schemas.first_error), so
+the core reads no schema file itself."""
 
 
 class InvalidRecord(BadInput):
@@ -104,9 +110,9 @@ def _parse_json(raw: bytes, max_bytes: int) -> Any:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def _schema_problem(name: str, doc: Any) -> str | None:
+def _schema_problem(check: SchemaCheck, name: str, doc: Any) -> str | None:
     try:
-        return first_error(name, doc)
+        return check(name, doc)
     except RecursionError:
         # json parsed it, but the validator (or its message) recursed deeper than that
         raise InvalidRecord("schema", "value nested too deeply") from None
@@ -179,7 +185,7 @@ def _event_is_valid(doc: dict[str, Any]) -> bool:
 _MISSING = object()
 
 
-def decode_event(raw: bytes | None, *, max_bytes: int = 65536) -> UserEvent:
+def decode_event(raw: bytes | None, *, check: SchemaCheck, max_bytes: int = 65536) -> UserEvent:
     """Bytes of one user-events value -> UserEvent, or InvalidRecord with a reason."""
     if raw is None:
         raise InvalidRecord("not_json", "empty value (tombstone) on user-events")
@@ -187,7 +193,7 @@ def decode_event(raw: bytes | None, *, max_bytes: int = 65536) -> UserEvent:
     if not isinstance(doc, dict):
         raise InvalidRecord("not_object", f"expected a JSON object, got {type(doc).__name__}")
     if not _event_is_valid(doc):
-        problem = _schema_problem("user-event", doc)
+        problem = _schema_problem(check, "user-event", doc)
         if problem is not None:
             raise InvalidRecord("schema", problem)
     rating = doc.get("rating")
@@ -202,7 +208,12 @@ def decode_event(raw: bytes | None, *, max_bytes: int = 65536) -> UserEvent:
 
 
 def decode_item_update(
-    key: bytes | None, raw: bytes | None, *, dim: int, max_bytes: int = 1 << 20
+    key: bytes | None,
+    raw: bytes | None,
+    *,
+    dim: int,
+    check: SchemaCheck,
+    max_bytes: int = 1 << 20,
 ) -> ItemUpdate:
     """Bytes of one item-updates record -> ItemUpdate (a null value is a delete of the key)."""
     if raw is None:
@@ -215,7 +226,7 @@ def decode_item_update(
     doc = _parse_json(raw, max_bytes)
     if not isinstance(doc, dict):
         raise InvalidRecord("not_object", f"expected a JSON object, got {type(doc).__name__}")
-    problem = _schema_problem("item-update", doc)
+    problem = _schema_problem(check, "item-update", doc)
     if problem is not None:
         raise InvalidRecord("schema", problem)
     item_id = _id(doc["item_id"])

@@ -14,6 +14,7 @@ from app.core.channels import build_channels, default_configs
 from app.core.channels.newest import newest_recall
 from app.core.channels.trending import trending_recall
 from app.core.events import UserEvent
+from app.core.modes import ListMode
 from app.core.popularity import ItemStats, top_keys
 from app.core.rank import RankModel, diversify, learned_features, rank
 from app.core.recall import Candidate, ChannelConfig, RecallContext, merge
@@ -32,6 +33,16 @@ class PipelineConfig:
     like_threshold: float = 4.0
 
 
+class ListRow(NamedTuple):
+    """A row of a list before it is finished: catalogue key, score, recall channel. The
+    precomputed popularity rows travel like this from the pipeline through the runtime to
+    the degraded lists."""
+
+    key: int
+    score: float
+    channel: str
+
+
 class RecItem(NamedTuple):
     item_id: str
     score: float
@@ -43,7 +54,7 @@ class RecItem(NamedTuple):
 class RecList:
     user_id: str
     items: tuple[RecItem, ...]
-    mode: str  # "personal" | "cold_start" | "degraded"
+    mode: ListMode
     model_version: str
     embedding_version: str
     event_time: float
@@ -51,7 +62,7 @@ class RecList:
 
     @property
     def degraded(self) -> bool:
-        return self.mode == "degraded"
+        return self.mode == ListMode.DEGRADED
 
     def to_json(self, *, version: int, generated_at: float) -> dict[str, Any]:
         """The Redis list value (schemas/redis-user-list.schema.json)."""
@@ -218,13 +229,15 @@ class Recommender:
             return got
         ctx = self.context(state)
         if ctx.embedding is None and not state.liked and not state.friend_likes:
-            return self._finish(state, self.cold_start(ctx), "cold_start")
+            return self._finish(state, self.cold_start(ctx), ListMode.COLD_START)
         per_channel = [(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels]
         cands = merge(per_channel)
         ranked = rank(
             cands, ctx, self.model, top_n=self.config.top_n, max_per_genre=self.config.max_per_genre
         )
-        return self._finish(state, [(r.key, r.score, r.channel) for r in ranked], "personal")
+        return self._finish(
+            state, [ListRow(r.key, r.score, r.channel) for r in ranked], ListMode.PERSONAL
+        )
 
     def recommend_many(self, states: list[UserState]) -> list[RecList | Exception]:
         """Lists for several users with one call of a learned model over all their
@@ -242,7 +255,7 @@ class Recommender:
                     continue
                 ctx = self.context(state)
                 if ctx.embedding is None and not state.liked:
-                    out.append(self._finish(state, self.cold_start(ctx), "cold_start"))
+                    out.append(self._finish(state, self.cold_start(ctx), ListMode.COLD_START))
                     continue
                 cands = merge([(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels])
                 out.append(Exception("pending"))
@@ -287,9 +300,9 @@ class Recommender:
                         top_n=self.config.top_n,
                         max_per_genre=self.config.max_per_genre,
                     )
-                rows = [(r.key, r.score, r.channel) for r in ranked]
+                rows = [ListRow(r.key, r.score, r.channel) for r in ranked]
                 out[i] = replace(
-                    self._finish(states[i], rows, "personal"), model_version=used.version
+                    self._finish(states[i], rows, ListMode.PERSONAL), model_version=used.version
                 )
             except Exception as exc:
                 out[i] = exc
@@ -303,7 +316,7 @@ class Recommender:
         Recommender configured without those channels, at the cost of one recall."""
         ctx = self.context(state)
         if ctx.embedding is None and not state.liked:
-            cold = self._finish(state, self.cold_start(ctx), "cold_start")
+            cold = self._finish(state, self.cold_start(ctx), ListMode.COLD_START)
             return dict.fromkeys(variants, cold)
         per_channel = [(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels]
         out = {}
@@ -313,16 +326,18 @@ class Recommender:
             ranked = rank(
                 cands, ctx, m, top_n=self.config.top_n, max_per_genre=self.config.max_per_genre
             )
-            rows = [(r.key, r.score, r.channel) for r in ranked]
-            out[name] = replace(self._finish(state, rows, "personal"), model_version=m.version)
+            rows = [ListRow(r.key, r.score, r.channel) for r in ranked]
+            out[name] = replace(
+                self._finish(state, rows, ListMode.PERSONAL), model_version=m.version
+            )
         return out
 
     def cold_start_list(self) -> RecList:
         """The list served to a user with no history (same for everyone)."""
         blank = UserState(user_id="__cold_start__")
-        return self._finish(blank, self.cold_start(self.context(blank)), "cold_start")
+        return self._finish(blank, self.cold_start(self.context(blank)), ListMode.COLD_START)
 
-    def cold_start(self, ctx: RecallContext) -> list[tuple[int, float, str]]:
+    def cold_start(self, ctx: RecallContext) -> list[ListRow]:
         """Precomputable list for users without signal: trending, topped up with newest."""
         n = self.config.top_n
         picked = trending_recall(ctx, n)
@@ -333,20 +348,22 @@ class Recommender:
             if c.key not in keys:
                 picked.append(c)
                 keys.add(c.key)
-        return [(c.key, round(c.score, 6), "cold_start") for c in picked[:n]]
+        return [ListRow(c.key, round(c.score, 6), "cold_start") for c in picked[:n]]
 
     # -- degraded mode: zero-compute lists ------------------------------------------------
-    def popular_rows(self, n: int) -> list[tuple[int, float, str]]:
+    def popular_rows(self, n: int) -> list[ListRow]:
         """Top-n items by decayed popularity (cold-start list while the stream is empty)."""
         keys = self.stats.top_popular(self.catalog, n)
         if len(keys) == 0:
             return self.cold_start(self.context(UserState(user_id="__popular__")))[:n]
         pop = self.stats.popularity(self.catalog.capacity)
-        return [(int(k), round(float(pop[k]), 6), "popular") for k in keys.tolist()]
+        return [ListRow(int(k), round(float(pop[k]), 6), "popular") for k in keys.tolist()]
 
     def popular_list(self, n: int) -> RecList:
         """The precomputed popularity list: what a degraded user is served."""
-        return self._finish(UserState(user_id="__popular__"), self.popular_rows(n), "degraded")
+        return self._finish(
+            UserState(user_id="__popular__"), self.popular_rows(n), ListMode.DEGRADED
+        )
 
     def genre_popular_lists(self, n: int) -> dict[str, RecList]:
         """Most popular recommendable items per genre (ready-to-serve cold-start lists)."""
@@ -358,20 +375,18 @@ class Recommender:
         for g in self.catalog.genres():
             keys = top_keys(pop, ok & self.catalog.genre_mask(g)[:cap], n, positive=True)
             if len(keys):
-                rows = [(k, round(float(pop[k]), 6), "popular") for k in keys.tolist()]
-                out[g] = self._finish(blank, rows, "cold_start")
+                rows = [ListRow(k, round(float(pop[k]), 6), "popular") for k in keys.tolist()]
+                out[g] = self._finish(blank, rows, ListMode.COLD_START)
         return out
 
-    def degraded_list(self, state: UserState, popular: list[tuple[int, float, str]]) -> RecList:
+    def degraded_list(self, state: UserState, popular: list[ListRow]) -> RecList:
         """The precomputed popularity list minus what the user has seen: no recall, no ranking."""
         seen, ok = state.seen, self.catalog.recommendable_mask
-        rows = [r for r in popular if ok[r[0]] and self.catalog.item_id(r[0]) not in seen]
+        rows = [r for r in popular if ok[r.key] and self.catalog.item_id(r.key) not in seen]
         rows = rows[: self.config.top_n]
-        return self._finish(state, rows, "degraded")
+        return self._finish(state, rows, ListMode.DEGRADED)
 
-    def _finish(
-        self, state: UserState, rows: Iterable[tuple[int, float, str]], mode: str
-    ) -> RecList:
+    def _finish(self, state: UserState, rows: Iterable[ListRow], mode: ListMode) -> RecList:
         items = tuple(
             RecItem(self.catalog.item_id(k), s, ch, self.catalog.meta(k).title) for k, s, ch in rows
         )

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from app.core.events import InvalidRecord, _id, _parse_json, _schema_problem
+from app.core.events import InvalidRecord, SchemaCheck, _id, _parse_json, _schema_problem
 
 ACTIONS = ("add", "remove")
 KINDS = ("follow", "follower", "like")
@@ -94,21 +94,25 @@ def edge_key(follower: str, followee: str) -> bytes:
     return f"{follower}{EDGE_SEPARATOR}{followee}".encode()
 
 
-def _valid_object(raw: bytes | None, max_bytes: int, topic: str, schema: str) -> dict[str, Any]:
+def _valid_object(
+    raw: bytes | None, max_bytes: int, topic: str, schema: str, check: SchemaCheck
+) -> dict[str, Any]:
     if raw is None:
         raise InvalidRecord("not_json", f"empty value (tombstone) on {topic}")
     doc = _parse_json(raw, max_bytes)
     if not isinstance(doc, dict):
         raise InvalidRecord("not_object", f"expected a JSON object, got {type(doc).__name__}")
-    problem = _schema_problem(schema, doc)
+    problem = _schema_problem(check, schema, doc)
     if problem is not None:
         raise InvalidRecord("schema", problem)
     return doc
 
 
-def decode_relation(key: bytes | None, raw: bytes | None, *, max_bytes: int = 65536) -> Relation:
+def decode_relation(
+    key: bytes | None, raw: bytes | None, *, check: SchemaCheck, max_bytes: int = 65536
+) -> Relation:
     """Bytes of one user-relations record -> Relation, or InvalidRecord with a reason."""
-    doc = _valid_object(raw, max_bytes, "user-relations", "user-relation")
+    doc = _valid_object(raw, max_bytes, "user-relations", "user-relation", check)
     rel = Relation(
         event_id=doc["event_id"],
         follower=_id(doc["follower"]),
@@ -124,9 +128,11 @@ def decode_relation(key: bytes | None, raw: bytes | None, *, max_bytes: int = 65
     return rel
 
 
-def decode_activity(key: bytes | None, raw: bytes | None, *, max_bytes: int = 65536) -> Activity:
+def decode_activity(
+    key: bytes | None, raw: bytes | None, *, check: SchemaCheck, max_bytes: int = 65536
+) -> Activity:
     """Bytes of one friend-activity record -> Activity, or InvalidRecord with a reason."""
-    doc = _valid_object(raw, max_bytes, "friend-activity", "friend-activity")
+    doc = _valid_object(raw, max_bytes, "friend-activity", "friend-activity", check)
     act = Activity(
         kind=doc["kind"],
         user=_id(doc["user"]),

@@ -246,7 +246,12 @@ def evaluate_cmd(
     if e2e:
         agreement = report["e2e"]["agreement"]
         click.echo(f"e2e vs in-process: {json.dumps(agreement)}")
-    click.echo(f"wrote {json_path} and {png_path}", err=True)
+    if png_path is None:
+        click.echo(
+            f"wrote {json_path} (no quality.png: pip install 'nearline-rec[plot]')", err=True
+        )
+    else:
+        click.echo(f"wrote {json_path} and {png_path}", err=True)
     sys.stdout.flush()
 
 

@@ -21,13 +21,14 @@ import numpy as np
 
 from app.core.channels.genre import genre_recall
 from app.core.channels.trending import trending_recall
-from app.core.events import ItemUpdate, UserEvent, decode_item_update, encode_item_update
+from app.core.events import ItemUpdate, UserEvent, encode_item_update
 from app.core.pipeline import Recommender
 from app.core.rank import RankModel
 from app.core.recall import RecallContext
 from app.core.user_state import UserState
 from app.data.loaders import LoadError, Movie, read_embeddings, read_movies
 from app.errors import BadInput
+from app.extras import has
 from app.factory import build_recommender
 from app.producer import events_from_ratings, join_items
 from app.progress import Progress
@@ -35,6 +36,7 @@ from app.quality.baselines import ShortTermBaseline
 from app.quality.metrics import MethodScore
 from app.quality.ratings import RatingTable
 from app.quality.train import Embeddings, TrainConfig, TrainingError, train_embeddings
+from app.records import decode_item_update
 from app.settings import Settings
 
 METHODS = ("pipeline", "short_term", "popularity", "trending", "genre")
@@ -425,10 +427,14 @@ def ablation_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path | None]:
+    """quality.json, and quality.png when matplotlib (the `plot` extra) is installed: the JSON
+    holds every figure, the PNG only draws them, so a runtime-only install still evaluates."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "quality.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if not has("matplotlib"):
+        return json_path, None
     png_path = out_dir / "quality.png"
     plot(report, png_path)
     return json_path, png_path
@@ -436,10 +442,9 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Grouped bars of the metrics per method, and the pipeline's hits by channel."""
-    import matplotlib
+    from app.extras import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     k = report["k"]
     methods = list(report["methods"])

@@ -23,15 +23,18 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from app.data.loaders import Movie
 from app.errors import BadInput
+from app.extras import require
 from app.progress import Progress
 from app.quality.ratings import RatingTable
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 
 class TrainingError(BadInput):
@@ -86,8 +89,14 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
+def _sparse() -> Any:
+    """scipy.sparse (the `quality` extra): only the offline training needs it, not the worker."""
+    return require("scipy.sparse", "quality", "training item embeddings")
+
+
 def cooccurrence(table: RatingTable, config: TrainConfig) -> sp.csr_matrix:
     """Symmetric item x item counts of liked items within `window` of each other per user."""
+    sp = _sparse()
     keep = table.rating >= config.min_rating
     user, item = table.user[keep], table.item[keep]
     # table is in time order; a stable sort by user keeps each history in time order
@@ -116,6 +125,7 @@ def cooccurrence(table: RatingTable, config: TrainConfig) -> sp.csr_matrix:
 
 def ppmi(counts: sp.csr_matrix, smoothing: float = 0.75) -> sp.csr_matrix:
     """Positive PMI with the context distribution raised to `smoothing`."""
+    sp = _sparse()
     counts = counts.tocsr().astype(np.float64)
     counts.eliminate_zeros()
     total = counts.sum()
@@ -273,6 +283,7 @@ def _implicit_factors(
         ) from None
     from app.blas import limit_blas_threads
 
+    sp = _sparse()
     keep = table.rating >= config.min_rating
     n_users, n_items = len(table.user_ids), len(table.item_ids)
     liked = sp.coo_matrix(

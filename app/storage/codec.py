@@ -28,11 +28,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from app.core.channels import channel_codes
+from app.core.modes import ListMode
 from app.errors import BadInput
 
 FORMAT = 1
@@ -41,7 +42,7 @@ _REST = struct.Struct("<ddIBHHHHH")
 HEADER_BYTES = _HEAD.size + _REST.size  # 40
 VERSION_OFFSET = 1
 
-MODES = ("personal", "cold_start", "degraded")
+MODES = tuple(ListMode)
 """mode code = index + 1 (0 is never written, so a zeroed header is caught as corrupt)."""
 _CODES = channel_codes()
 CHANNELS = tuple(sorted(_CODES, key=_CODES.__getitem__))
@@ -60,20 +61,27 @@ class CorruptRecord(BadInput):
     """A stored value that is not a user record this code can read."""
 
 
+class RecordItem(NamedTuple):
+    """One item of a stored list: its registry code and the recall channel that found it."""
+
+    code: int
+    channel: str
+
+
 @dataclass(frozen=True, slots=True)
 class UserRecord:
     version: int
     generated_at: float
     event_time: float
     n_events: int
-    mode: str
+    mode: ListMode
     model_code: int
     embedding_code: int
     variant_code: int
     embedding: np.ndarray | None
     """float32 (stored as float16)."""
-    items: tuple[tuple[int, str], ...]
-    """(item code, channel), best first."""
+    items: tuple[RecordItem, ...]
+    """Best first."""
 
 
 def version_bytes(version: int) -> bytes:
@@ -173,7 +181,7 @@ def decode(raw: bytes) -> UserRecord:
         embedding_code=emb_v,
         variant_code=variant,
         embedding=embedding,
-        items=tuple(zip(codes, (CHANNELS[c] for c in chans), strict=True)),
+        items=tuple(map(RecordItem, codes, (CHANNELS[c] for c in chans))),
     )
 
 
@@ -194,13 +202,20 @@ def record_from_list(
         generated_at=float(value.get("generated_at", 0.0)),
         event_time=float(event_time or value.get("event_time") or 0.0),
         n_events=n_events,
-        mode=value.get("mode", "personal"),
+        mode=_list_mode(value.get("mode", ListMode.PERSONAL)),
         model_code=string_code(value.get("model_version", "")),
         embedding_code=string_code(value.get("embedding_version", "")),
         variant_code=string_code(variant) if variant else 0,
         embedding=embedding,
-        items=tuple((item_code(i["item_id"]), i["channel"]) for i in value.get("items", ())),
+        items=tuple(
+            RecordItem(item_code(i["item_id"]), i["channel"]) for i in value.get("items", ())
+        ),
     )
+
+
+def _list_mode(name: str) -> ListMode:
+    """The mode of a list value; an unknown name passes through for `encode` to refuse."""
+    return ListMode(name) if name in MODES else name  # type: ignore[return-value]
 
 
 def list_from_record(
@@ -226,7 +241,7 @@ def list_from_record(
     out: dict[str, Any] = {
         "user_id": user_id,
         "items": items,
-        "degraded": rec.mode == "degraded",
+        "degraded": rec.mode == ListMode.DEGRADED,
         "mode": rec.mode,
         "model_version": (string(rec.model_code) or "") if rec.model_code else "",
         "embedding_version": (string(rec.embedding_code) or "") if rec.embedding_code else "",

@@ -1,21 +1,16 @@
-"""Narrow Redis adapter: versioned, idempotent, pipelined writes with bounded retries."""
+"""The worker's store on Redis (a `WorkerStore`): versioned, idempotent, pipelined writes
+with bounded retries. The client and its errors are in redis_client.py, the Lua scripts in
+scripts.py; their names are re-exported here for the callers that import them from here."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 from tenacity import (
     AsyncRetrying,
     before_sleep_log,
@@ -25,298 +20,49 @@ from tenacity import (
 )
 
 from app.core.popularity import CountedEvent, ItemCount
-from app.errors import StoreUnavailable
 from app.settings import RedisSettings
 from app.storage import codec, keys
 from app.storage.codes import INTERN, CodeBook, intern_args, titles_from_meta
+from app.storage.redis_client import (
+    REFUSALS,
+    RETRYABLE,
+    UNAVAILABLE,
+    RedisRefused,
+    check_access,
+    make_client,
+    refusal,
+    split_cluster_flag,
+)
+from app.storage.scripts import (
+    CAS_HSET,
+    CAS_RECORD,
+    COUNT_ITEMS,
+    DELETED_META,
+    count_args,
+    parse_count,
+)
+from app.storage.store import ItemUpsert, ListWrite, TitleSource, decode_vector, encode_vector
+
+__all__ = [
+    "REFUSALS",
+    "RETRYABLE",
+    "UNAVAILABLE",
+    "ListWrite",
+    "RedisRefused",
+    "RedisStore",
+    "check_access",
+    "decode_vector",
+    "make_client",
+    "refusal",
+    "split_cluster_flag",
+]
 
 log = logging.getLogger(__name__)
 
-TitleSource = Callable[[str], str | None] | Literal["mirror"] | None
-
-RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-"""Redis is away: retried with backoff (tenacity) in the store, then by the caller."""
-
-# Errors Redis answers that no retry of the same write can fix until an operator acts:
-# code -> what to do. The worker holds the batch and retries with backoff meanwhile.
-REFUSALS = {
-    "OOM": "Redis is at maxmemory with noeviction: raise maxmemory, choose an eviction policy"
-    " (e.g. volatile-lru) or free memory",
-    "READONLY": "NEARLINE_REDIS__URL points at a read-only replica: point it at the primary",
-    "NOPERM": "the Redis ACL user (NEARLINE_REDIS__USERNAME) lacks a permission the worker"
-    " needs: grant it",
-    "WRONGTYPE": "a key under NEARLINE_REDIS__KEY_PREFIX holds a value of another type:"
-    " delete it or choose another prefix",
-    "MISCONF": "Redis refuses writes because it cannot persist (stop-writes-on-bgsave-error):"
-    " fix its disk or persistence settings",
-}
-_REFUSAL_TYPES = {
-    "OutOfMemoryError": "OOM",
-    "ReadOnlyError": "READONLY",
-    "NoPermissionError": "NOPERM",
-}
-
-
-class RedisRefused(StoreUnavailable):
-    """Redis answered a write with an error no retry can fix until an operator acts."""
-
-    def __init__(self, code: str, reply: str) -> None:
-        super().__init__(f"{code}: {reply}")
-        self.code = code
-        self.reply = reply
-
-    @property
-    def advice(self) -> str:
-        return REFUSALS[self.code]
-
-
-def refusal(exc: BaseException) -> str | None:
-    """The REFUSALS code of a Redis error reply, or None for any other error."""
-    if not isinstance(exc, ResponseError):
-        return None
-    for cls in type(exc).__mro__:
-        if cls.__name__ in _REFUSAL_TYPES:
-            return _REFUSAL_TYPES[cls.__name__]
-    head = str(exc).lstrip().split(" ", 1)[0].upper()
-    return head if head in REFUSALS else None
-
-
-UNAVAILABLE = (*RETRYABLE, RedisRefused)
-"""What a background write (shared lists, item mirror, recompute) skips until next time."""
-
-
-# Write only when the new version is above the stored one: a replayed or reordered
-# write can never replace a newer value. KEYS[1]=hash; ARGV: ver, ttl, field, value, ...
-DELETED_META = json.dumps({"recommendable": False, "deleted": True})
-"""The item mirror's meta of a deleted item."""
-
-CAS_HSET = """
-local cur = redis.call('HGET', KEYS[1], 'ver')
-if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'ver', ARGV[1], unpack(ARGV, 3))
-if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return 1
-"""
-
-# The user record (app/storage/codec.py): one string, version in bytes 1..8 big-endian.
-# KEYS[1]=record, KEYS[2]=the user's embedding hash of the previous layout (same slot);
-# ARGV: version, ttl, record. A key still in the previous layout (a hash with `ver`) is
-# compared by that version, then replaced, and its embedding hash deleted.
-CAS_RECORD = """
-local cur = redis.pcall('GETRANGE', KEYS[1], 1, 8)
-local new = tonumber(ARGV[1])
--- ARGV[4] = '1': a rebuild, which may also replace a record of the same version
-local function older(v) return v > new or (v == new and ARGV[4] ~= '1') end
-if type(cur) == 'table' then
-  local old = redis.call('HGET', KEYS[1], 'ver')
-  if old and older(tonumber(old)) then return 0 end
-  redis.call('DEL', KEYS[1], KEYS[2])
-elseif #cur == 8 then
-  local v = 0
-  for i = 1, 8 do v = v * 256 + string.byte(cur, i) end
-  if older(v) then return 0 end
-end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[3], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[3])
-end
-return 1
-"""
-
-
-# The shared item statistics: count a batch's applied events, each once. KEYS: item counts,
-# counted offsets, changed set, sequence (app/storage/keys.py, all in slot {stats}); ARGV:
-# half-life, source topic, then partition, offset, item, weight, ts, rating ('' for none)
-# per event, in offset order per partition. An event at or below its partition's counted
-# offset was counted by an earlier try of the same batch (a write retried, a batch redone
-# after a crash) and is skipped. Returns how many were counted.
-COUNT_ITEMS = """
-local hl = tonumber(ARGV[1])
-local topic = ARGV[2]
-local seq = redis.call('INCR', KEYS[4])
-local front, moved, changed = {}, {}, {}
-local n = 0
-for i = 3, #ARGV, 6 do
-  local field = topic .. '|' .. ARGV[i]
-  local last = front[field]
-  if last == nil then
-    last = tonumber(redis.call('HGET', KEYS[2], field) or '-1')
-    front[field] = last
-  end
-  local offset = tonumber(ARGV[i + 1])
-  if offset > last then
-    front[field] = offset
-    moved[field] = true
-    local item = ARGV[i + 2]
-    local w = math.max(tonumber(ARGV[i + 3]), 0)
-    local ts = tonumber(ARGV[i + 4])
-    local s, t, rs, rn = 0, ts, 0, 0
-    local cur = redis.call('HGET', KEYS[1], item)
-    if cur then
-      local a, b, c, d = string.match(cur, '(%S+) (%S+) (%S+) (%S+)')
-      s, t, rs, rn = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
-    end
-    if ts >= t then
-      s = s * 2 ^ ((t - ts) / hl) + w
-      t = ts
-    else
-      s = s + w * 2 ^ ((ts - t) / hl)
-    end
-    if ARGV[i + 5] ~= '' then
-      rs = rs + tonumber(ARGV[i + 5])
-      rn = rn + 1
-    end
-    redis.call('HSET', KEYS[1], item, string.format('%.17g %.17g %.17g %.17g', s, t, rs, rn))
-    changed[item] = true
-    n = n + 1
-  end
-end
-for field, _ in pairs(moved) do
-  redis.call('HSET', KEYS[2], field, string.format('%.0f', front[field]))
-end
-for item, _ in pairs(changed) do
-  redis.call('ZADD', KEYS[3], seq, item)
-end
-return n
-"""
-
-
-def count_args(counted: Sequence[CountedEvent], topic: str, half_life: float) -> list[Any]:
-    """COUNT_ITEMS arguments, the events in offset order per partition."""
-    args: list[Any] = [repr(float(half_life)), topic]
-    for c in sorted(counted, key=lambda c: (c.partition, c.offset)):
-        rating = "" if c.rating is None else repr(float(c.rating))
-        args += [c.partition, c.offset, c.item_id, repr(float(c.weight)), repr(float(c.ts)), rating]
-    return args
-
-
-def parse_count(raw: bytes) -> ItemCount:
-    score, t, rating_sum, rating_n = (float(x) for x in raw.split())
-    return ItemCount(score, t, rating_sum, rating_n)
-
-
-@dataclass(frozen=True, slots=True)
-class ListWrite:
-    user_id: str
-    version: int
-    value: dict[str, Any]
-    embedding: np.ndarray | None = None
-    n_events: int = 0
-    event_time: float = 0.0
-
-
-def encode_vector(vec: np.ndarray) -> bytes:
-    return np.asarray(vec, dtype="<f4").tobytes()
-
-
-def decode_vector(raw: bytes) -> np.ndarray:
-    return np.frombuffer(raw, dtype="<f4").copy()
-
-
-def split_cluster_flag(url: str) -> tuple[str, bool]:
-    """`?cluster=true` on NEARLINE_REDIS__URL selects a Redis Cluster client (the URL names
-    any one node); the flag is no connection option, so it comes off the URL."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    flags = [v for k, v in query if k == "cluster"]
-    if not flags:
-        return url, False
-    rest = urlencode([(k, v) for k, v in query if k != "cluster"])
-    on = flags[-1].lower() in ("1", "true", "yes", "on")
-    return urlunsplit(parts._replace(query=rest)), on
-
-
-def make_client(
-    cfg: RedisSettings, *, pool_size: int | None = None, protocol: int | None = None
-) -> Any:
-    """An asyncio client. `pool_size`: at most that many connections, a command waiting for
-    a free one (without it, one connection per concurrent command); `protocol`: RESP
-    version (default: the client library's)."""
-    # One retry layer only (tenacity); redis-py's own retries are switched off (a cluster
-    # client keeps its own, which follow MOVED/ASK redirections).
-    url, cluster = split_cluster_flag(cfg.url)
-    kwargs: dict[str, Any] = {
-        "username": cfg.username,
-        "password": cfg.password.get_secret_value() if cfg.password else None,
-        "socket_timeout": cfg.socket_timeout,
-        "socket_connect_timeout": cfg.socket_timeout,
-        "decode_responses": False,
-    }
-    if protocol is not None:
-        kwargs["protocol"] = protocol
-    if url.startswith("rediss://") and cfg.ssl_ca_certs:
-        kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
-    if cluster:
-        from redis.asyncio.cluster import RedisCluster
-
-        return RedisCluster.from_url(url, **kwargs)
-    kwargs["retry"] = AsyncRetry(NoBackoff(), 0)
-    if pool_size is not None:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=pool_size, timeout=None, **kwargs
-        )
-        return aioredis.Redis(connection_pool=pool)
-    return aioredis.Redis.from_url(url, **kwargs)
-
-
-def check_access(cfg: RedisSettings) -> None:
-    """PING once and raise SettingsError with one clear line when Redis refuses the
-    credentials or the TLS handshake fails (the worker would otherwise retry them as an
-    outage forever). A Redis that is merely down is left to the worker's retries."""
-    from urllib.parse import urlsplit
-
-    import redis
-
-    from app.settings import SettingsError
-
-    url = split_cluster_flag(cfg.url)[0]  # one node answers PING for the whole cluster
-    parts = urlsplit(url)
-    where = f"{parts.hostname}:{parts.port or 6379}"  # never the URL: it may hold a password
-    kwargs: dict[str, Any] = {
-        "username": cfg.username,
-        "password": cfg.password.get_secret_value() if cfg.password else None,
-        "socket_timeout": cfg.socket_timeout,
-        "socket_connect_timeout": cfg.socket_timeout,
-        "retry": Retry(NoBackoff(), 0),
-    }
-    if url.startswith("rediss://") and cfg.ssl_ca_certs:
-        kwargs["ssl_ca_certs"] = cfg.ssl_ca_certs
-    client = redis.Redis.from_url(url, **kwargs)
-    user = cfg.username or parts.username or "default"
-    try:
-        client.ping()
-    except (redis.AuthenticationError, redis.ResponseError) as exc:
-        msg = " ".join(str(exc).split())
-        if cfg.password is None and parts.password is None:
-            raise SettingsError(
-                f"Redis at {where} requires a login; set NEARLINE_REDIS__USERNAME and "
-                "NEARLINE_REDIS__PASSWORD"
-            ) from None
-        if isinstance(exc, redis.AuthenticationError) or msg.startswith(
-            ("NOAUTH", "WRONGPASS", "NOPERM", "invalid username")
-        ):
-            raise SettingsError(
-                f"Redis at {where} refused user {user!r}: {msg}; check "
-                "NEARLINE_REDIS__USERNAME and NEARLINE_REDIS__PASSWORD"
-            ) from None
-        raise
-    except RedisConnectionError as exc:
-        msg = " ".join(str(exc).split())
-        if "SSL" in msg or "TLS" in msg or "certificate" in msg:
-            raise SettingsError(
-                f"TLS handshake with Redis at {where} failed: {msg}; check NEARLINE_REDIS__URL "
-                "(rediss://) and NEARLINE_REDIS__SSL_CA_CERTS"
-            ) from None
-    except (RedisTimeoutError, OSError):
-        pass
-    finally:
-        client.close()
-
 
 class RedisStore:
+    """The worker's store on Redis (app.storage.store.WorkerStore)."""
+
     def __init__(self, cfg: RedisSettings) -> None:
         self.cfg = cfg
         self.prefix = cfg.key_prefix
@@ -572,6 +318,17 @@ class RedisStore:
         raw = await self.client.get(keys.cold_start_list(self.prefix))
         return None if raw is None else json.loads(raw)
 
+    async def read_shared_lists(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(popular list, cold-start list) in one round trip."""
+        p = self.prefix
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.popular_list(p))
+        pipe.get(keys.cold_start_list(p))
+        popular, cold = await pipe.execute()
+        return (None if popular is None else json.loads(popular)), (
+            None if cold is None else json.loads(cold)
+        )
+
     async def write_shared_lists(self, lists: dict[str, dict[str, Any]]) -> None:
         """Ready-to-serve lists shared by all users (popular, cold start, per genre)."""
 
@@ -648,6 +405,9 @@ class RedisStore:
     async def request_rebuild(self, token: str) -> None:
         await self.client.set(keys.rebuild_request(self.prefix), token)
 
+    def forget_codes(self) -> None:
+        self.codes.forget()
+
     def registry_lost(self, epoch: str | None) -> bool:
         """Whether the code registry this process learned from was found gone or replaced
         (Redis lost its data) since the last call, here with `epoch` or by a write or read
@@ -662,7 +422,7 @@ class RedisStore:
     # -- items ----------------------------------------------------------------------------
     async def write_items(
         self,
-        upserts: Sequence[tuple[str, int, dict[str, Any], np.ndarray | None]],
+        upserts: Sequence[ItemUpsert],
         deletes: Sequence[tuple[str, int]] = (),
     ) -> None:
         """Mirror item upserts/deletes; version = item-updates offset, so replays are no-ops."""

@@ -71,8 +71,8 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Factory of worker processes; every one started is stopped at teardown."""
     started: list[WorkerProcess] = []
 
-    def make(env: dict[str, str], name: str = "worker") -> WorkerProcess:
-        w = WorkerProcess(env, tmp_path, name)
+    def make(env: dict[str, str], name: str = "worker", **kwargs: Any) -> WorkerProcess:
+        w = WorkerProcess(env, tmp_path, name, **kwargs)
         started.append(w)
         return w.start()
 

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from app.core.events import ItemUpdate, UserEvent, decode_item_update, encode_item_update
+from app.core.events import ItemUpdate, UserEvent, encode_item_update
 from app.localrun import free_port
 from app.producer import make_producer
+from app.records import decode_item_update
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "scripts" / "services.sh"

@@ -59,11 +59,18 @@ def test_the_wheel_installed_elsewhere_runs_sample_and_evaluate(tmp_path: Path):
         cwd=work,
         env=env,
     )
-    _run(
+    evaluated = _run(
         ["nearline", "evaluate", "--ratings", "s/ratings.csv", "--movies", "s/movies.csv",
          "--out", "report"],
         cwd=work,
         env=env,
     )  # fmt: skip
     report = json.loads((work / "report" / "quality.json").read_text())
-    assert report and (work / "report" / "quality.png").stat().st_size > 0
+    assert report
+    # the runtime lock has no matplotlib (the `plot` extra): every figure is in the JSON, the
+    # chart is skipped with a line saying how to get it
+    assert not (work / "report" / "quality.png").exists()
+    assert "pip install 'nearline-rec[plot]'" in evaluated.stderr
+    for extra_only in ("matplotlib", "tqdm"):
+        probe = subprocess.run([py, "-c", f"import {extra_only}"], capture_output=True, env=env)
+        assert probe.returncode != 0, f"{extra_only} is in the runtime lock"

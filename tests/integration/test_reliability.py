@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,7 @@ from tests.reliability_report import report
 
 pytestmark = pytest.mark.integration
 
+SKIPPING_WORKER = Path(__file__).with_name("skipping_worker.py")
 STEADY = {"NEARLINE_DEGRADE__MODE": "normal"}  # lag-driven degradation has its own tests
 
 
@@ -99,16 +101,17 @@ def test_records_the_stream_skips_are_read_back_in_order_and_never_committed_unr
     """Faust's stream can skip a record and still ack it (a record that reaches it while
     flow control is suspended or from an older consumer generation): the offset commit
     then passes an event nobody applied. Injected here on every batch (its last record is
-    dropped after take_events buffered it); the worker's commit guard (app.offsets) must
-    read each one back and apply it in order, and the commit must wait for it, including
-    the very last record of each partition, which no later record reveals."""
+    dropped after take_events buffered it, by tests/integration/skipping_worker.py); the
+    worker's commit guard (app.commit_guard) must read each one back and apply it in
+    order, and the commit must wait for it, including the very last record of each
+    partition, which no later record reveals."""
     run = catalog_run
     s = run.settings
-    env = {**run.env, **STEADY, "NEARLINE_FAULT_DROP_LAST_OF_BATCH": "1"}
+    env = {**run.env, **STEADY}
     items = sorted(run.truth["items"])
     users = [f"skip-{u}" for u in range(60)]
     events = event_stream(users, items, per_user=20, seed=6)
-    w = workers(env, name="skipping")
+    w = workers(env, name="skipping", entry=[str(SKIPPING_WORKER)])
     w.wait_ready()
     produced = BackgroundProducer(s, events, rate=600).start().join()
     r = redis_client()
@@ -492,9 +495,10 @@ def _hostile_items(dim: int) -> list[tuple[str, bytes | None, bytes | None, str 
 
 
 def test_hostile_input_ends_in_state_or_dead_letters_and_worker_survives(catalog_run, workers):
-    from app.core.events import InvalidRecord, decode_item_update
+    from app.core.events import InvalidRecord
     from app.factory import build_recommender
     from app.processing import BatchProcessor, DeadLetter, RawRecord
+    from app.records import decode_item_update
     from tests.integration.conftest import consume_all
     from tests.integration.faults import Produced, produce_raw_tracked
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.bench.lsh import bench_updates, workload
+from app.bench.lsh import bench_updates
+from app.bench.lsh_measure import workload
 from app.core.lsh import LSHIndex, LSHParams
 
 

@@ -14,10 +14,9 @@ from app.core.events import (
     InvalidRecord,
     ItemUpdate,
     UserEvent,
-    decode_event,
-    decode_item_update,
     encode_item_update,
 )
+from app.records import decode_event, decode_item_update
 
 BASE = {"event_id": "e-1", "user_id": "42", "item_id": "318", "type": "click", "timestamp": 1.7e9}
 

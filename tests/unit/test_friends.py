@@ -18,13 +18,12 @@ from app.core.social import (
     Activity,
     Relation,
     SocialPolicy,
-    decode_activity,
-    decode_relation,
     edge_key,
     split_relation,
 )
 from app.core.user_state import UserState
 from app.processing import BatchProcessor, RawRecord
+from app.records import decode_activity, decode_relation
 from tests.unit.factories import DAY, T0, event, item, two_clusters
 
 

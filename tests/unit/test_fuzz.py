@@ -26,9 +26,8 @@ from app.core.events import (
     InvalidRecord,
     ItemUpdate,
     UserEvent,
-    decode_event,
-    decode_item_update,
 )
+from app.records import decode_event, decode_item_update
 from app.schemas import load_schema
 from tests.reliability_report import report
 

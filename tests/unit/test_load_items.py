@@ -12,8 +12,9 @@ from click.testing import CliRunner
 
 from app.cli import main
 from app.core.catalog import ItemCatalog
-from app.core.events import decode_item_update, encode_item_update
+from app.core.events import encode_item_update
 from app.producer import item_updates_from_files
+from app.records import decode_item_update
 
 DATA = Path(__file__).parent / "data" / "item2vec-csv"
 MOVIES, EMB = DATA / "movies.csv", DATA / "item2vecEmb.csv"

@@ -387,8 +387,8 @@ def test_plays_with_a_header_and_bad_weights(tmp_path):
 
 
 def test_relations_from_pairs_name_the_edge_and_go_both_ways_on_request():
-    from app.core.social import decode_relation
     from app.producer import relations_from_pairs
+    from app.records import decode_relation
 
     rels = relations_from_pairs([("2", "275")], action="add", timestamp=1.5, both_ways=True)
     assert [(r.follower, r.followee, r.action) for r in rels] == [

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.offsets import Gap, OffsetFrontier
+from app.commit_guard import Gap, OffsetFrontier
 
 
 @dataclass(frozen=True)
