@@ -11,8 +11,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from agents.items import mirror_catalog
-from app.composition import (
+from nearline_rec.agents.items import mirror_catalog
+from nearline_rec.composition import (
     app,
     counting_crashes,
     events_topic,
@@ -21,12 +21,12 @@ from app.composition import (
     settings,
     user_table,
 )
-from app.core import fastjson
-from app.core.user_state import UserState
-from app.kafka_clients import client_kwargs
-from app.runtime import log_event
-from app.storage import keys
-from app.storage.redis_client import UNAVAILABLE
+from nearline_rec.core import fastjson
+from nearline_rec.core.user_state import UserState
+from nearline_rec.kafka_clients import client_kwargs
+from nearline_rec.runtime import log_event
+from nearline_rec.storage import keys
+from nearline_rec.storage.redis_client import UNAVAILABLE
 
 log = logging.getLogger("nearline.degrade")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.ingest import _record, process_contained
-from app.composition import (
+from nearline_rec.agents.ingest import _record, process_contained
+from nearline_rec.composition import (
     activity_topic,
     app,
     counting_crashes,
@@ -17,8 +17,8 @@ from app.composition import (
     settings,
     sink,
 )
-from app.retry import BatchAbandoned
-from app.runtime import log_event
+from nearline_rec.retry import BatchAbandoned
+from nearline_rec.runtime import log_event
 
 
 async def split_relations(events: list[Any]) -> None:

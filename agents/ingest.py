@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from app.composition import (
+from nearline_rec.composition import (
     app,
     counting_crashes,
     events_topic,
@@ -19,9 +19,9 @@ from app.composition import (
     settings,
     sink,
 )
-from app.kafka_clients import TopicDescriber
-from app.processing import RawRecord
-from app.runtime import log_event
+from nearline_rec.kafka_clients import TopicDescriber
+from nearline_rec.processing import RawRecord
+from nearline_rec.runtime import log_event
 
 log = logging.getLogger("nearline.ingest")
 

@@ -8,14 +8,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
-from app.composition import app, counting_crashes, items_dlq_topic, runtime, settings
-from app.core.catalog import ItemMeta
-from app.core.events import InvalidRecord, ItemUpdate
-from app.kafka_clients import client_kwargs
-from app.processing import RawRecord, dead_letter
-from app.records import decode_item_update
-from app.runtime import log_event
-from app.storage.redis_client import UNAVAILABLE
+from nearline_rec.composition import app, counting_crashes, items_dlq_topic, runtime, settings
+from nearline_rec.core.catalog import ItemMeta
+from nearline_rec.core.events import InvalidRecord, ItemUpdate
+from nearline_rec.kafka_clients import client_kwargs
+from nearline_rec.processing import RawRecord, dead_letter
+from nearline_rec.records import decode_item_update
+from nearline_rec.runtime import log_event
+from nearline_rec.storage.redis_client import UNAVAILABLE
 
 log = logging.getLogger("nearline.items")
 

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.composition import app, events_topic, runtime, settings
-from app.logs import use_json_logs
-from app.metrics import CONTENT_TYPE
-from app.security import cleartext_secrets, token_ok
-from app.serving import BadRequest, check_user_id, parse_k
+from nearline_rec.composition import app, events_topic, runtime, settings
+from nearline_rec.logs import use_json_logs
+from nearline_rec.metrics import CONTENT_TYPE
+from nearline_rec.security import cleartext_secrets, token_ok
+from nearline_rec.serving import BadRequest, check_user_id, parse_k
 
 log = logging.getLogger("nearline.security")
 

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from app.core.catalog import ItemCatalog
-from app.core.lsh.calibrate import Calibration, CalibrationConfig
-from app.logs import log_fields
-from app.settings import LSHSettings
+from nearline_rec.core.catalog import ItemCatalog
+from nearline_rec.core.lsh.calibrate import Calibration, CalibrationConfig
+from nearline_rec.logs import log_fields
+from nearline_rec.settings import LSHSettings
 
 log = logging.getLogger("nearline.calibration")
 
@@ -169,7 +169,7 @@ class CalibrationRunner:
         if self.settings.calibration_in == "process":
             cal = self._calibrate_in_process(keys, vectors, config)
         else:
-            from app.core.lsh.calibrate import calibrate
+            from nearline_rec.core.lsh.calibrate import calibrate
 
             self._thread_id = threading.get_ident()
             try:
@@ -279,7 +279,7 @@ def _calibration_process_init(nice: int) -> None:
     """In the calibration process: a lower CPU priority than the worker's event loop, one
     BLAS thread like the worker (app/blas.py), and an exit when the worker is gone (killed,
     it cannot shut the process down)."""
-    from app.blas import limit_blas_threads
+    from nearline_rec.blas import limit_blas_threads
 
     limit_blas_threads(1)
     if nice:
@@ -298,7 +298,7 @@ def _calibrate_shared(
 ) -> Calibration:
     """In the calibration process: calibrate on the vectors in shared memory (the calibrator
     copies them, sorted by key, before it returns)."""
-    from app.core.lsh.calibrate import calibrate
+    from nearline_rec.core.lsh.calibrate import calibrate
 
     shm = SharedMemory(name=shm_name)
     try:

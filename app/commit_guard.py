@@ -20,7 +20,7 @@ committed offset when the partition is assigned, and moves only as batches finis
   commit Faust wanted is kept as ``owed`` until the tail is filled.
 
 `OffsetFrontier` is the pure bookkeeping; `CommitGuard` wires it to Kafka: the consumer's
-hooks (app.faust_app calls `on_assigned`, `on_seek`, `clamp_commit`), the batch lock, the
+hooks (nearline_rec.faust_app calls `on_assigned`, `on_seek`, `clamp_commit`), the batch lock, the
 re-read of gaps (a group-less reader) and the commit of tails filled after Faust's ack.
 """
 
@@ -36,11 +36,11 @@ from typing import Any, Protocol
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
-from app.kafka_clients import RangeReader
-from app.logs import log_fields
-from app.processing import RawRecord
-from app.retry import BatchAbandoned, held
-from app.settings import KafkaSettings
+from nearline_rec.kafka_clients import RangeReader
+from nearline_rec.logs import log_fields
+from nearline_rec.processing import RawRecord
+from nearline_rec.retry import BatchAbandoned, held
+from nearline_rec.settings import KafkaSettings
 
 log = logging.getLogger("nearline.ingest")
 
@@ -184,7 +184,7 @@ class CommitGuard:
     def topic(self) -> str:
         return self.frontier.topic
 
-    # -- consumer hooks (app.faust_app) ------------------------------------------------
+    # -- consumer hooks (nearline_rec.faust_app) ------------------------------------------------
     def on_assigned(self) -> None:
         """A new assignment is coming: no commits until its positions are known."""
         self.frontier.forget()

@@ -1,23 +1,23 @@
 """The composition root of the worker: settings -> the faust.App, its topics and the user
-table (what `faust -A app.worker` needs to register agents), and the Runtime (catalogue,
+table (what `faust -A nearline_rec.worker` needs to register agents), and the Runtime (catalogue,
 recommender, store, ranker, calibration), which is built when the worker starts
-(`app.worker`'s start-up hook) or on first use, never at import.
+(`nearline_rec.worker`'s start-up hook) or on first use, never at import.
 
 Importing this module (and so any agent module) reads the settings and builds the App;
 it does not build a recommender, read a catalogue or open a store. A bad setting raises
-`SettingsError`; the entry points (`app.worker`, the CLI) print it on one line."""
+`SettingsError`; the entry points (`nearline_rec.worker`, the CLI) print it on one line."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
 
-from app.commit_guard import CommitGuard
-from app.core.user_state import UserState
-from app.faust_app import UserStateTable, create_app
-from app.runtime import Runtime
-from app.settings import load_settings
-from app.sink import Publish, Sink, broker_publisher
+from nearline_rec.commit_guard import CommitGuard
+from nearline_rec.core.user_state import UserState
+from nearline_rec.faust_app import UserStateTable, create_app
+from nearline_rec.runtime import Runtime
+from nearline_rec.settings import load_settings
+from nearline_rec.sink import Publish, Sink, broker_publisher
 
 log = logging.getLogger("nearline")
 
@@ -81,7 +81,7 @@ def use_runtime(rt: Runtime | None, publish: Publish | None = None) -> None:
 
 
 def sink() -> Sink:
-    """The sink of the user-events and friend-activity batches (app.sink)."""
+    """The sink of the user-events and friend-activity batches (nearline_rec.sink)."""
     global _sink
     if _sink is None:
         _sink = Sink(

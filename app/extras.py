@@ -8,7 +8,7 @@ import importlib.util
 from types import ModuleType
 from typing import Any
 
-from app.errors import BadInput
+from nearline_rec.errors import BadInput
 
 
 class MissingExtra(BadInput):

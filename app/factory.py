@@ -7,15 +7,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.core.catalog import IndexConfig, ItemCatalog
-from app.core.channels import REGISTRY
-from app.core.pipeline import PipelineConfig, Recommender
-from app.core.rank import ModelError, RankModel, load_model
-from app.core.recall import ChannelConfig
-from app.core.social import SocialPolicy
-from app.core.user_state import policy_from_settings
-from app.ranking import is_onnx, load_ranker
-from app.settings import RankingSettings, RecallSettings, Settings, SettingsError
+from nearline_rec.core.catalog import IndexConfig, ItemCatalog
+from nearline_rec.core.channels import REGISTRY
+from nearline_rec.core.pipeline import PipelineConfig, Recommender
+from nearline_rec.core.rank import ModelError, RankModel, load_model
+from nearline_rec.core.recall import ChannelConfig
+from nearline_rec.core.social import SocialPolicy
+from nearline_rec.core.user_state import policy_from_settings
+from nearline_rec.ranking import is_onnx, load_ranker
+from nearline_rec.settings import RankingSettings, RecallSettings, Settings, SettingsError
 
 
 def build_recommender(settings: Settings, *, learned_required: bool = True) -> Recommender:

@@ -12,10 +12,10 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from mode.services import WaitResults
 
-from app.commit_guard import CommitGuard
-from app.core.user_state import newest_states
-from app.kafka_clients import ssl_context
-from app.settings import KafkaSettings, Settings
+from nearline_rec.commit_guard import CommitGuard
+from nearline_rec.core.user_state import newest_states
+from nearline_rec.kafka_clients import ssl_context
+from nearline_rec.settings import KafkaSettings, Settings
 
 # The Kafka clients' debug logs print every request, the SASL login with its password
 # included, and kafka-python's clients their whole configuration (the password with it):
@@ -71,7 +71,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class _Consumer(faust_aiokafka.Consumer):
-    """Faust's consumer with the worker's commit guard (app.commit_guard): positions are
+    """Faust's consumer with the worker's commit guard (nearline_rec.commit_guard): positions are
     learned when the consumer seeks to the committed offsets, and no commit of a
     user-events partition goes past what the agent has processed."""
 

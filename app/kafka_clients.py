@@ -6,8 +6,8 @@ import logging
 import ssl
 from typing import Any
 
-from app.errors import NearlineError
-from app.settings import KafkaSettings, Settings
+from nearline_rec.errors import NearlineError
+from nearline_rec.settings import KafkaSettings, Settings
 
 
 def ssl_context(cfg: KafkaSettings) -> ssl.SSLContext | None:
@@ -99,7 +99,7 @@ def _probe(cfg: KafkaSettings, hostport: str, timeout_s: float) -> bool:
     from aiokafka.conn import create_conn
     from aiokafka.errors import KafkaError as AIOKafkaError
 
-    from app.settings import SettingsError
+    from nearline_rec.settings import SettingsError
 
     kw = client_kwargs(cfg)
     del kw["bootstrap_servers"]
@@ -273,7 +273,7 @@ def grow_partitions(settings: Settings, total: int, timeout_s: float = 30.0) -> 
 
 class RangeReader:
     """Reads a range of offsets of one partition with a group-less aiokafka consumer (the
-    worker's gap filler, app.commit_guard); one connection, reused."""
+    worker's gap filler, nearline_rec.commit_guard); one connection, reused."""
 
     def __init__(self, cfg: KafkaSettings, timeout_s: float = 15.0) -> None:
         self.cfg = cfg
@@ -295,14 +295,14 @@ class RangeReader:
         return self._consumer
 
     async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
-        """Records with start <= offset < end, in order, as app.processing.RawRecord.
+        """Records with start <= offset < end, in order, as nearline_rec.processing.RawRecord.
         Offsets without a record (transaction markers) are simply absent; TimeoutError
         when the range cannot be read within timeout_s."""
         import asyncio
 
         from aiokafka import TopicPartition
 
-        from app.processing import RawRecord
+        from nearline_rec.processing import RawRecord
 
         if end <= start:
             return []

@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app.core.modes import ListMode, WorkerMode
-from app.storage.redis_client import REFUSALS
+from nearline_rec.core.modes import ListMode, WorkerMode
+from nearline_rec.storage.redis_client import REFUSALS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

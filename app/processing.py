@@ -13,14 +13,14 @@ from typing import Any
 
 from kafka.partitioner.default import murmur2
 
-from app.core.events import InvalidRecord, UserEvent
-from app.core.experiments import OnlineMetric, Variant, assign
-from app.core.pipeline import RecList, Recommender
-from app.core.popularity import CountedEvent
-from app.core.social import Activity, split_relation
-from app.core.user_state import UserState
-from app.records import decode_activity, decode_event, decode_relation
-from app.storage.store import ListWrite
+from nearline_rec.core.events import InvalidRecord, UserEvent
+from nearline_rec.core.experiments import OnlineMetric, Variant, assign
+from nearline_rec.core.pipeline import RecList, Recommender
+from nearline_rec.core.popularity import CountedEvent
+from nearline_rec.core.social import Activity, split_relation
+from nearline_rec.core.user_state import UserState
+from nearline_rec.records import decode_activity, decode_event, decode_relation
+from nearline_rec.storage.store import ListWrite
 
 
 @dataclass(frozen=True, slots=True)

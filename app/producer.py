@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from app.core.events import ItemUpdate, UserEvent, encode_item_update
-from app.core.social import Relation
-from app.data.loaders import LoadError, Movie, Rating, read_embeddings, read_movies
-from app.kafka_clients import client_kwargs
-from app.settings import Settings
+from nearline_rec.core.events import ItemUpdate, UserEvent, encode_item_update
+from nearline_rec.core.social import Relation
+from nearline_rec.data.loaders import LoadError, Movie, Rating, read_embeddings, read_movies
+from nearline_rec.kafka_clients import client_kwargs
+from nearline_rec.settings import Settings
 
 
 def make_producer(settings: Settings, **extra: object):  # -> kafka.KafkaProducer

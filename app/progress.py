@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Generator, Iterable
 from typing import IO, Any, TypeVar
 
-from app.extras import has
+from nearline_rec.extras import has
 
 T = TypeVar("T")
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from app.core.rank import FEATURES, LEARNED_FEATURES, ModelError, RankModel, load_model
-from app.errors import NearlineError
+from nearline_rec.core.rank import FEATURES, LEARNED_FEATURES, ModelError, RankModel, load_model
+from nearline_rec.errors import NearlineError
 
 
 def card_path(model_path: str | Path) -> Path:

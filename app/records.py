@@ -1,12 +1,12 @@
 """Record decoding at the edge: the pure core's decoders with the JSON Schemas of schemas/
-plugged in as their fallback check (the core reads no file; app.schemas does)."""
+plugged in as their fallback check (the core reads no file; nearline_rec.schemas does)."""
 
 from __future__ import annotations
 
-from app.core import events, social
-from app.core.events import ItemUpdate, UserEvent
-from app.core.social import Activity, Relation
-from app.schemas import first_error
+from nearline_rec.core import events, social
+from nearline_rec.core.events import ItemUpdate, UserEvent
+from nearline_rec.core.social import Activity, Relation
+from nearline_rec.schemas import first_error
 
 
 def decode_event(raw: bytes | None, *, max_bytes: int = 65536) -> UserEvent:

@@ -17,7 +17,7 @@ from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential
 
-from app.errors import NearlineError
+from nearline_rec.errors import NearlineError
 
 
 class BatchAbandoned(NearlineError):

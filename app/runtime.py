@@ -1,5 +1,6 @@
 """The worker's mutable per-process state (the Runtime): the core, the store, the ranker,
-the calibration, counters. Built by app.composition when the worker starts, not at import."""
+the calibration, counters. Built by nearline_rec.composition when the worker starts, not at
+import."""
 
 from __future__ import annotations
 
@@ -10,19 +11,19 @@ import time
 from collections import Counter, OrderedDict, deque
 from typing import Any
 
-from app.calibration import CalibrationRunner
-from app.core.degrade import LagPolicy, LagThresholds
-from app.core.experiments import Variant, summarize
-from app.core.popularity import ItemCount
-from app.core.rank import load_model
-from app.factory import build_recommender, build_variants
-from app.logs import log_fields
-from app.metrics import Metrics
-from app.processing import BatchProcessor
-from app.ranking import ServedRanker, is_onnx
-from app.serving import ListReader
-from app.settings import Settings
-from app.storage.store import WorkerStore
+from nearline_rec.calibration import CalibrationRunner
+from nearline_rec.core.degrade import LagPolicy, LagThresholds
+from nearline_rec.core.experiments import Variant, summarize
+from nearline_rec.core.popularity import ItemCount
+from nearline_rec.core.rank import load_model
+from nearline_rec.factory import build_recommender, build_variants
+from nearline_rec.logs import log_fields
+from nearline_rec.metrics import Metrics
+from nearline_rec.processing import BatchProcessor
+from nearline_rec.ranking import ServedRanker, is_onnx
+from nearline_rec.serving import ListReader
+from nearline_rec.settings import Settings
+from nearline_rec.storage.store import WorkerStore
 
 log = logging.getLogger("nearline")
 
@@ -148,7 +149,7 @@ class Runtime:
     def store(self) -> WorkerStore:
         # Created on first use so the client binds to the worker's running loop.
         if self._store is None:
-            from app.storage.redis_store import RedisStore
+            from nearline_rec.storage.redis_store import RedisStore
 
             self._store = RedisStore(self.settings.redis)
         return self._store

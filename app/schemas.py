@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sysconfig
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,14 @@ SCHEMA_NAMES = (
 
 def schemas_dir() -> Path:
     """NEARLINE_SCHEMAS_DIR when set; else schemas/ of the checkout (source and editable
-    installs); else the copy a wheel installs under <prefix>/share/nearline-rec/schemas
-    (pyproject's data-files)."""
+    installs); else the copy a wheel carries as package data (nearline_rec/record_schemas)."""
     override = os.environ.get("NEARLINE_SCHEMAS_DIR")
     if override:
         return Path(override)
     checkout = Path(__file__).resolve().parent.parent / "schemas"
     if (checkout / "user-event.schema.json").is_file():
         return checkout
-    return Path(sysconfig.get_paths()["data"]) / "share" / "nearline-rec" / "schemas"
+    return Path(__file__).resolve().parent / "record_schemas"
 
 
 @cache

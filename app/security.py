@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from app.settings import Settings
+    from nearline_rec.settings import Settings
 
 MASK = "***"
 

@@ -1,7 +1,7 @@
 """`nearline serve`: the stateless read path, one RSGI app per process (granian, pre-fork).
 
 No consumer, no table: a process reads users' lists from Redis through the tiers of
-`app.serving` (in-process cache -> Redis -> popular -> cold start -> default) and answers
+`nearline_rec.serving` (in-process cache -> Redis -> popular -> cold start -> default) and answers
 the worker's JSON contract with the same token. Any number run on one port (granian's
 workers share the listening socket) and on any host behind a load balancer.
 
@@ -27,13 +27,13 @@ from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs
 
-from app.core import fastjson
-from app.metrics import CONTENT_TYPE, serve_registry
-from app.security import token_ok
-from app.serving import BadRequest, ReadResult, check_user_id, parse_k, resolve
-from app.settings import Settings, load_settings
-from app.storage import codec, keys
-from app.storage.codes import CodeBook
+from nearline_rec.core import fastjson
+from nearline_rec.metrics import CONTENT_TYPE, serve_registry
+from nearline_rec.security import token_ok
+from nearline_rec.serving import BadRequest, ReadResult, check_user_id, parse_k, resolve
+from nearline_rec.settings import Settings, load_settings
+from nearline_rec.storage import codec, keys
+from nearline_rec.storage.codes import CodeBook
 
 log = logging.getLogger("nearline.serve")
 
@@ -128,7 +128,7 @@ class Reader:
     # ---------------------------------------------------------------- life cycle
 
     async def start(self) -> None:
-        from app.storage.redis_store import make_client, split_cluster_flag
+        from nearline_rec.storage.redis_store import make_client, split_cluster_flag
 
         self.client = make_client(self.s.redis, pool_size=self.s.serve.redis_connections)
         self.cluster = split_cluster_flag(self.s.redis.url)[1]
@@ -149,7 +149,7 @@ class Reader:
             await self.client.aclose()
 
     async def _ping(self) -> None:
-        from app.storage.redis_client import RETRYABLE
+        from nearline_rec.storage.redis_client import RETRYABLE
 
         try:
             async with asyncio.timeout(max(self.budget * 4, 0.5)):
@@ -173,7 +173,7 @@ class Reader:
     async def _keep_shared(self) -> None:
         """Keep the shared lists at hand, so a fallback answers with them even in a process
         whose reads all found users' lists (they are read only for users without one)."""
-        from app.storage.redis_client import RETRYABLE
+        from nearline_rec.storage.redis_client import RETRYABLE
 
         if not self.redis_ok:
             return
@@ -189,7 +189,7 @@ class Reader:
         """Keep the invalidation channel up; the cache is flushed whenever it (re)starts."""
         import redis.asyncio as aioredis
 
-        from app.storage.redis_store import make_client
+        from nearline_rec.storage.redis_store import make_client
 
         while True:
             sub: Any = None
@@ -296,7 +296,7 @@ class Reader:
         except TimeoutError:
             return self._fallback(user_id, "budget")
         except Exception as exc:
-            from app.storage.redis_client import RETRYABLE
+            from nearline_rec.storage.redis_client import RETRYABLE
 
             if isinstance(exc, RETRYABLE):
                 self._down(exc)
@@ -503,7 +503,7 @@ def _error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes
 
 
 app = ServeApp()
-"""What `nearline serve` hands granian (target `app.serve:app`)."""
+"""What `nearline serve` hands granian (target `nearline_rec.serve:app`)."""
 
 
 def run(settings: Settings, *, host: str, port: int, processes: int, loglevel: str) -> None:
@@ -512,7 +512,7 @@ def run(settings: Settings, *, host: str, port: int, processes: int, loglevel: s
     from granian.constants import Interfaces, Loops
 
     Granian(
-        "app.serve:app",
+        "nearline_rec.serve:app",
         address=host,
         port=port,
         interface=Interfaces.RSGI,

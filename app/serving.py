@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.core.modes import ListMode
-from app.errors import BadInput
-from app.storage import keys
-from app.storage.codec import CorruptRecord
-from app.storage.store import WorkerStore
+from nearline_rec.core.modes import ListMode
+from nearline_rec.errors import BadInput
+from nearline_rec.storage import keys
+from nearline_rec.storage.codec import CorruptRecord
+from nearline_rec.storage.store import WorkerStore
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class ListReader:
         """The user's list through the tiers. A list from Redis has no titles: the caller
         fills them at response time (`ReadResult.response(titles=...)`, the worker from its
         catalog)."""
-        from app.storage.redis_client import RETRYABLE
+        from nearline_rec.storage.redis_client import RETRYABLE
 
         cached = await self.cache.get(user_id)
         if cached is not None:
@@ -225,14 +225,14 @@ def get_recommendations(
     """
     import redis
 
-    from app.storage import codec
-    from app.storage.codes import CodeBook, mirror_meta_sync, resolve_sync
+    from nearline_rec.storage import codec
+    from nearline_rec.storage.codes import CodeBook, mirror_meta_sync, resolve_sync
 
     check_user_id(user_id)
     if not 1 <= k <= MAX_K:
         raise BadRequest(f"k must be between 1 and {MAX_K}, got {k}")
     if client is None:
-        from app.storage.redis_store import split_cluster_flag
+        from nearline_rec.storage.redis_store import split_cluster_flag
 
         plain_url, cluster = split_cluster_flag(url)  # ?cluster=true: Redis Cluster
         if cluster:

@@ -21,9 +21,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
-from app.core.channels import REGISTRY
-from app.core.modes import ModeOverride
-from app.errors import ConfigurationError
+from nearline_rec.core.channels import REGISTRY
+from nearline_rec.core.modes import ModeOverride
+from nearline_rec.errors import ConfigurationError
 
 ENV_PREFIX = "NEARLINE_"
 ENV_NESTED = "__"
@@ -468,7 +468,7 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        from app.security import mask_secrets
+        from nearline_rec.security import mask_secrets
 
         err = exc.errors()[0]
         # a validator may quote the value, and a URL's value may hold a password

@@ -1,7 +1,7 @@
 """The sink: every effect of one batch of user events or friend activity, written before the
 batch is acknowledged (commit after effects). The users' state into the table and its
 changelog, the lists into the store, the recommendations, dead letters and friend
-activity onto the broker; each retried with the one policy of app.retry until it is done
+activity onto the broker; each retried with the one policy of nearline_rec.retry until it is done
 (or a rebalance takes the batch), and a failure kept to the records that cause it."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.types import TP
 
-from app.core import fastjson
-from app.errors import NearlineError
-from app.kafka_clients import send_in_batches
-from app.processing import BatchResult, DeadLetter, RawRecord, dead_letter
-from app.retry import BatchAbandoned, held
-from app.runtime import Runtime, log_event
-from app.storage.redis_client import RETRYABLE, RedisRefused
+from nearline_rec.core import fastjson
+from nearline_rec.errors import NearlineError
+from nearline_rec.kafka_clients import send_in_batches
+from nearline_rec.processing import BatchResult, DeadLetter, RawRecord, dead_letter
+from nearline_rec.retry import BatchAbandoned, held
+from nearline_rec.runtime import Runtime, log_event
+from nearline_rec.storage.redis_client import RETRYABLE, RedisRefused
 
 log = logging.getLogger("nearline.ingest")
 

@@ -1,6 +1,6 @@
-"""Worker entry point: `faust -A app.worker worker` (or `nearline worker`).
+"""Worker entry point: `faust -A nearline_rec.worker worker` (or `nearline worker`).
 
-Importing it registers the agents on the App of app.composition; the Runtime (catalogue,
+Importing it registers the agents on the App of nearline_rec.composition; the Runtime (catalogue,
 recommender, store, ranker) is built in the worker's start-up hook below. A bad setting,
 found either way, is one line (`error: ...`) and exit code 2."""
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from app.settings import SettingsError
+from nearline_rec.settings import SettingsError
 
 
 def _stop(exc: SettingsError) -> None:
@@ -18,17 +18,17 @@ def _stop(exc: SettingsError) -> None:
 
 
 try:
-    from app.composition import app, runtime
+    from nearline_rec.composition import app, runtime
 except SettingsError as exc:
     _stop(exc)
 
-import agents.degrade  # noqa: E402  registers the lag monitor and recompute task
-import agents.friends  # noqa: E402  registers the user-relations and friend-activity agents
-import agents.ingest  # noqa: E402  registers the user-events agent
-import agents.items  # noqa: E402  registers the item-updates follower
-import agents.views  # noqa: E402,F401  registers the web views
-from app.blas import limit_blas_threads  # noqa: E402
-from app.core.lsh import warm_up  # noqa: E402
+import nearline_rec.agents.degrade  # noqa: E402  registers the lag monitor and recompute task
+import nearline_rec.agents.friends  # noqa: E402  registers the user-relations and friend-activity agents
+import nearline_rec.agents.ingest  # noqa: E402  registers the user-events agent
+import nearline_rec.agents.items  # noqa: E402  registers the item-updates follower
+import nearline_rec.agents.views  # noqa: E402,F401  registers the web views
+from nearline_rec.blas import limit_blas_threads  # noqa: E402
+from nearline_rec.core.lsh import warm_up  # noqa: E402
 
 __all__ = ["app"]
 

@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from app.blas import limit_blas_threads
-from app.calibration import CalibrationRunner
-from app.core.catalog import IndexConfig, ItemCatalog
-from app.core.events import ItemUpdate
-from app.core.lsh_tune import clustered_vectors, mixture_vectors
-from app.settings import LSHSettings
+from nearline_rec.blas import limit_blas_threads
+from nearline_rec.calibration import CalibrationRunner
+from nearline_rec.core.catalog import IndexConfig, ItemCatalog
+from nearline_rec.core.events import ItemUpdate
+from nearline_rec.core.lsh_tune import clustered_vectors, mixture_vectors
+from nearline_rec.settings import LSHSettings
 
 MODES = ("thread", "process")
 

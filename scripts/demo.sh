@@ -10,4 +10,4 @@ if [[ "${NEARLINE_SKIP_INSTALL:-0}" != 1 ]]; then
   "$PYTHON" -m pip install -q --require-hashes -r scripts/requirements-runtime.lock
   "$PYTHON" -m pip install -q --no-deps -e .
 fi
-exec "$PYTHON" -m app.cli demo "$@"
+exec "$PYTHON" -m nearline_rec.tools.cli demo "$@"

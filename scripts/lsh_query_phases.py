@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 
-from app.bench.lsh_workloads import workload_queries
-from app.blas import limit_blas_threads
-from app.core.lsh import LSHIndex, LSHParams
-from app.core.lsh import kernels as K
-from app.core.lsh_tune import workload_vectors
+from nearline_rec.blas import limit_blas_threads
+from nearline_rec.core.lsh import LSHIndex, LSHParams
+from nearline_rec.core.lsh import kernels as K
+from nearline_rec.core.lsh_tune import workload_vectors
+from nearline_rec.tools.bench.lsh_workloads import workload_queries
 
 
 def main() -> None:

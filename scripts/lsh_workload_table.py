@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from app.settings import LSHSettings
+from nearline_rec.settings import LSHSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "lsh-calibration.md"

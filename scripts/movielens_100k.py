@@ -13,8 +13,8 @@ import csv
 import sys
 from pathlib import Path
 
-from app.data.sample import GENRES as ML_GENRES
-from app.data.sample import NO_GENRES
+from nearline_rec.data.sample import GENRES as ML_GENRES
+from nearline_rec.data.sample import NO_GENRES
 
 # u.genre's order: "unknown", then the 18 genres of the later releases in their order
 GENRES = (NO_GENRES, *ML_GENRES)

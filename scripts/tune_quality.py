@@ -2,7 +2,7 @@
 
     nearline sample /tmp/sample && python scripts/tune_quality.py /tmp/sample
 
-Each row is one replay evaluation (app.quality.evaluate, the in-process mode) of the
+Each row is one replay evaluation (nearline_rec.tools.quality.evaluate, the in-process mode) of the
 sample with one setting changed from the row it names; rows print as a markdown table.
 """
 
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from app.core.rank import DEFAULT_MODEL
-from app.quality.evaluate import EvalConfig, prepare, replay, score
-from app.settings import ChannelSettings, Settings, load_settings
+from nearline_rec.core.rank import DEFAULT_MODEL
+from nearline_rec.settings import ChannelSettings, Settings, load_settings
+from nearline_rec.tools.quality.evaluate import EvalConfig, prepare, replay, score
 
 DAY = 86_400
 

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.core.events import ItemUpdate
-from app.core.lsh import ExactIndex, LSHIndex, LSHParams, default_params
-from app.core.lsh.calibrate import Calibration, CalibrationConfig, calibrate
-from app.core.neighbours import NeighbourCache
+from nearline_rec.core.events import ItemUpdate
+from nearline_rec.core.lsh import ExactIndex, LSHIndex, LSHParams, default_params
+from nearline_rec.core.lsh.calibrate import Calibration, CalibrationConfig, calibrate
+from nearline_rec.core.neighbours import NeighbourCache
 
 
 @dataclass(frozen=True, slots=True)

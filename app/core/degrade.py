@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.core.modes import ModeOverride, WorkerMode
+from nearline_rec.core.modes import ModeOverride, WorkerMode
 
 MODES = tuple(WorkerMode)
 OVERRIDES = tuple(ModeOverride)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import BadInput
+from nearline_rec.errors import BadInput
 
 EVENT_TYPES = (
     "click",
@@ -28,7 +28,8 @@ EVENT_TYPES = (
 
 SchemaCheck = Callable[[str, Any], str | None]
 """(schema name, parsed JSON) -> the first violation of schemas/<name>.schema.json as one line,
-or None when valid. The edge supplies it (app.records plugs in app.schemas.first_error), so
+or None when valid. The edge supplies it (nearline_rec.records plugs in
+nearline_rec.schemas.first_error), so
 the core reads no schema file itself."""
 
 

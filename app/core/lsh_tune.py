@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.core.lsh import ExactIndex, LSHIndex, LSHParams
+from nearline_rec.core.lsh import ExactIndex, LSHIndex, LSHParams
 
 
 @dataclass(frozen=True)

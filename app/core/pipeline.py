@@ -9,18 +9,24 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from app.core.catalog import IndexConfig, ItemCatalog
-from app.core.channels import build_channels, default_configs
-from app.core.channels.newest import newest_recall
-from app.core.channels.trending import trending_recall
-from app.core.events import UserEvent
-from app.core.modes import ListMode
-from app.core.popularity import ItemStats, top_keys
-from app.core.rank import RankModel, diversify, learned_features, rank
-from app.core.recall import Candidate, ChannelConfig, RecallContext, merge
-from app.core.social import Activity, SocialChange, SocialPolicy, apply_activity, like_forwards
-from app.core.user_state import UpdatePolicy, UserState, apply_event
-from app.core.users import UserDirectory
+from nearline_rec.core.catalog import IndexConfig, ItemCatalog
+from nearline_rec.core.channels import build_channels, default_configs
+from nearline_rec.core.channels.newest import newest_recall
+from nearline_rec.core.channels.trending import trending_recall
+from nearline_rec.core.events import UserEvent
+from nearline_rec.core.modes import ListMode
+from nearline_rec.core.popularity import ItemStats, top_keys
+from nearline_rec.core.rank import RankModel, diversify, learned_features, rank
+from nearline_rec.core.recall import Candidate, ChannelConfig, RecallContext, merge
+from nearline_rec.core.social import (
+    Activity,
+    SocialChange,
+    SocialPolicy,
+    apply_activity,
+    like_forwards,
+)
+from nearline_rec.core.user_state import UpdatePolicy, UserState, apply_event
+from nearline_rec.core.users import UserDirectory
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.core.catalog import ItemCatalog
+from nearline_rec.core.catalog import ItemCatalog
 
 # Exponents above this are folded back into the scores so float64 never overflows.
 _RENORMALISE_AT = 60.0

@@ -11,9 +11,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from app.core.channels import CHANNELS
-from app.core.recall import Candidate, RecallContext, liked_genres
-from app.errors import BadInput
+from nearline_rec.core.channels import CHANNELS
+from nearline_rec.core.recall import Candidate, RecallContext, liked_genres
+from nearline_rec.errors import BadInput
 
 FEATURES = ("similarity", "recall_score", "popularity", "recency", "genre_match", "short_term")
 LEARNED_FEATURES = (

@@ -10,10 +10,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from app.core.catalog import ItemCatalog
-from app.core.popularity import ItemStats
-from app.core.user_state import UserState
-from app.core.users import UserDirectory
+from nearline_rec.core.catalog import ItemCatalog
+from nearline_rec.core.popularity import ItemStats
+from nearline_rec.core.user_state import UserState
+from nearline_rec.core.users import UserDirectory
 
 
 class Candidate(NamedTuple):

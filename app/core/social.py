@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from app.core.events import InvalidRecord, SchemaCheck, _id, _parse_json, _schema_problem
+from nearline_rec.core.events import InvalidRecord, SchemaCheck, _id, _parse_json, _schema_problem
 
 ACTIONS = ("add", "remove")
 KINDS = ("follow", "follower", "like")

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from app.core import fastjson
-from app.core.events import UserEvent
+from nearline_rec.core import fastjson
+from nearline_rec.core.events import UserEvent
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from app.core.catalog import IndexConfig, unit
-from app.core.lsh import ExactIndex, LSHIndex
+from nearline_rec.core.catalog import IndexConfig, unit
+from nearline_rec.core.lsh import ExactIndex, LSHIndex
 
 _NO_KEYS = np.zeros(0, dtype=np.int32)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.errors import BadInput
+from nearline_rec.errors import BadInput
 
 MOVIES_HEADER = ("movieId", "title", "genres")
 RATINGS_HEADER = ("userId", "movieId", "rating", "timestamp")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.data.sample_items import (
+from nearline_rec.data.sample_items import (
     DAY,
     EMBED_NOISE,
     GENRES,
@@ -32,7 +32,7 @@ from app.data.sample_items import (
     draw_titles,
     rank_within_taste,
 )
-from app.data.sample_ratings import (
+from nearline_rec.data.sample_ratings import (
     ON_TASTE,
     USER_ZIPF,
     choose_items,
@@ -41,7 +41,7 @@ from app.data.sample_ratings import (
     draw_rating_values,
     draw_user_tastes,
 )
-from app.progress import Progress, terminal_bar
+from nearline_rec.progress import Progress, terminal_bar
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.data.sample_items import DAY, ITEM_ZIPF, WINDOW_DAYS, WINDOW_START
-from app.progress import terminal_bar
+from nearline_rec.data.sample_items import DAY, ITEM_ZIPF, WINDOW_DAYS, WINDOW_START
+from nearline_rec.progress import terminal_bar
 
 USER_ZIPF = 1.0  # activity exponent (shifted Zipf: (rank + USER_ZIPF_SHIFT) ** -USER_ZIPF)
 USER_ZIPF_SHIFT = 8.0

@@ -20,7 +20,7 @@ Layout of format 1 (schemas/redis-user-list.md has the same table):
 
 Every field but the version is little-endian. Scores are not stored (the recommendations
 topic carries them); titles come from the catalog. Item codes and version strings are
-small integers interned in a registry (app.storage.codes).
+small integers interned in a registry (nearline_rec.storage.codes).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from app.core.channels import channel_codes
-from app.core.modes import ListMode
-from app.errors import BadInput
+from nearline_rec.core.channels import channel_codes
+from nearline_rec.core.modes import ListMode
+from nearline_rec.errors import BadInput
 
 FORMAT = 1
 _HEAD = struct.Struct(">BQ")  # format, version (big-endian so byte order is numeric order)

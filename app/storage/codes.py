@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from app.storage import codec, keys
+from nearline_rec.storage import codec, keys
 
 # KEYS: name->code hash, code->name hash, meta hash; ARGV: sequence field in meta, epoch
 # candidate, names... Returns {epoch, code, code, ...}.

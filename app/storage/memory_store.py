@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from app.core.popularity import CountedEvent, ItemCount
-from app.storage import keys
-from app.storage.store import ItemUpsert, ListWrite, TitleSource
+from nearline_rec.core.popularity import CountedEvent, ItemCount
+from nearline_rec.storage import keys
+from nearline_rec.storage.store import ItemUpsert, ListWrite, TitleSource
 
 
 class MemoryStore:
-    """The worker's store in this process (app.storage.store.WorkerStore)."""
+    """The worker's store in this process (nearline_rec.storage.store.WorkerStore)."""
 
     def __init__(self, key_prefix: str = "nearline") -> None:
         self.prefix = key_prefix

@@ -14,8 +14,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from app.errors import StoreUnavailable
-from app.settings import RedisSettings
+from nearline_rec.errors import StoreUnavailable
+from nearline_rec.settings import RedisSettings
 
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 """Redis is away: retried with backoff (tenacity) in the store, then by the caller."""
@@ -124,7 +124,7 @@ def check_access(cfg: RedisSettings) -> None:
 
     import redis
 
-    from app.settings import SettingsError
+    from nearline_rec.settings import SettingsError
 
     url = split_cluster_flag(cfg.url)[0]  # one node answers PING for the whole cluster
     parts = urlsplit(url)

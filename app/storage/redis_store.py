@@ -19,11 +19,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from app.core.popularity import CountedEvent, ItemCount
-from app.settings import RedisSettings
-from app.storage import codec, keys
-from app.storage.codes import INTERN, CodeBook, intern_args, titles_from_meta
-from app.storage.redis_client import (
+from nearline_rec.core.popularity import CountedEvent, ItemCount
+from nearline_rec.settings import RedisSettings
+from nearline_rec.storage import codec, keys
+from nearline_rec.storage.codes import INTERN, CodeBook, intern_args, titles_from_meta
+from nearline_rec.storage.redis_client import (
     REFUSALS,
     RETRYABLE,
     UNAVAILABLE,
@@ -33,7 +33,7 @@ from app.storage.redis_client import (
     refusal,
     split_cluster_flag,
 )
-from app.storage.scripts import (
+from nearline_rec.storage.scripts import (
     CAS_HSET,
     CAS_RECORD,
     COUNT_ITEMS,
@@ -41,7 +41,13 @@ from app.storage.scripts import (
     count_args,
     parse_count,
 )
-from app.storage.store import ItemUpsert, ListWrite, TitleSource, decode_vector, encode_vector
+from nearline_rec.storage.store import (
+    ItemUpsert,
+    ListWrite,
+    TitleSource,
+    decode_vector,
+    encode_vector,
+)
 
 __all__ = [
     "REFUSALS",
@@ -61,7 +67,7 @@ log = logging.getLogger(__name__)
 
 
 class RedisStore:
-    """The worker's store on Redis (app.storage.store.WorkerStore)."""
+    """The worker's store on Redis (nearline_rec.storage.store.WorkerStore)."""
 
     def __init__(self, cfg: RedisSettings) -> None:
         self.cfg = cfg

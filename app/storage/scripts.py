@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from app.core.popularity import CountedEvent, ItemCount
+from nearline_rec.core.popularity import CountedEvent, ItemCount
 
 # Write only when the new version is above the stored one: a replayed or reordered
 # write can never replace a newer value. KEYS[1]=hash; ARGV: ver, ttl, field, value, ...

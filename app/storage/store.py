@@ -10,7 +10,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from app.core.popularity import CountedEvent, ItemCount
+from nearline_rec.core.popularity import CountedEvent, ItemCount
 
 TitleSource = Callable[[str], str | None] | Literal["mirror"] | None
 

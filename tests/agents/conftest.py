@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.composition import guard, settings, use_runtime, user_table
-from app.runtime import Runtime
-from app.storage.memory_store import MemoryStore
+from nearline_rec.composition import guard, settings, use_runtime, user_table
+from nearline_rec.runtime import Runtime
+from nearline_rec.storage.memory_store import MemoryStore
 from tests.unit.factories import item
 
 Sent = tuple[str, int | None, bytes | None, bytes]

@@ -11,10 +11,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import sys
-import agents.degrade, agents.friends, agents.ingest, agents.items, agents.views
-import app.composition as c
+import nearline_rec.agents.degrade, nearline_rec.agents.friends, nearline_rec.agents.ingest, nearline_rec.agents.items, nearline_rec.agents.views
+import nearline_rec.composition as c
 assert c._runtime is None, "importing the agents built a Runtime"
-assert "app.storage.redis_store" not in sys.modules, "importing the agents loaded the store"
+assert "nearline_rec.storage.redis_store" not in sys.modules, "importing the agents loaded the store"
 names = sorted(a.name for a in c.app.agents.values())
 print(" ".join(names))
 """
@@ -26,14 +26,14 @@ def test_importing_the_agents_builds_no_runtime():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [
-        "agents.friends.friend_activity",
-        "agents.friends.relations",
-        "agents.ingest.ingest",
+        "nearline_rec.agents.friends.friend_activity",
+        "nearline_rec.agents.friends.relations",
+        "nearline_rec.agents.ingest.ingest",
     ]
 
 
 def test_the_runtime_is_built_on_first_use_from_the_settings():
-    from app.composition import runtime, settings, use_runtime
+    from nearline_rec.composition import runtime, settings, use_runtime
 
     use_runtime(None)
     try:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
-from agents.ingest import ingest
-from app.composition import settings
-from app.core.events import UserEvent
-from app.core.user_state import UserState
+from nearline_rec.agents.ingest import ingest
+from nearline_rec.composition import settings
+from nearline_rec.core.events import UserEvent
+from nearline_rec.core.user_state import UserState
 from tests.unit.factories import T0
 
 T = settings.topics

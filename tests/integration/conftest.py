@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from app.localrun import WorkerProcess, isolated_env, settings_for
+from nearline_rec.tools.localrun import WorkerProcess, isolated_env, settings_for
 
 REPO = Path(__file__).resolve().parents[2]
 KAFKA = os.environ.get("NEARLINE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -128,9 +128,9 @@ class CatalogRun:
 @pytest.fixture
 def catalog_run(run_id: str, tmp_path: Path) -> CatalogRun:
     """A run with a small planted sample generated, topics created and items published."""
-    from app.data.sample import generate_sample
-    from app.kafka_clients import ensure_topics
-    from app.producer import item_updates_from_files, publish_items
+    from nearline_rec.data.sample import generate_sample
+    from nearline_rec.kafka_clients import ensure_topics
+    from nearline_rec.producer import item_updates_from_files, publish_items
 
     env = run_env(run_id)
     s = settings_for(env)

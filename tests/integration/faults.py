@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from app.core.events import ItemUpdate, UserEvent, encode_item_update
-from app.localrun import free_port
-from app.producer import make_producer
-from app.records import decode_item_update
+from nearline_rec.core.events import ItemUpdate, UserEvent, encode_item_update
+from nearline_rec.producer import make_producer
+from nearline_rec.records import decode_item_update
+from nearline_rec.tools.localrun import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "scripts" / "services.sh"
@@ -431,7 +431,7 @@ def replay(
     applied: list[Produced] | None = None,
 ) -> dict:
     """Pure in-process reference: every event applied once, in partition-offset order,
-    through the same core (app.core) the worker uses. With `applied`, repeated event ids
+    through the same core (nearline_rec.core) the worker uses. With `applied`, repeated event ids
     are allowed (skipped, as the worker does) and the events that applied are collected;
     without, every event must apply."""
     return replayed(settings, updates, produced, applied)[1]
@@ -444,8 +444,8 @@ def replayed(
     applied: list[Produced] | None = None,
 ) -> tuple[Any, dict]:
     """`replay`, returning the recommender too (its item statistics count every event)."""
-    from app.core.user_state import UserState
-    from app.factory import build_recommender
+    from nearline_rec.core.user_state import UserState
+    from nearline_rec.factory import build_recommender
 
     rec = build_recommender(settings)
     rec.catalog.upsert_many(worker_items(updates, settings.items.embedding_dim))
@@ -494,8 +494,8 @@ class Check:
 
 
 def read_user_rows(r: Any, prefix: str, users: Sequence[str]) -> dict[str, Any]:
-    """Every user's decoded record in Redis (app.storage.codes.StoredUser) or None."""
-    from app.storage.codes import read_users_sync
+    """Every user's decoded record in Redis (nearline_rec.storage.codes.StoredUser) or None."""
+    from nearline_rec.storage.codes import read_users_sync
 
     return read_users_sync(r, prefix, users)
 
@@ -675,7 +675,7 @@ def wait_shared_lists(r: Any, prefix: str, since: float, timeout: float = 30) ->
     """Wait until the worker's refresh timer wrote the popularity list at or after `since`
     (unix time, same clock): the shared lists then include every event handled before it.
     Returns that list."""
-    from app.storage.keys import popular_list
+    from nearline_rec.storage.keys import popular_list
 
     got: dict[str, Any] = {}
 
@@ -691,10 +691,10 @@ def wait_shared_lists(r: Any, prefix: str, since: float, timeout: float = 30) ->
 
 def catalog_on(env: dict[str, str], tmp: Path, *, n_items: int = 600, seed: int = 11) -> Any:
     """What the catalog_run fixture does, against the broker named in `env` (an own one)."""
-    from app.data.sample import generate_sample
-    from app.kafka_clients import ensure_topics
-    from app.localrun import settings_for
-    from app.producer import item_updates_from_files, publish_items
+    from nearline_rec.data.sample import generate_sample
+    from nearline_rec.kafka_clients import ensure_topics
+    from nearline_rec.producer import item_updates_from_files, publish_items
+    from nearline_rec.tools.localrun import settings_for
     from tests.integration.conftest import CatalogRun
 
     s = settings_for(env)

@@ -7,17 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import agents.ingest
-from app.cli import main
+import nearline_rec.agents.ingest
+from nearline_rec.tools.cli import main
 
-_handle_batch = agents.ingest.handle_batch
+_handle_batch = nearline_rec.agents.ingest.handle_batch
 
 
 async def _skipping(events: list[Any]) -> None:
     await _handle_batch(events[:-1])
 
 
-agents.ingest.handle_batch = _skipping
+nearline_rec.agents.ingest.handle_batch = _skipping
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,5 @@
-"""The ingest agent's batch publisher (app.kafka_clients.send_in_batches) on the real broker."""
+"""The ingest agent's batch publisher (nearline_rec.kafka_clients.send_in_batches) on the real
+broker."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from app.kafka_clients import send_in_batches
+from nearline_rec.kafka_clients import send_in_batches
 from tests.integration.conftest import KAFKA
 
 pytestmark = pytest.mark.integration

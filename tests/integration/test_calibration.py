@@ -10,14 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from app.core.lsh_tune import clustered_vectors, mixture_vectors
+from nearline_rec.core.lsh_tune import clustered_vectors, mixture_vectors
 from tests.integration.faults import BackgroundProducer, event_stream, metric
 
 pytestmark = pytest.mark.integration
 
 
 def test_catalogue_changing_shape_is_recalibrated_while_events_flow(catalog_run, workers):
-    from app.producer import publish_items
+    from nearline_rec.producer import publish_items
 
     run = catalog_run
     s = run.settings

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 def test_one_of_three_brokers_killed_under_load_loses_nothing(run_id, workers, tmp_path):
     from kafka.admin import KafkaAdminClient
 
-    from app.kafka_clients import client_kwargs
+    from nearline_rec.kafka_clients import client_kwargs
 
     cluster = OwnKafkaCluster(tmp_path, 3)
     try:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from app.core.events import UserEvent
-from app.schemas import validate
+from nearline_rec.core.events import UserEvent
+from nearline_rec.schemas import validate
 from tests.integration.conftest import REPO, consume_all, redis_client
 from tests.integration.faults import (
     T0,
@@ -119,7 +119,7 @@ def test_records_near_the_broker_limit_are_dead_lettered_cut_and_every_partition
     # re-drive: a cut letter's original is read back from the source topic (length and
     # sha256 checked), produced again, and dead-lettered again whole-sized by the worker
     out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "dlq", "--redrive"],
+        [sys.executable, "-m", "nearline_rec.tools.cli", "dlq", "--redrive"],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -157,7 +157,7 @@ _SITECUSTOMIZE = f'''
 """Test-only: the worker's core raises on one item id (a record that breaks the core)."""
 import sys
 sys.path.insert(0, {str(REPO)!r})
-from app.core import pipeline
+from nearline_rec.core import pipeline
 
 _apply = pipeline.Recommender.apply
 
@@ -322,7 +322,7 @@ is misconfigured would, for every record alike)."""
 import os
 import sys
 sys.path.insert(0, {repo!r})
-from app import processing
+from nearline_rec import processing
 
 _output = processing.BatchProcessor.output
 

@@ -8,10 +8,10 @@ from collections import Counter
 
 import pytest
 
-from app.core.events import UserEvent
-from app.producer import produce_events
-from app.schemas import validate
-from app.storage.codes import read_users_sync
+from nearline_rec.core.events import UserEvent
+from nearline_rec.producer import produce_events
+from nearline_rec.schemas import validate
+from nearline_rec.storage.codes import read_users_sync
 from tests.integration.conftest import consume_all, redis_client
 from tests.integration.faults import wait_shared_lists
 
@@ -127,7 +127,7 @@ def test_operator_override_forces_modes_and_auto_recovers(catalog_run, workers):
 
     def cli(*args: str) -> str:
         res = subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, "-m", "nearline_rec.tools.cli", *args],
             capture_output=True,
             text=True,
             env={**os.environ, **env},

@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from app.core.events import UserEvent
-from app.core.experiments import Variant, assign, summarize
-from app.producer import produce_events
-from app.schemas import validate
-from app.storage.codes import read_users_sync
-from app.storage.keys import experiment_counts
+from nearline_rec.core.events import UserEvent
+from nearline_rec.core.experiments import Variant, assign, summarize
+from nearline_rec.producer import produce_events
+from nearline_rec.schemas import validate
+from nearline_rec.storage.codes import read_users_sync
+from nearline_rec.storage.keys import experiment_counts
 from tests.integration.conftest import REPO, redis_client
 from tests.integration.faults import poll_until
 
@@ -82,7 +82,7 @@ def test_two_variants_make_different_lists_with_separate_figures(catalog_run, wo
 
     poll_until(flushed, 30, "the experiment counts flushed into Redis")
     res = subprocess.run(
-        [sys.executable, "-m", "app.cli", "experiments", "--json"],
+        [sys.executable, "-m", "nearline_rec.tools.cli", "experiments", "--json"],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from app.core.events import UserEvent
+from nearline_rec.core.events import UserEvent
 from tests.integration.conftest import redis_client
 from tests.integration.faults import (
     agent_crashes,
@@ -51,7 +51,7 @@ def _user_on(partitions: set[int], n: int, prefix: str) -> str:
 
 def _load_relations(env: dict[str, str], path, *extra: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "load-relations", str(path), *extra],
+        [sys.executable, "-m", "nearline_rec.tools.cli", "load-relations", str(path), *extra],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -171,9 +171,9 @@ def test_redis_flushall_under_load_lists_rebuilt_and_nothing_lost(catalog_run, w
     (readers got no items)."""
     import redis
 
-    from app.schemas import validate
-    from app.serving import get_recommendations
-    from app.storage.codes import read_users_sync
+    from nearline_rec.schemas import validate
+    from nearline_rec.serving import get_recommendations
+    from nearline_rec.storage.codes import read_users_sync
 
     run = catalog_run
     s = run.settings

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from app.schemas import validate
-from app.storage.codes import read_users_sync
+from nearline_rec.schemas import validate
+from nearline_rec.storage.codes import read_users_sync
 from tests.integration.conftest import KAFKA, consume_all, redis_client
 
 pytestmark = pytest.mark.integration

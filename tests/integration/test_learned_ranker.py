@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from app.core.rank import LEARNED_FEATURES, load_model
-from app.quality.learn import LearnConfig, fit, to_onnx
-from app.ranking import card_path
+from nearline_rec.core.rank import LEARNED_FEATURES, load_model
+from nearline_rec.ranking import card_path
+from nearline_rec.tools.quality.learn import LearnConfig, fit, to_onnx
 from tests.integration.conftest import KAFKA, consume_all
 from tests.integration.faults import http_get
 

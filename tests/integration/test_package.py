@@ -51,7 +51,7 @@ def test_the_wheel_installed_elsewhere_runs_sample_and_evaluate(tmp_path: Path):
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     # nothing of the checkout is importable from there
     where = _run(
-        [py, "-c", "import app, agents; print(app.__file__, agents.__file__)"], cwd=work, env=env
+        [py, "-c", "import nearline_rec.agents as a; print(a.__file__)"], cwd=work, env=env
     )
     assert str(REPO) not in where.stdout and "site-packages" in where.stdout
     _run(

@@ -7,11 +7,11 @@ from collections import Counter
 
 import pytest
 
-from app.core.channels import CHANNELS
-from app.core.events import ItemUpdate, UserEvent
-from app.producer import produce_events, publish_items
-from app.schemas import validate
-from app.storage.codes import read_users_sync
+from nearline_rec.core.channels import CHANNELS
+from nearline_rec.core.events import ItemUpdate, UserEvent
+from nearline_rec.producer import produce_events, publish_items
+from nearline_rec.schemas import validate
+from nearline_rec.storage.codes import read_users_sync
 from tests.integration.conftest import consume_all, redis_client
 
 pytestmark = pytest.mark.integration
@@ -51,8 +51,8 @@ def test_lists_reflect_planted_tastes_and_replay_changes_nothing(catalog_run, wo
 
     # Background traffic from the sample log, then users who stick to one planted taste,
     # and one who switches taste: the list must follow the latest events.
-    from app.data.loaders import read_ratings
-    from app.producer import events_from_ratings
+    from nearline_rec.data.loaders import read_ratings
+    from nearline_rec.producer import events_from_ratings
 
     background = list(events_from_ratings(read_ratings(run.info.ratings_path)))[:1500]
     planted: dict[str, int] = {}
@@ -177,7 +177,7 @@ def test_item_changes_while_running_and_state_survives_restart(catalog_run, work
         ),
     ]
     publish_items(s, updates)
-    from app.producer import produce_raw
+    from nearline_rec.producer import produce_raw
 
     bad = [
         (

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from app.data.sample import generate_sample
-from app.localrun import settings_for
-from app.quality.e2e import E2EConfig, run_e2e
-from app.quality.evaluate import EvalConfig, evaluate, prepare
+from nearline_rec.data.sample import generate_sample
+from nearline_rec.tools.localrun import settings_for
+from nearline_rec.tools.quality.e2e import E2EConfig, run_e2e
+from nearline_rec.tools.quality.evaluate import EvalConfig, evaluate, prepare
 from tests.integration.conftest import KAFKA, REDIS_URL
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""The gap filler's range reads (app.kafka_clients.RangeReader) on the real broker."""
+"""The gap filler's range reads (nearline_rec.kafka_clients.RangeReader) on the real broker."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from app.kafka_clients import RangeReader
-from app.settings import KafkaSettings
+from nearline_rec.kafka_clients import RangeReader
+from nearline_rec.settings import KafkaSettings
 from tests.integration.conftest import KAFKA
 
 pytestmark = pytest.mark.integration

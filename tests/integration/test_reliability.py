@@ -2,7 +2,8 @@
 
 Each test runs real worker processes against a real broker and Redis, injects one fault
 under load, and checks every user's end state against a pure in-process replay of the same
-events through app.core (each event applied exactly once, in offset order). Each checks that
+events through nearline_rec.core (each event applied exactly once, in offset order). Each checks
+that
 no agent crashed and no worker it did not kill exited, and only then reports its figures
 (measured, none written in) as a `RELIABILITY <name>: ...` line and in
 test-artifacts/reliability.json.
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from app.schemas import validate
-from app.storage.codes import read_users_sync
+from nearline_rec.schemas import validate
+from nearline_rec.storage.codes import read_users_sync
 from tests.integration.conftest import redis_client, run_env
 from tests.integration.faults import (
     T0,
@@ -102,7 +103,7 @@ def test_records_the_stream_skips_are_read_back_in_order_and_never_committed_unr
     flow control is suspended or from an older consumer generation): the offset commit
     then passes an event nobody applied. Injected here on every batch (its last record is
     dropped after take_events buffered it, by tests/integration/skipping_worker.py); the
-    worker's commit guard (app.commit_guard) must read each one back and apply it in
+    worker's commit guard (nearline_rec.commit_guard) must read each one back and apply it in
     order, and the commit must wait for it, including the very last record of each
     partition, which no later record reveals."""
     run = catalog_run
@@ -360,7 +361,7 @@ def _hostile_events(items: list[str], dim: int) -> list[tuple[str, bytes | None,
     a broken or hostile producer can send."""
     import random
 
-    from app.core.events import UserEvent
+    from nearline_rec.core.events import UserEvent
 
     rng = random.Random(7)
     out: list[tuple[str, bytes | None, bytes | None]] = []
@@ -495,10 +496,10 @@ def _hostile_items(dim: int) -> list[tuple[str, bytes | None, bytes | None, str 
 
 
 def test_hostile_input_ends_in_state_or_dead_letters_and_worker_survives(catalog_run, workers):
-    from app.core.events import InvalidRecord
-    from app.factory import build_recommender
-    from app.processing import BatchProcessor, DeadLetter, RawRecord
-    from app.records import decode_item_update
+    from nearline_rec.core.events import InvalidRecord
+    from nearline_rec.factory import build_recommender
+    from nearline_rec.processing import BatchProcessor, DeadLetter, RawRecord
+    from nearline_rec.records import decode_item_update
     from tests.integration.conftest import consume_all
     from tests.integration.faults import Produced, produce_raw_tracked
 
@@ -582,8 +583,8 @@ def test_hostile_input_ends_in_state_or_dead_letters_and_worker_survives(catalog
     assert r.exists(f"{s.redis.key_prefix}item:{{hx-11}}")
 
     # Still serving: a normal event after all that gets a normal list.
-    from app.core.events import UserEvent
-    from app.producer import produce_events
+    from nearline_rec.core.events import UserEvent
+    from nearline_rec.producer import produce_events
 
     produce_events(s, [UserEvent("after-0", "after-user", items[0], "like", T0)])
     w.wait_events(len(corpus) + 1, timeout=30)
@@ -651,7 +652,7 @@ def test_redis_cluster_three_nodes_two_workers_lists_and_reads(catalog_run, work
     """The worker against a three-node Redis Cluster (NEARLINE_REDIS__URL ...?cluster=true)
     and two worker processes on a multi-partition topic: lists land and reads work exactly
     as on one Redis; every user's keys share one slot ({user} hash tag)."""
-    from app.serving import get_recommendations
+    from nearline_rec.serving import get_recommendations
     from tests.integration.faults import OwnRedisCluster
 
     run = catalog_run

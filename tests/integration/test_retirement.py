@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from app.serving import get_recommendations
-from app.storage.codes import read_users_sync
+from nearline_rec.serving import get_recommendations
+from nearline_rec.storage.codes import read_users_sync
 from tests.integration.conftest import REDIS_URL, redis_client
 from tests.integration.faults import event_stream, http_get, poll_until, produce_tracked
 from tests.reliability_report import report
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def test_a_retired_item_is_never_read_again(catalog_run, workers):
     """Failed before: both read paths served the stored list as written, retired items
     included, until the user's next event or the list's TTL (days)."""
-    from app.producer import publish_items
+    from nearline_rec.producer import publish_items
 
     run = catalog_run
     s = run.settings

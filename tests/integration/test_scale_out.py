@@ -33,8 +33,8 @@ pytestmark = pytest.mark.integration
 def _replay(settings, updates, waves, sources=None):
     """The reference: each wave in the order it was produced, each event once; `sources`:
     the topic incarnation each wave was produced to."""
-    from app.core.user_state import UserState
-    from app.factory import build_recommender
+    from nearline_rec.core.user_state import UserState
+    from nearline_rec.factory import build_recommender
 
     rec = build_recommender(settings)
     rec.catalog.upsert_many(worker_items(updates, settings.items.embedding_dim))
@@ -70,7 +70,7 @@ def test_user_events_grown_while_a_worker_runs_loses_and_repeats_nothing(run_id,
     grown = 2 * s.topics.partitions
     t_grow = time.monotonic()
     out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "grow-partitions", str(grown)],
+        [sys.executable, "-m", "nearline_rec.tools.cli", "grow-partitions", str(grown)],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -78,7 +78,7 @@ def test_user_events_grown_while_a_worker_runs_loses_and_repeats_nothing(run_id,
     )
     assert out.returncode == 0, out.stderr
     again = subprocess.run(
-        [sys.executable, "-m", "app.cli", "grow-partitions", str(grown)],
+        [sys.executable, "-m", "nearline_rec.tools.cli", "grow-partitions", str(grown)],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -138,7 +138,7 @@ def test_user_events_deleted_and_made_again_applies_every_new_event_once(catalog
     offset at or below the user's last one) and dropped."""
     from kafka.admin import KafkaAdminClient
 
-    from app.kafka_clients import client_kwargs, ensure_topics, topic_id
+    from nearline_rec.kafka_clients import client_kwargs, ensure_topics, topic_id
 
     run = catalog_run
     s = run.settings

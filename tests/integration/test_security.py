@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from app.core.events import UserEvent
-from app.localrun import WorkerProcess, settings_for
-from app.producer import produce_events
-from app.storage.codes import read_users_sync
+from nearline_rec.core.events import UserEvent
+from nearline_rec.producer import produce_events
+from nearline_rec.storage.codes import read_users_sync
+from nearline_rec.tools.localrun import WorkerProcess, settings_for
 from tests.integration.conftest import REPO, redis_client, run_env
 from tests.integration.faults import (
     T0,
@@ -73,7 +73,7 @@ def ca(tmp_path_factory) -> ThrowawayCA:
 @pytest.fixture(scope="module")
 def secure_kafka(tmp_path_factory, ca) -> Iterator[tuple[OwnKafka, dict[str, int], str]]:
     """An own broker with SASL_PLAINTEXT and SASL_SSL listeners (PLAIN), user `nearline`."""
-    from app.localrun import free_port
+    from nearline_rec.tools.localrun import free_port
 
     password = _secret("kafka-pw")
     ports = {"sasl": free_port(), "sasl_ssl": free_port()}
@@ -92,7 +92,7 @@ def secure_kafka(tmp_path_factory, ca) -> Iterator[tuple[OwnKafka, dict[str, int
 def _cli_worker(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
     """`nearline worker` as an operator runs it; expected to stop at once here."""
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "worker"],
+        [sys.executable, "-m", "nearline_rec.tools.cli", "worker"],
         cwd=REPO,
         env={**os.environ, **env},
         capture_output=True,

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from app.core.events import UserEvent
-from app.localrun import ServeProcess
-from app.producer import produce_events
-from app.schemas import validate
-from app.storage import keys
+from nearline_rec.core.events import UserEvent
+from nearline_rec.producer import produce_events
+from nearline_rec.schemas import validate
+from nearline_rec.storage import keys
+from nearline_rec.tools.localrun import ServeProcess
 from tests.integration.conftest import redis_client, run_env
 from tests.integration.faults import OwnRedis, poll_until
 
@@ -169,9 +169,9 @@ def test_concurrent_reads_share_one_mget_and_a_read_past_its_budget_leaves_the_r
     others of its batch."""
     import asyncio
 
-    from app.localrun import settings_for
-    from app.serve import GetBatcher
-    from app.storage.redis_store import make_client
+    from nearline_rec.serve import GetBatcher
+    from nearline_rec.storage.redis_store import make_client
+    from nearline_rec.tools.localrun import settings_for
 
     s = settings_for(run_env(run_id))
     r = redis_client()

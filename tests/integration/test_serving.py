@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from app.core.events import UserEvent
-from app.localrun import free_port
-from app.producer import produce_events, produce_raw
-from app.schemas import validate
+from nearline_rec.core.events import UserEvent
+from nearline_rec.producer import produce_events, produce_raw
+from nearline_rec.schemas import validate
+from nearline_rec.tools.localrun import free_port
 from tests.integration.conftest import REPO, consume_all
 from tests.integration.faults import poll_until, wait_shared_lists
 
@@ -100,7 +100,7 @@ def http(port: int, path: str, token: str | None = None) -> tuple[int, dict | st
 def test_read_tiers_health_and_metrics(catalog_run, workers, own_redis):
     from prometheus_client.parser import text_string_to_metric_families
 
-    from app.serving import get_recommendations
+    from nearline_rec.serving import get_recommendations
 
     run = catalog_run
     env = {
@@ -234,7 +234,7 @@ def test_operator_cli_and_dead_letter_redrive(catalog_run, workers):
 
     def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         res = subprocess.run(
-            [sys.executable, "-m", "app.cli", *args],
+            [sys.executable, "-m", "nearline_rec.tools.cli", *args],
             capture_output=True,
             text=True,
             env=env,
@@ -244,7 +244,7 @@ def test_operator_cli_and_dead_letter_redrive(catalog_run, workers):
         assert (res.returncode == 0) == ok, (args, res.stdout, res.stderr)
         return res
 
-    from app.ops import group_lag
+    from nearline_rec.tools.ops import group_lag
 
     def committed() -> bool:
         info = group_lag(s)

@@ -10,12 +10,12 @@ import uuid
 import numpy as np
 import pytest
 
-from app.core.pipeline import RecItem, RecList
-from app.serving import ListReader, get_recommendations
-from app.settings import load_settings
-from app.storage import codec, keys
-from app.storage.codes import read_users_sync
-from app.storage.redis_store import ListWrite, RedisStore
+from nearline_rec.core.pipeline import RecItem, RecList
+from nearline_rec.serving import ListReader, get_recommendations
+from nearline_rec.settings import load_settings
+from nearline_rec.storage import codec, keys
+from nearline_rec.storage.codes import read_users_sync
+from nearline_rec.storage.redis_store import ListWrite, RedisStore
 from tests.integration.conftest import REDIS_URL, redis_client
 
 pytestmark = pytest.mark.integration

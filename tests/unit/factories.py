@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.core.catalog import IndexConfig, ItemCatalog
-from app.core.events import ItemUpdate, UserEvent
+from nearline_rec.core.catalog import IndexConfig, ItemCatalog
+from nearline_rec.core.events import ItemUpdate, UserEvent
 
 T0 = 1_700_000_000.0
 """A fixed event time (2023-11-14), so no test depends on the wall clock."""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from app.cli import main
+from nearline_rec.tools.cli import main
 from tests.reliability_report import report
 
 MOVIES = "movieId,title,genres\n1,A (1999),Drama\n2,B (2001),Comedy|Drama\n3,C (2003),Drama\n"
@@ -177,15 +177,15 @@ def files(tmp_path, monkeypatch):
 
         return fn
 
-    import app.kafka_clients
-    import app.producer
+    import nearline_rec.kafka_clients
+    import nearline_rec.producer
 
     for mod, name in [
-        (app.producer, "make_producer"),
-        (app.producer, "publish_items"),
-        (app.producer, "produce_events"),
-        (app.producer, "publish_relations"),
-        (app.kafka_clients, "ensure_topics"),
+        (nearline_rec.producer, "make_producer"),
+        (nearline_rec.producer, "publish_items"),
+        (nearline_rec.producer, "produce_events"),
+        (nearline_rec.producer, "publish_relations"),
+        (nearline_rec.kafka_clients, "ensure_topics"),
     ]:
         monkeypatch.setattr(mod, name, recorder(name))
     return tmp_path, calls

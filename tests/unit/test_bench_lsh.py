@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.bench.lsh import bench_updates
-from app.bench.lsh_measure import workload
-from app.core.lsh import LSHIndex, LSHParams
+from nearline_rec.core.lsh import LSHIndex, LSHParams
+from nearline_rec.tools.bench.lsh import bench_updates
+from nearline_rec.tools.bench.lsh_measure import workload
 
 
 def test_bench_updates_restores_the_index_and_measures_queries_with_a_delta():

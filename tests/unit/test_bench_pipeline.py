@@ -3,10 +3,10 @@ the ONNX model and says where the ranking time goes; the summary's ratios and ve
 
 from __future__ import annotations
 
-from app.bench.core import core_throughput
-from app.bench.pipeline import _ranker_summary
-from app.bench.workload import catalogue
-from app.quality.learn import LearnConfig, fit
+from nearline_rec.tools.bench.core import core_throughput
+from nearline_rec.tools.bench.pipeline import _ranker_summary
+from nearline_rec.tools.bench.workload import catalogue
+from nearline_rec.tools.quality.learn import LearnConfig, fit
 from tests.unit.test_learned_ranker import _rows, _write
 
 

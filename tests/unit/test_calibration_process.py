@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-import app.calibration
-from app.calibration import CalibrationRunner
-from app.core.catalog import IndexConfig, ItemCatalog
-from app.core.lsh_tune import mixture_vectors
-from app.settings import LSHSettings
+import nearline_rec.calibration
+from nearline_rec.calibration import CalibrationRunner
+from nearline_rec.core.catalog import IndexConfig, ItemCatalog
+from nearline_rec.core.lsh_tune import mixture_vectors
+from nearline_rec.settings import LSHSettings
 from tests.unit.factories import item
 
 N, DIM = 15_000, 32
@@ -32,7 +32,7 @@ def test_calibration_in_a_child_process_is_installed_with_the_changes_made_meanw
             super().__init__(*args, **kwargs)
             created.append(self.name)
 
-    monkeypatch.setattr(app.calibration, "SharedMemory", Recorded)
+    monkeypatch.setattr(nearline_rec.calibration, "SharedMemory", Recorded)
     x = mixture_vectors(N, DIM, n_clusters=8, spread=0.5, seed=3)
     cat = ItemCatalog(DIM, IndexConfig(exact_below=1000))
     cat.upsert_many([item(f"i{i}", v) for i, v in enumerate(x)])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.core.catalog import IndexConfig, ItemCatalog
-from app.core.events import ItemUpdate
-from app.core.users import UserDirectory
+from nearline_rec.core.catalog import IndexConfig, ItemCatalog
+from nearline_rec.core.events import ItemUpdate
+from nearline_rec.core.users import UserDirectory
 from tests.unit.factories import T0, cluster_vectors, item, two_clusters
 
 DIM = 16

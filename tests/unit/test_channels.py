@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.channels import CHANNELS, REGISTRY, Channel, channel_codes, default_configs, register
-from app.core.pipeline import PipelineConfig, Recommender
-from app.core.rank import load_model
-from app.core.recall import Candidate, ChannelConfig
-from app.core.user_state import UserState
-from app.factory import build_recommender
-from app.settings import ChannelSettings, RecallSettings, Settings
-from app.storage import codec
+from nearline_rec.core.channels import (
+    CHANNELS,
+    REGISTRY,
+    Channel,
+    channel_codes,
+    default_configs,
+    register,
+)
+from nearline_rec.core.pipeline import PipelineConfig, Recommender
+from nearline_rec.core.rank import load_model
+from nearline_rec.core.recall import Candidate, ChannelConfig
+from nearline_rec.core.user_state import UserState
+from nearline_rec.factory import build_recommender
+from nearline_rec.settings import ChannelSettings, RecallSettings, Settings
+from nearline_rec.storage import codec
 from tests.unit.factories import event, two_clusters
 
 

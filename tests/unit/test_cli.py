@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from app.cli import main
+from nearline_rec.tools.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,21 +76,21 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_worker_stops_at_start_on_invalid_setting():
-    res = _run(["app.cli", "worker"], NEARLINE_TOPICS__PARTITIONS="0")
+    res = _run(["nearline_rec.tools.cli", "worker"], NEARLINE_TOPICS__PARTITIONS="0")
     assert res.returncode != 0
     err = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and "NEARLINE_TOPICS__PARTITIONS" in err[0], res.stderr
 
 
 def test_faust_entry_point_stops_on_invalid_setting():
-    res = _run(["faust", "-A", "app.worker", "worker"], NEARLINE_WORKER__BATCH_SIZE="lots")
+    res = _run(["faust", "-A", "nearline_rec.worker", "worker"], NEARLINE_WORKER__BATCH_SIZE="lots")
     assert res.returncode != 0
     assert "invalid setting NEARLINE_WORKER__BATCH_SIZE" in res.stderr
     assert "Traceback" not in res.stderr
 
 
 def test_tune_lsh_calibrates_on_an_embedding_file_as_the_worker_does(tmp_path, monkeypatch):
-    from app.core.lsh_tune import clustered_vectors
+    from nearline_rec.core.lsh_tune import clustered_vectors
 
     monkeypatch.setenv("NEARLINE_ITEMS__EMBEDDING_DIM", "16")
     vecs = clustered_vectors(3000, 16, seed=3)

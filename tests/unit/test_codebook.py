@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from app.settings import RedisSettings
-from app.storage.codes import CodeBook
-from app.storage.redis_store import RedisStore
+from nearline_rec.settings import RedisSettings
+from nearline_rec.storage.codes import CodeBook
+from nearline_rec.storage.redis_store import RedisStore
 
 
 def test_a_registry_that_is_gone_or_new_makes_the_book_forget():

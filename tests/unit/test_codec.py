@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.schemas import load_schema, validate
-from app.storage import codec
-from app.storage.codes import CodeBook
+from nearline_rec.schemas import load_schema, validate
+from nearline_rec.storage import codec
+from nearline_rec.storage.codes import CodeBook
 
 FINITE16 = st.floats(-65504, 65504, allow_nan=False, width=32)
 

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
-from app.cli import main as cli
-from app.settings import iter_setting_docs, load_settings
+from nearline_rec.settings import iter_setting_docs, load_settings
+from nearline_rec.tools.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -179,7 +179,7 @@ def test_compose_and_dockerfile_set_only_settings_the_code_reads(monkeypatch):
 
 def test_the_command_and_environment_checks_can_fail(monkeypatch):
     assert _command_problem(["nearline", "wrker"]) is not None
-    assert _command_problem(["python", "-m", "app.cli", "worker"]) is not None
+    assert _command_problem(["python", "-m", "nearline_rec.tools.cli", "worker"]) is not None
     assert _command_problem("nearline serve") is None
     env = {"NEARLINE_REDIS__URI": "redis://redis:6379/0", "NEARLINE_SERVE__PORT": "http"}
     problems = _env_problems(env, monkeypatch)

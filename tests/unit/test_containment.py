@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from app.core.pipeline import Recommender
-from app.processing import BatchProcessor, RawRecord, dead_letter
-from app.schemas import first_error
+from nearline_rec.core.pipeline import Recommender
+from nearline_rec.processing import BatchProcessor, RawRecord, dead_letter
+from nearline_rec.schemas import first_error
 from tests.unit.test_processing import Store, ev, processor, rec
 
 
@@ -161,7 +161,7 @@ def test_the_processor_cuts_letters_at_its_configured_size():
 def test_redis_error_replies_no_retry_can_fix_are_classified(error: str, code: str | None):
     import redis.exceptions
 
-    from app.storage.redis_store import REFUSALS, refusal
+    from nearline_rec.storage.redis_store import REFUSALS, refusal
 
     cls, message = error.split(":", 1)
     assert refusal(getattr(redis.exceptions, cls)(message)) == code

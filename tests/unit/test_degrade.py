@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.degrade import LagPolicy, LagThresholds
+from nearline_rec.core.degrade import LagPolicy, LagThresholds
 
 
 def policy(high=1000, low=100, hold=5.0, override="auto") -> LagPolicy:
@@ -78,11 +78,11 @@ def test_unknown_override_is_rejected():
 
 # -- the degraded path of one micro-batch (pure core, no services) ----------------------------
 
-from app.core.events import UserEvent  # noqa: E402
-from app.core.pipeline import PipelineConfig, Recommender  # noqa: E402
-from app.core.rank import load_model  # noqa: E402
-from app.core.user_state import UserState  # noqa: E402
-from app.processing import BatchProcessor, RawRecord, list_version  # noqa: E402
+from nearline_rec.core.events import UserEvent  # noqa: E402
+from nearline_rec.core.pipeline import PipelineConfig, Recommender  # noqa: E402
+from nearline_rec.core.rank import load_model  # noqa: E402
+from nearline_rec.core.user_state import UserState  # noqa: E402
+from nearline_rec.processing import BatchProcessor, RawRecord, list_version  # noqa: E402
 from tests.unit.factories import T0, two_clusters  # noqa: E402
 
 

@@ -8,7 +8,8 @@ import importlib
 import inspect
 from pathlib import Path
 
-from app.errors import BadInput, ConfigurationError, NearlineError, StoreUnavailable
+from nearline_rec.errors import BadInput, ConfigurationError, NearlineError, StoreUnavailable
+from tests.modules import project_modules
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -16,9 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def _project_exceptions() -> list[type[BaseException]]:
     """Every exception class defined in app/ (imported: their bases resolved)."""
     out = []
-    for f in sorted((ROOT / "app").rglob("*.py")):
-        parts = f.relative_to(ROOT).with_suffix("").parts
-        module = importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    for name in project_modules("app"):
+        module = importlib.import_module(name)
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if cls.__module__ == module.__name__ and issubclass(cls, BaseException):
                 out.append(cls)
@@ -46,9 +46,9 @@ def test_agents_exceptions_derive_from_the_family():
 
 
 def test_the_tiers():
-    from app.core.events import InvalidRecord
-    from app.settings import SettingsError
-    from app.storage.redis_store import RedisRefused
+    from nearline_rec.core.events import InvalidRecord
+    from nearline_rec.settings import SettingsError
+    from nearline_rec.storage.redis_store import RedisRefused
 
     assert issubclass(InvalidRecord, BadInput) and issubclass(InvalidRecord, ValueError)
     assert issubclass(SettingsError, ConfigurationError)

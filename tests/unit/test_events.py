@@ -9,14 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.core.events import (
+from nearline_rec.core.events import (
     EVENT_TYPES,
     InvalidRecord,
     ItemUpdate,
     UserEvent,
     encode_item_update,
 )
-from app.records import decode_event, decode_item_update
+from nearline_rec.records import decode_event, decode_item_update
 
 BASE = {"event_id": "e-1", "user_id": "42", "item_id": "318", "type": "click", "timestamp": 1.7e9}
 
@@ -284,8 +284,8 @@ def _corpus() -> list[dict]:
 
 
 def test_fast_validator_agrees_with_the_schema_on_a_corpus():
-    from app.core.events import _event_is_valid
-    from app.schemas import first_error
+    from nearline_rec.core.events import _event_is_valid
+    from nearline_rec.schemas import first_error
 
     corpus = _corpus()
     valid = 0
@@ -313,8 +313,8 @@ def test_fast_validator_agrees_with_the_schema_on_a_corpus():
     )
 )
 def test_fast_validator_agrees_with_the_schema_on_random_documents(doc):
-    from app.core.events import _event_is_valid
-    from app.schemas import first_error
+    from nearline_rec.core.events import _event_is_valid
+    from nearline_rec.schemas import first_error
 
     assert _event_is_valid(doc) is (first_error("user-event", doc) is None)
 
@@ -333,7 +333,7 @@ def test_fast_validator_agrees_with_the_schema_on_random_documents(doc):
     )
 )
 def test_fast_validator_agrees_on_nearly_valid_events(doc):
-    from app.core.events import _event_is_valid
-    from app.schemas import first_error
+    from nearline_rec.core.events import _event_is_valid
+    from nearline_rec.schemas import first_error
 
     assert _event_is_valid(doc) is (first_error("user-event", doc) is None)

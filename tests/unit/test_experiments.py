@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
-from app.core.events import UserEvent
-from app.core.experiments import OnlineMetric, Variant, assign, bucket, summarize
-from app.factory import build_recommender, build_variants
-from app.processing import BatchProcessor, RawRecord
-from app.settings import SettingsError, load_settings
+from nearline_rec.core.events import UserEvent
+from nearline_rec.core.experiments import OnlineMetric, Variant, assign, bucket, summarize
+from nearline_rec.factory import build_recommender, build_variants
+from nearline_rec.processing import BatchProcessor, RawRecord
+from nearline_rec.settings import SettingsError, load_settings
 from tests.unit.factories import T0, two_clusters
 
 VARIANTS = [Variant("control", 0.7), Variant("b", 0.3)]

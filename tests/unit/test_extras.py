@@ -10,9 +10,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from app.cli import main
-from app.extras import MissingExtra, has, pyplot, require
-from app.progress import Progress, terminal_bar
+from nearline_rec.extras import MissingExtra, has, pyplot, require
+from nearline_rec.progress import Progress, terminal_bar
+from nearline_rec.tools.cli import main
 
 
 def _uninstalled(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
@@ -40,7 +40,7 @@ def test_require_returns_the_module_when_installed():
 def test_a_benchmark_without_matplotlib_fails_before_it_runs(monkeypatch, tmp_path):
     _uninstalled(monkeypatch, "matplotlib")
     ran = []
-    monkeypatch.setattr("app.bench.store.run", lambda *a, **k: ran.append(a))
+    monkeypatch.setattr("nearline_rec.tools.bench.store.run", lambda *a, **k: ran.append(a))
     res = CliRunner().invoke(main, ["bench", "store", "--users", "100", "--out", str(tmp_path)])
     assert res.exit_code == 1 and ran == []
     assert res.output.strip() == (
@@ -49,7 +49,7 @@ def test_a_benchmark_without_matplotlib_fails_before_it_runs(monkeypatch, tmp_pa
 
 
 def test_evaluate_report_without_matplotlib_is_the_json_alone(monkeypatch, tmp_path):
-    from app.quality import evaluate
+    from nearline_rec.tools.quality import evaluate
 
     monkeypatch.setattr(evaluate, "has", lambda module: module != "matplotlib")
     json_path, png_path = evaluate.write_report({"k": 10, "methods": {}}, tmp_path)
@@ -58,7 +58,7 @@ def test_evaluate_report_without_matplotlib_is_the_json_alone(monkeypatch, tmp_p
 
 
 def test_training_without_scipy_names_the_quality_extra(monkeypatch):
-    from app.quality.train import _sparse
+    from nearline_rec.tools.quality.train import _sparse
 
     _uninstalled(monkeypatch, "scipy")
     with pytest.raises(MissingExtra, match=r"pip install 'nearline-rec\[quality\]'"):
@@ -76,5 +76,5 @@ def test_without_tqdm_a_terminal_gets_plain_lines(monkeypatch):
     with Progress(5, "items", "item", stream=out) as bar:
         bar.update(5)
     assert out.getvalue().startswith("items: 5/5 item (100%)") and "\r" not in out.getvalue()
-    monkeypatch.setattr("app.progress.on_terminal", lambda stream=None: True)
+    monkeypatch.setattr("nearline_rec.progress.on_terminal", lambda stream=None: True)
     assert list(terminal_bar(range(3), "inner")) == [0, 1, 2]

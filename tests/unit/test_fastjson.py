@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.core import fastjson
+from nearline_rec.core import fastjson
 
 values = st.recursive(
     st.none()

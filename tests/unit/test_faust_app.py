@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.faust_app import QuietWorker, create_app
-from app.settings import load_settings
+from nearline_rec.faust_app import QuietWorker, create_app
+from nearline_rec.settings import load_settings
 
 
 async def test_worker_consumer_fetch_wait_comes_from_the_setting():

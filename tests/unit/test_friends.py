@@ -8,22 +8,22 @@ import json
 
 import pytest
 
-from app.core import social
-from app.core.channels.friends import DEFAULT_HALF_LIFE, friends_recall
-from app.core.events import InvalidRecord, ItemUpdate
-from app.core.pipeline import PipelineConfig, Recommender
-from app.core.rank import load_model
-from app.core.recall import ChannelConfig
-from app.core.social import (
+from nearline_rec.core import social
+from nearline_rec.core.channels.friends import DEFAULT_HALF_LIFE, friends_recall
+from nearline_rec.core.events import InvalidRecord, ItemUpdate
+from nearline_rec.core.pipeline import PipelineConfig, Recommender
+from nearline_rec.core.rank import load_model
+from nearline_rec.core.recall import ChannelConfig
+from nearline_rec.core.social import (
     Activity,
     Relation,
     SocialPolicy,
     edge_key,
     split_relation,
 )
-from app.core.user_state import UserState
-from app.processing import BatchProcessor, RawRecord
-from app.records import decode_activity, decode_relation
+from nearline_rec.core.user_state import UserState
+from nearline_rec.processing import BatchProcessor, RawRecord
+from nearline_rec.records import decode_activity, decode_relation
 from tests.unit.factories import DAY, T0, event, item, two_clusters
 
 

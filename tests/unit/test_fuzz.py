@@ -21,14 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.core.events import (
+from nearline_rec.core.events import (
     EVENT_TYPES,
     InvalidRecord,
     ItemUpdate,
     UserEvent,
 )
-from app.records import decode_event, decode_item_update
-from app.schemas import load_schema
+from nearline_rec.records import decode_event, decode_item_update
+from nearline_rec.schemas import load_schema
 from tests.reliability_report import report
 
 REASONS = set(load_schema("dead-letter")["properties"]["reason"]["enum"])

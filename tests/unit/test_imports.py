@@ -8,14 +8,17 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.modules import project_modules
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # What the pure core must not import: services, the runtime and its settings, adapters.
 CORE_MUST_NOT_IMPORT = (
     "faust", "mode", "aiokafka", "kafka", "redis", "aiohttp", "aiocache", "tenacity",
-    "socket", "urllib.request", "http", "subprocess", "app.settings", "app.runtime",
-    "app.storage", "app.kafka_clients", "app.serving", "app.processing", "app.factory",
-    "agents",
+    "socket", "urllib.request", "http", "subprocess", "nearline_rec.settings",
+    "nearline_rec.runtime", "nearline_rec.storage", "nearline_rec.kafka_clients",
+    "nearline_rec.serving", "nearline_rec.processing", "nearline_rec.factory",
+    "nearline_rec.agents", "nearline_rec.tools",
 )  # fmt: skip
 # Known crossings of the rule above, as (core module, banned import) pairs: none. (The
 # decoders' JSON Schema fallback is injected by the edge, app/records.py.)
@@ -23,13 +26,7 @@ CORE_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:
-    out = {}
-    for pkg in ("app", "agents"):
-        for f in (ROOT / pkg).rglob("*.py"):
-            parts = f.relative_to(ROOT).with_suffix("").parts
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-            out[name] = f
-    return out
+    return project_modules()
 
 
 def _imports(name: str, path: Path) -> set[str]:
@@ -118,13 +115,39 @@ def test_the_core_imports_no_io_settings_or_runtime():
     mods = _modules()
     bad = []
     for name, path in mods.items():
-        if not name.startswith("app.core"):
+        if not name.startswith("nearline_rec.core"):
             continue
         for target in _imports(name, path):
             for banned in CORE_MUST_NOT_IMPORT:
                 if target == banned or target.startswith(banned + "."):
                     if (name, banned) not in CORE_EXCEPTIONS:
                         bad.append(f"{name} imports {target}")
-        if "app.schemas" in _imports(name, path) and (name, "app.schemas") not in CORE_EXCEPTIONS:
-            bad.append(f"{name} imports app.schemas")
+        if (
+            "nearline_rec.schemas" in _imports(name, path)
+            and (name, "nearline_rec.schemas") not in CORE_EXCEPTIONS
+        ):
+            bad.append(f"{name} imports nearline_rec.schemas")
     assert bad == []
+
+
+def test_the_worker_never_imports_the_developer_tools():
+    graph = _graph()
+    bad = [
+        f"{name} imports {target}"
+        for name, targets in graph.items()
+        if not name.startswith("nearline_rec.tools")
+        for target in targets
+        if target.startswith("nearline_rec.tools")
+    ]
+    assert bad == []
+
+
+def test_the_wheel_lists_every_package_folder():
+    """pyproject.toml names the packages one by one (the folders map to nearline_rec)."""
+    import tomllib
+
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]
+    data = {"nearline_rec.record_schemas", "nearline_rec.models"}
+    listed = set(conf["setuptools"]["packages"]) - data
+    folders = {n for n, p in project_modules().items() if p.name == "__init__.py"}
+    assert listed == folders

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from app.storage import keys
+from nearline_rec.storage import keys
 
 
 def test_exact_key_strings():

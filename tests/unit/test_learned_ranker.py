@@ -9,14 +9,14 @@ import json
 import numpy as np
 import pytest
 
-from app.core.catalog import ItemCatalog
-from app.core.pipeline import Recommender
-from app.core.rank import DEFAULT_MODEL, LEARNED_FEATURES, ModelError, load_model
-from app.core.user_state import UserState
-from app.data.sample import generate_sample
-from app.quality.learn import LearnConfig, fit, predict, to_onnx, train_ranker
-from app.ranking import card_path, load_onnx, load_ranker
-from app.settings import Settings
+from nearline_rec.core.catalog import ItemCatalog
+from nearline_rec.core.pipeline import Recommender
+from nearline_rec.core.rank import DEFAULT_MODEL, LEARNED_FEATURES, ModelError, load_model
+from nearline_rec.core.user_state import UserState
+from nearline_rec.data.sample import generate_sample
+from nearline_rec.ranking import card_path, load_onnx, load_ranker
+from nearline_rec.settings import Settings
+from nearline_rec.tools.quality.learn import LearnConfig, fit, predict, to_onnx, train_ranker
 from tests.unit.factories import T0, event, item
 
 N = len(LEARNED_FEATURES)
@@ -174,7 +174,7 @@ class Clock:
 
 
 def _served(tmp_path, clock, **kw):
-    from app.ranking import ServedRanker
+    from nearline_rec.ranking import ServedRanker
 
     return ServedRanker(tmp_path / "ranker.onnx", load_model(), clock=clock, **kw)
 
@@ -242,7 +242,7 @@ def test_served_ranker_over_budget_falls_back_and_cools_down(tmp_path):
 def test_evaluate_serves_the_learned_model_and_records_its_version(tiny, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from app.cli import main
+    from nearline_rec.tools.cli import main
 
     monkeypatch.setenv("NEARLINE_ITEMS__EMBEDDING_DIM", "8")
     out = train_ranker(

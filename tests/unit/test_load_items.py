@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from app.cli import main
-from app.core.catalog import ItemCatalog
-from app.core.events import encode_item_update
-from app.producer import item_updates_from_files
-from app.records import decode_item_update
+from nearline_rec.core.catalog import ItemCatalog
+from nearline_rec.core.events import encode_item_update
+from nearline_rec.producer import item_updates_from_files
+from nearline_rec.records import decode_item_update
+from nearline_rec.tools.cli import main
 
 DATA = Path(__file__).parent / "data" / "item2vec-csv"
 MOVIES, EMB = DATA / "movies.csv", DATA / "item2vecEmb.csv"
@@ -37,13 +37,13 @@ def test_item2vec_csv_joins_with_movies_and_keeps_the_movie_without_a_vector():
 
 @pytest.fixture
 def published(monkeypatch):
-    import app.kafka_clients
-    import app.producer
+    import nearline_rec.kafka_clients
+    import nearline_rec.producer
 
     got: list = []
-    monkeypatch.setattr(app.kafka_clients, "ensure_topics", lambda s: [])
+    monkeypatch.setattr(nearline_rec.kafka_clients, "ensure_topics", lambda s: [])
     monkeypatch.setattr(
-        app.producer,
+        nearline_rec.producer,
         "publish_items",
         lambda s, updates, progress=None: got.extend(updates) or len(got),
     )

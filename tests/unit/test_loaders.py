@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.data.loaders import (
+from nearline_rec.data.loaders import (
     LoadError,
     Movie,
     Rating,
@@ -341,7 +341,7 @@ def test_npy_errors(tmp_path):
 
 
 def test_friend_pairs_tab_or_comma_with_or_without_a_header(tmp_path):
-    from app.data.loaders import read_pairs
+    from nearline_rec.data.loaders import read_pairs
 
     hetrec = tmp_path / "user_friends.dat"
     hetrec.write_text("userID\tfriendID\r\n2\t275\r\n2\t428\r\n")
@@ -365,7 +365,7 @@ def test_friend_pairs_tab_or_comma_with_or_without_a_header(tmp_path):
     ],
 )
 def test_a_bad_friends_file_is_one_line_naming_file_and_line(tmp_path, text, where, says):
-    from app.data.loaders import read_pairs
+    from nearline_rec.data.loaders import read_pairs
 
     path = tmp_path / "friends.dat"
     path.write_text(text)
@@ -376,7 +376,7 @@ def test_a_bad_friends_file_is_one_line_naming_file_and_line(tmp_path, text, whe
 
 
 def test_plays_with_a_header_and_bad_weights(tmp_path):
-    from app.data.loaders import read_plays
+    from nearline_rec.data.loaders import read_plays
 
     path = tmp_path / "user_artists.dat"
     path.write_text("userID\tartistID\tweight\n2\t51\t13883\n2\t52\t11690\n")
@@ -387,8 +387,8 @@ def test_plays_with_a_header_and_bad_weights(tmp_path):
 
 
 def test_relations_from_pairs_name_the_edge_and_go_both_ways_on_request():
-    from app.producer import relations_from_pairs
-    from app.records import decode_relation
+    from nearline_rec.producer import relations_from_pairs
+    from nearline_rec.records import decode_relation
 
     rels = relations_from_pairs([("2", "275")], action="add", timestamp=1.5, both_ways=True)
     assert [(r.follower, r.followee, r.action) for r in rels] == [

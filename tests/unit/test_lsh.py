@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from app.core.lsh import ExactIndex, LSHIndex, LSHParams, default_params
+from nearline_rec.core.lsh import ExactIndex, LSHIndex, LSHParams, default_params
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

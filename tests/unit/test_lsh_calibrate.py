@@ -9,10 +9,10 @@ import threading
 import numpy as np
 import pytest
 
-from app.core.catalog import IndexConfig, ItemCatalog
-from app.core.lsh import ExactIndex, LSHIndex, default_params
-from app.core.lsh.calibrate import CalibrationConfig, calibrate, query_sets, recall
-from app.core.lsh_tune import mixture_vectors
+from nearline_rec.core.catalog import IndexConfig, ItemCatalog
+from nearline_rec.core.lsh import ExactIndex, LSHIndex, default_params
+from nearline_rec.core.lsh.calibrate import CalibrationConfig, calibrate, query_sets, recall
+from nearline_rec.core.lsh_tune import mixture_vectors
 from tests.unit.factories import item
 
 # Few large clusters (8 of ~3,750 points): many candidates nearly as near as the true top 10,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.core.lsh import kernels as lsh_kernels
+from nearline_rec.core.lsh import kernels as lsh_kernels
 
 RNG = np.random.default_rng(7)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.core.lsh import LSHParams
-from app.core.lsh_tune import (
+from nearline_rec.core.lsh import LSHParams
+from nearline_rec.core.lsh_tune import (
     TuneResult,
     clustered_vectors,
     collision_probability,

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 
-from app.core import fastjson
-from app.core.degrade import LagPolicy, LagThresholds
-from app.core.modes import ListMode, ModeOverride, WorkerMode
-from app.core.pipeline import RecItem, RecList
-from app.settings import iter_setting_docs, load_settings
-from app.storage import codec
+from nearline_rec.core import fastjson
+from nearline_rec.core.degrade import LagPolicy, LagThresholds
+from nearline_rec.core.modes import ListMode, ModeOverride, WorkerMode
+from nearline_rec.core.pipeline import RecItem, RecList
+from nearline_rec.settings import iter_setting_docs, load_settings
+from nearline_rec.storage import codec
 
 
 def test_modes_are_their_names_on_every_wire():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.core.catalog import IndexConfig, ItemCatalog
-from app.core.neighbours import NeighbourCache
+from nearline_rec.core.catalog import IndexConfig, ItemCatalog
+from nearline_rec.core.neighbours import NeighbourCache
 from tests.unit.factories import item
 
 

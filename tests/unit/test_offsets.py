@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from app.commit_guard import Gap, OffsetFrontier
+from nearline_rec.commit_guard import Gap, OffsetFrontier
 
 
 @dataclass(frozen=True)

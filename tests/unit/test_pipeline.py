@@ -9,14 +9,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from app.core.catalog import IndexConfig, ItemCatalog
-from app.core.events import ItemUpdate, UserEvent
-from app.core.pipeline import PipelineConfig, Recommender
-from app.core.rank import load_model
-from app.core.recall import ChannelConfig
-from app.core.user_state import UserState
-from app.data.loaders import read_embeddings, read_movies, read_ratings
-from app.data.sample import generate_sample
+from nearline_rec.core.catalog import IndexConfig, ItemCatalog
+from nearline_rec.core.events import ItemUpdate, UserEvent
+from nearline_rec.core.pipeline import PipelineConfig, Recommender
+from nearline_rec.core.rank import load_model
+from nearline_rec.core.recall import ChannelConfig
+from nearline_rec.core.user_state import UserState
+from nearline_rec.data.loaders import read_embeddings, read_movies, read_ratings
+from nearline_rec.data.sample import generate_sample
 from tests.unit.factories import T0, event, item, two_clusters
 
 DIM = 16

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.core.catalog import ItemCatalog
-from app.core.popularity import ItemStats, log_scaled, recency
+from nearline_rec.core.catalog import ItemCatalog
+from nearline_rec.core.popularity import ItemStats, log_scaled, recency
 from tests.unit.factories import DAY, T0, item
 
 HOUR = 3600.0
@@ -109,7 +109,7 @@ def test_recency_and_log_scaled():
 def test_derived_arrays_are_shared_until_the_next_event_and_agree_with_a_fresh_sort():
     """popularity/rating/top lists are computed once per statistics version: every k is a
     prefix of one sort, an event or a catalog change recomputes, and the arrays are read-only."""
-    from app.core.popularity import top_keys
+    from nearline_rec.core.popularity import top_keys
 
     cat = catalog(n=600)
     s = ItemStats(HOUR)
@@ -129,8 +129,8 @@ def test_derived_arrays_are_shared_until_the_next_event_and_agree_with_a_fresh_s
 
 
 def test_genre_popular_lists_are_each_genres_most_popular_recommendable_items():
-    from app.core.pipeline import Recommender
-    from app.core.rank import load_model
+    from nearline_rec.core.pipeline import Recommender
+    from nearline_rec.core.rank import load_model
 
     cat = ItemCatalog(4)
     genres = [("A",), ("B",), ("A", "B"), ("C",)]

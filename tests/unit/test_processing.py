@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from app.core.events import UserEvent
-from app.core.pipeline import PipelineConfig, Recommender
-from app.core.rank import load_model
-from app.core.user_state import UserState
-from app.processing import BatchProcessor, RawRecord, dead_letter, list_version
+from nearline_rec.core.events import UserEvent
+from nearline_rec.core.pipeline import PipelineConfig, Recommender
+from nearline_rec.core.rank import load_model
+from nearline_rec.core.user_state import UserState
+from nearline_rec.processing import BatchProcessor, RawRecord, dead_letter, list_version
 from tests.unit.factories import T0, two_clusters
 
 TOPIC = "user-events"

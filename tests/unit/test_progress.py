@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from app.progress import Progress
+from nearline_rec.progress import Progress
 
 
 class Clock:

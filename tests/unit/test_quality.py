@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from app.cli import main
-from app.core.channels import CHANNELS
-from app.data.loaders import read_embeddings
-from app.data.sample import generate_sample
-from app.quality.e2e import compare
-from app.quality.evaluate import EvalConfig, Prepared, Replay, Scored, split_index
-from app.quality.metrics import score_lists
-from app.quality.ratings import RatingTable
-from app.quality.train import (
+from nearline_rec.core.channels import CHANNELS
+from nearline_rec.data.loaders import read_embeddings
+from nearline_rec.data.sample import generate_sample
+from nearline_rec.tools.cli import main
+from nearline_rec.tools.quality.e2e import compare
+from nearline_rec.tools.quality.evaluate import EvalConfig, Prepared, Replay, Scored, split_index
+from nearline_rec.tools.quality.metrics import score_lists
+from nearline_rec.tools.quality.ratings import RatingTable
+from nearline_rec.tools.quality.train import (
     TrainConfig,
     TrainingError,
     cooccurrence,
@@ -133,8 +133,8 @@ def test_unknown_embedding_method_is_a_one_line_error(small_sample, tmp_path):
 
 def test_evaluate_with_als_keeps_ppmi_for_the_short_term_baseline(small_sample, tmp_path):
     """The pipeline's vectors follow --embedding-method; the baseline's stay PPMI + SVD."""
-    from app.quality.evaluate import prepare
-    from app.settings import load_settings
+    from nearline_rec.settings import load_settings
+    from nearline_rec.tools.quality.evaluate import prepare
 
     ratings, movies = _movielens_files(tmp_path, small_sample)
     s = load_settings(items={"embedding_dim": 16})
@@ -177,7 +177,7 @@ def test_ppmi_of_a_known_count_matrix():
 
 
 def test_cooccurrence_only_pairs_liked_items_of_one_user_within_the_window():
-    from app.data.loaders import Rating
+    from nearline_rec.data.loaders import Rating
 
     rows = [
         Rating("u1", "a", 5, 1),
@@ -361,7 +361,7 @@ def test_cli_errors_are_one_line(small_sample, tmp_path, monkeypatch):
 
 
 def test_compare_takes_the_latest_list_published_before_each_event():
-    from app.core.events import UserEvent
+    from nearline_rec.core.events import UserEvent
 
     events = [
         UserEvent(f"e{i}", "u", item, "rating", 100.0 + i, 5.0)
@@ -408,8 +408,8 @@ def test_compare_takes_the_latest_list_published_before_each_event():
 
 def test_pipeline_beats_every_baseline_on_the_default_sample(tmp_path):
     """The claim of docs/quality.md, on its data: `nearline sample` with its defaults."""
-    from app.quality.evaluate import evaluate, prepare
-    from app.settings import load_settings
+    from nearline_rec.settings import load_settings
+    from nearline_rec.tools.quality.evaluate import evaluate, prepare
 
     info = generate_sample(tmp_path / "sample")  # the defaults of `nearline sample`
     settings = load_settings()
@@ -425,7 +425,7 @@ def test_pipeline_beats_every_baseline_on_the_default_sample(tmp_path):
 
 
 def _baseline_catalog():
-    from app.core.catalog import ItemCatalog
+    from nearline_rec.core.catalog import ItemCatalog
     from tests.unit.factories import item
 
     cat = ItemCatalog(3)
@@ -434,7 +434,7 @@ def _baseline_catalog():
 
 
 def test_short_term_baseline_known_answer():
-    from app.quality.baselines import ShortTermBaseline
+    from nearline_rec.tools.quality.baselines import ShortTermBaseline
 
     cat = _baseline_catalog()
     ids = list("abcdefg")

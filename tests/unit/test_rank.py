@@ -8,11 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.core.catalog import ItemCatalog
-from app.core.pipeline import Recommender
-from app.core.rank import DEFAULT_MODEL, FEATURES, ModelError, RankModel, features, load_model, rank
-from app.core.recall import Candidate
-from app.core.user_state import UserState
+from nearline_rec.core.catalog import ItemCatalog
+from nearline_rec.core.pipeline import Recommender
+from nearline_rec.core.rank import (
+    DEFAULT_MODEL,
+    FEATURES,
+    ModelError,
+    RankModel,
+    features,
+    load_model,
+    rank,
+)
+from nearline_rec.core.recall import Candidate
+from nearline_rec.core.user_state import UserState
 from tests.unit.factories import T0, event, item
 
 DIM = 8
@@ -192,7 +200,7 @@ def test_features_are_bounded():
 
 def _reference_features(cands, ctx, model) -> np.ndarray:
     """The features written one candidate at a time, as the definition reads."""
-    from app.core.recall import liked_genres
+    from nearline_rec.core.recall import liked_genres
 
     x = np.zeros((len(cands), len(FEATURES)))
     pop = ctx.stats.popularity(ctx.catalog.capacity)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from app.settings import iter_setting_docs
-from app.storage import keys
+from nearline_rec.settings import iter_setting_docs
+from nearline_rec.storage import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -7,21 +7,21 @@ import dataclasses
 import numpy as np
 import pytest
 
-from app.core.catalog import IndexConfig
-from app.core.channels import CHANNELS, build_channels
-from app.core.channels.embedding import embedding_recall
-from app.core.channels.friends import friends_recall
-from app.core.channels.genre import genre_recall
-from app.core.channels.item2item import item2item_recall
-from app.core.channels.newest import newest_recall
-from app.core.channels.short_term import short_term_recall
-from app.core.channels.similar_users import similar_users_recall
-from app.core.channels.trending import trending_recall
-from app.core.pipeline import Recommender
-from app.core.rank import load_model
-from app.core.recall import Candidate, ChannelConfig, RecallContext, liked_genres, merge
-from app.core.social import Activity
-from app.core.user_state import UserState
+from nearline_rec.core.catalog import IndexConfig
+from nearline_rec.core.channels import CHANNELS, build_channels
+from nearline_rec.core.channels.embedding import embedding_recall
+from nearline_rec.core.channels.friends import friends_recall
+from nearline_rec.core.channels.genre import genre_recall
+from nearline_rec.core.channels.item2item import item2item_recall
+from nearline_rec.core.channels.newest import newest_recall
+from nearline_rec.core.channels.short_term import short_term_recall
+from nearline_rec.core.channels.similar_users import similar_users_recall
+from nearline_rec.core.channels.trending import trending_recall
+from nearline_rec.core.pipeline import Recommender
+from nearline_rec.core.rank import load_model
+from nearline_rec.core.recall import Candidate, ChannelConfig, RecallContext, liked_genres, merge
+from nearline_rec.core.social import Activity
+from nearline_rec.core.user_state import UserState
 from tests.unit.factories import DAY, T0, cluster_vectors, event, item, two_clusters
 
 N_PER = 20

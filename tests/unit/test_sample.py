@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from app.data.loaders import read_embeddings, read_movies, read_ratings
-from app.data.sample import GENRES, SampleInfo, generate_sample
+from nearline_rec.data.loaders import read_embeddings, read_movies, read_ratings
+from nearline_rec.data.sample import GENRES, SampleInfo, generate_sample
 
 FILES = ("movies.csv", "ratings.csv", "embeddings.txt", "truth.json")
 DAY = 86_400

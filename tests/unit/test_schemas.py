@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 
-from app.core.catalog import IndexConfig, ItemCatalog
-from app.core.events import ItemUpdate, UserEvent, encode_item_update
-from app.core.pipeline import PipelineConfig, RecItem, RecList, Recommender
-from app.core.rank import load_model
-from app.processing import BatchProcessor, RawRecord, dead_letter
-from app.schemas import SCHEMA_NAMES, first_error, load_schema, schemas_dir, validate
+from nearline_rec.core.catalog import IndexConfig, ItemCatalog
+from nearline_rec.core.events import ItemUpdate, UserEvent, encode_item_update
+from nearline_rec.core.pipeline import PipelineConfig, RecItem, RecList, Recommender
+from nearline_rec.core.rank import load_model
+from nearline_rec.processing import BatchProcessor, RawRecord, dead_letter
+from nearline_rec.schemas import SCHEMA_NAMES, first_error, load_schema, schemas_dir, validate
 from tests.unit.factories import T0, two_clusters
 
 

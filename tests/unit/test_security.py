@@ -10,10 +10,10 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from click.testing import CliRunner
 
-from app.cli import main
-from app.faust_app import create_app
-from app.security import cleartext_secrets, mask_secrets
-from app.settings import ENV_PREFIX, SettingsError, load_settings
+from nearline_rec.faust_app import create_app
+from nearline_rec.security import cleartext_secrets, mask_secrets
+from nearline_rec.settings import ENV_PREFIX, SettingsError, load_settings
+from nearline_rec.tools.cli import main
 from tests.unit.test_cli import REPO
 
 
@@ -86,7 +86,7 @@ def test_invalid_url_setting_names_the_variable_not_the_password(monkeypatch):
 def _nearline(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "nearline_rec.tools.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -124,7 +124,9 @@ def _app_with_catch_all(monkeypatch, app_id: str, **worker: object):
     monkeypatch.setenv("APP_WEB_ROUTER_ENABLED", "true")  # ... must not turn them on
     app = create_app(load_settings(worker={"app_id": app_id, **worker}))
 
-    @app.page("/{tail:.*}")  # as agents.views does, before Faust's blueprints are applied
+    @app.page(
+        "/{tail:.*}"
+    )  # as nearline_rec.agents.views does, before Faust's blueprints are applied
     async def not_found(web, request, tail):
         return web.json({"error": "no such endpoint"}, status=404)
 

@@ -8,10 +8,10 @@ import logging
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.logs import JsonFormatter, log_fields
-from app.metrics import Metrics
-from app.schemas import validate
-from app.serving import BadRequest, check_user_id, parse_k, resolve
+from nearline_rec.logs import JsonFormatter, log_fields
+from nearline_rec.metrics import Metrics
+from nearline_rec.schemas import validate
+from nearline_rec.serving import BadRequest, check_user_id, parse_k, resolve
 
 LIST = {
     "user_id": "u",
@@ -178,7 +178,7 @@ def test_titles_fill_items_without_one_and_keep_the_rest():
 
 
 def test_a_retired_item_is_left_out_of_the_response_and_the_list_refills_to_k():
-    from app.serving import ReadResult
+    from nearline_rec.serving import ReadResult
 
     value = {
         "items": [{"item_id": i, "channel": "embedding"} for i in ("a", "gone", "b", "c")],

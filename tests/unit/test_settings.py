@@ -7,7 +7,7 @@ import os
 import pytest
 from pydantic import SecretStr
 
-from app.settings import (
+from nearline_rec.settings import (
     ENV_PREFIX,
     Settings,
     SettingsError,

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from app.core.user_state import UpdatePolicy, UserState, apply_event, policy_from_settings
-from app.settings import EmbeddingUpdateSettings, WorkerSettings
+from nearline_rec.core.user_state import UpdatePolicy, UserState, apply_event, policy_from_settings
+from nearline_rec.settings import EmbeddingUpdateSettings, WorkerSettings
 from tests.unit.factories import DAY, T0, cosine, event
 
 DIM = 8
@@ -272,7 +272,7 @@ def _stored(position: int, n: int) -> bytes:
 def test_recovery_keeps_the_newest_copy_of_a_state_whatever_the_partition_order():
     """A user's state on two changelog partitions (its events moved when the topic grew):
     read in either order, the newer copy (higher position) is the one applied."""
-    from app.core.user_state import newest_states
+    from nearline_rec.core.user_state import newest_states
 
     old, new = _stored(500, 6), _stored(503, 9)
     for batch in ([(b"u", old), (b"u", new)], [(b"u", new), (b"u", old)]):

@@ -4,7 +4,7 @@ Adding a channel: a module here with its recall function and a `register(Channel
 (a new, unused code), its import below, and its settings section in `RecallSettings`
 (app/settings.py: `<name>: ChannelSettings` plus any options it reads)."""
 
-from app.core.channels import (  # noqa: F401  (each registers itself; REGISTRY orders by merge order)
+from nearline_rec.core.channels import (  # noqa: F401  (each registers itself; REGISTRY orders by merge order)
     embedding,
     friends,
     genre,
@@ -14,7 +14,7 @@ from app.core.channels import (  # noqa: F401  (each registers itself; REGISTRY 
     similar_users,
     trending,
 )
-from app.core.channels.registry import (
+from nearline_rec.core.channels.registry import (
     LIST_CHANNELS,
     REGISTRY,
     Channel,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.core.channels.registry import Channel, register
-from app.core.recall import Candidate, RecallContext, nearest
+from nearline_rec.core.channels.registry import Channel, register
+from nearline_rec.core.recall import Candidate, RecallContext, nearest
 
 
 def embedding_recall(ctx: RecallContext, k: int) -> list[Candidate]:

@@ -9,8 +9,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from app.core.channels.registry import Channel, register
-from app.core.recall import Candidate, RecallContext, best
+from nearline_rec.core.channels.registry import Channel, register
+from nearline_rec.core.recall import Candidate, RecallContext, best
 
 DEFAULT_HALF_LIFE = 7 * 24 * 3600.0
 

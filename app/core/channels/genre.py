@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.core.channels.registry import Channel, register
-from app.core.recall import Candidate, RecallContext, liked_genres
+from nearline_rec.core.channels.registry import Channel, register
+from nearline_rec.core.recall import Candidate, RecallContext, liked_genres
 
 
 def genre_recall(ctx: RecallContext, k: int, min_ratings: int = 3) -> list[Candidate]:

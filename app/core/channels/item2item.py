@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.core.channels.registry import Channel, register
-from app.core.recall import Candidate, RecallContext, _want
+from nearline_rec.core.channels.registry import Channel, register
+from nearline_rec.core.recall import Candidate, RecallContext, _want
 
 
 def item2item_recall(ctx: RecallContext, k: int, seeds: int = 5) -> list[Candidate]:

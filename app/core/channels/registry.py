@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from app.core.recall import ChannelConfig, RecallFn
+from nearline_rec.core.recall import ChannelConfig, RecallFn
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ params (LSHParams, measured defaults) -> store (keys and rows) -> exact (ExactIn
 layout (bucket arrays, delta runs) -> index (LSHIndex: hash, update, query) -> kernels (the
 compiled query)."""
 
-from app.core.lsh.exact import ExactIndex
-from app.core.lsh.index import LSHIndex, warm_up
-from app.core.lsh.params import COMBINE_RULES, LSHParams, default_params
+from nearline_rec.core.lsh.exact import ExactIndex
+from nearline_rec.core.lsh.index import LSHIndex, warm_up
+from nearline_rec.core.lsh.params import COMBINE_RULES, LSHParams, default_params
 
 __all__ = ["COMBINE_RULES", "ExactIndex", "LSHIndex", "LSHParams", "default_params", "warm_up"]

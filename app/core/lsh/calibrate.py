@@ -24,15 +24,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from app.core.lsh.calibration_queries import (  # taste_queries, QuerySet: re-exported
+from nearline_rec.core.lsh.calibration_queries import (  # taste_queries, QuerySet: re-exported
     QuerySet,
     query_sets,
     recall,
     taste_queries,
 )
-from app.core.lsh.exact import ExactIndex
-from app.core.lsh.index import LSHIndex
-from app.core.lsh.params import LSHParams, default_params
+from nearline_rec.core.lsh.exact import ExactIndex
+from nearline_rec.core.lsh.index import LSHIndex
+from nearline_rec.core.lsh.params import LSHParams, default_params
 
 __all__ = [
     "Calibration",

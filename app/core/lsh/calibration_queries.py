@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from app.core.lsh.exact import ExactIndex
-from app.core.lsh.index import LSHIndex
+from nearline_rec.core.lsh.exact import ExactIndex
+from nearline_rec.core.lsh.index import LSHIndex
 
 if TYPE_CHECKING:
-    from app.core.lsh.calibrate import CalibrationConfig
+    from nearline_rec.core.lsh.calibrate import CalibrationConfig
 
 
 @dataclass(frozen=True)

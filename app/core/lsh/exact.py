@@ -6,7 +6,14 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from app.core.lsh.store import _as_keys, _as_matrix, _as_vector, _check_key, _top_k, _VectorStore
+from nearline_rec.core.lsh.store import (
+    _as_keys,
+    _as_matrix,
+    _as_vector,
+    _check_key,
+    _top_k,
+    _VectorStore,
+)
 
 
 class ExactIndex(_VectorStore):

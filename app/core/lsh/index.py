@@ -7,10 +7,10 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from app.core.lsh import kernels as lsh_kernels
-from app.core.lsh.layout import _BucketLayout, _concat_ranges
-from app.core.lsh.params import LSHParams
-from app.core.lsh.store import (
+from nearline_rec.core.lsh import kernels as lsh_kernels
+from nearline_rec.core.lsh.layout import _BucketLayout, _concat_ranges
+from nearline_rec.core.lsh.params import LSHParams
+from nearline_rec.core.lsh.store import (
     _EMPTY_KEYS,
     _EMPTY_SCORES,
     _NO_KEYS_ALLOWED,

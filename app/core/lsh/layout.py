@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.core.lsh import kernels as lsh_kernels
-from app.core.lsh.store import _EMPTY_KEYS, _VectorStore
+from nearline_rec.core.lsh import kernels as lsh_kernels
+from nearline_rec.core.lsh.store import _EMPTY_KEYS, _VectorStore
 
 
 def _merge_sorted(a: tuple[np.ndarray, ...], b: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:

@@ -1,0 +1,284 @@
+"""Read-path benchmark at concurrency: `nearline serve` (cached and Redis reads) driven by
+wrk at 1..512 connections, next to redis-benchmark's bare GET of the same records at the same
+concurrency, for 1 and 2 serve processes; reads paced at a share of bare Redis's req/s at
+128 connections (latency at a given throughput); the worker's events/s with and without
+that read load; and how long a changed list stays stale in the serve cache."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nearline_rec.tools.bench import median, write_result
+from nearline_rec.tools.bench.serve_load import (
+    WRK_LUA,
+    Load,
+    check_tools,
+    median_of_runs,
+    paced_rate,
+    redis_get,
+    user_name,
+)
+from nearline_rec.tools.bench.serve_probes import (
+    measure_staleness,
+    profile_under_load,
+    sample_stacks,
+)
+from nearline_rec.tools.bench.serve_report import markdown_table, plot, targets_met
+from nearline_rec.tools.localrun import (
+    ServeProcess,
+    WorkerProcess,
+    isolated_env,
+    settings_for,
+    start_services,
+    stop_services,
+)
+
+LIGHT_READS = 2000.0
+"""req/s of the light read load the worker's events/s is also measured under."""
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()  # fmt: skip
+    except (subprocess.SubprocessError, OSError):
+        return "unknown"
+
+
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def run(
+    out_dir: Path,
+    *,
+    seconds: float,
+    repeats: int,
+    users: int,
+    connections: list[int],
+    processes: list[int],
+    burst: int,
+    paced_share: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    from nearline_rec.core.events import UserEvent
+    from nearline_rec.data.sample import generate_sample
+    from nearline_rec.kafka_clients import ensure_topics
+    from nearline_rec.producer import item_updates_from_files, produce_events, publish_items
+    from nearline_rec.storage import keys
+
+    check_tools()
+    load_before = _loadavg()
+    started = start_services(log)
+    worker: WorkerProcess | None = None
+    serving: list[ServeProcess] = []
+    try:
+        work = Path(tempfile.mkdtemp(prefix="nearline-bench-serve-"))
+        script = work / "reads.lua"
+        script.write_text(WRK_LUA)
+        sample = generate_sample(work / "sample", n_items=2000, n_users=200, n_ratings=2000)
+        env = isolated_env(f"bench-serve-{int(time.time())}")
+        s = settings_for(env)
+        ensure_topics(s)
+        updates, _ = item_updates_from_files(
+            sample.movies_path, sample.embeddings_path, dim=s.items.embedding_dim
+        )
+        publish_items(s, updates)
+        ids = [u.item_id for u in updates]
+        names = [user_name(u) for u in range(users)]
+        worker = WorkerProcess(env, work, "worker", "warning").start()
+        worker.wait_ready(180)
+        seed = [
+            UserEvent(f"s{u}-{j}", uid, ids[(u * 13 + j * 7) % len(ids)], "like", 1.7e9 + j)
+            for u, uid in enumerate(names)
+            for j in range(3)
+        ]
+        produce_events(s, seed)
+        worker.wait(lambda st: st["counters"].get("lists_written", 0) >= users, 300, "lists")
+        pattern = keys.user_list(s.redis.key_prefix, "u__rand_int__")
+        rows: dict[str, list[dict[str, Any]]] = {}
+
+        def add(name: str, row: dict[str, Any]) -> dict[str, Any]:
+            rows.setdefault(name, []).append(row)
+            return row
+
+        stacks = sample_stacks(env, work, script, users, seconds, repeats, log)
+        paced: dict[str, dict[str, Any]] = {}
+        serve_counters: dict[str, Any] = {}
+        profiles: dict[str, Any] = {}
+        """One process's /health after its rounds (reads by tier, fallbacks)."""
+        for procs in processes:
+            cached = ServeProcess(env, work, procs, f"cached{procs}").start()
+            direct = ServeProcess(
+                {**env, "NEARLINE_SERVE__CACHE_TTL_SECONDS": "0"}, work, procs, f"redis{procs}"
+            ).start()
+            serving += [cached, direct]
+            Load(cached.port, 16, 2, script, users).run()  # warm both caches and the code books
+            Load(direct.port, 16, 1, script, users).run()
+            for rep in range(repeats):
+                for c in connections:
+                    log(f"{procs} process(es), {c} connections, round {rep + 1}/{repeats}")
+                    add(f"cache_p{procs}_c{c}", Load(cached.port, c, seconds, script, users).run())
+                    add(f"redis_p{procs}_c{c}", Load(direct.port, c, seconds, script, users).run())
+                    n = int(max(5_000, (80_000 if c > 1 else 20_000) * seconds))
+                    add(f"bare_p{procs}_c{c}", redis_get(s.redis.url, pattern, c, users, n))
+            # latency at a given throughput: each of 128 connections paced so the total is
+            # `paced_share` of bare Redis's req/s at 128 connections in this run
+            c = 128
+            if c in connections:
+                bare = median([r["rps"] for r in rows[f"bare_p{procs}_c{c}"]])
+                target = paced_share * bare
+                servers = (("cache", cached), ("redis", direct))
+                intervals = {
+                    k: paced_rate(srv.port, c, target, script, users) for k, srv in servers
+                }
+                for rep in range(repeats):
+                    log(f"{procs} process(es), paced at {target:.0f} req/s, round {rep + 1}")
+                    for kind, srv in servers:
+                        row = Load(srv.port, c, seconds, script, users, intervals[kind]).run()
+                        add(
+                            f"paced_{kind}_p{procs}",
+                            row | {"target_rps": round(target, 1), "interval_ms": intervals[kind]},
+                        )
+                for kind in ("cache", "redis"):
+                    m = median_of_runs(rows[f"paced_{kind}_p{procs}"])
+                    paced[f"{kind}_p{procs}"] = m | {
+                        "target_rps": round(target, 1),
+                        "bare_rps_128": bare,
+                        "rps_vs_bare": round(m["rps"] / bare, 3),
+                    }
+            for name, srv in (("cache", cached), ("redis", direct)):
+                serve_counters[f"{name}_p{procs}"] = srv.get("/health")
+            if procs == 1:
+                for name, srv in (("cache", cached), ("redis", direct)):
+                    log(f"profiling {name} reads at 128 connections")
+                    load = Load(srv.port, 128, seconds + 3, script, users)
+                    profiles[name] = profile_under_load(srv, load, seconds)
+            for srv in (cached, direct):
+                srv.stop()
+            serving.clear()
+
+        # the worker under read load: a burst of events drained with and without 128 paced
+        # connections reading from a 2-process serve (the read load of the paced figures)
+        # and with a light read load (LIGHT_READS req/s), where the CPU reads take is small
+        procs = max(processes)
+        srv = ServeProcess(env, work, procs, "load").start()
+        serving.append(srv)
+        bare = median([r["rps"] for r in rows.get(f"bare_p{procs}_c128", [{"rps": 20_000}])])
+        intervals = {
+            "with_reads": paced_rate(srv.port, 128, paced_share * bare, script, users),
+            "with_light_reads": 128 / LIGHT_READS * 1000,
+        }
+        events_rows: dict[str, list[float]] = {"without_reads": [], **{c: [] for c in intervals}}
+        read_rates: dict[str, list[float]] = {c: [] for c in intervals}
+        k = 0
+        for _ in range(repeats):
+            for cond in events_rows:
+                k += 1
+                evs = [
+                    UserEvent(
+                        f"b{k}-{j}",
+                        names[(j * 31 + k) % users],
+                        ids[(j * 17 + k * 5) % len(ids)],
+                        "click",
+                        1.8e9 + k * 1e4 + j,
+                    )
+                    for j in range(burst)
+                ]
+                load = None
+                if cond in intervals:
+                    reads = Load(srv.port, 128, 600, script, users, intervals[cond])
+                    cmd, wenv = reads.command()
+                    load = subprocess.Popen(cmd, env=wenv, stdout=subprocess.PIPE, text=True)
+                    time.sleep(1.0)  # the load is on before the burst
+                try:
+                    # a status poll can time out on a loaded machine: wait for one that answers
+                    st0 = worker.wait(lambda st: "counters" in st, 120, "the worker's status")
+                    base = st0["counters"].get("events_done", 0)
+                    t0 = time.perf_counter()
+                    produce_events(s, evs)
+                    worker.wait(
+                        lambda st: st["counters"].get("events_done", 0) >= base + burst,  # noqa: B023
+                        300,
+                        "burst",
+                    )
+                    rate = burst / (time.perf_counter() - t0)
+                finally:
+                    if load is not None:
+                        load.send_signal(signal.SIGINT)  # wrk prints its figures and exits
+                        out = load.communicate(timeout=30)[0]
+                if load is not None:
+                    read_rates[cond].append(reads.parse(out)["rps"])
+                events_rows[cond].append(round(rate, 1))
+                log(f"worker events/s {cond}: {rate:.0f}")
+        staleness = measure_staleness(s, srv, names[: min(50, users)])
+        srv.stop()
+        serving.clear()
+        worker_tail = worker.status() or {}
+    finally:
+        for srv in serving:
+            srv.stop()
+        if worker is not None:
+            worker.stop()
+        stop_services(started)
+
+    med = {name: median_of_runs(rs) for name, rs in rows.items() if not name.startswith("paced_")}
+    table = []
+    for procs in processes:
+        for c in connections:
+            bare_m = med[f"bare_p{procs}_c{c}"]
+            row: dict[str, Any] = {"processes": procs, "connections": c, "bare_redis_get": bare_m}
+            for kind in ("cache", "redis"):
+                m = med[f"{kind}_p{procs}_c{c}"]
+                row[kind] = m | {"rps_vs_bare": round(m["rps"] / bare_m["rps"], 3)}
+            table.append(row)
+    ev = {k: median(v) for k, v in events_rows.items()}
+    figures = {
+        "params": {
+            "seconds": seconds,
+            "repeats": repeats,
+            "users": users,
+            "connections": connections,
+            "processes": processes,
+            "burst_events": burst,
+            "paced_share_of_bare_redis": paced_share,
+            "http_client": "wrk (closed loop; paced rounds: Lua delay per connection)",
+            "redis_client": "redis-benchmark GET of the same records, same connections",
+            "server": "granian RSGI, uvloop, pre-forked processes on one socket",
+            "light_reads_rps": LIGHT_READS,
+            "commit": _commit(),
+        },
+        "loadavg_before": load_before,
+        "loadavg_after": _loadavg(),
+        "stacks_cached_128": stacks,
+        "closed_loop": table,
+        "paced_128": paced,
+        "targets_128": targets_met(paced),
+        "worker_events_per_s": ev
+        | {
+            "ratio_with_reads": round(ev["with_reads"] / ev["without_reads"], 3),
+            "ratio_with_light_reads": round(ev["with_light_reads"] / ev["without_reads"], 3),
+            "read_rps_during": {c: median(v) for c, v in read_rates.items()},
+        },
+        "worker_events_rounds": events_rows,
+        "serve_counters": serve_counters,
+        "profile_128_one_process": profiles,
+        "staleness_ms": staleness,
+        "rounds": rows,
+        "worker_counters": worker_tail.get("counters", {}),
+    }
+    write_result(out_dir, "serve", figures)
+    (out_dir / "serve-table.md").write_text(markdown_table(figures))
+    plot(out_dir / "serve.png", table, processes, connections)
+    return figures
