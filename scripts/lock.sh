@@ -4,8 +4,8 @@
 #
 #   bash scripts/lock.sh [--upgrade]
 #
-# scripts/requirements.lock          runtime + every extra (dev, bench, learn, rocksdb, plot,
-#                                    progress, quality): what scripts/test.sh and CI install
+# scripts/requirements.lock          runtime + every extra (dev, bench, learn, embeddings, rocksdb,
+#                                    plot, progress, quality): what scripts/test.sh and CI install
 # scripts/requirements-runtime.lock  runtime + rocksdb + quality (no plot, no progress): the
 #                                    Docker image, scripts/demo.sh and the wheel test
 #
@@ -21,7 +21,7 @@ if ! "$PYTHON" -m uv --version >/dev/null 2>&1; then
 fi
 common=(--python-version 3.11 --python-platform x86_64-manylinux_2_28 --generate-hashes
   --no-header --annotation-style line --quiet "$@")
-"$PYTHON" -m uv pip compile pyproject.toml --extra dev --extra bench --extra learn --extra rocksdb \
-  --extra plot --extra progress --extra quality -o scripts/requirements.lock "${common[@]}"
+"$PYTHON" -m uv pip compile pyproject.toml --extra dev --extra bench --extra learn --extra embeddings \
+  --extra rocksdb --extra plot --extra progress --extra quality -o scripts/requirements.lock "${common[@]}"
 "$PYTHON" -m uv pip compile pyproject.toml --extra rocksdb --extra quality -o scripts/requirements-runtime.lock "${common[@]}"
 echo "lock.sh: wrote scripts/requirements.lock and scripts/requirements-runtime.lock"

@@ -20,7 +20,13 @@ from nearline_rec.tools.quality.e2e import compare
 from nearline_rec.tools.quality.evaluate import EvalConfig, Prepared, Replay, Scored, split_index
 from nearline_rec.tools.quality.metrics import score_lists
 from nearline_rec.tools.quality.ratings import RatingTable
-from nearline_rec.tools.quality.train import TrainConfig, cooccurrence, ppmi, train_embeddings
+from nearline_rec.tools.quality.train import (
+    TrainConfig,
+    TrainingError,
+    cooccurrence,
+    ppmi,
+    train_embeddings,
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +90,64 @@ def test_training_is_seeded_and_writes_the_item2vec_format(small_sample, tmp_pat
     assert np.allclose(matrix, a.items, atol=1e-5)
     user_ids, user_matrix = read_embeddings(users, expected_dim=8)
     assert len(user_ids) == user_matrix.shape[0] > 0
+
+
+@pytest.mark.parametrize("method", ["als", "bpr"])
+def test_implicit_methods_learn_the_planted_tastes_and_are_seeded(small_sample, method):
+    truth = json.loads(small_sample.truth_path.read_text())
+    table = RatingTable.read(small_sample.ratings_path)
+    cfg = TrainConfig(method=method, dim=16, seed=3, iterations=30, learning_rate=0.05)
+    emb = train_embeddings(table, cfg)
+    again = train_embeddings(table, cfg)
+    assert emb.item_ids == again.item_ids and np.array_equal(emb.items, again.items)
+    assert emb.items.shape == (len(emb.item_ids), 16)  # BPR's bias column is not a dimension
+    assert np.allclose(np.linalg.norm(emb.items, axis=1), 1.0, atol=1e-5)
+    # every item someone liked has a vector, and only those
+    liked = {table.item_ids[i] for i in np.unique(table.item[table.rating >= 3.5])}
+    assert set(emb.item_ids) == liked
+    taste = np.array([truth["items"][i]["taste"] for i in emb.item_ids])
+    sims = emb.items @ emb.items.T
+    np.fill_diagonal(sims, -np.inf)
+    nn = np.argsort(-sims, axis=1)[:, :5]
+    assert (taste[nn] == taste[:, None]).mean() > 0.6
+    assert emb.info["interactions"] > 0 and "cooccurrence_nnz" not in emb.info
+
+
+def test_unknown_embedding_method_is_a_one_line_error(small_sample, tmp_path):
+    with pytest.raises(TrainingError, match="unknown embedding method 'svd'"):
+        train_embeddings(RatingTable.read(small_sample.ratings_path), TrainConfig(method="svd"))
+    res = CliRunner().invoke(
+        main,
+        [
+            "train-embeddings",
+            "--ratings",
+            str(small_sample.ratings_path),
+            "--out",
+            str(tmp_path / "x.txt"),
+            "--embedding-method",
+            "svd",
+        ],
+    )
+    assert res.exit_code == 2 and "'svd' is not one of" in res.output
+
+
+def test_evaluate_with_als_keeps_ppmi_for_the_short_term_baseline(small_sample, tmp_path):
+    """The pipeline's vectors follow --embedding-method; the baseline's stay PPMI + SVD."""
+    from nearline_rec.settings import load_settings
+    from nearline_rec.tools.quality.evaluate import prepare
+
+    ratings, movies = _movielens_files(tmp_path, small_sample)
+    s = load_settings(items={"embedding_dim": 16})
+    ppmi_run = prepare(s, ratings, movies, None, EvalConfig())
+    als_run = prepare(s, ratings, movies, None, EvalConfig(embedding_method="als"))
+    assert als_run.embeddings["interactions"] > 0
+    assert "cooccurrence_nnz" in ppmi_run.embeddings
+    assert als_run.cooccurrence[0] == ppmi_run.cooccurrence[0]
+    assert np.array_equal(als_run.cooccurrence[1], ppmi_run.cooccurrence[1])
+    vec = {u.item_id: u.embedding for u in als_run.updates if u.embedding is not None}
+    base = dict(zip(*ppmi_run.cooccurrence, strict=True))
+    shared = sorted(set(vec) & set(base))
+    assert shared and not all(np.allclose(vec[i], base[i]) for i in shared)
 
 
 def test_user_vectors_point_at_the_users_taste(small_sample):
@@ -322,6 +386,7 @@ def test_compare_takes_the_latest_list_published_before_each_event():
             "user_id": "u",
             "source": {"offset": offset},
             "items": [{"item_id": i, "channel": "embedding"} for i in items],
+            "model_version": "logistic-x" if offset > 10 else "linear-default-4",
         }
         return SimpleNamespace(value=json.dumps(doc).encode())
 
@@ -337,6 +402,8 @@ def test_compare_takes_the_latest_list_published_before_each_event():
     assert agreement["identical_top_k"] == pytest.approx(0.5)  # event d: e2e had d first
     assert got["methods"]["pipeline"]["hit_rate@1"] == 1.0
     assert agreement["hit_disagreements"] == 1
+    # which model ranked the worker's lists, counted from the records it published
+    assert agreement["worker_model_versions"] == {"logistic-x": 2, "linear-default-4": 1}
 
 
 def test_pipeline_beats_every_baseline_on_the_default_sample(tmp_path):

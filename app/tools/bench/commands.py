@@ -283,6 +283,14 @@ def bench_serve(
 @click.option("--core-events", default=10_000, show_default=True, type=click.IntRange(500))
 @click.option("--no-scale", is_flag=True, help="Skip the one-vs-two-processes runs.")
 @click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(10))
+@click.option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A learned ranker (.onnx with its card): also run the worker and the core with it "
+    "(NEARLINE_RANKING__MODEL_PATH) beside the built-in linear ranker, in --rounds "
+    "alternating rounds.",
+)
+@click.option("--rounds", default=2, show_default=True, type=click.IntRange(1, 10))
 @one_line_errors
 @needs_plot
 def bench_pipeline(
@@ -297,10 +305,13 @@ def bench_pipeline(
     core_events: int,
     no_scale: bool,
     timeout: float,
+    model: Path | None,
+    rounds: int,
 ) -> None:
     """Events/s per worker process end to end on real Kafka + Redis, lists/s, freshness
     p50/p99 at half that rate, one vs two processes; baselines: a bare consumer of the same
-    topic and the in-process core."""
+    topic and the in-process core. With --model, the same with a learned ONNX ranker beside
+    the linear one, and the ranking stage's share of the time."""
     from nearline_rec.tools.bench.pipeline import run
 
     figures = run(
@@ -315,6 +326,8 @@ def bench_pipeline(
         core_events=core_events,
         scale=not no_scale,
         timeout=timeout,
+        model=model,
+        rounds=rounds,
         log=lambda m: click.echo(m, err=True),
     )
     click.echo(json.dumps(figures["summary"], indent=2))

@@ -34,11 +34,17 @@ def build_processor(cat: Catalogue, **settings: Any) -> BatchProcessor:
 
 
 def raw_batches(
-    cat: Catalogue, n_events: int, n_users: int, batch_size: int, partitions: int = 4, seed: int = 2
+    cat: Catalogue,
+    n_events: int,
+    n_users: int,
+    batch_size: int,
+    partitions: int = 4,
+    seed: int = 2,
+    start_index: int = 0,
 ) -> list[list[RawRecord]]:
     records = []
     offsets = [0] * partitions
-    for ev in events(cat, n_events, n_users=n_users, seed=seed):
+    for ev in events(cat, n_events, n_users=n_users, seed=seed, start_index=start_index):
         p = hash(ev.user_id) % partitions
         records.append(
             RawRecord("user-events", p, offsets[p], ev.user_id.encode(), ev.encode(), ev.timestamp)
@@ -79,13 +85,18 @@ def core_throughput(
     n_users: int,
     batch_size: int = 200,
     warm_events: int = 5000,
+    settings: dict[str, Any] | None = None,
+    profile: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """Events/s of the in-process core; `settings` overrides groups of the settings (e.g.
+    {"ranking": {"model_path": "m.onnx"}}). With `profile`, one more pass over the same
+    batches under cProfile gives the ranking stage's share of the time (`ranking_share`)."""
     from nearline_rec.blas import limit_blas_threads
 
     limit_blas_threads(1)  # as in a worker process
     t = time.perf_counter()
-    processor = build_processor(cat)
+    processor = build_processor(cat, **(settings or {}))
     load_s = time.perf_counter() - t
     table: dict[bytes, bytes] = {}
     warm = raw_batches(cat, warm_events, n_users, batch_size, seed=11)
@@ -104,9 +115,61 @@ def core_throughput(
         "lists_per_s": round(n_lists / total, 1),
         "lists_per_event": round(n_lists / n_ev, 3),
         "ms_per_list": round(1000 * total / max(n_lists, 1), 3),
+        "model_version": processor.rec.model.version,
     }
+    if profile:
+        # new events (own ids) after the timed ones, so every list is recomputed
+        more = raw_batches(cat, n_events, n_users, batch_size, seed=5, start_index=10 * n_events)
+        out["ranking_share"] = ranking_share(processor, more, table)
     log(
         f"  core in-process: {out['events_per_s']} events/s, {out['lists_per_s']} lists/s "
         f"({out['ms_per_list']} ms a list)"
     )
     return out
+
+
+# The ranking stage: the linear path's rank(); the learned path's feature rows, the model
+# call (the scorer from app/ranking.py) and diversify() outside rank().
+_RANK_FUNCS = {
+    ("rank.py", "rank"): "rank",
+    ("rank.py", "learned_features"): "features",
+    ("rank.py", "diversify"): "diversify",
+    ("ranking.py", "scorer"): "model_call",
+}
+
+
+def ranking_share(
+    processor: BatchProcessor, batches: list[list[RawRecord]], table: dict[bytes, bytes]
+) -> dict[str, Any]:
+    """Share of the core's time spent ranking, from a cProfile pass over `batches` (the
+    profiler slows every call, so this is a share, not a speed): per part and in total."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    run_batches(processor, batches, table)
+    prof.disable()
+    wall = time.perf_counter() - t
+    stats: dict[Any, Any] = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    parts = dict.fromkeys(_RANK_FUNCS.values(), 0.0)
+    rank_key = None
+    for key in stats:
+        if (key[0].rsplit("/", 1)[-1], key[2]) == ("rank.py", "rank"):
+            rank_key = key
+    for key, (_cc, _nc, _tt, ct, callers) in stats.items():
+        part = _RANK_FUNCS.get((key[0].rsplit("/", 1)[-1], key[2]))
+        if part is None:
+            continue
+        if part == "diversify":  # the linear path's diversify is inside rank() already
+            ct = sum(c[3] for caller, c in callers.items() if caller != rank_key)
+        parts[part] += ct
+    total = sum(parts.values())
+    return {
+        "profiled_wall_s": round(wall, 3),
+        "share": round(total / wall, 4) if wall > 0 else None,
+        "parts": {k: round(v / wall, 4) for k, v in parts.items()} if wall > 0 else {},
+        "how": "cProfile cumulative time of rank(), learned_features(), the model call and "
+        "diversify() outside rank(), over the profiled wall time of the same batches",
+    }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import os
 import tempfile
 import threading
 import time
@@ -268,6 +269,72 @@ def _cleanup(settings_list: list[Any], log: Log) -> None:
             log(f"  could not delete redis keys: {exc}")
 
 
+# -- one worker: drain, then freshness ---------------------------------------------------------
+
+
+def _worker_phase(
+    env: dict[str, str],
+    settings: Any,
+    cat: Catalogue,
+    backlog: list[Any],
+    n_items: int,
+    n_users: int,
+    paced_seconds: float,
+    timeout: float,
+    work: Path,
+    log: Log,
+    name: str = "w1",
+) -> dict[str, Any]:
+    """One worker process drains the backlog (already on the topic): its maximum sustained
+    rate; then events are produced at half that rate while new items arrive: freshness."""
+    n_events = len(backlog)
+    worker = WorkerProcess(env, work, name=name, loglevel="warning").start()
+    try:
+        worker.wait_ready(timeout=timeout)
+        drain = _drain([worker], n_events, timeout, log)
+        st = worker.status() or {}
+        drain["item2item_cache"] = st.get("item2item_cache")
+        drain["ranker"] = st.get("ranker")
+        drain["load_average"] = list(os.getloadavg())
+        max_eps = drain["events_per_s"] or drain["median_interval_eps"] or 100.0
+        log(f"  {name}: {drain['events_per_s']} events/s, {drain['lists_per_s']} lists/s")
+        rate = max_eps / 2
+        paced = list(
+            events(
+                cat,
+                int(rate * paced_seconds),
+                n_users=n_users,
+                seed=3,
+                start_index=n_events,
+                t0=backlog[-1].timestamp + 1 if backlog else 0.0,
+                items_limit=n_items + 1000,
+            )
+        )
+        stop = threading.Event()
+        trickle = threading.Thread(
+            target=_trickle_items, args=(settings, cat, n_items, 1000, stop), daemon=True
+        )
+        trickle.start()
+        produced = _produce(settings, paced, rate=rate)
+        stop.set()
+        trickle.join(timeout=30)
+        worker.wait_events(n_events + len(paced), timeout=timeout)
+        time.sleep(1.0)
+        fresh = _freshness(settings, produced, timeout)
+        fresh["rate"] = round(rate, 1)
+        fresh["achieved_rate"] = round(len(paced) / paced_seconds, 1)
+        st = worker.status() or {}
+        fresh["items_at_end"] = st.get("items")
+        fresh["ranker"] = st.get("ranker")
+        log(
+            f"  {name}: freshness at {rate:.0f} events/s: "
+            f"p50 {fresh['p50_s']}s p99 {fresh['p99_s']}s"
+        )
+    finally:
+        worker.stop()
+    return {"drain": drain, "freshness": fresh, "paced_events": len(paced)}
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -295,8 +362,14 @@ def run(
     core_events: int,
     scale: bool,
     timeout: float,
+    model: Path | None = None,
+    rounds: int = 2,
     log: Log = print,
 ) -> dict[str, Any]:
+    if model is not None:
+        from nearline_rec.ranking import load_onnx
+
+        load_onnx(model)  # a bad file: its one-line error now, not after the first phases
     started = start_services(log)
     work = Path(tempfile.mkdtemp(prefix="nearline-bench-pipeline-"))
     stamp = int(time.time())
@@ -316,7 +389,10 @@ def run(
             "workload": "nearline_rec.tools.bench.workload: Zipf users (s=1), sessions of 2-12 "
             "events, "
             "2 favourite clusters per user, new items arriving in the paced phase",
-        }
+            "model": str(model) if model else None,
+            "rounds": rounds if model else 0,
+        },
+        "load_average_start": list(os.getloadavg()),
     }
     t_start = time.perf_counter()
     try:
@@ -352,50 +428,34 @@ def run(
         log(f"  bare consumer: {figures['bare_consumer']['events_per_s']} events/s")
 
         # 1. One worker process drains the backlog: the maximum sustained rate.
-        worker = WorkerProcess(env1, work, name="w1", loglevel="warning").start()
-        try:
-            worker.wait_ready(timeout=timeout)
-            drain = _drain([worker], n_events, timeout, log)
-            figures["one_worker"] = drain
-            drain["item2item_cache"] = (worker.status() or {}).get("item2item_cache")
-            max_eps = drain["events_per_s"] or drain["median_interval_eps"] or 100.0
-            log(f"  1 worker: {drain['events_per_s']} events/s, {drain['lists_per_s']} lists/s")
-            # 2. Freshness at half that rate, with new items arriving.
-            rate = max_eps / 2
-            paced = list(
-                events(
-                    cat,
-                    int(rate * paced_seconds),
-                    n_users=n_users,
-                    seed=3,
-                    start_index=n_events,
-                    t0=backlog[-1].timestamp + 1 if backlog else 0.0,
-                    items_limit=n_items + 1000,
-                )
+        # 2. Freshness at half that rate, with new items arriving.
+        one = _worker_phase(
+            env1, s1, cat, backlog, n_items, n_users, paced_seconds, timeout, work, log
+        )
+        figures["one_worker"], figures["freshness"] = one["drain"], one["freshness"]
+        paced_events = one["paced_events"]
+        if model is not None:
+            figures["ranker"] = _compare_rankers(
+                model,
+                rounds,
+                env1,
+                cat,
+                Catalogue(cat.vectors[:n_items], cat.labels[:n_items], cat.members),
+                backlog,
+                n_items=n_items,
+                n_users=n_users,
+                paced_seconds=paced_seconds,
+                core_events=core_events,
+                batch_size=batch_size,
+                timeout=timeout,
+                work=work,
+                cleanup=cleanup,
+                log=log,
             )
-            stop = threading.Event()
-            trickle = threading.Thread(
-                target=_trickle_items, args=(s1, cat, n_items, 1000, stop), daemon=True
-            )
-            trickle.start()
-            produced = _produce(s1, paced, rate=rate)
-            stop.set()
-            trickle.join(timeout=30)
-            worker.wait_events(n_events + len(paced), timeout=timeout)
-            time.sleep(1.0)
-            fresh = _freshness(s1, produced, timeout)
-            fresh["rate"] = round(rate, 1)
-            fresh["achieved_rate"] = round(len(paced) / paced_seconds, 1)
-            st = worker.status() or {}
-            fresh["items_at_end"] = st.get("items")
-            figures["freshness"] = fresh
-            log(f"  freshness at {rate:.0f} events/s: p50 {fresh['p50_s']}s p99 {fresh['p99_s']}s")
-        finally:
-            worker.stop()
 
         # 3. Scale-out: the same topic (4 partitions) drained by 1 and by 2 processes of a new
         #    consumer group each (own changelog and Redis prefix, so no write is a no-op).
-        total = n_events + len(paced)
+        total = n_events + paced_events
         figures["scale"] = {"events": total, "runs": []}
         if scale:
             for n_proc in (1, 2):
@@ -427,11 +487,140 @@ def run(
             _cleanup(cleanup, log)
         finally:
             stop_services(started)
+    figures["load_average_end"] = list(os.getloadavg())
     figures["summary"] = summarize(figures)
     figures["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     write_result(out_dir, "pipeline", figures)
     plot(out_dir / "pipeline.png", figures)
     return figures
+
+
+# -- the learned ranker beside the linear one ---------------------------------------------------
+
+_VARIANTS = ("linear", "learned")
+
+
+def _compare_rankers(
+    model: Path,
+    rounds: int,
+    base_env: dict[str, str],
+    cat: Catalogue,
+    core_cat: Catalogue,
+    backlog: list[Any],
+    *,
+    n_items: int,
+    n_users: int,
+    paced_seconds: float,
+    core_events: int,
+    batch_size: int,
+    timeout: float,
+    work: Path,
+    cleanup: list[Any],
+    log: Log,
+) -> dict[str, Any]:
+    """The same worker phase (drain + freshness) and in-process core with the built-in
+    linear ranker and with the ONNX model (NEARLINE_RANKING__MODEL_PATH), in alternating
+    order over `rounds`, each run on its own topics; the first round of the core also
+    profiles the ranking stage's share of the time."""
+    from nearline_rec.kafka_clients import ensure_topics
+    from nearline_rec.producer import publish_items
+    from nearline_rec.ranking import read_card
+
+    card = read_card(model)
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in _VARIANTS}
+    cores: dict[str, list[dict[str, Any]]] = {v: [] for v in _VARIANTS}
+    for r in range(rounds):
+        for v in _VARIANTS if r % 2 == 0 else tuple(reversed(_VARIANTS)):
+            log(f"ranker {v}, round {r + 1}/{rounds}")
+            learned = v == "learned"
+            cores[v].append(
+                core_throughput(
+                    core_cat,
+                    n_events=core_events,
+                    n_users=n_users,
+                    batch_size=batch_size,
+                    settings={"ranking": {"model_path": str(model)}} if learned else None,
+                    profile=r < 2,
+                    log=log,
+                )
+            )
+            run_v = f"{base_env['NEARLINE_WORKER__APP_ID']}-{v[:3]}{r}"
+            env_v = {**base_env, **isolated_env(run_v)}
+            if learned:
+                env_v["NEARLINE_RANKING__MODEL_PATH"] = str(model)
+            s_v = settings_for(env_v)
+            cleanup.append(s_v)
+            ensure_topics(s_v)
+            publish_items(s_v, item_updates(cat, 0, n_items))
+            _produce(s_v, backlog)
+            phase = _worker_phase(
+                env_v,
+                s_v,
+                cat,
+                backlog,
+                n_items,
+                n_users,
+                paced_seconds,
+                timeout,
+                work,
+                log,
+                name=f"{v}{r}",
+            )
+            phase["round"] = r
+            runs[v].append(phase)
+    return {"model": str(model), "version": card["version"], "core": cores, "runs": runs}
+
+
+def _ranker_summary(rk: dict[str, Any]) -> dict[str, Any]:
+    """Medians per ranker over the rounds, learned / linear ratios, and where the time goes."""
+    out: dict[str, Any] = {"version": rk["version"]}
+    for v in _VARIANTS:
+        runs, cores = rk["runs"][v], rk["core"][v]
+        eps = [x["drain"]["events_per_s"] for x in runs if x["drain"]["events_per_s"]]
+        p99 = [x["freshness"]["p99_s"] for x in runs]
+        shares = [c["ranking_share"]["share"] for c in cores if "ranking_share" in c]
+        out[v] = {
+            "events_per_s": median(eps),
+            "events_per_s_runs": eps,
+            "freshness_p99_s": median(p99),
+            "freshness_p99_runs": p99,
+            "core_events_per_s": median([c["events_per_s"] for c in cores]),
+            "core_ranking_share": median(shares) if shares else None,
+            "core_ranking_parts": cores[0].get("ranking_share", {}).get("parts"),
+        }
+        if v == "learned":
+            status = [x["freshness"].get("ranker") or {} for x in runs]
+            out[v]["versions_served"] = sorted({s.get("learned_version") for s in status})
+            out[v]["fallback_batches"] = sum(sum(s.get("fallbacks", {}).values()) for s in status)
+            # the model call's time in the worker over the drain's wall time
+            calls = []
+            for x in runs:
+                st = x["drain"].get("ranker") or {}
+                wall = x["drain"]["samples"][-1]["t"] if x["drain"]["samples"] else 0
+                if wall > 0:
+                    calls.append(st.get("seconds", 0.0) / wall)
+            out[v]["worker_model_call_share"] = round(median(calls), 4) if calls else None
+    lin, lea = out["linear"], out["learned"]
+    out["ratio_events_per_s"] = (
+        round(lea["events_per_s"] / lin["events_per_s"], 3) if lin["events_per_s"] else None
+    )
+    out["ratio_core_events_per_s"] = (
+        round(lea["core_events_per_s"] / lin["core_events_per_s"], 3)
+        if lin["core_events_per_s"]
+        else None
+    )
+    out["ratio_freshness_p99"] = (
+        round(lea["freshness_p99_s"] / lin["freshness_p99_s"], 3)
+        if lin["freshness_p99_s"]
+        else None
+    )
+    out["targets_met"] = bool(
+        lea["events_per_s"] >= 5000
+        and lea["freshness_p99_s"] <= 1.0
+        and lea["fallback_batches"] == 0
+        and lea["versions_served"] == [rk["version"]]
+    )
+    return out
 
 
 def summarize(f: dict[str, Any]) -> dict[str, Any]:
@@ -440,7 +629,9 @@ def summarize(f: dict[str, Any]) -> dict[str, Any]:
     eps = one.get("events_per_s")
     scale = {r["processes"]: r.get("events_per_s") for r in f.get("scale", {}).get("runs", [])}
     fresh = f.get("freshness", {})
+    ranker = _ranker_summary(f["ranker"]) if f.get("ranker") else None
     return {
+        "ranker": ranker,
         "events_per_s_one_process": eps,
         "lists_per_s_one_process": one.get("lists_per_s"),
         "lists_per_event": one.get("lists_per_event"),
@@ -466,7 +657,10 @@ def plot(path: Path, f: dict[str, Any]) -> None:
 
     plt = pyplot()
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    ranker = (f.get("summary") or {}).get("ranker")
+    n_panels = 3 if ranker else 2
+    fig, axes = plt.subplots(1, n_panels, figsize=(6.5 * n_panels, 4.8))
+    ax1, ax2 = axes[0], axes[1]
     runs = [("1 process (first drain)", f.get("one_worker", {}), "tab:blue")]
     for r in f.get("scale", {}).get("runs", []):
         color = "tab:green" if r["processes"] == 2 else "tab:cyan"
@@ -498,6 +692,29 @@ def plot(path: Path, f: dict[str, Any]) -> None:
     ax2.set_xlabel("event Kafka timestamp -> list published after the Redis write (s)")
     ax2.set_ylabel("fraction of events")
     ax2.set_title(f"freshness at {fresh.get('rate', 0):.0f} events/s (half the sustained rate)")
+    if ranker:
+        _plot_ranker(axes[2], ranker)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_ranker(ax: Any, rk: dict[str, Any]) -> None:
+    """Events/s per process (each round a dot, the median a bar) and freshness p99 per ranker."""
+    labels = ["linear (built-in)", f"learned ONNX\n{rk['version']}"]
+    for i, v in enumerate(_VARIANTS):
+        ax.bar(i, rk[v]["events_per_s"], color="tab:blue", alpha=0.6, width=0.6)
+        runs = rk[v]["events_per_s_runs"]
+        ax.scatter([i] * len(runs), runs, color="black", s=12, zorder=3)
+        p99 = ", ".join(f"{x:.2f}" for x in rk[v]["freshness_p99_runs"])
+        ax.text(i, rk[v]["events_per_s"] * 1.02, f"p99 {p99} s", ha="center", fontsize=8)
+    ax.axhline(5000, color="tab:red", lw=0.8, label="target 5,000/s")
+    ax.set_xticks([0, 1], labels, fontsize=8)
+    ax.set_ylabel("events/s, one process (drain; median of rounds)")
+    share = rk["learned"].get("core_ranking_share")
+    ax.set_title(
+        f"learned / linear: {rk['ratio_events_per_s']}x events/s"
+        + (f"; ranking {share:.0%} of core time" if share is not None else ""),
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, loc="lower right")

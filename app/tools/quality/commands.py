@@ -20,6 +20,15 @@ def fail(message: str) -> NoReturn:
 
 _file = click.Path(dir_okay=False, path_type=Path)
 
+_embedding_method = click.option(
+    "--embedding-method",
+    type=click.Choice(["ppmi-svd", "als", "bpr"]),
+    default="ppmi-svd",
+    show_default=True,
+    help="Item vectors: PPMI + SVD of co-occurrence, or implicit's ALS / BPR "
+    "(the embeddings extra).",
+)
+
 
 @click.command("train-embeddings")
 @click.option("--ratings", required=True, type=_file, help="MovieLens ratings.csv.")
@@ -40,6 +49,7 @@ _file = click.Path(dir_okay=False, path_type=Path)
     help="Ratings below this are not co-occurrence signal.",
 )
 @click.option("--seed", default=42, show_default=True, type=int)
+@_embedding_method
 @one_line_errors
 def train_embeddings_cmd(
     ratings: Path,
@@ -50,8 +60,10 @@ def train_embeddings_cmd(
     window: int,
     min_rating: float,
     seed: int,
+    embedding_method: str,
 ) -> None:
-    """Learn item (and user) embeddings from a ratings file: co-occurrence PPMI + SVD."""
+    """Learn item (and user) embeddings from a ratings file: co-occurrence PPMI + SVD, or
+    implicit's ALS / BPR."""
     from nearline_rec.data.loaders import read_movies
     from nearline_rec.tools.quality.ratings import RatingTable
     from nearline_rec.tools.quality.train import (
@@ -65,7 +77,9 @@ def train_embeddings_cmd(
     table = RatingTable.read(ratings)
     if len(table) == 0:
         fail(f"{ratings}: no ratings")
-    config = TrainConfig(dim=dim, window=window, min_rating=min_rating, seed=seed)
+    config = TrainConfig(
+        method=embedding_method, dim=dim, window=window, min_rating=min_rating, seed=seed
+    )
     try:
         emb = train_embeddings(table, config, movies=movie_list, progress=True)
     except TrainingError as exc:
@@ -160,6 +174,7 @@ def train_embeddings_cmd(
     type=click.Path(file_okay=False, path_type=Path),
     help="Directory for quality.json and quality.png.",
 )
+@_embedding_method
 @one_line_errors
 def evaluate_cmd(
     ratings: Path | None,
@@ -179,6 +194,7 @@ def evaluate_cmd(
     e2e_batch_size: int,
     e2e_partitions: int,
     out_dir: Path,
+    embedding_method: str,
 ) -> None:
     """Replay the later part of a ratings file through the pipeline and baselines."""
     from nearline_rec.ranking import load_ranker
@@ -205,6 +221,7 @@ def evaluate_cmd(
         progress=True,
         ablation=ablation,
         rankers=tuple(load_ranker(p) for p in rankers),
+        embedding_method=embedding_method,
     )
     try:
         prepared = prepare(s, ratings, movies, embeddings, config)
@@ -275,6 +292,7 @@ def evaluate_cmd(
     help="Learner; auto keeps the better on the held-out events.",
 )
 @click.option("--seed", default=42, show_default=True, type=int)
+@_embedding_method
 @one_line_errors
 def train_ranker_cmd(
     ratings: Path,
@@ -284,13 +302,19 @@ def train_ranker_cmd(
     threshold: float,
     kind: str,
     seed: int,
+    embedding_method: str,
 ) -> None:
     """Fit a ranker to replayed ratings through the real recall channels; export to ONNX."""
     from nearline_rec.tools.quality.evaluate import EvaluationError
     from nearline_rec.tools.quality.learn import LearnConfig, train_ranker
 
     config = LearnConfig(
-        train_share=train_share, threshold=threshold, kind=kind, seed=seed, progress=True
+        train_share=train_share,
+        threshold=threshold,
+        kind=kind,
+        seed=seed,
+        progress=True,
+        embedding_method=embedding_method,
     )
     try:
         out = train_ranker(settings(), ratings, movies, out_dir, config)

@@ -194,8 +194,11 @@ def compare(
             position[at] = (msg.partition, msg.offset)
     # Per user: (source offset, items, channels) of every published list, by offset.
     lists: dict[str, list[tuple[int, tuple[str, ...], tuple[str, ...]]]] = {}
+    versions: dict[str, int] = {}  # the ranking model each published list records
     for msg in outputs:
         doc = json.loads(msg.value)
+        version = str(doc.get("model_version"))
+        versions[version] = versions.get(version, 0) + 1
         items = tuple(i["item_id"] for i in doc["items"])
         channels = tuple(i["channel"] for i in doc["items"])
         lists.setdefault(doc["user_id"], []).append((doc["source"]["offset"], items, channels))
@@ -241,6 +244,7 @@ def compare(
             "identical_lists": identical / total,
             f"mean_overlap@{k}": overlap / total,
             "hit_disagreements": hit_diff,
+            "worker_model_versions": versions,
             f"hit_rate@{k}_diff": e2e_pipeline[f"hit_rate@{k}"] - mine[f"hit_rate@{k}"],
             f"ndcg@{k}_diff": e2e_pipeline[f"ndcg@{k}"] - mine[f"ndcg@{k}"],
             "mrr_diff": e2e_pipeline["mrr"] - mine["mrr"],

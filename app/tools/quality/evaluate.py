@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,10 @@ class EvalConfig:
     """Also replay the pipeline without each recall channel (same replay, shared state)."""
     rankers: tuple[RankModel, ...] = ()
     """Other ranking models, each scored on the same candidates as an ablation variant."""
+    embedding_method: str = "ppmi-svd"
+    """How the pipeline's item vectors are trained on the train part
+    (nearline_rec.tools.quality.train.METHODS);
+    the short-term baseline keeps PPMI + SVD whatever this is."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,9 @@ def prepare(
     table = RatingTable.read(ratings_path)
     n_train = split_index(len(table), config.train_share)
     dim = settings.items.embedding_dim
-    tc = train_config or TrainConfig(dim=dim, rating_center=settings.embedding.rating_center)
+    tc = train_config or TrainConfig(
+        method=config.embedding_method, dim=dim, rating_center=settings.embedding.rating_center
+    )
     if tc.dim != dim:
         raise EvaluationError(f"training dim {tc.dim} != NEARLINE_ITEMS__EMBEDDING_DIM {dim}")
     given = None if embeddings_path is None else read_embeddings(embeddings_path, expected_dim=dim)
@@ -169,9 +175,12 @@ def prepare(
             raise EvaluationError(f"{ratings_path}: train part: {exc}") from None
         trained = None  # the short-term baseline then uses the given vectors
     if trained is not None:
-        # the co-occurrence vectors come first; the genre-filled ones follow
-        n_cooc = int(trained.info["items_trained"])
-        cooc = (trained.item_ids[:n_cooc], trained.items[:n_cooc])
+        # the baseline's vectors: PPMI + SVD of the co-occurrence (first; genre-filled follow)
+        base = trained
+        if tc.method != "ppmi-svd":
+            base = train_embeddings(table.head(n_train), replace(tc, method="ppmi-svd"))
+        n_cooc = int(base.info["items_trained"])
+        cooc = (base.item_ids[:n_cooc], base.items[:n_cooc])
     if given is not None:
         ids, matrix = given
         emb_info: dict[str, Any] = {"source": str(embeddings_path), "items": len(ids)}
@@ -361,6 +370,7 @@ def evaluate(
         "k": config.k,
         "threshold": config.threshold,
         "train_share": config.train_share,
+        "embedding_method": config.embedding_method,
         "events": {
             "total": len(prepared.events),
             "train": prepared.n_train,

@@ -62,6 +62,9 @@ class LearnConfig:
     seed: int = 42
     trees: int = 150
     progress: bool = False
+    embedding_method: str = "ppmi-svd"
+    """How the item vectors are trained on the warm-up part
+    (nearline_rec.tools.quality.train.METHODS)."""
 
 
 @dataclass
@@ -81,7 +84,13 @@ def build_examples(
     """Replay the log through the real recall channels; one group of rows per positive event."""
     warm_share = config.train_share * (1.0 - config.example_share)
     prepared = prepare(
-        settings, ratings, movies, None, EvalConfig(train_share=warm_share, progress=False)
+        settings,
+        ratings,
+        movies,
+        None,
+        EvalConfig(
+            train_share=warm_share, progress=False, embedding_method=config.embedding_method
+        ),
     )
     events = prepared.events
     n_warm = prepared.n_train
@@ -330,6 +339,7 @@ def train_ranker(
             "valid_share": config.valid_share,
             "seed": config.seed,
             "trees": config.trees,
+            "embedding_method": config.embedding_method,
         },
         "offline_metrics": {
             "held_out_groups": n_groups - first_valid,

@@ -8,6 +8,10 @@ item's vector is its left singular vector scaled by sqrt(singular value). Cost i
 linear in the number of ratings (times the window) plus a few sparse products, so
 a million ratings train in seconds on two cores.
 
+`method` "als" or "bpr" instead factorises the user x liked-item matrix with the `implicit`
+library (alternating least squares on implicit feedback, or Bayesian personalized ranking;
+the `embeddings` extra); an item's vector is its factor row, normalised.
+
 User vectors for warm start follow the worker's own rule (app/core/user_state.py):
 the sum of the unit vectors of the items a user rated, weighted by
 (rating - rating_center), normalised.
@@ -37,8 +41,14 @@ class TrainingError(BadInput):
     """The ratings cannot train embeddings (one line, printed by the CLI)."""
 
 
+METHODS = ("ppmi-svd", "als", "bpr")
+"""How item vectors are learned: the hand-written PPMI + SVD, or `implicit`'s ALS / BPR."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    method: str = "ppmi-svd"
+    """One of METHODS."""
     dim: int = 32
     """Embedding dimension (must equal NEARLINE_ITEMS__EMBEDDING_DIM to load the result)."""
     window: int = 10
@@ -53,6 +63,14 @@ class TrainConfig:
     seed: int = 42
     rating_center: float = 3.0
     """User vectors: weight of a rating is (rating - rating_center)."""
+    iterations: int | None = None
+    """ALS sweeps or BPR epochs (None: the library's default, 15 and 100)."""
+    regularization: float = 0.01
+    """L2 regularisation of the ALS / BPR factors."""
+    alpha: float = 1.0
+    """ALS: confidence of a liked item (1 + alpha)."""
+    learning_rate: float = 0.01
+    """BPR: SGD learning rate."""
 
 
 @dataclass
@@ -174,31 +192,26 @@ def train_embeddings(
     """Item and user embeddings from ratings; with `movies`, items without any liked
     co-occurrence (new or unpopular ones) get the mean vector of their genres."""
     config = config or TrainConfig()
+    if config.method not in METHODS:
+        raise TrainingError(f"unknown embedding method {config.method!r}; known: {list(METHODS)}")
     t0 = time.perf_counter()
-    counts = cooccurrence(table, config)
-    if counts.nnz == 0:
-        raise TrainingError(
-            f"no two items rated >= {config.min_rating} by one user within {config.window} "
-            "ratings of each other: nothing to learn from (lower the minimum rating)"
-        )
-    steps = 3 + config.power_iterations
+    # what cannot train fails before the progress bar starts (one line on the CLI)
+    if config.method == "ppmi-svd":
+        counts = cooccurrence(table, config)
+        if counts.nnz == 0:
+            raise TrainingError(
+                f"no two items rated >= {config.min_rating} by one user within "
+                f"{config.window} ratings of each other: nothing to learn from (lower the "
+                "minimum rating)"
+            )
+    else:
+        vectors, has_vector, info = _implicit_factors(table, config)
+    steps = 3 + (config.power_iterations if config.method == "ppmi-svd" else 0)
     with Progress(steps, "train", "step", enabled=progress) as bar:
-        bar.update(1)
-        pmi = ppmi(counts, config.smoothing)
-        bar.update(1)
-        rank = min(config.dim, max(min(pmi.shape) - 1, 1))
-        u, s = randomized_svd(
-            pmi,
-            rank,
-            power_iterations=config.power_iterations,
-            oversample=config.oversample,
-            seed=config.seed,
-            progress=bar,
-        )
-        vectors = np.zeros((len(table.item_ids), config.dim))
-        vectors[:, :rank] = u * np.sqrt(s)
-        vectors = _unit_rows(vectors)
-        has_vector = np.asarray(pmi.getnnz(axis=1) > 0) & (np.linalg.norm(vectors, axis=1) > 0)
+        if config.method == "ppmi-svd":
+            vectors, has_vector, info = _ppmi_svd(counts, config, bar)
+        else:
+            bar.update(2)
         item_ids = [table.item_ids[i] for i in np.flatnonzero(has_vector)]
         items = vectors[has_vector].astype(np.float32)
         filled = 0
@@ -225,11 +238,80 @@ def train_embeddings(
             "ratings": float(len(table)),
             "items_trained": float(int(has_vector.sum())),
             "items_genre_filled": float(filled),
-            "cooccurrence_nnz": float(counts.nnz),
-            "ppmi_nnz": float(pmi.nnz),
+            **info,
             "seconds": round(time.perf_counter() - t0, 3),
         },
     )
+
+
+def _ppmi_svd(
+    counts: sp.csr_matrix, config: TrainConfig, bar: Progress
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """(n_items, dim) unit item vectors from the co-occurrence counts, which items have
+    one, and counts for the info."""
+    bar.update(1)
+    pmi = ppmi(counts, config.smoothing)
+    bar.update(1)
+    rank = min(config.dim, max(min(pmi.shape) - 1, 1))
+    u, s = randomized_svd(
+        pmi,
+        rank,
+        power_iterations=config.power_iterations,
+        oversample=config.oversample,
+        seed=config.seed,
+        progress=bar,
+    )
+    vectors = np.zeros((counts.shape[0], config.dim))
+    vectors[:, :rank] = u * np.sqrt(s)
+    vectors = _unit_rows(vectors)
+    has_vector = np.asarray(pmi.getnnz(axis=1) > 0) & (np.linalg.norm(vectors, axis=1) > 0)
+    return vectors, has_vector, {"cooccurrence_nnz": float(counts.nnz), "ppmi_nnz": float(pmi.nnz)}
+
+
+def _implicit_factors(
+    table: RatingTable, config: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Item factors of `implicit`'s ALS or BPR fitted on the user x liked-item matrix (one
+    thread, seeded: the same ratings give the same vectors)."""
+    try:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+    except ImportError:
+        raise TrainingError(
+            f"embedding method {config.method!r} needs the implicit library: "
+            "pip install -e '.[embeddings]'"
+        ) from None
+    from nearline_rec.blas import limit_blas_threads
+
+    sp = _sparse()
+    keep = table.rating >= config.min_rating
+    n_users, n_items = len(table.user_ids), len(table.item_ids)
+    liked = sp.coo_matrix(
+        (np.ones(int(keep.sum()), np.float32), (table.user[keep], table.item[keep])),
+        shape=(n_users, n_items),
+    ).tocsr()
+    liked.data[:] = 1.0  # a movie rated twice is liked once
+    if liked.nnz == 0:
+        raise TrainingError(f"no rating >= {config.min_rating}: nothing to learn from")
+    limit_blas_threads(1)  # implicit's ALS is slower with a threaded BLAS
+    common = {
+        "factors": config.dim,
+        "regularization": config.regularization,
+        "random_state": config.seed,
+        "num_threads": 1,
+    }
+    model: Any = (
+        AlternatingLeastSquares(alpha=config.alpha, iterations=config.iterations or 15, **common)
+        if config.method == "als"
+        else BayesianPersonalizedRanking(
+            learning_rate=config.learning_rate, iterations=config.iterations or 100, **common
+        )
+    )
+    model.fit(liked, show_progress=False)
+    # BPR's last column is the item bias (the user side is a constant 1): not taste
+    vectors = _unit_rows(np.asarray(model.item_factors, np.float64)[:, : config.dim])
+    has_vector = (np.asarray(liked.getnnz(axis=0)) > 0) & (np.linalg.norm(vectors, axis=1) > 0)
+    return vectors, has_vector, {"interactions": float(liked.nnz)}
 
 
 def genre_fill(
