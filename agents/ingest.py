@@ -49,8 +49,15 @@ async def learn_source_id() -> None:
         return
     processor = runtime().processor
     topic = events_topic.get_topic_name()
-    try:
-        found, partitions = await asyncio.to_thread(_describer.describe, topic)
+    try:  # bounded: a call that never returns must not hold the batch (and the partitions)
+        found, partitions = await asyncio.wait_for(
+            asyncio.to_thread(_describer.describe, topic), _describer.timeout_s + 5.0
+        )
+    except TimeoutError:
+        _describer.abandon()  # the stuck call keeps its client; the next call makes a new one
+        runtime().counters["topic_id_timeouts"] += 1
+        log.warning("topic id of %s not read in time, keeping %r", topic, processor.source_id)
+        return
     except Exception as exc:
         log.warning("topic id of %s not read, keeping %r: %s", topic, processor.source_id, exc)
         return

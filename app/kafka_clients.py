@@ -190,6 +190,10 @@ class TopicDescriber:
             client, self._client = self._client, None
             client.close()
 
+    def abandon(self) -> None:
+        """Forget the client without closing it (a call on it has not returned)."""
+        self._client = None
+
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create missing topics with the configured partitions; return the names created."""

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -828,3 +829,18 @@ class OwnRedisCluster:
     def stop(self) -> None:
         for n in self.nodes:
             n.stop()
+
+
+def thread_stacks(pid: int | None) -> str:
+    """Every thread's Python stack of a running process (py-spy, from the bench extra),
+    for a failure message; a line saying why when it cannot be had."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if pid is None or not Path(spy).exists():
+        return "(no stacks: py-spy or the process is missing)"
+    try:
+        out = subprocess.run(
+            [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(no stacks: {exc})"
+    return out.stdout or out.stderr

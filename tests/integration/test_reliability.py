@@ -38,6 +38,7 @@ from tests.integration.faults import (
     replay,
     spread_over,
     survived,
+    thread_stacks,
     wait_lists_current,
 )
 from tests.reliability_report import report
@@ -82,9 +83,10 @@ def test_crash_mid_stream_loses_nothing_and_applies_nothing_twice(catalog_run, w
         caught_up = wait_lists_current(r, s.redis.key_prefix, produced, 120, lambda: second.alive)
     except AssertionError as exc:  # say where the second worker stands, not only who is behind
         health = http_get(second.port, "/health")
+        stacks = thread_stacks(second.proc.pid if second.proc else None)
         raise AssertionError(
             f"{exc}\nsecond worker: /status/ {second.status()}\n/health {health}\n"
-            f"{second.log_tail(60)}"
+            f"{second.log_tail(60)}\nthreads:\n{stacks}"
         ) from None
     recovery_s = time.monotonic() - killed_at
 
