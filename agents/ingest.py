@@ -106,6 +106,34 @@ async def fill_owed_tails() -> None:
     await guard.fill_owed_tails(app.consumer, process_contained, runtime().counters)
 
 
+_STUCK_AFTER_S = 60.0
+_stacks_logged = False
+
+
+@app.timer(interval=10.0)
+async def report_stuck_batch() -> None:
+    """A batch holding the commit guard's lock for a minute is a bug (every wait in it is
+    bounded): log where every task of the loop stands, once, so it can be found."""
+    global _stacks_logged
+    held = guard.stuck_for()
+    if held < _STUCK_AFTER_S:
+        _stacks_logged = False
+        return
+    runtime().counters["batches_stuck"] += 1
+    if _stacks_logged:
+        return
+    _stacks_logged = True
+    stacks = []
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=12)
+        where = " <- ".join(
+            f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno})"
+            for f in reversed(frames)
+        )
+        stacks.append(f"{task.get_name()}: {where or '(not started)'}")
+    log.error("a batch has held the lock for %.0f s; tasks:\n%s", held, "\n".join(stacks))
+
+
 @app.agent(events_topic, concurrency=1)
 async def ingest(stream: Any) -> None:
     # Users are scored against the catalog: wait until the item follower caught up.

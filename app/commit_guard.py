@@ -172,6 +172,8 @@ class CommitGuard:
     def __init__(self, topic: str, kafka: KafkaSettings, rebalancing: Callable[[], bool]) -> None:
         self.frontier = OffsetFrontier(topic)
         self.lock = asyncio.Lock()
+        self.batch_started: float | None = None
+        """Loop time the batch under the lock started at (None: no batch running)."""
         """One batch at a time: the agents' batches and the tail filler share the frontier."""
         self.source_stale = True
         """The user-events topic id must be asked again before the next batch (an
@@ -231,6 +233,7 @@ class CommitGuard:
         applied first, in offset order, then `process` writes the batch's effects and the
         frontier moves past it, before take_events acks the events."""
         async with self.lock:
+            self.batch_started = asyncio.get_running_loop().time()
             if before is not None:
                 await before()
             gaps = self.frontier.gaps(records)
@@ -250,6 +253,13 @@ class CommitGuard:
                 )
                 return  # the frontier stays: these offsets are not committed
             self.frontier.advance(records)
+            self.batch_started = None
+
+    def stuck_for(self) -> float:
+        """Seconds the running batch has held the lock (0 without one)."""
+        if self.batch_started is None or not self.lock.locked():
+            return 0.0
+        return asyncio.get_running_loop().time() - self.batch_started
 
     async def fill_owed_tails(
         self, consumer: Any, process: Process, counters: Counter[str]

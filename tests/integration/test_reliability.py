@@ -86,7 +86,7 @@ def test_crash_mid_stream_loses_nothing_and_applies_nothing_twice(catalog_run, w
         stacks = thread_stacks(second.proc.pid if second.proc else None)
         raise AssertionError(
             f"{exc}\nsecond worker: /status/ {second.status()}\n/health {health}\n"
-            f"{second.log_tail(60)}\nthreads:\n{stacks}"
+            f"{second.log_tail(150)}\nthreads:\n{stacks}"
         ) from None
     recovery_s = time.monotonic() - killed_at
 
