@@ -115,6 +115,7 @@ async def report_stuck_batch() -> None:
     """A batch holding the commit guard's lock for a minute is a bug (every wait in it is
     bounded): log where every task of the loop stands, once, so it can be found."""
     global _stacks_logged
+    _report_idle_with_lag()
     held = guard.stuck_for()
     if held < _STUCK_AFTER_S:
         _stacks_logged = False
@@ -132,6 +133,36 @@ async def report_stuck_batch() -> None:
         )
         stacks.append(f"{task.get_name()}: {where or '(not started)'}")
     log.error("a batch has held the lock for %.0f s; tasks:\n%s", held, "\n".join(stacks))
+
+
+_idle_logged = False
+
+
+def _report_idle_with_lag() -> None:
+    """Partitions with lag and no batch for a minute: log the consumer's flow state once
+    (which partitions it holds paused or active), so a stalled stream can be found."""
+    global _idle_logged
+    rt = runtime()
+    last = rt.last_batch_at or rt.started_at
+    if sum(rt.lag.values()) == 0 or time.time() - last < _STUCK_AFTER_S or guard.rebalancing():
+        _idle_logged = False
+        return
+    if _idle_logged:
+        return
+    _idle_logged = True
+    c = app.consumer
+    log.error(
+        "lag %d and no batch for %.0f s: assigned %s, paused %s, active %s, flow active %s, "
+        "can resume flow %s, suspend flow %s",
+        sum(rt.lag.values()),
+        time.time() - last,
+        sorted(str(tp) for tp in c.assignment()),
+        sorted(str(tp) for tp in getattr(c, "_paused_partitions", ())),
+        sorted(str(tp) for tp in (getattr(c, "_active_partitions", None) or ())),
+        app.flow_control.is_active(),
+        getattr(getattr(c, "can_resume_flow", None), "is_set", lambda: None)(),
+        getattr(getattr(c, "suspend_flow", None), "is_set", lambda: None)(),
+    )
 
 
 @app.agent(events_topic, concurrency=1)
