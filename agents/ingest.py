@@ -4,10 +4,14 @@ store, recommendations topic), under the commit guard (at-least-once)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import inspect
 import logging
 import time
 from collections.abc import Awaitable
 from typing import Any
+
+from faust.types import TP
 
 from nearline_rec.composition import (
     app,
@@ -107,7 +111,52 @@ async def fill_owed_tails() -> None:
 
 
 _STUCK_AFTER_S = 60.0
+_REREAD_AFTER_S = 20.0
+"""A partition fetched past its frontier with nothing processed this long is read again."""
 _stacks_logged = False
+
+
+@app.timer(interval=5.0)
+async def reread_dropped_records() -> None:
+    """Records the Kafka client handed to Faust that never reached the agent (see
+    CommitGuard.stalled): read again from the frontier, counted and logged."""
+    fetched = _client_positions()
+    if not fetched:
+        return
+    loop_now = asyncio.get_running_loop().time()
+    for partition, frontier in guard.stalled(fetched, loop_now, _REREAD_AFTER_S).items():
+        runtime().counters["partitions_reread"] += 1
+        log.warning(
+            "partition %s: fetched up to offset %s but nothing past %s reached the agent "
+            "for %.0f s: reading again from %s",
+            partition,
+            fetched[partition],
+            frontier,
+            _REREAD_AFTER_S,
+            frontier,
+        )
+        await app.consumer.seek(TP(events_topic.get_topic_name(), partition), frontier)
+
+
+def _client_positions() -> dict[int, int]:
+    """The Kafka client's position per assigned user-events partition (the next offset it
+    hands out); empty when the consumer is not up."""
+    try:
+        client = app.consumer._thread._ensure_consumer()
+        assignment = client._fetcher._subscriptions.subscription.assignment
+    except Exception:  # not started, or stopping  # noqa: BLE001
+        return {}
+    if assignment is None:
+        return {}
+    topic = events_topic.get_topic_name()
+    out = {}
+    for tp in list(app.consumer.assignment()):
+        if tp.topic != topic:
+            continue
+        st = assignment.state_value(tp)
+        if st is not None and st.has_valid_position and st.position is not None:
+            out[tp.partition] = st.position
+    return out
 
 
 @app.timer(interval=10.0)
@@ -124,15 +173,91 @@ async def report_stuck_batch() -> None:
     if _stacks_logged:
         return
     _stacks_logged = True
+    log.error("a batch has held the lock for %.0f s; tasks:\n%s", held, _task_stacks())
+
+
+def _task_stacks() -> str:
+    """Where every task of the loop stands, one line each."""
     stacks = []
     for task in asyncio.all_tasks():
-        frames = task.get_stack(limit=12)
-        where = " <- ".join(
+        where = " -> ".join(
             f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno})"
-            for f in reversed(frames)
+            for f in _awaited_frames(task.get_coro())
         )
         stacks.append(f"{task.get_name()}: {where or '(not started)'}")
-    log.error("a batch has held the lock for %.0f s; tasks:\n%s", held, "\n".join(stacks))
+    for obj in gc.get_objects():  # a task's chain stops at an async generator: walk them too
+        if inspect.isasyncgen(obj) and obj.ag_frame is not None:
+            where = " -> ".join(
+                f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno})"
+                for f in _awaited_frames(obj)
+            )
+            stacks.append(f"async generator: {where}")
+    return "\n".join(sorted(stacks))
+
+
+def _awaited_frames(coro: Any, limit: int = 24) -> list[Any]:
+    """The frames of a coroutine and of what it awaits, outermost first (a task's own
+    stack shows only its outermost frame)."""
+    frames = []
+    while coro is not None and len(frames) < limit:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is None:
+            break
+        frames.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    return frames
+
+
+def _fetch_state() -> str:
+    """Per user-events partition: the Kafka client's position, highwater, seconds since its
+    last fetch request, paused flag, and seconds since the stream last took a record from
+    it; then the queue sizes of the channels records are delivered to."""
+    now = time.time()
+    out = []
+    try:
+        client = app.consumer._thread._ensure_consumer()
+        assignment = client._fetcher._subscriptions.subscription.assignment
+        inbound = app.monitor.stream_inbound_time
+        for tp in sorted(app.consumer.assignment()):
+            if tp.topic != events_topic.get_topic_name():
+                continue
+            st = assignment.state_value(tp) if assignment is not None else None
+            if st is None:
+                out.append(f"{tp.partition}: no client state")
+                continue
+            fetched = (now - st.timestamp / 1000) if st.timestamp else None
+            seen = inbound.get(tp)
+            out.append(
+                f"{tp.partition}: position {st.position if st.has_valid_position else None} "
+                f"highwater {st.highwater} fetch {fetched and round(fetched, 1)} s ago "
+                f"paused {st.paused} awaiting reset {st.awaiting_reset} stream took "
+                f"{round(time.monotonic() - seen, 1) if seen else None} s ago"
+            )
+        queues = {
+            name: [(id(ch), ch.queue.qsize()) for ch in channels]
+            for name, channels in app.topics._topic_name_index.items()
+        }
+        out.append(f"channel queues {queues}")
+        routes = {
+            str(tp.partition): [id(ch) for ch in channels]
+            for tp, channels in app.topics._tp_index.items()
+            if tp.topic == events_topic.get_topic_name()
+        }
+        out.append(f"user-events routes {routes} (of {len(app.topics._tp_to_callback)} handlers)")
+        out.append(f"conductor channels {[id(ch) for ch in app.topics._topics]}")
+        out.append(
+            "read offsets "
+            f"{ {str(tp.partition): o for tp, o in app.consumer._read_offset.items()} }"
+        )
+        out.append(
+            "committed "
+            f"{ {str(tp.partition): o for tp, o in app.consumer._committed_offset.items()} }"
+            f" frontier {guard.frontier.positions()} consumer flow {app.consumer.flow_active}"
+        )
+        out.append(f"fetcher {app._fetcher.state} generation {app.consumer_generation_id}")
+    except Exception as exc:  # a diagnostic never breaks the worker  # noqa: BLE001
+        out.append(f"(fetch state unavailable: {exc!r})")
+    return "; ".join(out)
 
 
 _idle_logged = False
@@ -163,6 +288,7 @@ def _report_idle_with_lag() -> None:
         getattr(getattr(c, "can_resume_flow", None), "is_set", lambda: None)(),
         getattr(getattr(c, "suspend_flow", None), "is_set", lambda: None)(),
     )
+    log.error("stalled stream: %s; tasks:\n%s", _fetch_state(), _task_stacks())
 
 
 @app.agent(events_topic, concurrency=1)

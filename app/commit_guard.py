@@ -183,6 +183,10 @@ class CommitGuard:
         self._reader: RangeReader | None = None
         self.assignments = 0
         """Assignments seen so far (what follows the table's partitions counts on it)."""
+        self._still: dict[int, tuple[int, float]] = {}
+        """Per partition: the frontier last seen behind the client's position, and since when."""
+        self._reread: dict[int, tuple[int, int]] = {}
+        """Per partition: (frontier, client position) when it was last read again."""
 
     @property
     def topic(self) -> str:
@@ -193,6 +197,8 @@ class CommitGuard:
         """A new assignment is coming: no commits until its positions are known."""
         self.assignments += 1
         self.frontier.forget()
+        self._still.clear()
+        self._reread.clear()
         self.source_stale = True  # the topic may have been made again: ask its id
 
     async def on_seek(self, consumer: Any) -> None:
@@ -254,6 +260,36 @@ class CommitGuard:
                 return  # the frontier stays: these offsets are not committed
             self.frontier.advance(records)
             self.batch_started = None
+
+    def stalled(self, fetched: Mapping[int, int], now: float, after: float) -> dict[int, int]:
+        """Partitions to read again: {partition: the frontier, where to read from}.
+
+        Faust drops records it fetched on several paths without acking them (a stream skips
+        a record that arrives while flow control is off or from another consumer
+        generation; the fetch loop drops records of a partition that is not active when
+        they arrive), and counts on a later seek to the committed offset to fetch them
+        again. When no such seek comes, the Kafka client's position (`fetched`) stays past
+        the frontier and nothing moves: a partition in that state for `after` seconds, with
+        no batch running and no rebalance, is read again from its frontier. Once per
+        (frontier, position): offsets that hold no record (transaction markers) cannot
+        make it loop."""
+        if self.lock.locked() or self.rebalancing():
+            self._still.clear()
+            return {}
+        out: dict[int, int] = {}
+        for p, pos in fetched.items():
+            f = self.frontier.position(p)
+            if f is None or pos <= f or self._reread.get(p) == (f, pos):
+                self._still.pop(p, None)
+                continue
+            seen = self._still.get(p)
+            if seen is None or seen[0] != f:
+                self._still[p] = (f, now)
+            elif now - seen[1] >= after:
+                out[p] = f
+                self._reread[p] = (f, pos)
+                del self._still[p]
+        return out
 
     def stuck_for(self) -> float:
         """Seconds the running batch has held the lock (0 without one)."""

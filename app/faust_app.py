@@ -23,6 +23,7 @@ from nearline_rec.settings import KafkaSettings, Settings
 for _name in ("aiokafka.conn", "kafka"):
     logging.getLogger(_name).setLevel(logging.INFO)
 
+log = logging.getLogger("nearline.ingest")
 
 _FAUST_WEB_FLAGS = ("WEB_TABLES_ENABLED", "WEB_ROUTER_ENABLED")
 
@@ -107,6 +108,16 @@ class _Consumer(faust_aiokafka.Consumer):
         guard = self.app.guard
         if guard is not None:
             await guard.on_seek(self)
+            log.info(
+                "sought to committed offsets: read offsets %s, committed %s, frontier %s",
+                {tp.partition: o for tp, o in self._read_offset.items() if tp.topic == guard.topic},
+                {
+                    tp.partition: o
+                    for tp, o in self._committed_offset.items()
+                    if tp.topic == guard.topic
+                },
+                guard.frontier.positions(),
+            )
 
     async def _commit(self, offsets: Any) -> bool:
         guard = self.app.guard

@@ -57,6 +57,12 @@ class RuntimeCollector(Collector):
             "Events read back from Kafka because the stream skipped them.",
             c.get("events_refetched", 0),
         )
+        yield counter(
+            "nearline_partitions_reread",
+            "user-events partitions read again from the frontier: fetched past it, and nothing"
+            " reached the agent for a while (records dropped before the stream).",
+            c.get("partitions_reread", 0),
+        )
         lists = CounterMetricFamily(
             "nearline_lists_written",
             "Per-user lists written to Redis and published.",

@@ -46,6 +46,7 @@ from tests.reliability_report import report
 pytestmark = pytest.mark.integration
 
 SKIPPING_WORKER = Path(__file__).with_name("skipping_worker.py")
+DROPPING_WORKER = Path(__file__).with_name("dropping_worker.py")
 STEADY = {"NEARLINE_DEGRADE__MODE": "normal"}  # lag-driven degradation has its own tests
 
 
@@ -154,6 +155,41 @@ def test_records_the_stream_skips_are_read_back_in_order_and_never_committed_unr
         tails_filled=tails,
         catch_up_s=round(caught_up, 1),
         **alive,
+    )
+
+
+def test_records_fetched_and_dropped_before_the_stream_are_read_again(catalog_run, workers):
+    """Faust can drop records it fetched without delivering or acking them, counting on a
+    seek back that does not always come (seen: a replacement worker after a SIGKILL with
+    every partition fetched to its end, lag left, nothing reaching the agent). Injected here
+    by tests/integration/dropping_worker.py: every user-events record of the first seconds
+    is dropped before the stream, and no later record follows to reveal the gap. The worker
+    must notice partitions fetched past its frontier with nothing processed, read them again,
+    and lose nothing."""
+    run = catalog_run
+    s = run.settings
+    env = {**run.env, **STEADY, "NEARLINE_TEST_DROP_SECONDS": "5"}
+    items = sorted(run.truth["items"])
+    users = [f"drop-{u}" for u in range(60)]
+    events = event_stream(users, items, per_user=10, seed=8)
+    w = workers(env, name="dropping", entry=[str(DROPPING_WORKER)])
+    w.wait_ready()
+    produced = BackgroundProducer(s, events, rate=3000).start().join()
+    r = redis_client()
+    caught_up = wait_lists_current(r, s.redis.key_prefix, produced, 120, lambda: w.alive)
+    check = check_against_replay(r, s.redis.key_prefix, replay(s, run.updates, produced), produced)
+    assert check.ok, "\n".join(check.details[:20])
+    st = w.status()
+    reread = st["counters"].get("partitions_reread", 0)
+    assert reread >= 1, f"no partition was read again: {st['counters']}"
+    assert "reading again from" in w.log_path.read_text(errors="replace")
+    assert metric(w.port, "nearline_partitions_reread_total") == reread
+    report(
+        "fetched_records_dropped",
+        **check.figures(),
+        partitions_reread=reread,
+        catch_up_s=round(caught_up, 1),
+        **survived(w),
     )
 
 

@@ -133,3 +133,58 @@ def test_negative_position_is_refused():
     f = OffsetFrontier("events")
     with pytest.raises(ValueError, match="partition 0"):
         f.reset({0: -1})
+
+
+def _guard(rebalancing: bool = False):
+    from nearline_rec.commit_guard import CommitGuard
+    from nearline_rec.settings import KafkaSettings
+
+    g = CommitGuard("events", KafkaSettings(), lambda: rebalancing)
+    g.frontier.reset({0: 100, 1: 200})
+    return g
+
+
+def test_partition_fetched_past_a_still_frontier_is_read_again_once_from_the_frontier():
+    g = _guard()
+    fetched = {0: 180, 1: 200}  # partition 1: nothing fetched beyond what is processed
+    assert g.stalled(fetched, now=0.0, after=20) == {}
+    assert g.stalled(fetched, now=19.0, after=20) == {}
+    assert g.stalled(fetched, now=20.0, after=20) == {0: 100}
+    # the same (frontier, position) again: not read again in a loop (e.g. a trailing marker)
+    assert g.stalled(fetched, now=60.0, after=20) == {}
+    assert g.stalled(fetched, now=100.0, after=20) == {}
+    # fetched further and the frontier still does not move: read again
+    assert g.stalled({0: 190}, now=101.0, after=20) == {}
+    assert g.stalled({0: 190}, now=121.0, after=20) == {0: 100}
+
+
+def test_moving_frontier_running_batch_or_rebalance_is_not_a_stall():
+    g = _guard()
+    g.stalled({0: 180}, now=0.0, after=20)
+    g.frontier.advance(rs((0, 100), (0, 101)))  # the agent is making progress
+    assert g.stalled({0: 180}, now=25.0, after=20) == {}
+    assert g.stalled({0: 180}, now=44.0, after=20) == {}
+    assert g.stalled({0: 180}, now=45.0, after=20) == {0: 102}
+
+    rebalancing = _guard(rebalancing=True)
+    assert rebalancing.stalled({0: 180}, now=0.0, after=20) == {}
+    assert rebalancing.stalled({0: 180}, now=60.0, after=20) == {}
+
+
+async def test_a_batch_holding_the_lock_is_not_a_stall():
+    g = _guard()
+    async with g.lock:
+        assert g.stalled({0: 180}, now=0.0, after=20) == {}
+        assert g.stalled({0: 180}, now=60.0, after=20) == {}
+    assert g.stalled({0: 180}, now=61.0, after=20) == {}
+    assert g.stalled({0: 180}, now=81.0, after=20) == {0: 100}
+
+
+def test_a_new_assignment_forgets_stalls_and_rereads():
+    g = _guard()
+    g.stalled({0: 180}, now=0.0, after=20)
+    assert g.stalled({0: 180}, now=20.0, after=20) == {0: 100}
+    g.on_assigned()
+    g.frontier.reset({0: 100})
+    g.stalled({0: 180}, now=30.0, after=20)
+    assert g.stalled({0: 180}, now=50.0, after=20) == {0: 100}
