@@ -381,6 +381,9 @@ class ServeSettings(_Section):
     """`nearline serve`: worker processes pre-forked on the one listening socket."""
     backlog: int = Field(2048, ge=16, le=65535)
     """`nearline serve`: listen backlog of the shared socket."""
+    nice: int = Field(0, ge=0, le=19)
+    """`nearline serve`: CPU priority lowered by this much (as `nice`), so that on a host
+    shared with a worker, reads take the CPU the worker leaves (0: same priority)."""
     stale_after_seconds: float = Field(3600.0, gt=0)
     """A list older than this is reported stale."""
     default_k: int = Field(10, ge=1, le=1000)

@@ -90,8 +90,11 @@ def serve(host: str | None, port: int | None, processes: int | None, loglevel: s
         logging.getLogger("nearline.security").warning("%s", warning)
     from nearline_rec.serve import run
 
+    if s.serve.nice:
+        os.nice(s.serve.nice)  # the pre-forked processes inherit it
     click.echo(
-        f"serving on http://{s.serve.host}:{s.serve.port} with {s.serve.processes} process(es)",
+        f"serving on http://{s.serve.host}:{s.serve.port} with {s.serve.processes} process(es)"
+        + (f" at nice +{s.serve.nice}" if s.serve.nice else ""),
         err=True,
     )
     run(s, host=s.serve.host, port=s.serve.port, processes=s.serve.processes, loglevel=loglevel)

@@ -41,6 +41,9 @@ from nearline_rec.tools.localrun import (
 
 LIGHT_READS = 2000.0
 """req/s of the light read load the worker's events/s is also measured under."""
+SERVE_NICE = 10
+"""The read load is also run with serve at `NEARLINE_SERVE__NICE` = this (and wrk, which
+stands for clients on other hosts, at the same nice): reads take the CPU the worker leaves."""
 
 
 def _commit() -> str:
@@ -174,11 +177,16 @@ def run(
         # and with a light read load (LIGHT_READS req/s), where the CPU reads take is small
         procs = max(processes)
         srv = ServeProcess(env, work, procs, "load").start()
-        serving.append(srv)
+        niced = ServeProcess(
+            {**env, "NEARLINE_SERVE__NICE": str(SERVE_NICE)}, work, procs, "load-niced"
+        ).start()
+        serving += [srv, niced]
         bare = median([r["rps"] for r in rows.get(f"bare_p{procs}_c128", [{"rps": 20_000}])])
-        intervals = {
-            "with_reads": paced_rate(srv.port, 128, paced_share * bare, script, users),
-            "with_light_reads": 128 / LIGHT_READS * 1000,
+        heavy = paced_rate(srv.port, 128, paced_share * bare, script, users)
+        intervals = {  # condition: (server, pace of each connection in ms, nice of wrk)
+            "with_reads": (srv, heavy, 0),
+            "with_light_reads": (srv, 128 / LIGHT_READS * 1000, 0),
+            "with_reads_serve_niced": (niced, heavy, SERVE_NICE),
         }
         events_rows: dict[str, list[float]] = {"without_reads": [], **{c: [] for c in intervals}}
         read_rates: dict[str, list[float]] = {c: [] for c in intervals}
@@ -198,8 +206,11 @@ def run(
                 ]
                 load = None
                 if cond in intervals:
-                    reads = Load(srv.port, 128, 600, script, users, intervals[cond])
+                    server, interval, wrk_nice = intervals[cond]
+                    reads = Load(server.port, 128, 600, script, users, interval)
                     cmd, wenv = reads.command()
+                    if wrk_nice:
+                        cmd = ["nice", "-n", str(wrk_nice), *cmd]
                     load = subprocess.Popen(cmd, env=wenv, stdout=subprocess.PIPE, text=True)
                     time.sleep(1.0)  # the load is on before the burst
                 try:
@@ -223,7 +234,8 @@ def run(
                 events_rows[cond].append(round(rate, 1))
                 log(f"worker events/s {cond}: {rate:.0f}")
         staleness = measure_staleness(s, srv, names[: min(50, users)])
-        srv.stop()
+        for server in (srv, niced):
+            server.stop()
         serving.clear()
         worker_tail = worker.status() or {}
     finally:
@@ -269,6 +281,10 @@ def run(
         | {
             "ratio_with_reads": round(ev["with_reads"] / ev["without_reads"], 3),
             "ratio_with_light_reads": round(ev["with_light_reads"] / ev["without_reads"], 3),
+            "ratio_with_reads_serve_niced": round(
+                ev["with_reads_serve_niced"] / ev["without_reads"], 3
+            ),
+            "serve_nice": SERVE_NICE,
             "read_rps_during": {c: median(v) for c, v in read_rates.items()},
         },
         "worker_events_rounds": events_rows,
