@@ -142,21 +142,27 @@ def _client_positions() -> dict[int, int]:
     """The Kafka client's position per assigned user-events partition (the next offset it
     hands out); empty when the consumer is not up."""
     try:
-        client = app.consumer._thread._ensure_consumer()
-        assignment = client._fetcher._subscriptions.subscription.assignment
+        states = _client_states()
     except Exception:  # not started, or stopping  # noqa: BLE001
         return {}
-    if assignment is None:
-        return {}
+    return {
+        tp.partition: st.position
+        for tp, st in states
+        if st is not None and st.has_valid_position and st.position is not None
+    }
+
+
+def _client_states() -> list[tuple[Any, Any]]:
+    """(partition, the Kafka client's state of it, or None) for every assigned user-events
+    partition, in order; raises while the consumer is not up."""
+    client = app.consumer._thread._ensure_consumer()
+    assignment = client._fetcher._subscriptions.subscription.assignment
     topic = events_topic.get_topic_name()
-    out = {}
-    for tp in list(app.consumer.assignment()):
-        if tp.topic != topic:
-            continue
-        st = assignment.state_value(tp)
-        if st is not None and st.has_valid_position and st.position is not None:
-            out[tp.partition] = st.position
-    return out
+    return [
+        (tp, None if assignment is None else assignment.state_value(tp))
+        for tp in sorted(app.consumer.assignment())
+        if tp.topic == topic
+    ]
 
 
 @app.timer(interval=10.0)
@@ -178,21 +184,25 @@ async def report_stuck_batch() -> None:
 
 def _task_stacks() -> str:
     """Where every task of the loop stands, one line each."""
-    stacks = []
-    for task in asyncio.all_tasks():
-        where = " -> ".join(
-            f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno})"
-            for f in _awaited_frames(task.get_coro())
-        )
-        stacks.append(f"{task.get_name()}: {where or '(not started)'}")
-    for obj in gc.get_objects():  # a task's chain stops at an async generator: walk them too
-        if inspect.isasyncgen(obj) and obj.ag_frame is not None:
-            where = " -> ".join(
-                f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno})"
-                for f in _awaited_frames(obj)
-            )
-            stacks.append(f"async generator: {where}")
+    stacks = [
+        f"{task.get_name()}: {_where(task.get_coro()) or '(not started)'}"
+        for task in asyncio.all_tasks()
+    ]
+    # a task's chain stops at an async generator: walk them too
+    stacks += [
+        f"async generator: {_where(obj)}"
+        for obj in gc.get_objects()
+        if inspect.isasyncgen(obj) and obj.ag_frame is not None
+    ]
     return "\n".join(sorted(stacks))
+
+
+def _where(coro: Any) -> str:
+    """`function (file:line) -> ...` down the chain of awaits."""
+    return " -> ".join(
+        f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 2)[-1]}:{f.f_lineno})"
+        for f in _awaited_frames(coro)
+    )
 
 
 def _awaited_frames(coro: Any, limit: int = 24) -> list[Any]:
@@ -215,13 +225,8 @@ def _fetch_state() -> str:
     now = time.time()
     out = []
     try:
-        client = app.consumer._thread._ensure_consumer()
-        assignment = client._fetcher._subscriptions.subscription.assignment
         inbound = app.monitor.stream_inbound_time
-        for tp in sorted(app.consumer.assignment()):
-            if tp.topic != events_topic.get_topic_name():
-                continue
-            st = assignment.state_value(tp) if assignment is not None else None
+        for tp, st in _client_states():
             if st is None:
                 out.append(f"{tp.partition}: no client state")
                 continue
