@@ -342,11 +342,18 @@ async def recompute_holders_of_retired() -> None:
 
 
 async def table_slices(slice_size: int) -> AsyncIterator[list[tuple[Any, bytes]]]:
-    """The user table's (key, state) pairs as they are now, `slice_size` at a time, with
-    the loop given back between slices (batches run meanwhile)."""
-    states = list(user_table.data.items())
-    for start in range(0, len(states), slice_size):
-        yield states[start : start + slice_size]
+    """The user table's (key, state) pairs, `slice_size` at a time, with the loop given back
+    between slices (batches run meanwhile). Only the keys are listed up front; each slice's
+    states are read when it is reached (with RocksDB, from disk: the states are never all in
+    memory at once), and a state deleted meanwhile is left out."""
+    keys = list(user_table.data.keys())
+    for start in range(0, len(keys), slice_size):
+        states = []
+        for key in keys[start : start + slice_size]:
+            raw = user_table.get_state(key)
+            if raw:
+                states.append((key, raw))
+        yield states
         await asyncio.sleep(0)
 
 
@@ -379,9 +386,11 @@ async def _recompute_holders(slice_size: int = 2000) -> None:
 
 @app.task
 async def fill_user_directory() -> None:
-    """The similar-users directory holds the users of this worker's partitions: after a
-    start or a rebalance their states come from the table, not from new events, so every
-    owned user with an embedding is added from the table. The table is scanned again every
+    """The similar-users directory holds the users of this worker's partitions (the most
+    recently active NEARLINE_RECALL__SIMILAR_USERS_MAX of them): after a start or a
+    rebalance their states come from the table, not from new events, so owned users with an
+    embedding are added from the table, a slice at a time, skipping those the full
+    directory would drop at once. The table is scanned again every
     30 s while the last scan still found users (a recovery in progress) or after a new
     assignment; otherwise not (a scan reads every state: at 1M users, seconds of the loop)."""
     await counting_crashes("directory", _fill_directory)
@@ -402,13 +411,15 @@ async def _fill_directory(slice_size: int = 1000) -> None:
         users = rt.recommender.users
         added = 0
         async for states in table_slices(slice_size):
+            fresh = []
             for key, raw in states:
                 user_id = key.decode() if isinstance(key, bytes) else str(key)
-                if raw and user_id not in users:
+                if user_id not in users:
                     state = UserState.from_bytes(raw)
-                    if state.embedding is not None:
-                        rt.recommender.touch(state)
-                        added += 1
+                    if state.embedding is not None and users.admits(state.last_event_time):
+                        fresh.append(state)
+            rt.recommender.touch_many(fresh)
+            added += len(fresh)
         if added:
             rt.counters["directory_filled"] += added
             log_event("similar-users directory filled from the table", users=added)

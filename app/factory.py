@@ -52,6 +52,7 @@ def build_recommender(settings: Settings, *, learned_required: bool = True) -> R
             likes_kept=r.friends_likes_kept,
             backfill=r.friends_backfill,
         ),
+        users_max=r.similar_users_max,
     )
     variants = settings.experiments.variants
     base.variant = variants[0].name

@@ -293,6 +293,9 @@ class RecallSettings(_Section):
     """Items whose neighbour lists stay in memory (~3 KB each; 0 = search every time)."""
     similar_users_n: int = Field(20, ge=1, le=1000)
     """How many similar users to draw items from."""
+    similar_users_max: int = Field(200_000, ge=0, le=100_000_000)
+    """Users the similar-users directory keeps, the most recently active (0 = every owned
+    user; ~1 KB each at 32 dimensions)."""
     friends_half_life_seconds: float = Field(7 * 24 * 3600, gt=0)
     """Half-life of a friend's like in the friends channel's score."""
     friends_max: int = Field(1000, ge=1, le=1_000_000)

@@ -114,6 +114,7 @@ class Recommender:
         user_index: IndexConfig | None = None,
         embedding_version: str = "v1",
         social: SocialPolicy | None = None,
+        users_max: int = 0,
     ) -> None:
         self.catalog = catalog
         self.model = model
@@ -123,7 +124,9 @@ class Recommender:
         self.count_locally = True
         """False: the item statistics are counted elsewhere (by every worker together, in
         Redis) and set into `stats`; applying an event then leaves them alone."""
-        self.users = UserDirectory(catalog.dim, user_index or catalog.config, item_key=catalog.key)
+        self.users = UserDirectory(
+            catalog.dim, user_index or catalog.config, item_key=catalog.key, max_users=users_max
+        )
         self.embedding_version = embedding_version
         self.social = social or SocialPolicy()
         self.variant = "control"
@@ -201,7 +204,11 @@ class Recommender:
 
     def touch(self, state: UserState) -> None:
         """Move the user in the similar-users buckets after its embedding changed."""
-        self.users.update(state.user_id, state.embedding, state.liked)
+        self.users.update(state.user_id, state.embedding, state.liked, state.last_event_time)
+
+    def touch_many(self, states: Iterable[UserState]) -> None:
+        """`touch` for many users, their vectors indexed in one bulk upsert."""
+        self.users.update_many((s.user_id, s.embedding, s.liked, s.last_event_time) for s in states)
 
     # -- lists ----------------------------------------------------------------------------
     def context(self, state: UserState) -> RecallContext:

@@ -56,7 +56,8 @@ OUT = click.option(
     "--stores",
     default="memory://,rocksdb://",
     show_default=True,
-    help="Comma-separated table stores to compare.",
+    help="Comma-separated table stores to compare; `URL@N` also sets the similar-users"
+    " directory's NEARLINE_RECALL__SIMILAR_USERS_MAX to N for that run.",
 )
 @one_line_errors
 @needs_plot
@@ -66,9 +67,17 @@ def bench_store(out_dir: Path, users: int, per_user: int, burst: int, stores: st
     from nearline_rec.tools.bench.store import run
 
     names = [x.strip() for x in stores.split(",") if x.strip()]
-    bad = [x for x in names if x.split("://")[0] not in ("memory", "rocksdb")]
+    bad = [
+        x
+        for x in names
+        if x.split("://")[0] not in ("memory", "rocksdb")
+        or not (x.partition("@")[2] or "0").isdigit()
+    ]
     if bad or not names:
-        raise click.BadParameter(f"--stores: {bad or stores!r}: use memory:// and/or rocksdb://")
+        raise click.BadParameter(
+            f"--stores: {bad or stores!r}: use memory:// and/or rocksdb://, each optionally"
+            " with @N (a whole number)"
+        )
     run(out_dir, users=users, per_user=per_user, burst=burst, stores=names)
     click.echo(f"wrote {out_dir / 'store.json'} and {out_dir / 'store.png'}")
 

@@ -131,6 +131,25 @@ def _start_to_first_event_s(worker: WorkerProcess, settings: Any, item: str, tag
     return time.monotonic() - t0
 
 
+def _directory_fill(worker: WorkerProcess, settings: Any, users: int) -> dict:
+    """After the recovery, the similar-users directory is filled from the table (every user
+    here has a taste vector): seconds until it holds min(users, similar_users_max), and the
+    resident memory then."""
+    cap = settings.recall.similar_users_max
+    want = min(users, cap) if cap else users
+    t0 = time.monotonic()
+    st = worker.wait(
+        lambda s: s.get("users_indexed", 0) >= want, 3600, f"{want:,} users in the directory"
+    )
+    assert worker.proc is not None
+    return {
+        "directory_max_users": cap,
+        "directory_fill_s": round(time.monotonic() - t0, 1),
+        "users_indexed": st.get("users_indexed", 0),
+        "rss_mb_after_fill": _rss_mb(worker.proc.pid),
+    }
+
+
 def _burst(
     worker: WorkerProcess, settings: Any, catalog: Catalog, users: int, n: int, tag: str
 ) -> dict:
@@ -157,13 +176,23 @@ def _burst(
     }
 
 
-def _store_env(run: str, store: str, data_dir: Path) -> dict[str, str]:
+def _store_env(run: str, spec: str, data_dir: Path) -> dict[str, str]:
+    """`spec` is a store URL, optionally with `@N`: the similar-users directory's
+    NEARLINE_RECALL__SIMILAR_USERS_MAX for that run (`rocksdb://@0`: every user)."""
+    store, _, cap = spec.partition("@")
+    extra = {"NEARLINE_RECALL__SIMILAR_USERS_MAX": cap} if cap else {}
     return isolated_env(
         run,
         NEARLINE_WORKER__STORE=store,
         NEARLINE_WORKER__DATA_DIR=str(data_dir),
         NEARLINE_DEGRADE__MODE="normal",
+        **extra,
     )
+
+
+def _label(spec: str) -> str:
+    store, _, cap = spec.partition("@")
+    return store.split(":")[0] + (f"-max{cap}" if cap else "")
 
 
 def _prepare(env: dict[str, str], catalog: Catalog) -> Any:
@@ -195,7 +224,7 @@ def _one_store(
 ) -> dict:
     """One store on the seeded changelog (runs of the stores share it, one after the other,
     each with its own data directory); the baseline start on an empty table of its own."""
-    label = store.split(":")[0]
+    label = _label(store)
     item = catalog.ids[0]
     base_env = _store_env(f"{seeded_run}-empty-{label}", store, work / f"empty-{label}")
     base = WorkerProcess(base_env, work, name=f"empty-{label}", loglevel="warning")
@@ -212,7 +241,9 @@ def _one_store(
         cold_s = _start_to_first_event_s(worker, s, item, f"{label}-cold")
         assert worker.proc is not None
         rss_recovered = _rss_mb(worker.proc.pid)
-        click.echo(f"{label}: recovered in {cold_s:.0f} s; burst of {burst:,} ...", err=True)
+        click.echo(f"{label}: recovered in {cold_s:.0f} s; filling the directory ...", err=True)
+        fill = _directory_fill(worker, s, users)
+        click.echo(f"{label}: filled in {fill['directory_fill_s']:.0f} s; burst ...", err=True)
         burst_figures = _burst(worker, s, catalog, users, burst, label)
         worker.stop(timeout=120)
         click.echo(f"{label}: {burst_figures['events_per_second']} events/s; restart", err=True)
@@ -227,6 +258,7 @@ def _one_store(
         "cold_start_to_first_event_s": round(cold_s, 1),
         "cold_recovery_s": round(cold_s - empty_start_s, 1),
         "rss_mb_after_recovery": rss_recovered,
+        **fill,
         **burst_figures,
         "restart_to_first_event_s": round(warm_s, 1),
         "recovery_s": round(warm_s - empty_start_s, 1),
@@ -322,7 +354,7 @@ def run(
     finally:
         stop_services(started)
         shutil.rmtree(work, ignore_errors=True)
-    by = {r["store"].split(":")[0]: r for r in runs}
+    by = {_label(r["store"]): r for r in runs}
     figures: dict[str, Any] = {
         "params": {"users": users, "per_user": per_user, "burst": burst, **seeded},
         "runs": runs,
@@ -335,6 +367,8 @@ def run(
             for key in (
                 "events_per_second",
                 "rss_mb_after_recovery",
+                "rss_mb_after_fill",
+                "directory_fill_s",
                 "rss_mb_after_burst",
                 "rss_mb_after_restart",
                 "cold_recovery_s",
