@@ -22,7 +22,7 @@ from nearline_rec.composition import (
     user_table,
 )
 from nearline_rec.core import fastjson
-from nearline_rec.core.user_state import UserState
+from nearline_rec.core.user_state import UserState, directory_entry
 from nearline_rec.kafka_clients import client_kwargs
 from nearline_rec.runtime import log_event
 from nearline_rec.storage import keys
@@ -389,8 +389,8 @@ async def fill_user_directory() -> None:
     """The similar-users directory holds the users of this worker's partitions (the most
     recently active NEARLINE_RECALL__SIMILAR_USERS_MAX of them): after a start or a
     rebalance their states come from the table, not from new events, so owned users with an
-    embedding are added from the table, a slice at a time, skipping those the full
-    directory would drop at once. The table is scanned again every
+    embedding are added from the table, a slice at a time and at most half the loop's time,
+    skipping those the full directory would drop at once. The table is scanned again every
     30 s while the last scan still found users (a recovery in progress) or after a new
     assignment; otherwise not (a scan reads every state: at 1M users, seconds of the loop)."""
     await counting_crashes("directory", _fill_directory)
@@ -410,16 +410,22 @@ async def _fill_directory(slice_size: int = 1000) -> None:
         scanned_at = seen
         users = rt.recommender.users
         added = 0
+        t0 = time.monotonic()
         async for states in table_slices(slice_size):
             fresh = []
             for key, raw in states:
                 user_id = key.decode() if isinstance(key, bytes) else str(key)
                 if user_id not in users:
-                    state = UserState.from_bytes(raw)
-                    if state.embedding is not None and users.admits(state.last_event_time):
-                        fresh.append(state)
-            rt.recommender.touch_many(fresh)
+                    entry = directory_entry(raw)
+                    if entry[1] is not None and users.admits(entry[3]):
+                        fresh.append(entry)
+            users.update_many(fresh)
             added += len(fresh)
+            # background work: at most half the loop's time (reading the slice included),
+            # so batches keep their pace
+            await asyncio.sleep(time.monotonic() - t0)
+            t0 = time.monotonic()
+        rt.counters["directory_scans"] += 1
         if added:
             rt.counters["directory_filled"] += added
             log_event("similar-users directory filled from the table", users=added)

@@ -206,10 +206,6 @@ class Recommender:
         """Move the user in the similar-users buckets after its embedding changed."""
         self.users.update(state.user_id, state.embedding, state.liked, state.last_event_time)
 
-    def touch_many(self, states: Iterable[UserState]) -> None:
-        """`touch` for many users, their vectors indexed in one bulk upsert."""
-        self.users.update_many((s.user_id, s.embedding, s.liked, s.last_event_time) for s in states)
-
     # -- lists ----------------------------------------------------------------------------
     def context(self, state: UserState) -> RecallContext:
         exclude = self.catalog.keys_of(state.seen)

@@ -159,6 +159,20 @@ class UserState:
         )
 
 
+def directory_entry(raw: bytes) -> tuple[str, np.ndarray | None, list[str], float]:
+    """(user id, embedding, liked, last event time) of a stored state: what the
+    similar-users directory keeps, read without building the whole state (the directory is
+    filled from every state in the table)."""
+    doc = fastjson.loads(raw)
+    embedding = None
+    if "t" in doc:
+        taste = np.frombuffer(base64.b64decode(doc["t"]), dtype="<f4")
+        norm = float(np.linalg.norm(taste))
+        if norm >= 1e-9:
+            embedding = (taste / norm).astype(np.float32)
+    return doc["u"], embedding, doc["l"], doc["et"]
+
+
 def state_position(raw: bytes) -> int:
     """The list-version position of a stored state (`UserState.last_offset`), which only
     grows for a user: of two stored copies, the one with the higher position is newer."""

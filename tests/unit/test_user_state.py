@@ -7,7 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from nearline_rec.core.user_state import UpdatePolicy, UserState, apply_event, policy_from_settings
+from nearline_rec.core.user_state import (
+    UpdatePolicy,
+    UserState,
+    apply_event,
+    directory_entry,
+    policy_from_settings,
+)
 from nearline_rec.settings import EmbeddingUpdateSettings, WorkerSettings
 from tests.unit.factories import DAY, T0, cosine, event
 
@@ -303,3 +309,22 @@ def test_a_topic_made_again_starts_its_offsets_afresh_and_ids_still_dedupe():
     legacy = UserState("u2", offsets={0: 9})
     assert not apply_event(legacy, event("z", "x0"), 9, vector, POLICY, 0, "topic-a")
     assert legacy.source == "topic-a"
+
+
+def test_directory_entry_reads_what_the_whole_state_holds():
+    s = UserState("u1")
+    apply(s, event("e1", "x2", type="like"), 0)
+    apply(s, event("e2", "mix", type="like", ts=T0 + 60), 1)
+    user_id, embedding, liked, last = directory_entry(s.to_bytes())
+    full = UserState.from_bytes(s.to_bytes())
+    assert (
+        (user_id, liked, last)
+        == ("u1", full.liked, full.last_event_time)
+        == (
+            "u1",
+            ["x2", "mix"],
+            T0 + 60,
+        )
+    )
+    np.testing.assert_array_equal(embedding, full.embedding)
+    assert directory_entry(UserState("u2").to_bytes())[1] is None
