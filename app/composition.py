@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from nearline_rec.commit_guard import CommitGuard
 from nearline_rec.core.user_state import UserState
-from nearline_rec.faust_app import UserStateTable, create_app
+from nearline_rec.faust_app import UserStateTable, create_app, rocksdb_options
 from nearline_rec.runtime import Runtime
 from nearline_rec.settings import load_settings
 from nearline_rec.sink import Publish, Sink, broker_publisher
@@ -55,6 +55,7 @@ user_table = app.tables.add(
         partitions=settings.topics.partitions,
         key_type=bytes,  # bytes types make Faust use the raw codec for the changelog
         value_type=bytes,
+        options=rocksdb_options(settings.worker),
     )
 )
 

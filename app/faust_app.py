@@ -15,7 +15,7 @@ from mode.services import WaitResults
 from nearline_rec.commit_guard import CommitGuard
 from nearline_rec.core.user_state import newest_states
 from nearline_rec.kafka_clients import ssl_context
-from nearline_rec.settings import KafkaSettings, Settings
+from nearline_rec.settings import KafkaSettings, Settings, WorkerSettings
 
 # The Kafka clients' debug logs print every request, the SASL login with its password
 # included, and kafka-python's clients their whole configuration (the password with it):
@@ -170,6 +170,18 @@ class UserStateTable(faust.Table):
             store._db_for_partition(partition).put(key, value)
         else:
             store[key] = value
+
+
+def rocksdb_options(w: WorkerSettings) -> dict[str, Any] | None:
+    """Options of the user table's store: with rocksdb://, the read cache and write buffers
+    of each partition's database bounded by the settings (None: the memory store)."""
+    if not w.store.startswith("rocksdb:"):
+        return None
+    mb = 1024 * 1024
+    return {
+        "block_cache_size": w.rocksdb_block_cache_mb * mb,
+        "write_buffer_size": w.rocksdb_write_buffer_mb * mb,
+    }
 
 
 class NearlineApp(faust.App):

@@ -145,6 +145,12 @@ class WorkerSettings(_Section):
     store: str = "memory://"
     """Faust table store (memory:// replays the changelog on start; rocksdb:// keeps it on
     local disk and reads only the changelog's tail; see docs/performance.md)."""
+    rocksdb_block_cache_mb: int = Field(32, ge=1, le=1_000_000)
+    """With rocksdb://: the read cache of each partition's database, in MB (Faust's own
+    default is 2 GB each, enough to hold every state in memory again)."""
+    rocksdb_write_buffer_mb: int = Field(16, ge=1, le=1_000_000)
+    """With rocksdb://: each partition database's write buffer, in MB (up to 3 of them;
+    Faust's own default is 64 MB)."""
 
     @field_validator("store")
     @classmethod

@@ -61,3 +61,28 @@ async def test_fetch_loop_handoff_runs_the_callback_once_and_races_only_when_it_
     other.set()
     got = await consumer.wait_first(quick(1), other.wait())
     assert got.done
+
+
+def test_rocksdb_store_gets_bounded_caches_and_the_memory_store_no_options(tmp_path):
+    from faust.stores.rocksdb import RocksDBOptions
+
+    from nearline_rec.faust_app import UserStateTable, rocksdb_options
+
+    assert rocksdb_options(load_settings().worker) is None
+    w = load_settings(
+        worker={"store": "rocksdb://", "rocksdb_block_cache_mb": 8, "rocksdb_write_buffer_mb": 4}
+    ).worker
+    options = rocksdb_options(w)
+    assert options == {"block_cache_size": 8 << 20, "write_buffer_size": 4 << 20}
+    # what Faust's store makes of them (its own defaults: 2 GB cache, 64 MB buffers)
+    opened = RocksDBOptions(**options)
+    assert (opened.block_cache_size, opened.write_buffer_size) == (8 << 20, 4 << 20)
+    app = create_app(
+        load_settings(
+            worker={"app_id": "t-rocks", "store": "rocksdb://", "data_dir": str(tmp_path)}
+        )
+    )
+    table = app.tables.add(
+        UserStateTable(app, name="t", key_type=bytes, value_type=bytes, options=rocksdb_options(w))
+    )
+    assert table.data.rocksdb_options.block_cache_size == 8 << 20
