@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -341,15 +341,22 @@ async def recompute_holders_of_retired() -> None:
     await counting_crashes("retired", _recompute_holders)
 
 
-async def table_slices(slice_size: int) -> AsyncIterator[list[tuple[Any, bytes]]]:
-    """The user table's (key, state) pairs, `slice_size` at a time, with the loop given back
-    between slices (batches run meanwhile). Only the keys are listed up front; each slice's
-    states are read when it is reached (with RocksDB, from disk: the states are never all in
-    memory at once), and a state deleted meanwhile is left out."""
-    keys = list(user_table.data.keys())
+async def table_slices(
+    slice_size: int,
+    keys: list[Any] | None = None,
+    wanted: Callable[[Any], bool] | None = None,
+) -> AsyncIterator[list[tuple[Any, bytes]]]:
+    """The user table's (key, state) pairs, `slice_size` keys at a time, with the loop given
+    back between slices (batches run meanwhile). Only the keys are listed up front (or
+    given); each slice's states are read when it is reached (with RocksDB, from disk: the
+    states are never all in memory at once), only for keys `wanted` says yes to, and a
+    state deleted meanwhile is left out."""
+    keys = list(user_table.data.keys()) if keys is None else keys
     for start in range(0, len(keys), slice_size):
         states = []
         for key in keys[start : start + slice_size]:
+            if wanted is not None and not wanted(key):
+                continue
             raw = user_table.get_state(key)
             if raw:
                 states.append((key, raw))
@@ -390,42 +397,54 @@ async def fill_user_directory() -> None:
     recently active NEARLINE_RECALL__SIMILAR_USERS_MAX of them): after a start or a
     rebalance their states come from the table, not from new events, so owned users with an
     embedding are added from the table, a slice at a time and at most half the loop's time,
-    skipping those the full directory would drop at once. The table is scanned again every
-    30 s while the last scan still found users (a recovery in progress) or after a new
-    assignment; otherwise not (a scan reads every state: at 1M users, seconds of the loop)."""
+    skipping those the full directory would drop at once. A scan waits for the table's
+    recovery to end (the catalog, which starts it, has its own consumer); the table is
+    scanned again 30 s later while the last scan still found users or the table's size
+    changed, and after a new assignment; otherwise not (a scan reads the state of every user
+    not in the directory: at 1M users, a minute of the loop's spare time)."""
     await counting_crashes("directory", _fill_directory)
+
+
+def _not_in_directory(key: Any) -> bool:
+    user_id = key.decode() if isinstance(key, bytes) else str(key)
+    return user_id not in runtime().recommender.users
 
 
 async def _fill_directory(slice_size: int = 1000) -> None:
     rt = runtime()
-    await rt.catalog_ready.wait()
+    await rt.catalog_ready.wait()  # the catalog comes from its own consumer, not Faust's
     guard = app.guard
     scanned_at = -1  # the assignment count at the last scan
-    added = 0
+    listed = -1  # keys the last scan found in the table
+    again = False
     while True:
         seen = guard.assignments if guard is not None else 0
-        if added == 0 and seen == scanned_at:
+        if not again and seen == scanned_at:
             await asyncio.sleep(30.0)
             continue
-        scanned_at = seen
-        users = rt.recommender.users
+        while app.in_recovery:  # the table is whole only when its recovery is over
+            await asyncio.sleep(1.0)
+        scanned_at = guard.assignments if guard is not None else 0
         added = 0
+        keys = list(user_table.data.keys())
         t0 = time.monotonic()
-        async for states in table_slices(slice_size):
+        async for states in table_slices(slice_size, keys, _not_in_directory):
             fresh = []
-            for key, raw in states:
-                user_id = key.decode() if isinstance(key, bytes) else str(key)
-                if user_id not in users:
-                    entry = directory_entry(raw)
-                    if entry[1] is not None and users.admits(entry[3]):
-                        fresh.append(entry)
-            users.update_many(fresh)
+            for _key, raw in states:
+                entry = directory_entry(raw)
+                if entry[1] is not None and rt.recommender.users.admits(entry[3]):
+                    fresh.append(entry)
+            rt.recommender.users.update_many(fresh)
             added += len(fresh)
             # background work: at most half the loop's time (reading the slice included),
             # so batches keep their pace
             await asyncio.sleep(time.monotonic() - t0)
             t0 = time.monotonic()
         rt.counters["directory_scans"] += 1
+        # scanned again while it still finds users or the table changed size meanwhile
+        # (a scan that began just before a recovery saw part of the table)
+        again = added > 0 or len(keys) != listed
+        listed = len(keys)
         if added:
             rt.counters["directory_filled"] += added
             log_event("similar-users directory filled from the table", users=added)

@@ -134,8 +134,8 @@ def _start_to_first_event_s(worker: WorkerProcess, settings: Any, item: str, tag
 def _directory_fill(worker: WorkerProcess, settings: Any, users: int) -> dict:
     """After the recovery the similar-users directory is filled from the table, in the
     background (every user here has a taste vector): seconds until it holds
-    min(users, similar_users_max), seconds until its scan of the whole table is done (the
-    burst then runs on a worker doing nothing else), and the resident memory then."""
+    min(users, similar_users_max), seconds until its scans of the table are done (the burst
+    then runs on a worker doing nothing else), and the resident memory then."""
     cap = settings.recall.similar_users_max
     want = min(users, cap) if cap else users
     t0 = time.monotonic()
@@ -143,8 +143,10 @@ def _directory_fill(worker: WorkerProcess, settings: Any, users: int) -> dict:
         lambda s: s.get("users_indexed", 0) >= want, 3600, f"{want:,} users in the directory"
     )
     held_s = time.monotonic() - t0
+    # the fill scans the table again after a first scan that found users; after that
+    # second scan it is idle (unless the table changes)
     st = worker.wait(
-        lambda s: s["counters"].get("directory_scans", 0) >= 1, 3600, "the directory's scan"
+        lambda s: s["counters"].get("directory_scans", 0) >= 2, 3600, "the directory's scans"
     )
     assert worker.proc is not None
     return {
