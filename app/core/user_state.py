@@ -95,12 +95,7 @@ class UserState:
     @property
     def embedding(self) -> np.ndarray | None:
         """Unit-length user embedding, or None when the user has no usable signal yet."""
-        if self.taste is None:
-            return None
-        norm = float(np.linalg.norm(self.taste))
-        if norm < 1e-9:
-            return None
-        return (self.taste / norm).astype(np.float32)
+        return _unit_or_none(self.taste)
 
     # -- serialisation: compact JSON with the vector as base64 float32 --------------------
     def to_bytes(self) -> bytes:
@@ -134,16 +129,13 @@ class UserState:
     @classmethod
     def from_bytes(cls, raw: bytes) -> UserState:
         doc = fastjson.loads(raw)
-        taste = None
-        if "t" in doc:
-            taste = np.frombuffer(base64.b64decode(doc["t"]), dtype="<f4").astype(np.float32)
         return cls(
             user_id=doc["u"],
             history=[tuple(h) for h in doc["h"]],  # type: ignore[misc]
             seen=dict.fromkeys(doc["s"]),
             liked=list(doc["l"]),
             ratings=dict(doc.get("r", {})),
-            taste=taste,
+            taste=_taste(doc),
             taste_time=doc["tt"],
             recent_event_ids=dict.fromkeys(doc["e"]),
             offsets=_offsets(doc),
@@ -164,13 +156,24 @@ def directory_entry(raw: bytes) -> tuple[str, np.ndarray | None, list[str], floa
     similar-users directory keeps, read without building the whole state (the directory is
     filled from every state in the table)."""
     doc = fastjson.loads(raw)
-    embedding = None
-    if "t" in doc:
-        taste = np.frombuffer(base64.b64decode(doc["t"]), dtype="<f4")
-        norm = float(np.linalg.norm(taste))
-        if norm >= 1e-9:
-            embedding = (taste / norm).astype(np.float32)
-    return doc["u"], embedding, doc["l"], doc["et"]
+    return doc["u"], _unit_or_none(_taste(doc)), doc["l"], doc["et"]
+
+
+def _taste(doc: dict[str, Any]) -> np.ndarray | None:
+    """The stored taste vector of a decoded state (base64 float32), or None."""
+    if "t" not in doc:
+        return None
+    return np.frombuffer(base64.b64decode(doc["t"]), dtype="<f4").astype(np.float32)
+
+
+def _unit_or_none(taste: np.ndarray | None) -> np.ndarray | None:
+    """Unit-length float32 copy of a taste vector; None without one or when it is ~0."""
+    if taste is None:
+        return None
+    norm = float(np.linalg.norm(taste))
+    if norm < 1e-9:
+        return None
+    return (taste / norm).astype(np.float32)
 
 
 def state_position(raw: bytes) -> int:
