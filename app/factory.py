@@ -53,6 +53,7 @@ def build_recommender(settings: Settings, *, learned_required: bool = True) -> R
             backfill=r.friends_backfill,
         ),
         users_max=r.similar_users_max,
+        search_threads=r.search_threads,
     )
     variants = settings.experiments.variants
     base.variant = variants[0].name

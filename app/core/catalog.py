@@ -498,6 +498,51 @@ class ItemCatalog:
         index = self._exact if (exact or self._lsh is None) else self._lsh
         return index.search(q, k, exclude=exclude, allowed=allowed)
 
+    def search_many(
+        self,
+        queries: list[np.ndarray],
+        ks: list[int],
+        *,
+        exclude_keys: np.ndarray | None = None,
+        allowed: np.ndarray | None = None,
+        allowed_of: np.ndarray | None = None,
+        threads: int = 1,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`search` of each query with its own k, excluded key (-1 none) and allowed mask
+        (row `allowed_of[i]` of the 2-D `allowed`, -1 none), the LSH ones in one compiled
+        call split over `threads` threads: the same answers as one `search` each."""
+        if not queries:
+            return []
+        if not self._meta:
+            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
+        qs = np.vstack([unit(q) for q in queries])
+        index = self._exact if self._lsh is None else self._lsh
+        return index.search_many(
+            qs,
+            np.asarray(ks, np.int64),
+            exclude_keys=exclude_keys,
+            allowed=allowed,
+            allowed_of=allowed_of,
+            threads=threads,
+        )
+
+    def prefetch_neighbours(self, keys: list[int], m: int, threads: int = 1) -> None:
+        """Put the top-m neighbours of those of `keys` the cache lacks into it, found in one
+        `search_many` (a micro-batch's seeds, before its lists are made)."""
+        if self._lsh is not None and self._lsh.params.max_candidates:
+            return  # not cached (see `neighbours`)
+        seeds = self._neighbours.absent([k for k in dict.fromkeys(keys) if self._has_vector[k]], m)
+        if not seeds:
+            return
+        found = self.search_many(
+            [self._vectors[k] for k in seeds],
+            [m] * len(seeds),
+            exclude_keys=np.asarray(seeds, np.int64),
+            threads=threads,
+        )
+        for key, (got_keys, got_scores) in zip(seeds, found, strict=True):
+            self._neighbours.put(key, self._vectors[key], m, got_keys, got_scores, fresh=True)
+
     def neighbours(self, key: int, m: int) -> tuple[np.ndarray, np.ndarray]:
         """The top-m items nearest to item `key` (not itself), as `search` finds them; served
         from a cache that catalog changes invalidate exactly (app/core/neighbours.py)."""

@@ -39,6 +39,7 @@ class NeighbourCache:
         self._results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * capacity
         self.hits = 0
         self.misses = 0
+        self._fresh: set[int] = set()
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -51,14 +52,42 @@ class NeighbourCache:
             self.misses += 1
             return None
         self._slots.move_to_end(key)
-        self.hits += 1
+        if key in self._fresh:
+            self._fresh.discard(key)  # counted as a miss when it was searched ahead
+        else:
+            self.hits += 1
         keys, scores = self._results[slot]  # type: ignore[misc]
         return keys[:m].astype(np.int64), scores[:m]
 
-    def put(self, key: int, seed: np.ndarray, m: int, keys: np.ndarray, scores: np.ndarray) -> None:
-        """Remember the top-m search result of `key` (whose vector is `seed`)."""
+    def absent(self, keys: list[int], m: int) -> list[int]:
+        """Those of `keys` without a cached top-m, each counted as a miss (they are about to
+        be searched ahead of their lookups: `put(..., fresh=True)`)."""
+        out = []
+        for key in keys:
+            slot = self._slots.get(key)
+            if slot is None or self._m[slot] < m:
+                out.append(key)
+        self.misses += len(out)
+        return out
+
+    def put(
+        self,
+        key: int,
+        seed: np.ndarray,
+        m: int,
+        keys: np.ndarray,
+        scores: np.ndarray,
+        *,
+        fresh: bool = False,
+    ) -> None:
+        """Remember the top-m search result of `key` (whose vector is `seed`); `fresh`: it
+        was searched ahead of its lookup, whose miss `absent` counted (the next `get` of it
+        is not a hit)."""
+        self._fresh.discard(key)
         if self.capacity == 0:
             return
+        if fresh:
+            self._fresh.add(key)
         slot = self._slots.pop(key, None)
         if slot is None:
             if not self._free:

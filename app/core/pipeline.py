@@ -17,7 +17,7 @@ from nearline_rec.core.events import UserEvent
 from nearline_rec.core.modes import ListMode
 from nearline_rec.core.popularity import ItemStats, top_keys
 from nearline_rec.core.rank import RankModel, diversify, learned_features, rank
-from nearline_rec.core.recall import Candidate, ChannelConfig, RecallContext, merge
+from nearline_rec.core.recall import Candidate, ChannelConfig, RecallContext, _want, merge
 from nearline_rec.core.social import (
     Activity,
     SocialChange,
@@ -115,6 +115,7 @@ class Recommender:
         embedding_version: str = "v1",
         social: SocialPolicy | None = None,
         users_max: int = 0,
+        search_threads: int = 1,
     ) -> None:
         self.catalog = catalog
         self.model = model
@@ -132,6 +133,8 @@ class Recommender:
         self.variant = "control"
         """Experiment variant whose recall/ranking settings this instance uses."""
         self.channels = build_channels(list(self.config.channels), self.config.channel_options)
+        self.search_threads = search_threads
+        """Threads the searches of a micro-batch's lists are split over (`recommend_many`)."""
 
     def as_variant(self, name: str, config: PipelineConfig, model: RankModel) -> Recommender:
         """A view with other recall/ranking settings over the same catalog, statistics and
@@ -239,14 +242,78 @@ class Recommender:
         ctx = self.context(state)
         if ctx.embedding is None and not state.liked and not state.friend_likes:
             return self._finish(state, self.cold_start(ctx), ListMode.COLD_START)
-        per_channel = [(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels]
-        cands = merge(per_channel)
+        cands = merge([(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels])
+        return self._ranked(state, cands, ctx, self.model)
+
+    def _ranked(
+        self, state: UserState, cands: list[Candidate], ctx: RecallContext, model: RankModel
+    ) -> RecList:
         ranked = rank(
-            cands, ctx, self.model, top_n=self.config.top_n, max_per_genre=self.config.max_per_genre
+            cands, ctx, model, top_n=self.config.top_n, max_per_genre=self.config.max_per_genre
         )
         return self._finish(
             state, [ListRow(r.key, r.score, r.channel) for r in ranked], ListMode.PERSONAL
         )
+
+    def prefetch(self, contexts: list[RecallContext]) -> None:
+        """Run the searches the channels of these users' lists will make, all at once (one
+        compiled call per kind, split over `search_threads`): each user's nearest items to
+        its embedding and to its short-term taste, its similar users, and the neighbours of
+        the micro-batch's seed items the cache lacks. The channels read the answers from
+        the contexts (`RecallContext.found`); the lists are the same as without."""
+        if len(contexts) < 2:
+            return
+        enabled = {cfg.name: cfg for cfg, _ in self.channels}
+        options = self.config.channel_options
+        threads = self.search_threads
+        cat = self.catalog
+        masks = np.empty((len(contexts), len(cat.recommendable_mask)), dtype=np.bool_)
+        for row, ctx in enumerate(contexts):
+            ctx.admissible_into(masks[row])
+        queries: list[np.ndarray] = []
+        ks: list[int] = []
+        owners: list[tuple[int, str]] = []
+        for name, query_of in (
+            ("embedding", lambda c: c.embedding),
+            ("short_term", RecallContext.short_term),
+        ):
+            if name in enabled and enabled[name].k > 0:
+                for row, ctx in enumerate(contexts):
+                    q = query_of(ctx)
+                    if q is not None:
+                        queries.append(q)
+                        ks.append(enabled[name].k)
+                        owners.append((row, name))
+        if queries:
+            found = cat.search_many(
+                queries,
+                ks,
+                allowed=masks,
+                allowed_of=np.fromiter((r for r, _ in owners), np.int64, len(owners)),
+                threads=threads,
+            )
+            for (row, name), q, k, (keys, scores) in zip(owners, queries, ks, found, strict=True):
+                contexts[row].found[(name, k)] = (q, keys, scores)
+        if "similar_users" in enabled and enabled["similar_users"].k > 0:
+            n = int(options.get("similar_users_n", 20))
+            with_emb = [ctx for ctx in contexts if ctx.embedding is not None]
+            lists = self.users.similar_many(
+                [c.user.user_id for c in with_emb],
+                [c.embedding for c in with_emb],  # type: ignore[misc]
+                n,
+                threads,
+            )
+            for ctx, got in zip(with_emb, lists, strict=True):
+                ctx.found[("similar_users", n)] = got
+        if "item2item" in enabled and enabled["item2item"].k > 0:
+            seeds = int(options.get("item2item_seeds", 5))
+            keys = [
+                key
+                for ctx in contexts
+                for item_id in ctx.user.liked[-seeds:]
+                if (key := cat.key(item_id)) is not None
+            ]
+            cat.prefetch_neighbours(keys, _want(contexts[0], enabled["item2item"].k), threads)
 
     def recommend_many(self, states: list[UserState]) -> list[RecList | Exception]:
         """Lists for several users with one call of a learned model over all their
@@ -257,20 +324,30 @@ class Recommender:
         model = self.model
         out: list[RecList | Exception] = []
         pending: list[tuple[int, list[Candidate], RecallContext]] = []
+        contexts: dict[int, RecallContext] = {}
         for i, state in enumerate(states):
             try:
-                if model.scorer is None:
-                    out.append(self.recommend(state))
-                    continue
                 ctx = self.context(state)
-                if ctx.embedding is None and not state.liked:
+                cold = ctx.embedding is None and not state.liked
+                if model.scorer is None:
+                    cold = cold and not state.friend_likes
+                if cold:
                     out.append(self._finish(state, self.cold_start(ctx), ListMode.COLD_START))
-                    continue
-                cands = merge([(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels])
-                out.append(Exception("pending"))
-                pending.append((i, cands, ctx))
+                else:
+                    out.append(Exception("pending"))
+                    contexts[i] = ctx
             except Exception as exc:  # contained to the user, as recommend() is
                 out.append(exc)
+        self.prefetch(list(contexts.values()))
+        for i, ctx in contexts.items():
+            try:
+                cands = merge([(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels])
+                if model.scorer is None:
+                    out[i] = self._ranked(states[i], cands, ctx, model)
+                else:
+                    pending.append((i, cands, ctx))
+            except Exception as exc:  # contained to the user, as recommend() is
+                out[i] = exc
         if not pending:
             return out
         used = model

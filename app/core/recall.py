@@ -41,6 +41,10 @@ class RecallContext:
     )
     short_term_seeds: int = 5
     short_term_decay: float = 0.6
+    found: dict[object, object] = field(default_factory=dict, repr=False, compare=False)
+    """Searches done for this context ahead of its channels, with those of the other users
+    of a micro-batch (`Recommender.recommend_many`): `nearest` and `similar_users` read them
+    instead of searching again."""
 
     def short_term(self) -> np.ndarray | None:
         """Short-term taste: the user's last `short_term_seeds` liked items' unit vectors,
@@ -62,11 +66,25 @@ class RecallContext:
         # One boolean per key, made once per list: a copy of the recommendable mask with the
         # seen items cleared (~10 us at 100k items; a set lookup per channel cost more).
         if self._ok is None:
-            ok = self.catalog.recommendable_mask.copy()
-            if self.exclude:
-                ok[np.fromiter(self.exclude, np.int64, len(self.exclude))] = False
-            self._ok = ok
+            self.admissible_into(np.empty_like(self.catalog.recommendable_mask))
+        assert self._ok is not None
         return self._ok
+
+    def admissible_into(self, out: np.ndarray) -> None:
+        """Make this context's admissible mask in `out` (a row of a micro-batch's matrix)."""
+        out[:] = self.catalog.recommendable_mask
+        if self.exclude:
+            out[np.fromiter(self.exclude, np.int64, len(self.exclude))] = False
+        self._ok = out
+
+    def similar_users(self, n: int) -> list[tuple[str, float]]:
+        """Up to n other users nearest to this user's embedding (`UserDirectory.similar`)."""
+        if self.embedding is None:
+            return []
+        got = self.found.get(("similar_users", n))
+        if got is not None:
+            return got  # type: ignore[return-value]
+        return self.users.similar(self.user.user_id, self.embedding, n)
 
     def admissible(self, key: int) -> bool:
         return bool(self._admissible()[key])
@@ -101,7 +119,11 @@ def _take(
 def nearest(ctx: RecallContext, query: np.ndarray, k: int, name: str) -> list[Candidate]:
     """The admissible items nearest to `query` (LSH with exact re-rank, or exact), as a
     channel's candidates: the index skips the others while it gathers candidates."""
-    keys, scores = ctx.catalog.search(query, k, allowed=ctx._admissible())
+    got = ctx.found.get((name, k))
+    if got is not None and got[0] is query:  # type: ignore[index]
+        keys, scores = got[1], got[2]  # type: ignore[index]
+    else:
+        keys, scores = ctx.catalog.search(query, k, allowed=ctx._admissible())
     return [
         Candidate(key, score, name)
         for key, score in zip(keys.tolist(), scores.tolist(), strict=True)

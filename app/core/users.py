@@ -209,6 +209,25 @@ class UserDirectory:
             for k, s in zip(keys.tolist(), scores.tolist(), strict=True)
         ]
 
+    def similar_many(
+        self, user_ids: list[str], embeddings: list[np.ndarray], n: int, threads: int = 1
+    ) -> list[list[tuple[str, float]]]:
+        """`similar` for several users, their searches in one call (`search_many`)."""
+        if not user_ids:
+            return []
+        own = np.fromiter((self._key.get(u, -1) for u in user_ids), np.int64, len(user_ids))
+        found = self._index.search_many(
+            np.vstack([unit(e) for e in embeddings]),
+            np.full(len(user_ids), n, np.int64),
+            exclude_keys=own,
+            threads=threads,
+        )
+        ids = self._ids
+        return [
+            [(ids[k], float(s)) for k, s in zip(keys.tolist(), scores.tolist(), strict=True)]  # type: ignore[misc]
+            for keys, scores in found
+        ]
+
     def liked(self, user_id: str) -> tuple[str, ...]:
         """The user's recent liked ids (kept only without `item_key`)."""
         key = self._key.get(user_id)

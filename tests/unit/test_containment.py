@@ -24,7 +24,7 @@ class Poisoned(RuntimeError):
 def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
     """The core raises on item 'a3' half way through applying it (after the state changed),
     and while making user '3''s list."""
-    apply, recommend = Recommender.apply, Recommender.recommend
+    apply, ranked = Recommender.apply, Recommender._ranked
 
     def bad_apply(self, state, event, offset, *where):
         applied = apply(self, state, event, offset, *where)
@@ -32,13 +32,13 @@ def poisoned(monkeypatch: pytest.MonkeyPatch) -> None:
             raise Poisoned("item a3 breaks the core")
         return applied
 
-    def bad_recommend(self, state):
+    def bad_ranked(self, state, *args):
         if state.user_id == "3":
             raise Poisoned("no list for user 3")
-        return recommend(self, state)
+        return ranked(self, state, *args)
 
     monkeypatch.setattr(Recommender, "apply", bad_apply)
-    monkeypatch.setattr(Recommender, "recommend", bad_recommend)
+    monkeypatch.setattr(Recommender, "_ranked", bad_ranked)
 
 
 def test_a_record_the_core_raises_on_is_quarantined_and_the_rest_applies(poisoned):

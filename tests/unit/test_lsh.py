@@ -554,3 +554,35 @@ def test_allowed_mask_returns_the_best_allowed_keys(clustered_index, clustered_e
             assert allowed[keys].all()
         # nothing allowed: nothing found
         assert index.search(CLUSTERED[0], 5, allowed=np.zeros(0, bool))[0].size == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kind", ["lsh", "exact"])
+def test_search_many_answers_as_one_search_each(kind, threads):
+    """Per-query k (small ones ranked in the kernel, large ones after it), excluded key and
+    allowed mask, rows in the delta, split over threads: the answers of `search`."""
+    rng = np.random.default_rng(1)
+    n, d = 3000, 16
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = LSHIndex(default_params(n, d)) if kind == "lsh" else ExactIndex(d)
+    index.upsert_many(np.arange(n) * 3, x)
+    index.upsert(7, x[5])  # an update not yet merged
+    nq = 60
+    qs = x[rng.integers(0, n, nq)] + 0.2 * rng.standard_normal((nq, d)).astype(np.float32)
+    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    ks = rng.choice([0, 5, 20, 40, 300], nq)
+    masks = rng.random((3, 3 * n + 10)) < 0.8
+    of = rng.integers(-1, 3, nq)
+    ex = np.where(rng.random(nq) < 0.5, rng.integers(0, n, nq) * 3, -1)
+    got = index.search_many(qs, ks, exclude_keys=ex, allowed=masks, allowed_of=of, threads=threads)
+    for i in range(nq):
+        want = index.search(
+            qs[i],
+            int(ks[i]),
+            exclude=None if ex[i] < 0 else {int(ex[i])},
+            allowed=None if of[i] < 0 else masks[of[i]],
+        )
+        np.testing.assert_array_equal(got[i][0], want[0])
+        np.testing.assert_array_equal(got[i][1], want[1])
+    assert sum(len(k) for k, _ in got) > 0

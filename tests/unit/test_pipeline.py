@@ -78,6 +78,13 @@ EXACT = IndexConfig(exact_below=5000)
 
 def replayed(sample: Sample, *, index: IndexConfig = EXACT, hidden: set[str] = frozenset()):
     """A recommender that has seen every rating of the sample, as the worker would have."""
+    return replayed_states(sample, index=index, hidden=hidden)[0]
+
+
+def replayed_states(
+    sample: Sample, *, index: IndexConfig = EXACT, hidden: set[str] = frozenset()
+) -> tuple[Recommender, dict[str, UserState]]:
+    """`replayed`, with the users' states."""
     cat = ItemCatalog(DIM, index)
     cat.upsert_many([replace(u, recommendable=u.item_id not in hidden) for u in sample.updates])
     rec = Recommender(cat, load_model())
@@ -87,7 +94,7 @@ def replayed(sample: Sample, *, index: IndexConfig = EXACT, hidden: set[str] = f
         rec.apply(s, UserEvent(f"r{n}", r.user_id, r.item_id, "rating", r.timestamp, r.rating), n)
     for s in states.values():
         rec.touch(s)
-    return rec
+    return rec, states
 
 
 def engage(rec: Recommender, state: UserState, items: list[str], t: float, offset: int) -> None:
@@ -220,3 +227,26 @@ def test_variants_from_one_recall_equal_recommenders_configured_without_a_channe
     ranked = rec.recommend_variants(me, {"x": (frozenset(), other)})["x"]
     assert ranked.model_version == "other"
     assert ranked == rec.as_variant(rec.variant, rec.config, other).recommend(me)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("index", [EXACT, LSH], ids=["exact", "lsh"])
+def test_a_micro_batch_searched_at_once_gets_the_lists_made_one_by_one(sample, index, threads):
+    rec, states = replayed_states(sample, index=index)
+    users = sorted(states.values(), key=lambda s: s.user_id)
+    alone = [rec.recommend(s) for s in users]
+    cache = rec.catalog.neighbour_cache
+    cache.clear()
+    rec.search_threads = threads
+    searched: list[int] = []
+    one_search, one_similar = rec.catalog.search, rec.users.similar
+    rec.catalog.search = lambda *a, **kw: searched.append(1) or one_search(*a, **kw)
+    rec.users.similar = lambda *a, **kw: searched.append(2) or one_similar(*a, **kw)
+    misses = cache.misses
+    together = rec.recommend_many(users)
+    assert together == alone
+    # every search of the channels was made ahead, for the whole batch
+    assert searched == []
+    # each seed item of the batch searched once, ahead: no lookup of a channel missed
+    seeds = {rec.catalog.key(i) for s in users for i in s.liked[-5:]} - {None}
+    assert cache.misses - misses == len(seeds) > 0

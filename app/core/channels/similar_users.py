@@ -14,7 +14,7 @@ def similar_users_recall(ctx: RecallContext, k: int, n_users: int = 20) -> list[
         return []
     likes: list[np.ndarray] = []
     sims: list[float] = []
-    for other, sim in ctx.users.similar(ctx.user.user_id, ctx.embedding, n_users):
+    for other, sim in ctx.similar_users(n_users):
         if sim > 0:
             likes.append(ctx.users.liked_keys(other)[::-1])  # newest first
             sims.append(sim)

@@ -80,6 +80,33 @@ class ExactIndex(_VectorStore):
         scores = self._vectors[: self._high] @ q
         return self._top(scores, invalid, valid, k)
 
+    def search_many(
+        self,
+        queries: np.ndarray,
+        ks: np.ndarray,
+        *,
+        exclude_keys: np.ndarray | None = None,
+        allowed: np.ndarray | None = None,
+        allowed_of: np.ndarray | None = None,
+        threads: int = 1,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`LSHIndex.search_many`'s twin: `search` of each query with its own k, excluded key
+        and allowed mask (one at a time; `threads` is accepted and ignored)."""
+        qs = _as_matrix(queries, self.dim)
+        out = []
+        for i in range(qs.shape[0]):
+            ex = -1 if exclude_keys is None else int(exclude_keys[i])
+            of = -1 if allowed_of is None or allowed is None else int(allowed_of[i])
+            out.append(
+                self.search(
+                    qs[i],
+                    int(ks[i]),
+                    exclude=None if ex < 0 else (ex,),
+                    allowed=None if of < 0 else allowed[of],
+                )
+            )
+        return out
+
     def search_batch(
         self,
         queries: np.ndarray,

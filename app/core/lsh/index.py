@@ -8,6 +8,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 from nearline_rec.core.lsh import kernels as lsh_kernels
+from nearline_rec.core.lsh.batch import search_many
 from nearline_rec.core.lsh.layout import _BucketLayout, _concat_ranges
 from nearline_rec.core.lsh.params import LSHParams
 from nearline_rec.core.lsh.store import (
@@ -367,7 +368,6 @@ class LSHIndex(_BucketLayout):
         """One query under the "or" rule without a cap: hash, probe, gather, sketch cut,
         re-rank and (small k) top-k in one compiled call (lsh_kernels.search_one)."""
         p = self.params
-        n = self._tail_n
         keys, scores, final = lsh_kernels.search_one(
             q,
             self._a,
@@ -386,15 +386,7 @@ class LSHIndex(_BucketLayout):
             self._entry_rows,
             self._epoch,
             self._dead_in_main > 0,
-            (
-                *self._large,
-                self._large_dir,
-                *self._small,
-                self._small_dir,
-                self._tail_keys[:n],
-                self._tail_rows[:n],
-                self._tail_epochs[:n],
-            ),
+            self._delta_runs(),
             self._excluded_rows(exclude),
             self._mark,
             self._sketch,
@@ -406,6 +398,20 @@ class LSHIndex(_BucketLayout):
             k,
         )
         return (keys, scores) if final else _top_k(scores, keys, k)
+
+    def _delta_runs(self) -> tuple[np.ndarray, ...]:
+        """The updates not yet merged, as the compiled query reads them: the large and the
+        small run with their cell directories, and the tail."""
+        n = self._tail_n
+        return (
+            *self._large,
+            self._large_dir,
+            *self._small,
+            self._small_dir,
+            self._tail_keys[:n],
+            self._tail_rows[:n],
+            self._tail_epochs[:n],
+        )
 
     def _filter_rows(
         self,
@@ -456,6 +462,23 @@ class LSHIndex(_BucketLayout):
             return self._search_compiled(q, k, exclude, probes, allowed)
         codes, frac, sketch = self._hash(q[None, :])
         return self._search_numpy(q, codes[0], frac[0], sketch[0], k, exclude, probes, allowed)
+
+    def search_many(
+        self,
+        queries: np.ndarray,
+        ks: np.ndarray,
+        *,
+        exclude_keys: np.ndarray | None = None,
+        allowed: np.ndarray | None = None,
+        allowed_of: np.ndarray | None = None,
+        threads: int = 1,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`search` of each row of `queries` with its own k (`ks[i]`), excluded key
+        (`exclude_keys[i]`, -1 none) and allowed mask (row `allowed_of[i]` of the 2-D bool
+        `allowed`, -1 none): the same answers, in one compiled call for all of them, split
+        over `threads` threads (the compiled search releases the GIL). The index must not
+        change until it returns."""
+        return search_many(self, queries, ks, exclude_keys, allowed, allowed_of, threads)
 
     def search_batch(
         self,
