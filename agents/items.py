@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer
 from nearline_rec.composition import app, counting_crashes, items_dlq_topic, runtime, settings
 from nearline_rec.core.catalog import ItemMeta
 from nearline_rec.core.events import InvalidRecord, ItemUpdate
+from nearline_rec.heap import freeze_heap
 from nearline_rec.kafka_clients import client_kwargs
 from nearline_rec.processing import RawRecord, dead_letter
 from nearline_rec.records import decode_item_update
@@ -181,7 +182,10 @@ async def _follow_items() -> None:
                     ready.set()
                     cat = runtime().recommender.catalog
                     log_event(
-                        "catalog ready", items=len(cat), index="lsh" if cat.uses_lsh else "exact"
+                        "catalog ready",
+                        items=len(cat),
+                        index="lsh" if cat.uses_lsh else "exact",
+                        frozen_objects=freeze_heap(),
                     )
     finally:
         await consumer.stop()

@@ -135,7 +135,8 @@ def _features(
     if short is not None:
         x[:, 5] = vectors @ short
     # recall scores live on different scales per channel: rank-normalise within the channel
-    channel = np.array([codes.setdefault(c, len(codes)) for c in channels], dtype=np.int64)
+    codes.update((name, code) for code, name in enumerate(dict.fromkeys(channels)))
+    channel = np.fromiter(map(codes.__getitem__, channels), dtype=np.int64, count=n)
     order = np.lexsort((np.arange(n), -score, channel))  # by channel, best first, stable
     ch_sorted = channel[order]
     first = np.empty(n, dtype=bool)

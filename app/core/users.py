@@ -233,6 +233,20 @@ class UserDirectory:
         key = self._key.get(user_id)
         return () if key is None else self._liked.get(key, ())
 
+    def liked_newest_first(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`liked_keys` of each user reversed (newest first), concatenated, and how many
+        each user gave: what `liked_keys(u)[::-1]` for each gives, in one gather."""
+        keys = np.fromiter((self._key.get(u, -1) for u in user_ids), np.int64, len(user_ids))
+        if not len(self._liked_keys):
+            return np.zeros(0, np.int32), np.zeros(len(user_ids), np.int64)
+        known = keys >= 0
+        counts = np.where(known, self._liked_n[np.maximum(keys, 0)], 0).astype(np.int64)
+        recent = self._liked_keys.shape[1]
+        rows = self._liked_keys[np.maximum(keys, 0), ::-1]
+        # a row's likes are its first counts[i] columns: reversed, its last counts[i]
+        take = np.arange(recent)[None, :] >= (recent - counts)[:, None]
+        return rows[take], counts
+
     def liked_keys(self, user_id: str) -> np.ndarray:
         """Catalog keys (int32) of the user's recent likes as of its last update (-1: not in
         the catalog then); a view, valid until the user's next update."""

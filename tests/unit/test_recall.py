@@ -294,3 +294,25 @@ def test_merge_applies_quotas_and_keeps_the_first_channel():
 def test_merge_of_nothing():
     assert merge([]) == []
     assert merge([(ChannelConfig("embedding"), [])]) == []
+
+
+def test_merge_keeps_the_first_channel_of_each_item_in_order():
+    rng = np.random.default_rng(4)
+    per_channel = []
+    for n, name in enumerate(["a", "b", "c", "d"]):
+        keys = rng.integers(0, 40, 30).tolist()
+        per_channel.append(
+            (
+                ChannelConfig(name, quota=int(rng.integers(0, 31))),
+                [Candidate(k, float(n), name) for k in keys],
+            )
+        )
+    seen: set[int] = set()
+    expected = []
+    for cfg, cands in per_channel:
+        for cand in cands[: cfg.quota]:
+            if cand.key not in seen:
+                seen.add(cand.key)
+                expected.append(cand)
+    assert merge(per_channel) == expected and len(expected) > 10
+    assert merge([]) == []

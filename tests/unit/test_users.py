@@ -98,3 +98,17 @@ def test_unknown_liked_items_map_to_minus_one_and_only_the_recent_are_kept():
 def test_negative_max_users_is_refused():
     with pytest.raises(ValueError, match="max_users"):
         UserDirectory(DIM, max_users=-1)
+
+
+def test_likes_of_several_users_newest_first_in_one_gather():
+    d = UserDirectory(4, IndexConfig(exact_below=1000), item_key=lambda i: int(i[1:]))
+    v = np.ones(4, np.float32)
+    d.update("a", v, ["i1", "i2", "i3"], 1.0)
+    d.update("b", v, [], 2.0)
+    d.update("c", v, [f"i{n}" for n in range(100)], 3.0)  # more than it keeps
+    users = ["c", "nobody", "a", "b", "a"]
+    liked, counts = d.liked_newest_first(users)
+    one_by_one = [d.liked_keys(u)[::-1] for u in users]
+    assert counts.tolist() == [len(x) for x in one_by_one]
+    np.testing.assert_array_equal(liked, np.concatenate(one_by_one))
+    assert liked[:1].tolist() == [99] and counts[2] == 3

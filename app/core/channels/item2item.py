@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from nearline_rec.core.channels.registry import Channel, register
-from nearline_rec.core.recall import Candidate, RecallContext, _want
+from nearline_rec.core.recall import Candidate, RecallContext, _want, candidates
 
 
 def item2item_recall(ctx: RecallContext, k: int, seeds: int = 5) -> list[Candidate]:
@@ -34,10 +34,7 @@ def item2item_recall(ctx: RecallContext, k: int, seeds: int = 5) -> list[Candida
     order = np.lexsort((keys, -scores))
     keys, scores = keys[order], scores[order]
     first = np.sort(np.unique(keys, return_index=True)[1])[:k]
-    return [
-        Candidate(key, float(score), "item2item")
-        for key, score in zip(keys[first].tolist(), scores[first].tolist(), strict=True)
-    ]
+    return candidates(keys[first].tolist(), scores[first].astype(np.float64).tolist(), "item2item")
 
 
 CHANNEL = register(

@@ -12,19 +12,15 @@ def similar_users_recall(ctx: RecallContext, k: int, n_users: int = 20) -> list[
     """Recent likes of users whose embeddings share LSH buckets with this user's."""
     if ctx.embedding is None or k <= 0:
         return []
-    likes: list[np.ndarray] = []
-    sims: list[float] = []
-    for other, sim in ctx.similar_users(n_users):
-        if sim > 0:
-            likes.append(ctx.users.liked_keys(other)[::-1])  # newest first
-            sims.append(sim)
-    if not likes:
+    near = [(other, sim) for other, sim in ctx.similar_users(n_users) if sim > 0]
+    if not near:
         return []
-    all_keys = np.concatenate(likes).astype(np.int64)
+    liked, lengths = ctx.users.liked_newest_first([other for other, _ in near])
+    all_keys = liked.astype(np.int64)
+    sims = [sim for _, sim in near]
     if len(all_keys) == 0:
         return []
     # newer likes of closer users count more: sim / (1 + 0.1 * position in the user's list)
-    lengths = np.fromiter((len(a) for a in likes), dtype=np.int64, count=len(likes))
     starts = np.cumsum(lengths) - lengths
     position = np.arange(len(all_keys)) - np.repeat(starts, lengths)
     weights = np.repeat(np.asarray(sims), lengths) / (1.0 + 0.1 * position)

@@ -15,6 +15,7 @@ from typing import Any
 
 from nearline_rec.core.user_state import UserState
 from nearline_rec.factory import build_recommender
+from nearline_rec.heap import freeze_heap
 from nearline_rec.processing import BatchProcessor, RawRecord
 from nearline_rec.settings import load_settings
 from nearline_rec.tools.bench import median
@@ -98,6 +99,7 @@ def core_throughput(
     t = time.perf_counter()
     processor = build_processor(cat, **(settings or {}))
     load_s = time.perf_counter() - t
+    freeze_heap()  # as the worker does once its catalog is loaded
     table: dict[bytes, bytes] = {}
     warm = raw_batches(cat, warm_events, n_users, batch_size, seed=11)
     run_batches(processor, warm, table)
