@@ -181,10 +181,13 @@ async def _read_shared_stats() -> int:
     grown = shared.catalog_seen != (len(catalog), catalog.ranking_version)
     shared.counts.update(changed)
     todo = shared.counts if grown else changed  # items the catalog did not know before
+    keys, counts = [], []
     for item_id, count in todo.items():
         key = catalog.key(item_id)
         if key is not None:
-            stats.set_item(key, count)
+            keys.append(key)
+            counts.append(count)
+    stats.set_items(keys, counts)
     shared.catalog_seen = (len(catalog), catalog.ranking_version)
     shared.seq = seq
     shared.read_at = time.time()

@@ -134,6 +134,30 @@ class ItemStats:
         self._rating_n[key] = count.rating_n
         self.version += 1
 
+    def set_items(self, keys: list[int], counts: list[ItemCount]) -> None:
+        """`set_item` for many items (distinct keys) in a few array operations: a read of the
+        shared statistics brings thousands of them a second under load, and a catalog that
+        grew brings all of them."""
+        if not keys:
+            return
+        k = np.asarray(keys, dtype=np.int64)
+        t = np.fromiter((c.t for c in counts), np.float64, len(counts))
+        self._grow(int(k.max()) + 1)
+        if self._t_ref == 0.0:
+            self._t_ref = float(t[0])
+        latest = float(t.max())
+        if latest > self.now:
+            self.now = latest
+        exponent = (latest - self._t_ref) / self.half_life
+        if exponent > _RENORMALISE_AT:  # as set_item does when the newest count arrives
+            self._pop *= 2.0 ** (-exponent)
+            self._t_ref = latest
+        score = np.fromiter((c.score for c in counts), np.float64, len(counts))
+        self._pop[k] = score * 2.0 ** ((t - self._t_ref) / self.half_life)
+        self._rating_sum[k] = np.fromiter((c.rating_sum for c in counts), np.float64, len(k))
+        self._rating_n[k] = np.fromiter((c.rating_n for c in counts), np.float64, len(k))
+        self.version += 1
+
     def popularity(self, capacity: int) -> np.ndarray:
         """Decayed popularity as of `now`, for keys [0, capacity) (read-only)."""
         hit = self._cached(("pop", capacity))

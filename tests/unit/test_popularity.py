@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from nearline_rec.core.catalog import ItemCatalog
-from nearline_rec.core.popularity import ItemStats, log_scaled, recency
+from nearline_rec.core.popularity import ItemCount, ItemStats, log_scaled, recency
 from tests.unit.factories import DAY, T0, item
 
 HOUR = 3600.0
@@ -153,3 +154,26 @@ def test_genre_popular_lists_are_each_genres_most_popular_recommendable_items():
         best = sorted(members, key=lambda k: (-pop[k], k))[:5]
         assert [i.item_id for i in lists[g].items] == [cat.item_id(k) for k in best]
     assert "i2" not in {i.item_id for lst in lists.values() for i in lst.items}
+
+
+@pytest.mark.parametrize("spread_days", [1.0, 400.0])  # 400 days: past the renormalisation
+def test_set_items_equals_set_item_one_by_one(spread_days):
+    rng = np.random.default_rng(5)
+    keys = rng.permutation(300)[:200].tolist()
+    counts = [
+        ItemCount(
+            float(rng.random() * 10), T0 + float(rng.random()) * spread_days * 86400, 4.0, 1.0
+        )
+        for _ in keys
+    ]
+    one, many = ItemStats(86400.0), ItemStats(86400.0)
+    one.add(7, 1.0, T0 - 3600.0, 5.0)
+    many.add(7, 1.0, T0 - 3600.0, 5.0)
+    for key, count in zip(keys, counts, strict=True):
+        one.set_item(key, count)
+    many.set_items(keys, counts)
+    assert many.now == one.now
+    np.testing.assert_allclose(many.popularity(300), one.popularity(300), rtol=1e-9)
+    np.testing.assert_allclose(many.bayes_rating(300), one.bayes_rating(300), rtol=1e-12)
+    np.testing.assert_array_equal(many.rating_count(300), one.rating_count(300))
+    many.set_items([], [])  # nothing to set
