@@ -99,6 +99,10 @@ def own_likes(state: UserState) -> list[tuple[str, float]]:
     return [(i, when.get(i, state.last_event_time)) for i in state.liked]
 
 
+PREFETCH_CHUNK = 64
+"""Users whose searches `recommend_many` makes in one call (and whose masks it holds)."""
+
+
 class Recommender:
     """Holds the shared in-process state (catalog, stream statistics, user directory) and
     turns one user's state into a ranked list. Pure: no I/O, deterministic for equal inputs."""
@@ -338,16 +342,24 @@ class Recommender:
                     contexts[i] = ctx
             except Exception as exc:  # contained to the user, as recommend() is
                 out.append(exc)
-        self.prefetch(list(contexts.values()))
-        for i, ctx in contexts.items():
-            try:
-                cands = merge([(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels])
-                if model.scorer is None:
-                    out[i] = self._ranked(states[i], cands, ctx, model)
-                else:
-                    pending.append((i, cands, ctx))
-            except Exception as exc:  # contained to the user, as recommend() is
-                out[i] = exc
+        order = list(contexts)
+        # in chunks: a user's admissible mask is a byte an item (1 MB at 1M items), and a
+        # chunk's masks live together until its recall is done
+        for start in range(0, len(order), PREFETCH_CHUNK):
+            chunk = order[start : start + PREFETCH_CHUNK]
+            self.prefetch([contexts[i] for i in chunk])
+            for i in chunk:
+                ctx = contexts[i]
+                try:
+                    cands = merge([(cfg, fn(ctx, cfg.k)) for cfg, fn in self.channels])
+                    if model.scorer is None:
+                        out[i] = self._ranked(states[i], cands, ctx, model)
+                    else:
+                        pending.append((i, cands, ctx))
+                except Exception as exc:  # contained to the user, as recommend() is
+                    out[i] = exc
+                finally:
+                    ctx.release()
         if not pending:
             return out
         used = model

@@ -78,6 +78,12 @@ class RecallContext:
             out[np.fromiter(self.exclude, np.int64, len(self.exclude))] = False
         self._ok = out
 
+    def release(self) -> None:
+        """Drop what recall needed and ranking does not (the admissible mask, the searches
+        made ahead); asked for again, they are made again."""
+        self._ok = None
+        self.found.clear()
+
     def similar_users(self, n: int) -> list[tuple[str, float]]:
         """Up to n other users nearest to this user's embedding (`UserDirectory.similar`)."""
         if self.embedding is None:
