@@ -119,25 +119,12 @@ class ItemStats:
     def set_item(self, key: int, count: ItemCount) -> None:
         """Replace one item's statistics with totals counted elsewhere (the statistics every
         worker shares, app/storage: decayed score as of `count.t`, rating sum and number)."""
-        self._grow(key + 1)
-        if self._t_ref == 0.0:
-            self._t_ref = count.t
-        if count.t > self.now:
-            self.now = count.t
-        exponent = (count.t - self._t_ref) / self.half_life
-        if exponent > _RENORMALISE_AT:
-            self._pop *= 2.0 ** (-exponent)
-            self._t_ref = count.t
-            exponent = 0.0
-        self._pop[key] = count.score * 2.0**exponent
-        self._rating_sum[key] = count.rating_sum
-        self._rating_n[key] = count.rating_n
-        self.version += 1
+        self.set_items([key], [count])
 
     def set_items(self, keys: list[int], counts: list[ItemCount]) -> None:
-        """`set_item` for many items (distinct keys) in a few array operations: a read of the
-        shared statistics brings thousands of them a second under load, and a catalog that
-        grew brings all of them."""
+        """Replace items' statistics (distinct keys) with totals counted elsewhere, in a few
+        array operations: a read of the shared statistics brings thousands of them a second
+        under load, and a catalog that grew brings all of them."""
         if not keys:
             return
         k = np.asarray(keys, dtype=np.int64)
@@ -149,7 +136,7 @@ class ItemStats:
         if latest > self.now:
             self.now = latest
         exponent = (latest - self._t_ref) / self.half_life
-        if exponent > _RENORMALISE_AT:  # as set_item does when the newest count arrives
+        if exponent > _RENORMALISE_AT:  # the newest count is far past the time reference
             self._pop *= 2.0 ** (-exponent)
             self._t_ref = latest
         score = np.fromiter((c.score for c in counts), np.float64, len(counts))

@@ -28,16 +28,6 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     return _POOLS[threads]
 
 
-def _marks(index: LSHIndex, n: int) -> list[np.ndarray]:
-    """The index's mark array and n - 1 more like it (all zero between queries), one per
-    thread."""
-    extra = [x for x in getattr(index, "_more_marks", []) if x.shape == index._mark.shape]
-    while len(extra) < n - 1:
-        extra.append(np.zeros_like(index._mark))
-    index._more_marks = extra  # type: ignore[attr-defined]
-    return [index._mark, *extra[: n - 1]]
-
-
 def search_many(
     index: LSHIndex,
     queries: np.ndarray,
@@ -126,7 +116,7 @@ def search_many(
         pool = _pool(threads)
         done = [
             pool.submit(run, bounds[t], bounds[t + 1], mark)
-            for t, mark in enumerate(_marks(index, threads))
+            for t, mark in enumerate(index.thread_marks(threads))
         ]
         for f in done:
             f.result()

@@ -56,6 +56,8 @@ class LSHIndex(_BucketLayout):
         self._sketch = np.zeros(0, dtype=np.uint64)
         # One byte a row, zero between queries: the compiled query marks rows it has taken.
         self._mark = np.zeros(0, dtype=np.uint8)
+        self._more_marks: list[np.ndarray] = []
+        """More mark arrays like `_mark`, one per extra search thread (`thread_marks`)."""
         super().__init__(params.dim)
         rng = np.random.default_rng(params.seed)
         # The draw order is part of the hash contract: changing it re-buckets every vector, and
@@ -532,10 +534,17 @@ class LSHIndex(_BucketLayout):
         arrays = (self._entry_rows, self._bucket_keys, self._bucket_starts, self._directory)
         return sum(x.nbytes for x in arrays)
 
+    def thread_marks(self, n: int) -> list[np.ndarray]:
+        """The mark array and n - 1 more like it (all zero between queries): one per thread
+        of a split `search_many`."""
+        while len(self._more_marks) < n - 1:
+            self._more_marks.append(np.zeros_like(self._mark))
+        return [self._mark, *self._more_marks[: n - 1]]
+
     def memory_bytes(self) -> int:
         """Approximate bytes held: vectors, key map, bucket arrays, directory and delta."""
         total = self._store_memory_bytes() + self._epoch.nbytes + self._sketch.nbytes
-        total += self._mark.nbytes
+        total += self._mark.nbytes + sum(m.nbytes for m in self._more_marks)
         total += self._entry_rows.nbytes + self._bucket_keys.nbytes
         total += self._bucket_starts.nbytes + self._directory.nbytes
         total += self._a.nbytes + self._b.nbytes + self._steps.nbytes + self._mult.nbytes

@@ -90,6 +90,7 @@ class _BucketLayout(_VectorStore):
         sketch[:old_cap] = self._sketch
         self._sketch = sketch
         self._mark = np.zeros(new_cap, dtype=np.uint8)
+        self._more_marks = []  # made again at the new size when needed
 
     def _set_layout(self, keys: np.ndarray, rows: np.ndarray) -> None:
         """Install entries sorted by layout key: distinct keys, bucket offsets, directory."""
