@@ -327,7 +327,7 @@ class Reader:
         rec = None
         if raw is not None:
             try:
-                rec = codec.decode(raw)
+                rec = codec.decode(raw, embedding=False)
             except codec.CorruptRecord as exc:
                 self.counters["corrupt"] += 1
                 log.warning("user %r: unreadable record in Redis: %s", user_id, exc)

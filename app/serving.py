@@ -261,7 +261,7 @@ def get_recommendations(
             if isinstance(raw, Exception):
                 raise raw
             try:
-                rec = codec.decode(raw)
+                rec = codec.decode(raw, embedding=False)
             except codec.CorruptRecord:
                 rec = None
             if rec is not None:

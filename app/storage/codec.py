@@ -28,6 +28,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -147,7 +148,9 @@ def stored_version(raw: bytes) -> int:
     return int.from_bytes(raw[1:9], "big")
 
 
-def decode(raw: bytes) -> UserRecord:
+def decode(raw: bytes, *, embedding: bool = True) -> UserRecord:
+    """The record of stored bytes; `embedding=False` leaves the vector out (None), for
+    readers that only answer the list."""
     if len(raw) < HEADER_BYTES:
         raise CorruptRecord(f"user record of {len(raw)} bytes, shorter than its header")
     fmt, version = _HEAD.unpack_from(raw, 0)
@@ -163,14 +166,16 @@ def decode(raw: bytes) -> UserRecord:
         )
     if not 1 <= mode <= len(MODES):
         raise CorruptRecord(f"user record with mode code {mode}")
-    embedding = None
-    if dim:
-        embedding = np.frombuffer(raw, "<f2", dim, HEADER_BYTES).astype(np.float32)
-    words = np.frombuffer(raw, "<u4", n, HEADER_BYTES + 2 * dim)
-    codes = (words & MAX_ITEM_CODE).tolist()
-    chans = (words >> 28).tolist()
+    vector = None
+    if dim and embedding:
+        vector = np.frombuffer(raw, "<f2", dim, HEADER_BYTES).astype(np.float32)
+    # a list is short (top_n, 20 by default): plain ints cost less here than numpy calls
+    words = struct.unpack_from(f"<{n}I", raw, HEADER_BYTES + 2 * dim)
+    codes = [w & MAX_ITEM_CODE for w in words]
+    chans = [w >> 28 for w in words]
     if n and (max(chans) >= len(CHANNELS) or min(codes) == 0):
         raise CorruptRecord("user record with an unknown channel code or item code 0")
+    names = map(CHANNELS.__getitem__, chans)
     return UserRecord(
         version=version,
         generated_at=generated,
@@ -180,8 +185,9 @@ def decode(raw: bytes) -> UserRecord:
         model_code=model,
         embedding_code=emb_v,
         variant_code=variant,
-        embedding=embedding,
-        items=tuple(map(RecordItem, codes, (CHANNELS[c] for c in chans))),
+        embedding=vector,
+        # RecordItems made at C speed (tuple.__new__), not through the NamedTuple's __new__
+        items=tuple(map(tuple.__new__, repeat(RecordItem), zip(codes, names, strict=True))),
     )
 
 
