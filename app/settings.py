@@ -302,10 +302,11 @@ class RecallSettings(_Section):
     similar_users_max: int = Field(200_000, ge=0, le=100_000_000)
     """Users the similar-users directory keeps, the most recently active (0 = every owned
     user; ~1 KB each at 32 dimensions)."""
-    search_threads: int = Field(1, ge=1, le=64)
+    search_threads: int = Field(2, ge=1, le=64)
     """Threads a micro-batch's nearest-neighbour searches are split over (they run in
-    compiled code without the GIL; more than 1 uses other cores while one process drains a
-    backlog, where they would otherwise serve another worker process)."""
+    compiled code without the GIL, so a second core serves them while one process drains a
+    backlog; with one worker process per core they add little). 1 = on the event loop's
+    thread."""
     friends_half_life_seconds: float = Field(7 * 24 * 3600, gt=0)
     """Half-life of a friend's like in the friends channel's score."""
     friends_max: int = Field(1000, ge=1, le=1_000_000)
