@@ -343,6 +343,86 @@ def bench_pipeline(
     click.echo(f"wrote {out_dir / 'pipeline.json'} and {out_dir / 'pipeline.png'}")
 
 
+@bench.command("replay")
+@OUT
+@click.option(
+    "--ratings",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A ratings file `nearline evaluate` reads (MovieLens ratings.csv or u.data).",
+)
+@click.option(
+    "--movies",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Its movies file (movies.csv or u.item).",
+)
+@click.option(
+    "--embeddings",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Item vectors to load instead of training them on the earliest 80% of the ratings.",
+)
+@click.option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A learned ranker (.onnx with its card), run beside the built-in linear ranker.",
+)
+@click.option("--rounds", default=2, show_default=True, type=click.IntRange(1, 10))
+@click.option(
+    "--dim",
+    default=32,
+    show_default=True,
+    type=click.IntRange(2, 1024),
+    help="Dimension of the trained item vectors (that of --embeddings when given).",
+)
+@click.option(
+    "--batch-size",
+    default=WorkerSettings.model_fields["batch_size"].default,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+)
+@click.option("--partitions", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--paced-seconds", default=10.0, show_default=True, type=click.FloatRange(2, 600))
+@click.option("--timeout", default=300.0, show_default=True, type=click.FloatRange(10))
+@one_line_errors
+@needs_plot
+def bench_replay(
+    out_dir: Path,
+    ratings: Path,
+    movies: Path,
+    embeddings: Path | None,
+    model: Path | None,
+    rounds: int,
+    dim: int,
+    batch_size: int,
+    partitions: int,
+    paced_seconds: float,
+    timeout: float,
+) -> None:
+    """The worker end to end on a real ratings log replayed as the event stream: events/s,
+    lists/s and freshness p99 of one process, with the linear and (--model) the learned
+    ranker; baseline: a bare consumer of the same topic."""
+    require("scipy", "quality", "training the item vectors")
+    from nearline_rec.tools.bench.replay import run
+
+    figures = run(
+        out_dir,
+        ratings=ratings,
+        movies=movies,
+        embeddings=embeddings,
+        model=model,
+        rounds=rounds,
+        dim=dim,
+        batch_size=batch_size,
+        partitions=partitions,
+        paced_seconds=paced_seconds,
+        timeout=timeout,
+        log=lambda m: click.echo(m, err=True),
+    )
+    click.echo(json.dumps(figures["summary"], indent=2))
+    click.echo(f"wrote {out_dir / 'replay.json'} and {out_dir / 'replay.png'}")
+
+
 @bench.command("memory")
 @OUT
 @click.option("--index-sizes", default="100000,1000000", show_default=True)
