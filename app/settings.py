@@ -374,6 +374,17 @@ class DegradeSettings(_Section):
         return self
 
 
+def cpu_list(text: str) -> set[int]:
+    """The CPU numbers of a list as `taskset -c` takes it ("0,2-3"); empty for ""."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise ValueError(f"{part!r} is not a CPU number or range (e.g. 1 or 2-3)")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 class ServeSettings(_Section):
     cache_ttl_seconds: float = Field(2.0, ge=0, le=3600)
     """TTL of the in-process list cache (0 = none); `nearline serve`: while not invalidated."""
@@ -398,6 +409,17 @@ class ServeSettings(_Section):
     nice: int = Field(0, ge=0, le=19)
     """`nearline serve`: CPU priority lowered by this much (as `nice`), so that on a host
     shared with a worker, reads take the CPU the worker leaves (0: same priority)."""
+    cpus: str = ""
+    """`nearline serve`: the CPUs its processes may run on, as `taskset -c` takes them
+    (`1`, `2-3`, `0,2`), so that on a host shared with a worker the reads keep off the
+    worker's core ("" = any CPU)."""
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus_valid(cls, value: str) -> str:
+        cpu_list(value)  # a bad list: its one-line error when the settings load
+        return value
+
     stale_after_seconds: float = Field(3600.0, gt=0)
     """A list older than this is reported stale."""
     default_k: int = Field(10, ge=1, le=1000)

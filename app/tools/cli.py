@@ -11,7 +11,13 @@ from typing import Any
 
 import click
 
-from nearline_rec.settings import Settings, SettingsError, iter_setting_docs, secret_setting_names
+from nearline_rec.settings import (
+    Settings,
+    SettingsError,
+    cpu_list,
+    iter_setting_docs,
+    secret_setting_names,
+)
 from nearline_rec.tools.bench.commands import bench
 from nearline_rec.tools.clitools import OneLineUsage, format_list, one_line_errors, settings
 from nearline_rec.tools.ops import COMMANDS as OPS_COMMANDS
@@ -92,9 +98,18 @@ def serve(host: str | None, port: int | None, processes: int | None, loglevel: s
 
     if s.serve.nice:
         os.nice(s.serve.nice)  # the pre-forked processes inherit it
+    if cpus := cpu_list(s.serve.cpus):
+        try:  # inherited too
+            os.sched_setaffinity(0, cpus)
+        except OSError as exc:
+            raise click.ClickException(
+                f"NEARLINE_SERVE__CPUS={s.serve.cpus}: {exc.strerror} (this host has CPUs "
+                f"{sorted(os.sched_getaffinity(0))})"
+            ) from None
     click.echo(
         f"serving on http://{s.serve.host}:{s.serve.port} with {s.serve.processes} process(es)"
-        + (f" at nice +{s.serve.nice}" if s.serve.nice else ""),
+        + (f" at nice +{s.serve.nice}" if s.serve.nice else "")
+        + (f" on CPUs {s.serve.cpus}" if cpus else ""),
         err=True,
     )
     run(s, host=s.serve.host, port=s.serve.port, processes=s.serve.processes, loglevel=loglevel)

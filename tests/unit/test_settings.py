@@ -11,6 +11,7 @@ from nearline_rec.settings import (
     ENV_PREFIX,
     Settings,
     SettingsError,
+    cpu_list,
     iter_setting_docs,
     load_settings,
 )
@@ -71,6 +72,8 @@ def test_env_values_are_read_and_typed(monkeypatch):
         ("NEARLINE_LSH__COMBINE", "xor", "'or', 'and' or 'vote'"),
         ("NEARLINE_WORKER__APP_ID", "has space", "pattern"),
         ("NEARLINE_REDIS__KEY_PREFIX", "", "at least 1"),
+        ("NEARLINE_SERVE__CPUS", "3-1", "'3-1' is not a CPU number or range"),
+        ("NEARLINE_SERVE__CPUS", "0,x", "'x' is not a CPU number or range"),
     ],
 )
 def test_invalid_value_names_its_env_var(monkeypatch, env_var, value, fragment):
@@ -175,3 +178,10 @@ def test_every_documented_env_var_is_accepted(monkeypatch):
     monkeypatch.setenv("NEARLINE_RANKING__TOP_N", "33")
     assert "NEARLINE_RANKING__TOP_N" in {name for name, _, _ in iter_setting_docs()}
     assert load_settings().ranking.top_n == 33
+
+
+def test_cpu_list_reads_what_taskset_takes():
+    assert cpu_list("") == set()
+    assert cpu_list("1") == {1}
+    assert cpu_list("0,2-4") == {0, 2, 3, 4}
+    assert cpu_list(" 1 , 1-2 ") == {1, 2}

@@ -6,6 +6,7 @@ that read load; and how long a changed list stays stale in the serve cache."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import tempfile
@@ -44,6 +45,9 @@ LIGHT_READS = 2000.0
 SERVE_NICE = 10
 """The read load is also run with serve at `NEARLINE_SERVE__NICE` = this (and wrk, which
 stands for clients on other hosts, at the same nice): reads take the CPU the worker leaves."""
+SERVE_CPU = max(os.sched_getaffinity(0))
+"""The read load is also run with serve confined to this CPU (`NEARLINE_SERVE__CPUS`, and wrk
+with it), the worker's process left to the others."""
 
 
 def _commit() -> str:
@@ -180,37 +184,55 @@ def run(
         niced = ServeProcess(
             {**env, "NEARLINE_SERVE__NICE": str(SERVE_NICE)}, work, procs, "load-niced"
         ).start()
-        serving += [srv, niced]
+        pinned = ServeProcess(
+            {**env, "NEARLINE_SERVE__CPUS": str(SERVE_CPU)}, work, procs, "load-pinned"
+        ).start()
+        serving += [srv, niced, pinned]
         bare = median([r["rps"] for r in rows.get(f"bare_p{procs}_c128", [{"rps": 20_000}])])
         heavy = paced_rate(srv.port, 128, paced_share * bare, script, users)
-        intervals = {  # condition: (server, pace of each connection in ms, nice of wrk)
-            "with_reads": (srv, heavy, 0),
-            "with_light_reads": (srv, 128 / LIGHT_READS * 1000, 0),
-            "with_reads_serve_niced": (niced, heavy, SERVE_NICE),
+        # condition: (server, pace of each connection in ms, nice of wrk, CPU of wrk)
+        intervals: dict[str, tuple[ServeProcess, float, int, int | None]] = {
+            "with_reads": (srv, heavy, 0, None),
+            "with_light_reads": (srv, 128 / LIGHT_READS * 1000, 0, None),
+            "with_reads_serve_niced": (niced, heavy, SERVE_NICE, None),
+            "with_reads_serve_pinned": (pinned, heavy, 0, SERVE_CPU),
         }
         events_rows: dict[str, list[float]] = {"without_reads": [], **{c: [] for c in intervals}}
         read_rates: dict[str, list[float]] = {c: [] for c in intervals}
+
+        def burst_events(tag: str, k: int, n: int) -> list[UserEvent]:
+            return [
+                UserEvent(
+                    f"{tag}{k}-{j}",
+                    names[(j * 31 + k) % users],
+                    ids[(j * 17 + k * 5) % len(ids)],
+                    "click",
+                    1.8e9 + k * 1e4 + j,
+                )
+                for j in range(n)
+            ]
+
+        # warm-up: the first burst pays one-time costs (compiled kernels, caches); measured
+        # conditions must not
+        st0 = worker.wait(lambda st: "counters" in st, 120, "the worker's status")
+        warm = min(burst, 5000)
+        produce_events(s, burst_events("w", 0, warm))
+        done0 = st0["counters"].get("events_done", 0) + warm
+        worker.wait(lambda st: st["counters"].get("events_done", 0) >= done0, 300, "warm-up")
         k = 0
         for _ in range(repeats):
             for cond in events_rows:
                 k += 1
-                evs = [
-                    UserEvent(
-                        f"b{k}-{j}",
-                        names[(j * 31 + k) % users],
-                        ids[(j * 17 + k * 5) % len(ids)],
-                        "click",
-                        1.8e9 + k * 1e4 + j,
-                    )
-                    for j in range(burst)
-                ]
+                evs = burst_events("b", k, burst)
                 load = None
                 if cond in intervals:
-                    server, interval, wrk_nice = intervals[cond]
+                    server, interval, wrk_nice, wrk_cpu = intervals[cond]
                     reads = Load(server.port, 128, 600, script, users, interval)
                     cmd, wenv = reads.command()
                     if wrk_nice:
                         cmd = ["nice", "-n", str(wrk_nice), *cmd]
+                    if wrk_cpu is not None:
+                        cmd = ["taskset", "-c", str(wrk_cpu), *cmd]
                     load = subprocess.Popen(cmd, env=wenv, stdout=subprocess.PIPE, text=True)
                     time.sleep(1.0)  # the load is on before the burst
                 try:
@@ -234,7 +256,7 @@ def run(
                 events_rows[cond].append(round(rate, 1))
                 log(f"worker events/s {cond}: {rate:.0f}")
         staleness = measure_staleness(s, srv, names[: min(50, users)])
-        for server in (srv, niced):
+        for server in (srv, niced, pinned):
             server.stop()
         serving.clear()
         worker_tail = worker.status() or {}
@@ -284,7 +306,11 @@ def run(
             "ratio_with_reads_serve_niced": round(
                 ev["with_reads_serve_niced"] / ev["without_reads"], 3
             ),
+            "ratio_with_reads_serve_pinned": round(
+                ev["with_reads_serve_pinned"] / ev["without_reads"], 3
+            ),
             "serve_nice": SERVE_NICE,
+            "serve_cpu": SERVE_CPU,
             "read_rps_during": {c: median(v) for c, v in read_rates.items()},
         },
         "worker_events_rounds": events_rows,

@@ -43,7 +43,10 @@ def markdown_table(f: dict[str, Any]) -> str:
         f" {ev['with_reads_serve_niced']:,.0f} under the paced read load with serve and wrk"
         f" at nice {ev['serve_nice']}"
         f" ({ev['read_rps_during']['with_reads_serve_niced']:,.0f} req/s;"
-        f" {ev['ratio_with_reads_serve_niced']:.2f}x). Staleness after a change:"
+        f" {ev['ratio_with_reads_serve_niced']:.2f}x),"
+        f" {ev['with_reads_serve_pinned']:,.0f} with serve and wrk confined to CPU"
+        f" {ev['serve_cpu']} ({ev['read_rps_during']['with_reads_serve_pinned']:,.0f} req/s;"
+        f" {ev['ratio_with_reads_serve_pinned']:.2f}x). Staleness after a change:"
         f" p50 {f['staleness_ms']['p50']} ms, p99 {f['staleness_ms']['p99']} ms"
         f" ({f['staleness_ms']['trials']} trials). Load average {f['loadavg_before']}"
         f" before, {f['loadavg_after']} after; commit {f['params']['commit']}.",
