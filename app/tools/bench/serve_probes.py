@@ -80,13 +80,14 @@ def profile_under_load(srv: ServeProcess, load: Load, seconds: float) -> dict[st
         frames = stack.split(";")
         key = frames[-1] or "(no Python frame: granian's native threads, the loop)"
         own[key] = own.get(key, 0) + n
-        for part, needle in (
-            ("nearline code", "(app/"),
-            ("redis client", "(redis/"),
-            ("granian (HTTP)", "(granian/"),
-            ("asyncio streams", "(asyncio/streams.py"),
+        for part, needles in (
+            # the project's frames: app/... from a source checkout, nearline_rec/... installed
+            ("nearline code", ("(app/", "(nearline_rec/")),
+            ("redis client", ("(redis/",)),
+            ("granian (HTTP)", ("(granian/",)),
+            ("asyncio streams", ("(asyncio/streams.py",)),
         ):
-            if any(needle in f for f in frames):
+            if any(needle in f for f in frames for needle in needles):
                 parts[part] += n
     top = sorted(own.items(), key=lambda kv: -kv[1])[:15]
     return {
