@@ -373,7 +373,7 @@ def bench_pipeline(
     default=32,
     show_default=True,
     type=click.IntRange(2, 1024),
-    help="Dimension of the trained item vectors (that of --embeddings when given).",
+    help="Dimension of the trained item vectors (must be that of --embeddings when given).",
 )
 @click.option(
     "--batch-size",

@@ -18,6 +18,7 @@ NEEDS = {
     "wrk": "wrk, the HTTP load generator (Debian/Ubuntu: apt-get install wrk)",
     "redis-benchmark": "redis-benchmark, the bare-GET baseline (Debian/Ubuntu: apt-get install"
     " redis-server, which ships it)",
+    "taskset": "taskset, to confine wrk to the serve processes' CPU (Debian/Ubuntu: util-linux)",
 }
 
 # wrk script: users cycle per connection; `delay` paces each connection when NL_INTERVAL_MS
