@@ -276,8 +276,45 @@ def worker_phase(
     log: Log,
     name: str = "w1",
 ) -> dict[str, Any]:
+    """`drain_and_freshness` on the generated workload: the paced events come from the
+    workload generator while 1,000 new items arrive."""
+
+    def paced_of(rate: float) -> list[Any]:
+        return list(
+            events(
+                cat,
+                int(rate * paced_seconds),
+                n_users=n_users,
+                seed=3,
+                start_index=len(backlog),
+                t0=backlog[-1].timestamp + 1 if backlog else 0.0,
+                items_limit=n_items + 1000,
+            )
+        )
+
+    def new_items(stop: threading.Event) -> None:
+        trickle_items(settings, cat, n_items, 1000, stop)
+
+    return drain_and_freshness(
+        env, settings, backlog, paced_of, paced_seconds, timeout, work, log, name, new_items
+    )
+
+
+def drain_and_freshness(
+    env: dict[str, str],
+    settings: Any,
+    backlog: list[Any],
+    paced_of: Callable[[float], list[Any]],
+    paced_seconds: float,
+    timeout: float,
+    work: Path,
+    log: Log,
+    name: str,
+    alongside: Callable[[threading.Event], None] | None = None,
+) -> dict[str, Any]:
     """One worker process drains the backlog (already on the topic): its maximum sustained
-    rate; then events are produced at half that rate while new items arrive: freshness."""
+    rate; then `paced_of(rate)` is produced at half that rate (with `alongside` running in a
+    thread until it is): freshness."""
     n_events = len(backlog)
     worker = WorkerProcess(env, work, name=name, loglevel="warning").start()
     try:
@@ -290,25 +327,16 @@ def worker_phase(
         max_eps = drain["events_per_s"] or drain["median_interval_eps"] or 100.0
         log(f"  {name}: {drain['events_per_s']} events/s, {drain['lists_per_s']} lists/s")
         rate = max_eps / 2
-        paced = list(
-            events(
-                cat,
-                int(rate * paced_seconds),
-                n_users=n_users,
-                seed=3,
-                start_index=n_events,
-                t0=backlog[-1].timestamp + 1 if backlog else 0.0,
-                items_limit=n_items + 1000,
-            )
-        )
+        paced = paced_of(rate)
         stop = threading.Event()
-        trickle = threading.Thread(
-            target=trickle_items, args=(settings, cat, n_items, 1000, stop), daemon=True
-        )
-        trickle.start()
+        beside = None
+        if alongside is not None:
+            beside = threading.Thread(target=alongside, args=(stop,), daemon=True)
+            beside.start()
         produced = produce_timed(settings, paced, rate=rate)
         stop.set()
-        trickle.join(timeout=30)
+        if beside is not None:
+            beside.join(timeout=30)
         worker.wait_events(n_events + len(paced), timeout=timeout)
         time.sleep(1.0)
         fresh = read_freshness(settings, produced, timeout)

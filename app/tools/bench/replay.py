@@ -28,13 +28,11 @@ from nearline_rec.tools.bench import median, write_result
 from nearline_rec.tools.bench.pipeline_phases import (
     bare_consume,
     cleanup_run,
-    drain_workers,
+    drain_and_freshness,
     produce_timed,
-    read_freshness,
     run_env,
 )
 from nearline_rec.tools.localrun import (
-    WorkerProcess,
     isolated_env,
     settings_for,
     start_services,
@@ -128,7 +126,17 @@ def run(
                         "runs": [round(b, 1) for b in bare],
                     }
                     log(f"  bare consumer: {figures['bare_consumer']['events_per_s']} events/s")
-                phase = _phase(env, s, backlog, rest, paced_seconds, timeout, work, log, f"{v}{r}")
+                phase = drain_and_freshness(
+                    env,
+                    s,
+                    backlog,
+                    lambda rate: rest[: max(1, int(rate * paced_seconds))],
+                    paced_seconds,
+                    timeout,
+                    work,
+                    log,
+                    f"{v}{r}",
+                )
                 phase["round"] = r
                 runs[v].append(phase)
     finally:
@@ -143,38 +151,6 @@ def run(
     write_result(out_dir, "replay", figures)
     plot(out_dir / "replay.png", figures)
     return figures
-
-
-def _phase(
-    env: dict[str, str],
-    settings: Any,
-    backlog: list[Any],
-    rest: list[Any],
-    paced_seconds: float,
-    timeout: float,
-    work: Path,
-    log: Log,
-    name: str,
-) -> dict[str, Any]:
-    """One worker drains the backlog, then the next events arrive at half its rate."""
-    worker = WorkerProcess(env, work, name=name, loglevel="warning").start()
-    try:
-        worker.wait_ready(timeout=timeout)
-        drain = drain_workers([worker], len(backlog), timeout, log)
-        drain["ranker"] = (worker.status() or {}).get("ranker")
-        drain["load_average"] = list(os.getloadavg())
-        log(f"  {name}: {drain['events_per_s']} events/s, {drain['lists_per_s']} lists/s")
-        rate = (drain["events_per_s"] or drain["median_interval_eps"] or 100.0) / 2
-        paced = rest[: max(1, int(rate * paced_seconds))]
-        produced = produce_timed(settings, paced, rate=rate)
-        worker.wait_events(len(backlog) + len(paced), timeout=timeout)
-        fresh = read_freshness(settings, produced, timeout)
-        fresh["rate"] = round(rate, 1)
-        fresh["ranker"] = (worker.status() or {}).get("ranker")
-        log(f"  {name}: freshness at {rate:.0f} events/s: p99 {fresh['p99_s']}s")
-    finally:
-        worker.stop()
-    return {"drain": drain, "freshness": fresh}
 
 
 def summarize(f: dict[str, Any]) -> dict[str, Any]:
