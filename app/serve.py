@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -27,9 +28,12 @@ from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs
 
+import orjson
+
 from nearline_rec.core import fastjson
 from nearline_rec.metrics import CONTENT_TYPE, serve_registry
 from nearline_rec.security import token_ok
+from nearline_rec.serve_lists import EntryBook, Meta
 from nearline_rec.serving import BadRequest, ReadResult, check_user_id, parse_k, resolve
 from nearline_rec.settings import Settings, load_settings
 from nearline_rec.storage import codec, keys
@@ -44,10 +48,21 @@ INVALIDATE = "__redis__:invalidate"
 class GetBatcher:
     """Coalesces the GETs that requests issue in one event-loop turn into one MGET: under
     many connections, one Redis command (and one trip through the client library, whose
-    per-command cost dominates a read) serves a batch of reads."""
+    per-command cost dominates a read) serves a batch of reads. With a `budget` (seconds),
+    a read whose batch has no answer by then fails with TimeoutError: one timer per batch,
+    not one per read."""
 
-    def __init__(self, client: Any, *, cluster: bool = False, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        cluster: bool = False,
+        max_batch: int = 256,
+        budget: float | None = None,
+    ) -> None:
         self.client = client
+        self.loop = asyncio.get_running_loop()
+        self.budget = budget
         # a cluster's keys live in many slots: one MGET per slot, run side by side
         self.mget = client.mget_nonatomic if cluster else client.mget
         self.max_batch = max_batch
@@ -57,19 +72,22 @@ class GetBatcher:
         self.keys = 0
 
     def get(self, key: str) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[Any] = self.loop.create_future()
         if not self.pending:
-            loop.call_soon(self._flush)
+            self.loop.call_soon(self._flush)
         self.pending.append((key, fut))
         return fut
 
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
         for i in range(0, len(batch), self.max_batch):
-            task = asyncio.ensure_future(self._mget(batch[i : i + self.max_batch]))
+            chunk = batch[i : i + self.max_batch]
+            task = self.loop.create_task(self._mget(chunk))
             self.tasks.add(task)  # held until done (the loop keeps only weak references)
             task.add_done_callback(self.tasks.discard)
+            if self.budget is not None:
+                timer = self.loop.call_later(self.budget, _expire, chunk)
+                task.add_done_callback(lambda _t, h=timer: h.cancel())
 
     async def _mget(self, batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
         live = [(k, f) for k, f in batch if not f.done()]  # a request past its budget left
@@ -91,6 +109,12 @@ class GetBatcher:
                 f.set_result(v)
 
 
+def _expire(batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
+    for _, f in batch:
+        if not f.done():
+            f.set_exception(TimeoutError("no answer from Redis within the read budget"))
+
+
 class Reader:
     """One serve process's read path: cache, Redis, fallbacks, invalidation, health."""
 
@@ -103,10 +127,11 @@ class Reader:
         self.budget = settings.serve.read_budget_ms / 1000.0
         self.client: Any = None
         self.codes = CodeBook()
-        self.cache: dict[str, tuple[dict[str, Any], float]] = {}
-        """user id -> (stored list without titles, monotonic time it was read)."""
-        self.meta: dict[str, tuple[str | None, bool]] = {}
+        self.cache: dict[str, tuple[codec.RecordWords, float]] = {}
+        """user id -> (its stored list, monotonic time it was read)."""
+        self.meta: dict[str, Meta] = {}
         """item id -> (title, recommendable) from the item mirror."""
+        self.book = EntryBook(self.codes, self.meta)
         self.shared: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
         self.shared_at = 0.0
         self.last_shared: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)
@@ -132,7 +157,7 @@ class Reader:
 
         self.client = make_client(self.s.redis, pool_size=self.s.serve.redis_connections)
         self.cluster = split_cluster_flag(self.s.redis.url)[1]
-        self.batcher = GetBatcher(self.client, cluster=self.cluster)
+        self.batcher = GetBatcher(self.client, cluster=self.cluster, budget=self.budget)
         await self._ping()
         await self._keep_shared()
         self.tasks.append(asyncio.create_task(self._health_loop()))
@@ -260,7 +285,9 @@ class Reader:
                 if (flight := self.inflight.get(user)) is not None:
                     flight[1] = 1
             elif key.startswith(self._item):
-                self.meta.pop(key[len(self._item) : -1], None)
+                item = key[len(self._item) : -1]
+                self.meta.pop(item, None)
+                self.book.forget_item(item)
             elif key == self._codes_meta:
                 self.codes.forget()  # registry lost or rebuilt: codes may mean other items
                 self.flush()
@@ -270,6 +297,7 @@ class Reader:
     def flush(self) -> None:
         self.cache.clear()
         self.meta.clear()
+        self.book.clear()
         self.shared = None
         self.counters["flushes"] += 1
 
@@ -279,20 +307,24 @@ class Reader:
         ttl = self.tracked_ttl if self.tracking else self.cache_ttl
         return time.monotonic() - stored_at < ttl
 
-    async def read(self, user_id: str) -> ReadResult:
+    async def read(self, user_id: str) -> tuple[str, codec.RecordWords] | ReadResult:
+        """(tier, stored list) of a user with a personal list, else the fallback's result."""
         hit = self.cache.get(user_id)
         if hit is not None:
             if self._fresh(hit[1]):
                 self.reads["cache"] += 1
-                return ReadResult(user_id, "cache", hit[0])
+                return "cache", hit[0]
             del self.cache[user_id]
         if not self.redis_ok:
             return self._fallback(user_id, "redis_down")
         flight = self.inflight.setdefault(user_id, [0, 0])
         flight[0] += 1
         try:
-            async with asyncio.timeout(self.budget):
-                result = await self._from_redis(user_id)
+            # the batcher's timer bounds the wait for the record; the rare further trips
+            # (codes, item meta, shared lists) are bounded by what is left of the budget
+            deadline = self.batcher.loop.time() + self.budget
+            raw = await self.batcher.get(keys.user_list(self.prefix, user_id))
+            result = await self._from_redis(user_id, raw, deadline)
         except TimeoutError:
             return self._fallback(user_id, "budget")
         except Exception as exc:
@@ -307,12 +339,15 @@ class Reader:
             flight[0] -= 1
             if flight[0] == 0:
                 self.inflight.pop(user_id, None)
-        if result.tier == "redis" and self.cache_ttl > 0 and not flight[1]:
+        if isinstance(result, ReadResult):
+            self.reads[result.tier] += 1
+            return result
+        if self.cache_ttl > 0 and not flight[1]:
             if len(self.cache) >= self.max_entries:
                 self.cache.pop(next(iter(self.cache)))  # the oldest entry
-            self.cache[user_id] = (result.value, time.monotonic())
-        self.reads[result.tier] += 1
-        return result
+            self.cache[user_id] = (result, time.monotonic())
+        self.reads["redis"] += 1
+        return "redis", result
 
     def _fallback(self, user_id: str, reason: str) -> ReadResult:
         self.fallbacks[reason] += 1
@@ -321,51 +356,56 @@ class Reader:
         self.reads[result.tier] += 1
         return result
 
-    async def _from_redis(self, user_id: str) -> ReadResult:
+    async def _from_redis(
+        self, user_id: str, raw: bytes | None, deadline: float
+    ) -> codec.RecordWords | ReadResult:
         # MGET answers nil for a key still in the previous layout (a hash): no list yet
-        raw = await self.batcher.get(keys.user_list(self.prefix, user_id))
-        rec = None
         if raw is not None:
             try:
-                rec = codec.decode(raw, embedding=False)
+                head = codec.decode_words(raw)
+                unknown = self.book.unknown(head)
+                strings = self.codes.string
+                if unknown or head.model_code not in strings or head.variant_code not in strings:
+                    async with asyncio.timeout_at(deadline):
+                        await self._learn(head, unknown)
+                return head
             except codec.CorruptRecord as exc:
                 self.counters["corrupt"] += 1
                 log.warning("user %r: unreadable record in Redis: %s", user_id, exc)
-        if rec is not None:
-            await self._resolve_codes(rec)
-            value = codec.list_from_record(
-                rec, user_id, item_id=self.codes.item_id.get, string=self.codes.string.get
-            )
-            await self._learn_meta([i["item_id"] for i in value["items"]])
-            return resolve(user_id, personal=value)
-        popular, cold = await self._shared()
+        async with asyncio.timeout_at(deadline):
+            popular, cold = await self._shared()
         return resolve(user_id, popular=popular, cold_start=cold)
 
-    async def _resolve_codes(self, rec: codec.UserRecord) -> None:
-        items, strs = self.codes.unknown_codes([rec])
-        if not items and not strs:
-            return
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hget(self._codes_meta, "epoch")
-        if items:
-            pipe.hmget(keys.item_ids(self.prefix), items)
-        if strs:
-            pipe.hmget(keys.strings(self.prefix), strs)
-        out = await pipe.execute()
-        self.codes.learn_names(
-            out[0], items, out[1] if items else [], strs, out[-1] if strs else []
-        )
+    async def _learn(self, head: codec.RecordWords, words: list[int]) -> None:
+        """Name the codes of `words` (and the list's strings) and read their items' titles
+        and recommendable flags: one round trip each, none once they are known."""
+        items, strs = self.book.unnamed_codes(words, head)
+        if items or strs:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hget(self._codes_meta, "epoch")
+            if items:
+                pipe.hmget(keys.item_ids(self.prefix), items)
+            if strs:
+                pipe.hmget(keys.strings(self.prefix), strs)
+            out = await pipe.execute()
+            losses = self.codes.losses
+            self.codes.learn_names(
+                out[0], items, out[1] if items else [], strs, out[-1] if strs else []
+            )
+            if self.codes.losses != losses:  # another registry: codes mean other items
+                self.book.clear()
+                self.cache.clear()
+        await self._learn_meta(self.book.missing_meta(words))
+        self.book.learn(words)
 
     async def _learn_meta(self, item_ids: list[str]) -> None:
-        """Titles and recommendable flags of items this process has not seen (one round
-        trip; none once the items are known, until the mirror changes them)."""
-        missing = [i for i in item_ids if i not in self.meta]
-        if not missing:
+        """Titles and recommendable flags of items this process has not seen."""
+        if not item_ids:
             return
         pipe = self.client.pipeline(transaction=False)
-        for i in missing:
+        for i in item_ids:
             pipe.hget(keys.item(self.prefix, i), "meta")
-        for i, raw in zip(missing, await pipe.execute(), strict=True):
+        for i, raw in zip(item_ids, await pipe.execute(), strict=True):
             meta = fastjson.loads(raw) if raw else {}
             title = meta.get("title")
             self.meta[i] = (
@@ -446,6 +486,10 @@ class ServeApp:
         self.settings_and_reader()
         assert self.reader is not None
         loop.run_until_complete(self.reader.start())
+        # what the process holds from here on (modules, settings) is not garbage: out of the
+        # collector's way, whose full passes would otherwise walk it under load
+        gc.collect()
+        gc.freeze()
         log.info("serve process %d ready (redis ok: %s)", os.getpid(), self.reader.redis_ok)
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -477,16 +521,21 @@ class ServeApp:
                 user_id = check_user_id(user)  # the server gives the path decoded
                 if "/" in user_id:
                     raise BadRequest("user_id must not contain '/'")
-                query = parse_qs(query_string) if query_string else {}
-                k = parse_k(query.get("k", [None])[-1], serve.default_k)
+                k = parse_k(_k_arg(query_string), serve.default_k)
             except BadRequest as exc:
                 return _error(400, str(exc))
             reader = self.reader
             result = await reader.read(user_id)
-            body = result.response(
-                k, time.time(), serve.stale_after_seconds, titles=reader.title, keep=reader.keep
-            )
-            return 200, JSON, fastjson.dumps(body)
+            if isinstance(result, ReadResult):
+                body = result.response(
+                    k, time.time(), serve.stale_after_seconds, titles=reader.title, keep=reader.keep
+                )
+            else:
+                tier, head = result
+                body = reader.book.body(
+                    user_id, tier, head, k, time.time(), serve.stale_after_seconds
+                )
+            return 200, JSON, _dumps(body)
         if path in ("/health", "/health/"):
             return 200, JSON, fastjson.dumps(self.reader.health())
         if path in ("/metrics", "/metrics/"):
@@ -496,6 +545,23 @@ class ServeApp:
 
             return 200, [("content-type", CONTENT_TYPE)], generate_latest(self.registry)
         return _error(404, f"no such endpoint: {path[:100]}")
+
+
+def _k_arg(query_string: str) -> str | None:
+    """The last `k` of a query string (what parse_qs gives), without parsing the usual
+    `k=N` in full."""
+    if not query_string:
+        return None
+    if query_string.startswith("k=") and query_string[2:].isdigit():
+        return query_string[2:]
+    return parse_qs(query_string).get("k", [None])[-1]
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)  # the answer is sent and dropped: no compact copy needed
+    except (TypeError, orjson.JSONEncodeError):
+        return fastjson.dumps(body)
 
 
 def _error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -148,24 +148,30 @@ def stored_version(raw: bytes) -> int:
     return int.from_bytes(raw[1:9], "big")
 
 
-def decode(raw: bytes, *, embedding: bool = True) -> UserRecord:
-    """The record of stored bytes; `embedding=False` leaves the vector out (None), for
-    readers that only answer the list."""
+def _header(raw: bytes) -> tuple[int, tuple[Any, ...]]:
+    """(version, the rest of the header) of a record whose size matches its header."""
     if len(raw) < HEADER_BYTES:
         raise CorruptRecord(f"user record of {len(raw)} bytes, shorter than its header")
     fmt, version = _HEAD.unpack_from(raw, 0)
     if fmt != FORMAT:
         raise CorruptRecord(f"user record format {fmt}; this code reads format {FORMAT}")
-    generated, event_time, n_events, mode, model, emb_v, variant, dim, n = _REST.unpack_from(
-        raw, _HEAD.size
-    )
+    rest = _REST.unpack_from(raw, _HEAD.size)
+    dim, n = rest[7], rest[8]
     want = HEADER_BYTES + 2 * dim + 4 * n
     if len(raw) != want:
         raise CorruptRecord(
             f"user record of {len(raw)} bytes; its header (d={dim}, {n} items) says {want}"
         )
-    if not 1 <= mode <= len(MODES):
-        raise CorruptRecord(f"user record with mode code {mode}")
+    if not 1 <= rest[3] <= len(MODES):
+        raise CorruptRecord(f"user record with mode code {rest[3]}")
+    return version, rest
+
+
+def decode(raw: bytes, *, embedding: bool = True) -> UserRecord:
+    """The record of stored bytes; `embedding=False` leaves the vector out (None), for
+    readers that only answer the list."""
+    version, rest = _header(raw)
+    generated, event_time, n_events, mode, model, emb_v, variant, dim, n = rest
     vector = None
     if dim and embedding:
         vector = np.frombuffer(raw, "<f2", dim, HEADER_BYTES).astype(np.float32)
@@ -189,6 +195,40 @@ def decode(raw: bytes, *, embedding: bool = True) -> UserRecord:
         # RecordItems made at C speed (tuple.__new__), not through the NamedTuple's __new__
         items=tuple(map(tuple.__new__, repeat(RecordItem), zip(codes, names, strict=True))),
     )
+
+
+class RecordWords(NamedTuple):
+    """What a reader that answers only the list needs of a record: `decode_words`."""
+
+    version: int
+    generated_at: float
+    mode: ListMode
+    model_code: int
+    variant_code: int
+    words: tuple[int, ...]
+    """The stored items as they are stored, best first: item code | channel code << 28
+    (`word_item`)."""
+
+
+def decode_words(raw: bytes) -> RecordWords:
+    """The list part of a record with its items left as stored words: the serving path,
+    which keeps one response entry per word. A channel code this code does not know is
+    refused here; item code 0 where a word is first named (`word_item`)."""
+    version, rest = _header(raw)
+    n = rest[8]
+    words = struct.unpack_from(f"<{n}I", raw, HEADER_BYTES + 2 * rest[7])
+    # the channel is the top 4 bits: the largest word has the largest channel code
+    if n and max(words) >> 28 >= len(CHANNELS):
+        raise CorruptRecord("user record with an unknown channel code")
+    return RecordWords(version, rest[0], MODES[rest[3] - 1], rest[4], rest[6], words)
+
+
+def word_item(word: int) -> RecordItem:
+    """The item of a stored word (`RecordWords.words`)."""
+    code = word & MAX_ITEM_CODE
+    if code == 0:
+        raise CorruptRecord("user record with item code 0")
+    return RecordItem(code, CHANNELS[word >> 28])
 
 
 def record_from_list(

@@ -195,3 +195,47 @@ def test_concurrent_reads_share_one_mget_and_a_read_past_its_budget_leaves_the_r
     assert values == [f"v{i}".encode() for i in range(1, 100)]
     assert batches == 1
     r.delete(*names)
+
+
+def test_a_batch_redis_does_not_answer_within_the_budget_fails_at_the_budget(
+    run_id: str,
+) -> None:
+    """GetBatcher's one timer per batch: while the real Redis holds every client (CLIENT
+    PAUSE), each read of the batch fails with TimeoutError at the budget, not when Redis
+    comes back; afterwards reads answer again."""
+    import asyncio
+
+    from nearline_rec.serve import GetBatcher
+    from nearline_rec.storage.redis_store import make_client
+    from nearline_rec.tools.localrun import settings_for
+
+    s = settings_for(run_env(run_id))
+    r = redis_client()
+    names = [f"{run_id}:b{i}" for i in range(20)]
+    for i, name in enumerate(names):
+        r.set(name, f"v{i}")
+    budget = 0.1
+
+    async def main() -> tuple[list[object], float, object]:
+        client = make_client(s.redis, pool_size=2)
+        batcher = GetBatcher(client, budget=budget)
+        try:
+            await batcher.get(names[0])  # connected before the pause
+            r.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+            t0 = time.monotonic()
+            out = await asyncio.gather(*(batcher.get(n) for n in names), return_exceptions=True)
+            waited = time.monotonic() - t0
+            r.execute_command("CLIENT", "UNPAUSE")
+            after = await batcher.get(names[3])
+            return out, waited, after
+        finally:
+            await client.aclose()
+
+    try:
+        out, waited, after = asyncio.run(main())
+    finally:
+        r.execute_command("CLIENT", "UNPAUSE")
+    assert all(isinstance(v, TimeoutError) for v in out), out
+    assert budget <= waited < 1.0  # the pause lasts 1.5 s
+    assert after == b"v3"
+    r.delete(*names)
