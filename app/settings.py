@@ -409,6 +409,11 @@ class ServeSettings(_Section):
     nice: int = Field(0, ge=0, le=19)
     """`nearline serve`: CPU priority lowered by this much (as `nice`), so that on a host
     shared with a worker, reads take the CPU the worker leaves (0: same priority)."""
+    sched_idle: bool = False
+    """`nearline serve`: run its processes under Linux's SCHED_IDLE policy: they get a CPU
+    only when nothing of normal priority wants it (a worker's thread that wakes up takes
+    the CPU at once, which a nice value does not promise), so that on a host shared with a
+    worker, reads use only the CPU the worker leaves idle."""
     cpus: str = ""
     """`nearline serve`: the CPUs its processes may run on, as `taskset -c` takes them
     (`1`, `2-3`, `0,2`), so that on a host shared with a worker the reads keep off the

@@ -98,6 +98,8 @@ def serve(host: str | None, port: int | None, processes: int | None, loglevel: s
 
     if s.serve.nice:
         os.nice(s.serve.nice)  # the pre-forked processes inherit it
+    if s.serve.sched_idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # inherited too
     if cpus := cpu_list(s.serve.cpus):
         try:  # inherited too
             os.sched_setaffinity(0, cpus)
@@ -109,6 +111,7 @@ def serve(host: str | None, port: int | None, processes: int | None, loglevel: s
     click.echo(
         f"serving on http://{s.serve.host}:{s.serve.port} with {s.serve.processes} process(es)"
         + (f" at nice +{s.serve.nice}" if s.serve.nice else "")
+        + (" under SCHED_IDLE" if s.serve.sched_idle else "")
         + (f" on CPUs {s.serve.cpus}" if cpus else ""),
         err=True,
     )

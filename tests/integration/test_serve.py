@@ -34,7 +34,15 @@ def _version(r, key: str) -> int:
 def test_processes_on_one_port_all_answer_and_the_token_is_required(
     run_id: str, tmp_path: Path
 ) -> None:
-    env = run_env(run_id, NEARLINE_SERVE__TOKEN="s3cret-serve")
+    cpu = max(os.sched_getaffinity(0))
+    env = run_env(
+        run_id,
+        NEARLINE_SERVE__TOKEN="s3cret-serve",
+        # on a host shared with a worker: lower priority, SCHED_IDLE, one CPU, all inherited
+        NEARLINE_SERVE__NICE="3",
+        NEARLINE_SERVE__SCHED_IDLE="true",
+        NEARLINE_SERVE__CPUS=str(cpu),
+    )
     srv = ServeProcess(env, tmp_path, processes=3).start()
     try:
         pids: set[int] = set()
@@ -45,6 +53,10 @@ def test_processes_on_one_port_all_answer_and_the_token_is_required(
             if len(pids) == 3:
                 break
         assert len(pids) == 3, pids
+        for pid in pids:
+            assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+            assert os.sched_getaffinity(pid) == {cpu}
+            assert os.getpriority(os.PRIO_PROCESS, pid) == 3
         status, body = srv.request("/recommendations/nobody")
         assert status == 401 and body == {"error": "missing or wrong bearer token", "status": 401}
         status, _ = srv.request("/recommendations/nobody", token="wrong")
@@ -53,7 +65,10 @@ def test_processes_on_one_port_all_answer_and_the_token_is_required(
         status, body = srv.request("/recommendations/nobody?k=3", token="s3cret-serve")
         assert status == 200
         validate("recommendation-response", body)
-        assert body["tier"] == "default" and body["items"] == []
+        assert body["tier"] == "default" and body["items"] == [] and body["k"] == 3
+        for query, k in (("x=1&k=2", 2), ("k=%32", 2), ("k=4&k=5", 5), ("", 10)):
+            status, body = srv.request(f"/recommendations/nobody?{query}", token="s3cret-serve")
+            assert status == 200 and body["k"] == k, (query, body)
         assert srv.request("/recommendations/x?k=0", token="s3cret-serve")[0] == 400
         # the user id arrives percent-decoded once: "a%2541" is the user "a%41"
         status, body = srv.request("/recommendations/a%2541?k=1", token="s3cret-serve")

@@ -42,12 +42,13 @@ from nearline_rec.tools.localrun import (
 
 LIGHT_READS = 2000.0
 """req/s of the light read load the worker's events/s is also measured under."""
-SERVE_NICE = 10
-"""The read load is also run with serve at `NEARLINE_SERVE__NICE` = this (and wrk, which
-stands for clients on other hosts, at the same nice): reads take the CPU the worker leaves."""
 SERVE_CPU = max(os.sched_getaffinity(0))
 """The read load is also run with serve confined to this CPU (`NEARLINE_SERVE__CPUS`, and wrk
 with it), the worker's process left to the others."""
+
+
+def _sched_idle() -> None:
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def _commit() -> str:
@@ -181,21 +182,28 @@ def run(
         # and with a light read load (LIGHT_READS req/s), where the CPU reads take is small
         procs = max(processes)
         srv = ServeProcess(env, work, procs, "load").start()
-        niced = ServeProcess(
-            {**env, "NEARLINE_SERVE__NICE": str(SERVE_NICE)}, work, procs, "load-niced"
+        # serve under SCHED_IDLE (NEARLINE_SERVE__SCHED_IDLE; wrk, which stands for clients on
+        # other hosts, with it): reads take only the CPU the worker leaves idle
+        idle = ServeProcess(
+            {**env, "NEARLINE_SERVE__SCHED_IDLE": "true"}, work, procs, "load-idle"
         ).start()
         pinned = ServeProcess(
             {**env, "NEARLINE_SERVE__CPUS": str(SERVE_CPU)}, work, procs, "load-pinned"
         ).start()
-        serving += [srv, niced, pinned]
+        idle_pinned = ServeProcess(
+            {**env, "NEARLINE_SERVE__SCHED_IDLE": "true", "NEARLINE_SERVE__CPUS": str(SERVE_CPU)},
+            work, procs, "load-idle-pinned",
+        ).start()  # fmt: skip
+        serving += [srv, idle, pinned, idle_pinned]
         bare = median([r["rps"] for r in rows.get(f"bare_p{procs}_c128", [{"rps": 20_000}])])
         heavy = paced_rate(srv.port, 128, paced_share * bare, script, users)
-        # condition: (server, pace of each connection in ms, nice of wrk, CPU of wrk)
-        intervals: dict[str, tuple[ServeProcess, float, int, int | None]] = {
-            "with_reads": (srv, heavy, 0, None),
-            "with_light_reads": (srv, 128 / LIGHT_READS * 1000, 0, None),
-            "with_reads_serve_niced": (niced, heavy, SERVE_NICE, None),
-            "with_reads_serve_pinned": (pinned, heavy, 0, SERVE_CPU),
+        # condition: (server, pace of each connection in ms, wrk under SCHED_IDLE, CPU of wrk)
+        intervals: dict[str, tuple[ServeProcess, float, bool, int | None]] = {
+            "with_reads": (srv, heavy, False, None),
+            "with_light_reads": (srv, 128 / LIGHT_READS * 1000, False, None),
+            "with_reads_serve_idle": (idle, heavy, True, None),
+            "with_reads_serve_pinned": (pinned, heavy, False, SERVE_CPU),
+            "with_reads_serve_idle_pinned": (idle_pinned, heavy, True, SERVE_CPU),
         }
         events_rows: dict[str, list[float]] = {"without_reads": [], **{c: [] for c in intervals}}
         read_rates: dict[str, list[float]] = {c: [] for c in intervals}
@@ -226,14 +234,15 @@ def run(
                 evs = burst_events("b", k, burst)
                 load = None
                 if cond in intervals:
-                    server, interval, wrk_nice, wrk_cpu = intervals[cond]
+                    server, interval, wrk_idle, wrk_cpu = intervals[cond]
                     reads = Load(server.port, 128, 600, script, users, interval)
                     cmd, wenv = reads.command()
-                    if wrk_nice:
-                        cmd = ["nice", "-n", str(wrk_nice), *cmd]
                     if wrk_cpu is not None:
                         cmd = ["taskset", "-c", str(wrk_cpu), *cmd]
-                    load = subprocess.Popen(cmd, env=wenv, stdout=subprocess.PIPE, text=True)
+                    load = subprocess.Popen(
+                        cmd, env=wenv, stdout=subprocess.PIPE, text=True,
+                        preexec_fn=_sched_idle if wrk_idle else None,
+                    )  # fmt: skip
                     time.sleep(1.0)  # the load is on before the burst
                 try:
                     # a status poll can time out on a loaded machine: wait for one that answers
@@ -256,7 +265,7 @@ def run(
                 events_rows[cond].append(round(rate, 1))
                 log(f"worker events/s {cond}: {rate:.0f}")
         staleness = measure_staleness(s, srv, names[: min(50, users)])
-        for server in (srv, niced, pinned):
+        for server in (srv, idle, pinned, idle_pinned):
             server.stop()
         serving.clear()
         worker_tail = worker.status() or {}
@@ -303,13 +312,15 @@ def run(
         | {
             "ratio_with_reads": round(ev["with_reads"] / ev["without_reads"], 3),
             "ratio_with_light_reads": round(ev["with_light_reads"] / ev["without_reads"], 3),
-            "ratio_with_reads_serve_niced": round(
-                ev["with_reads_serve_niced"] / ev["without_reads"], 3
+            "ratio_with_reads_serve_idle": round(
+                ev["with_reads_serve_idle"] / ev["without_reads"], 3
             ),
             "ratio_with_reads_serve_pinned": round(
                 ev["with_reads_serve_pinned"] / ev["without_reads"], 3
             ),
-            "serve_nice": SERVE_NICE,
+            "ratio_with_reads_serve_idle_pinned": round(
+                ev["with_reads_serve_idle_pinned"] / ev["without_reads"], 3
+            ),
             "serve_cpu": SERVE_CPU,
             "read_rps_during": {c: median(v) for c, v in read_rates.items()},
         },
