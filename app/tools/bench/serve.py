@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -205,8 +206,19 @@ def run(
             "with_reads_serve_pinned": (pinned, heavy, False, SERVE_CPU),
             "with_reads_serve_idle_pinned": (idle_pinned, heavy, True, SERVE_CPU),
         }
-        events_rows: dict[str, list[float]] = {"without_reads": [], **{c: [] for c in intervals}}
+        # control: no reads, a busy loop per CPU under SCHED_IDLE beside the worker: what it
+        # loses to anything running on its cores however low its priority (shared caches,
+        # memory bandwidth, the host's scheduling of these virtual CPUs), not to CPU time
+        events_rows: dict[str, list[float]] = {
+            "without_reads": [],
+            **{c: [] for c in intervals},
+            "with_idle_busy_loops": [],
+        }
         read_rates: dict[str, list[float]] = {c: [] for c in intervals}
+        # the machine's speed drifts over minutes: each condition is measured right after a
+        # burst without reads, and its ratio is to that burst (the median of those pairs)
+        pair_ratios: dict[str, list[float]] = {c: [] for c in events_rows if c != "without_reads"}
+        order = [c for _ in range(repeats) for p in pair_ratios for c in ("without_reads", p)]
 
         def burst_events(tag: str, k: int, n: int) -> list[UserEvent]:
             return [
@@ -228,42 +240,54 @@ def run(
         done0 = st0["counters"].get("events_done", 0) + warm
         worker.wait(lambda st: st["counters"].get("events_done", 0) >= done0, 300, "warm-up")
         k = 0
-        for _ in range(repeats):
-            for cond in events_rows:
-                k += 1
-                evs = burst_events("b", k, burst)
-                load = None
-                if cond in intervals:
-                    server, interval, wrk_idle, wrk_cpu = intervals[cond]
-                    reads = Load(server.port, 128, 600, script, users, interval)
-                    cmd, wenv = reads.command()
-                    if wrk_cpu is not None:
-                        cmd = ["taskset", "-c", str(wrk_cpu), *cmd]
-                    load = subprocess.Popen(
-                        cmd, env=wenv, stdout=subprocess.PIPE, text=True,
-                        preexec_fn=_sched_idle if wrk_idle else None,
-                    )  # fmt: skip
-                    time.sleep(1.0)  # the load is on before the burst
-                try:
-                    # a status poll can time out on a loaded machine: wait for one that answers
-                    st0 = worker.wait(lambda st: "counters" in st, 120, "the worker's status")
-                    base = st0["counters"].get("events_done", 0)
-                    t0 = time.perf_counter()
-                    produce_events(s, evs)
-                    worker.wait(
-                        lambda st: st["counters"].get("events_done", 0) >= base + burst,  # noqa: B023
-                        300,
-                        "burst",
+        for cond in order:
+            k += 1
+            evs = burst_events("b", k, burst)
+            load = None
+            if cond in intervals:
+                server, interval, wrk_idle, wrk_cpu = intervals[cond]
+                reads = Load(server.port, 128, 600, script, users, interval)
+                cmd, wenv = reads.command()
+                if wrk_cpu is not None:
+                    cmd = ["taskset", "-c", str(wrk_cpu), *cmd]
+                load = subprocess.Popen(
+                    cmd, env=wenv, stdout=subprocess.PIPE, text=True,
+                    preexec_fn=_sched_idle if wrk_idle else None,
+                )  # fmt: skip
+                time.sleep(1.0)  # the load is on before the burst
+            busy = []
+            if cond == "with_idle_busy_loops":
+                busy = [
+                    subprocess.Popen(
+                        [sys.executable, "-c", "while True: pass"], preexec_fn=_sched_idle
                     )
-                    rate = burst / (time.perf_counter() - t0)
-                finally:
-                    if load is not None:
-                        load.send_signal(signal.SIGINT)  # wrk prints its figures and exits
-                        out = load.communicate(timeout=30)[0]
+                    for _ in os.sched_getaffinity(0)
+                ]
+            try:
+                # a status poll can time out on a loaded machine: wait for one that answers
+                st0 = worker.wait(lambda st: "counters" in st, 120, "the worker's status")
+                base = st0["counters"].get("events_done", 0)
+                t0 = time.perf_counter()
+                produce_events(s, evs)
+                worker.wait(
+                    lambda st: st["counters"].get("events_done", 0) >= base + burst,  # noqa: B023
+                    300,
+                    "burst",
+                )
+                rate = burst / (time.perf_counter() - t0)
+            finally:
+                for b in busy:
+                    b.kill()
+                    b.wait()
                 if load is not None:
-                    read_rates[cond].append(reads.parse(out)["rps"])
-                events_rows[cond].append(round(rate, 1))
-                log(f"worker events/s {cond}: {rate:.0f}")
+                    load.send_signal(signal.SIGINT)  # wrk prints its figures and exits
+                    out = load.communicate(timeout=30)[0]
+            if load is not None:
+                read_rates[cond].append(reads.parse(out)["rps"])
+            events_rows[cond].append(round(rate, 1))
+            if cond in pair_ratios:
+                pair_ratios[cond].append(round(rate / events_rows["without_reads"][-1], 3))
+            log(f"worker events/s {cond}: {rate:.0f}")
         staleness = measure_staleness(s, srv, names[: min(50, users)])
         for server in (srv, idle, pinned, idle_pinned):
             server.stop()
@@ -310,21 +334,19 @@ def run(
         "targets_128": targets_met(paced),
         "worker_events_per_s": ev
         | {
-            "ratio_with_reads": round(ev["with_reads"] / ev["without_reads"], 3),
-            "ratio_with_light_reads": round(ev["with_light_reads"] / ev["without_reads"], 3),
-            "ratio_with_reads_serve_idle": round(
-                ev["with_reads_serve_idle"] / ev["without_reads"], 3
+            "ratio_with_reads": median(pair_ratios["with_reads"]),
+            "ratio_with_light_reads": median(pair_ratios["with_light_reads"]),
+            "ratio_with_reads_serve_idle": median(pair_ratios["with_reads_serve_idle"]),
+            "ratio_with_reads_serve_pinned": median(pair_ratios["with_reads_serve_pinned"]),
+            "ratio_with_reads_serve_idle_pinned": median(
+                pair_ratios["with_reads_serve_idle_pinned"]
             ),
-            "ratio_with_reads_serve_pinned": round(
-                ev["with_reads_serve_pinned"] / ev["without_reads"], 3
-            ),
-            "ratio_with_reads_serve_idle_pinned": round(
-                ev["with_reads_serve_idle_pinned"] / ev["without_reads"], 3
-            ),
+            "ratio_with_idle_busy_loops": median(pair_ratios["with_idle_busy_loops"]),
             "serve_cpu": SERVE_CPU,
             "read_rps_during": {c: median(v) for c, v in read_rates.items()},
         },
         "worker_events_rounds": events_rows,
+        "worker_ratio_pairs": pair_ratios,
         "serve_counters": serve_counters,
         "profile_128_one_process": profiles,
         "staleness_ms": staleness,

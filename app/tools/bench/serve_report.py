@@ -35,7 +35,9 @@ def markdown_table(f: dict[str, Any]) -> str:
     ev = f["worker_events_per_s"]
     lines += [
         "",
-        f"Worker events/s: {ev['without_reads']:,.0f} without reads,"
+        "Worker events/s (medians; each ratio is the median over rounds of a condition's"
+        " burst to the burst without reads just before it, as the machine's speed drifts):"
+        f" {ev['without_reads']:,.0f} without reads,"
         f" {ev['with_reads']:,.0f} under the paced read load"
         f" ({ev['read_rps_during']['with_reads']:,.0f} req/s; {ev['ratio_with_reads']:.2f}x),"
         f" {ev['with_light_reads']:,.0f} under {ev['read_rps_during']['with_light_reads']:,.0f}"
@@ -48,7 +50,9 @@ def markdown_table(f: dict[str, Any]) -> str:
         f" {ev['ratio_with_reads_serve_pinned']:.2f}x),"
         f" {ev['with_reads_serve_idle_pinned']:,.0f} with both"
         f" ({ev['read_rps_during']['with_reads_serve_idle_pinned']:,.0f} req/s;"
-        f" {ev['ratio_with_reads_serve_idle_pinned']:.2f}x). Staleness after a change:"
+        f" {ev['ratio_with_reads_serve_idle_pinned']:.2f}x); with no reads and a busy loop"
+        f" per CPU under SCHED_IDLE, {ev['with_idle_busy_loops']:,.0f}"
+        f" ({ev['ratio_with_idle_busy_loops']:.2f}x). Staleness after a change:"
         f" p50 {f['staleness_ms']['p50']} ms, p99 {f['staleness_ms']['p99']} ms"
         f" ({f['staleness_ms']['trials']} trials). Load average {f['loadavg_before']}"
         f" before, {f['loadavg_after']} after; commit {f['params']['commit']}.",
