@@ -145,7 +145,7 @@ class RedisStore:
 
         return AsyncRetrying(
             stop=stop_after_attempt(self.cfg.retry_attempts),
-            wait=wait_exponential_jitter(initial=0.05, max=self.cfg.retry_max_delay),
+            wait=wait_exponential_jitter(multiplier=0.05, max=self.cfg.retry_max_delay),
             retry=retry_if_exception_type(RETRYABLE),
             before_sleep=lambda s: (count(s), before_sleep_log(log, logging.WARNING)(s)),
             reraise=True,
