@@ -28,8 +28,6 @@ from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
-
 from nearline_rec.core import fastjson
 from nearline_rec.metrics import CONTENT_TYPE, serve_registry
 from nearline_rec.security import token_ok
@@ -535,7 +533,7 @@ class ServeApp:
                 body = reader.book.body(
                     user_id, tier, head, k, time.time(), serve.stale_after_seconds
                 )
-            return 200, JSON, _dumps(body)
+            return 200, JSON, fastjson.dumps(body, kept=False)
         if path in ("/health", "/health/"):
             return 200, JSON, fastjson.dumps(self.reader.health())
         if path in ("/metrics", "/metrics/"):
@@ -555,13 +553,6 @@ def _k_arg(query_string: str) -> str | None:
     if query_string.startswith("k=") and query_string[2:].isdigit():
         return query_string[2:]
     return parse_qs(query_string).get("k", [None])[-1]
-
-
-def _dumps(body: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(body)  # the answer is sent and dropped: no compact copy needed
-    except (TypeError, orjson.JSONEncodeError):
-        return fastjson.dumps(body)
 
 
 def _error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:

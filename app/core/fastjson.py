@@ -10,12 +10,14 @@ from typing import Any
 import orjson
 
 
-def dumps(value: Any) -> bytes:
-    """UTF-8 JSON without spaces (what json.dumps(separators=(",", ":")) means)."""
+def dumps(value: Any, *, kept: bool = True) -> bytes:
+    """UTF-8 JSON without spaces (what json.dumps(separators=(",", ":")) means). `kept=False`
+    for output that is sent and dropped (an HTTP answer): no copy at the exact size."""
     try:
+        out = orjson.dumps(value)
         # orjson's bytes keep the whole output buffer (~16 KB measured for a 1 KB document);
         # a copy at the exact size is what a table that holds millions of them can afford
-        return bytes(memoryview(orjson.dumps(value)))
+        return bytes(memoryview(out)) if kept else out
     except (TypeError, orjson.JSONEncodeError):
         return json.dumps(value, separators=(",", ":")).encode()
 
