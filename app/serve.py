@@ -1,9 +1,9 @@
-"""`nearline serve`: the stateless read path, one RSGI app per process (granian, pre-fork).
+"""`nearline serve`: the stateless read path, the application of each serve process.
 
 No consumer, no table: a process reads users' lists from Redis through the tiers of
 `nearline_rec.serving` (in-process cache -> Redis -> popular -> cold start -> default) and answers
-the worker's JSON contract with the same token. Any number run on one port (granian's
-workers share the listening socket) and on any host behind a load balancer.
+the worker's JSON contract with the same token. `nearline_rec.serve_http` is the HTTP server
+in front: any number of processes on one port, and any number of hosts behind a load balancer.
 
 The cache stays correct by Redis's server-assisted invalidation: each process turns on
 `CLIENT TRACKING ... BCAST` for the prefixes of user records, shared lists, the item
@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -307,6 +308,12 @@ class Reader:
 
     async def read(self, user_id: str) -> tuple[str, codec.RecordWords] | ReadResult:
         """(tier, stored list) of a user with a personal list, else the fallback's result."""
+        result = self.read_now(user_id)
+        return await self.read_redis(user_id) if result is None else result
+
+    def read_now(self, user_id: str) -> tuple[str, codec.RecordWords] | ReadResult | None:
+        """`read`'s answer when it needs no trip to Redis (a fresh cache entry, or Redis
+        down), else None: the server answers such a read without a task of its own."""
         hit = self.cache.get(user_id)
         if hit is not None:
             if self._fresh(hit[1]):
@@ -315,6 +322,10 @@ class Reader:
             del self.cache[user_id]
         if not self.redis_ok:
             return self._fallback(user_id, "redis_down")
+        return None
+
+    async def read_redis(self, user_id: str) -> tuple[str, codec.RecordWords] | ReadResult:
+        """`read` past the cache: the user's record from Redis (or a fallback tier)."""
         flight = self.inflight.setdefault(user_id, [0, 0])
         flight[0] += 1
         try:
@@ -467,8 +478,13 @@ class Reader:
         }
 
 
+Response = tuple[int, list[tuple[str, str]], bytes]
+"""(status, headers, body) of one answer."""
+
+
 class ServeApp:
-    """The RSGI application granian runs in each worker process."""
+    """One serve process's application: the reader and the answer to a GET, whatever the
+    HTTP server in front (`nearline_rec.serve_http` runs it)."""
 
     def __init__(self) -> None:
         self.reader: Reader | None = None
@@ -480,32 +496,30 @@ class ServeApp:
         self.reader = Reader(self.settings)
         self.registry = serve_registry(self.reader.snapshot)
 
-    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def start(self) -> None:
         self.settings_and_reader()
         assert self.reader is not None
-        loop.run_until_complete(self.reader.start())
+        await self.reader.start()
         # what the process holds from here on (modules, settings) is not garbage: out of the
         # collector's way, whose full passes would otherwise walk it under load
         gc.collect()
         gc.freeze()
         log.info("serve process %d ready (redis ok: %s)", os.getpid(), self.reader.redis_ok)
 
-    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def stop(self) -> None:
         if self.reader is not None:
-            loop.run_until_complete(self.reader.stop())
+            await self.reader.stop()
 
-    async def __rsgi__(self, scope: Any, proto: Any) -> None:
-        if scope.proto != "http":
-            return
-        status, headers, body = await self.handle(
-            scope.path, scope.query_string, scope.headers.get("authorization", "")
-        )
-        proto.response_bytes(status, headers, body)
+    async def handle(self, path: str, query_string: str, authorization: str) -> Response:
+        """One GET: (status, headers, body)."""
+        answer = self.answer(path, query_string, authorization)
+        return answer if isinstance(answer, tuple) else await answer
 
-    async def handle(
+    def answer(
         self, path: str, query_string: str, authorization: str
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        """One GET, whatever the HTTP server: (status, headers, body)."""
+    ) -> Response | Coroutine[Any, Any, Response]:
+        """One GET's response, or the coroutine that makes it when it needs Redis: a cached
+        read (or any answer without Redis) costs the server no task."""
         assert self.settings is not None and self.reader is not None
         serve = self.settings.serve
         allowed = serve.token is None or token_ok(serve.token, authorization)
@@ -522,18 +536,10 @@ class ServeApp:
                 k = parse_k(_k_arg(query_string), serve.default_k)
             except BadRequest as exc:
                 return _error(400, str(exc))
-            reader = self.reader
-            result = await reader.read(user_id)
-            if isinstance(result, ReadResult):
-                body = result.response(
-                    k, time.time(), serve.stale_after_seconds, titles=reader.title, keep=reader.keep
-                )
-            else:
-                tier, head = result
-                body = reader.book.body(
-                    user_id, tier, head, k, time.time(), serve.stale_after_seconds
-                )
-            return 200, JSON, fastjson.dumps(body, kept=False)
+            result = self.reader.read_now(user_id)
+            if result is None:
+                return self._from_redis(user_id, k)
+            return self._list(user_id, k, result)
         if path in ("/health", "/health/"):
             return 200, JSON, fastjson.dumps(self.reader.health())
         if path in ("/metrics", "/metrics/"):
@@ -543,6 +549,23 @@ class ServeApp:
 
             return 200, [("content-type", CONTENT_TYPE)], generate_latest(self.registry)
         return _error(404, f"no such endpoint: {path[:100]}")
+
+    async def _from_redis(self, user_id: str, k: int) -> Response:
+        assert self.reader is not None
+        return self._list(user_id, k, await self.reader.read_redis(user_id))
+
+    def _list(
+        self, user_id: str, k: int, result: tuple[str, codec.RecordWords] | ReadResult
+    ) -> Response:
+        assert self.settings is not None and self.reader is not None
+        reader, stale_after = self.reader, self.settings.serve.stale_after_seconds
+        if isinstance(result, ReadResult):
+            now = time.time()
+            body = result.response(k, now, stale_after, titles=reader.title, keep=reader.keep)
+        else:
+            tier, head = result
+            body = reader.book.body(user_id, tier, head, k, time.time(), stale_after)
+        return 200, JSON, fastjson.dumps(body, kept=False)
 
 
 def _k_arg(query_string: str) -> str | None:
@@ -555,27 +578,5 @@ def _k_arg(query_string: str) -> str | None:
     return parse_qs(query_string).get("k", [None])[-1]
 
 
-def _error(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
+def _error(status: int, message: str) -> Response:
     return status, JSON, fastjson.dumps({"error": message, "status": status})
-
-
-app = ServeApp()
-"""What `nearline serve` hands granian (target `nearline_rec.serve:app`)."""
-
-
-def run(settings: Settings, *, host: str, port: int, processes: int, loglevel: str) -> None:
-    """Serve until SIGINT/SIGTERM: `processes` pre-forked workers on one listening socket."""
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
-
-    Granian(
-        "nearline_rec.serve:app",
-        address=host,
-        port=port,
-        interface=Interfaces.RSGI,
-        workers=processes,
-        loop=Loops.uvloop,
-        backlog=settings.serve.backlog,
-        log_level=loglevel,  # type: ignore[arg-type]
-        respawn_failed_workers=True,
-    ).serve()

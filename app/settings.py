@@ -403,9 +403,11 @@ class ServeSettings(_Section):
     port: int = Field(6067, ge=1, le=65535)
     """`nearline serve`: port all of its processes share."""
     processes: int = Field(1, ge=1, le=256)
-    """`nearline serve`: worker processes pre-forked on the one listening socket."""
+    """`nearline serve`: processes pre-forked on the one port (each with its own socket)."""
     backlog: int = Field(2048, ge=16, le=65535)
-    """`nearline serve`: listen backlog of the shared socket."""
+    """`nearline serve`: listen backlog of each process's socket."""
+    keepalive_seconds: float = Field(75.0, gt=0, le=3600)
+    """`nearline serve`: an idle client connection is closed after this many seconds."""
     nice: int = Field(0, ge=0, le=19)
     """`nearline serve`: CPU priority lowered by this much (as `nice`), so that on a host
     shared with a worker, reads take the CPU the worker leaves (0: same priority)."""

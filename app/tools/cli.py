@@ -86,7 +86,7 @@ def serve(host: str | None, port: int | None, processes: int | None, loglevel: s
     from nearline_rec.security import serve_cleartext_token
     from nearline_rec.storage.redis_store import check_access
 
-    # the processes granian forks read their settings from the environment
+    # the processes it forks read their settings from the environment
     for name, value in (("HOST", host), ("PORT", port), ("PROCESSES", processes)):
         if value is not None:
             os.environ[f"NEARLINE_SERVE__{name}"] = str(value)
@@ -94,7 +94,7 @@ def serve(host: str | None, port: int | None, processes: int | None, loglevel: s
     check_access(s.redis)  # wrong credentials: one line now (a down Redis is served around)
     if warning := serve_cleartext_token(s):
         logging.getLogger("nearline.security").warning("%s", warning)
-    from nearline_rec.serve import run
+    from nearline_rec.serve_http import run
 
     if s.serve.nice:
         os.nice(s.serve.nice)  # the pre-forked processes inherit it

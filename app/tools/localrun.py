@@ -182,7 +182,7 @@ class WorkerProcess:
 
 
 class ServeProcess:
-    """A real `nearline serve` process group (granian pre-forks `processes` workers)."""
+    """A real `nearline serve` process group (it pre-forks `processes` serve processes)."""
 
     def __init__(
         self,
@@ -241,6 +241,12 @@ class ServeProcess:
             return self.request(path, self.env.get("NEARLINE_SERVE__TOKEN"))[1]
         except (OSError, ValueError):
             return None
+
+    @property
+    def pgid(self) -> int:
+        """The process group of the server and every process it forked."""
+        assert self.proc is not None
+        return self.proc.pid
 
     def stop(self, timeout: float = 30) -> None:
         if self.proc is None or self.proc.poll() is not None:

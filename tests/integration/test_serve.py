@@ -78,6 +78,50 @@ def test_processes_on_one_port_all_answer_and_the_token_is_required(
         srv.stop()
 
 
+def test_a_serve_process_that_dies_is_replaced_and_sigterm_stops_them_all(
+    run_id: str, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    srv = ServeProcess(run_env(run_id), tmp_path, processes=2).start()
+    try:
+
+        def serve_pids() -> set[int]:
+            out = subprocess.run(["pgrep", "-g", str(srv.pgid)], capture_output=True, text=True)
+            return {int(p) for p in out.stdout.split()} - {srv.pgid}
+
+        first = serve_pids()
+        assert len(first) == 2, first
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        # a new one takes its place; every answer in the meantime comes from a live one
+        poll_until(lambda: len(serve_pids() - {victim}) == 2, 30, "a replacement process")
+        replacement = (serve_pids() - first).pop()
+        poll_until(lambda: srv.get("/health") is not None, 30, "answers")
+        seen: set[int] = set()
+        for _ in range(300):
+            seen.add(srv.request("/health")[1]["pid"])
+            if replacement in seen:
+                break
+        assert replacement in seen and victim not in seen
+        # the port is taken: a second server says so in one line and exits
+        taken = subprocess.run(
+            [sys.executable, "-m", "nearline_rec.tools.cli", "serve", "--port", str(srv.port)],
+            env={**srv.env, "NEARLINE_SERVE__HOST": "127.0.0.1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert taken.returncode != 0
+        assert f"cannot listen on 127.0.0.1:{srv.port}" in taken.stderr, taken.stderr[-500:]
+        assert "Traceback" not in taken.stderr
+    finally:
+        srv.stop()
+    assert srv.proc is not None and srv.proc.returncode == 0
+    assert not serve_pids(), "serve processes outlived SIGTERM"
+
+
 def test_a_list_the_worker_writes_is_served_fresh_within_the_staleness(
     catalog_run, workers, tmp_path: Path
 ) -> None:

@@ -322,7 +322,7 @@ def run(
             "paced_share_of_bare_redis": paced_share,
             "http_client": "wrk (closed loop; paced rounds: Lua delay per connection)",
             "redis_client": "redis-benchmark GET of the same records, same connections",
-            "server": "granian RSGI, uvloop, pre-forked processes on one socket",
+            "server": "nearline serve: httptools on uvloop, pre-forked processes, SO_REUSEPORT",
             "light_reads_rps": LIGHT_READS,
             "commit": _commit(),
         },

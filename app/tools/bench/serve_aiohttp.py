@@ -1,5 +1,5 @@
-"""The serve app behind aiohttp instead of granian, for the stack comparison of
-`nearline bench serve`: same reader, same handler, another HTTP server and event loop.
+"""The serve app behind aiohttp instead of `nearline serve`'s own server, for the stack
+comparison of `nearline bench serve`: same reader, same answers, another server and loop.
 
     python -m nearline_rec.tools.bench.serve_aiohttp asyncio|uvloop PORT
 """

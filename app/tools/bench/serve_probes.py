@@ -3,6 +3,7 @@ their time (py-spy stacks under load) and how long a changed list stays stale in
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -28,10 +29,12 @@ def sample_stacks(
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     """The server stack, chosen by this: one process, cached reads, 128 connections,
-    the same reader and handler behind granian (RSGI, uvloop) and aiohttp (asyncio or
-    uvloop), rounds interleaved."""
+    the same reader and answers behind `nearline serve`'s own server (httptools on uvloop),
+    granian (RSGI, uvloop) and aiohttp (asyncio or uvloop), rounds interleaved; with the
+    server processes' CPU time per request."""
     servers = {
-        "granian_rsgi_uvloop": None,
+        "nearline_httptools_uvloop": None,
+        "granian_rsgi_uvloop": ["-m", "nearline_rec.tools.bench.serve_granian"],
         "aiohttp_asyncio": ["-m", "nearline_rec.tools.bench.serve_aiohttp", "asyncio"],
         "aiohttp_uvloop": ["-m", "nearline_rec.tools.bench.serve_aiohttp", "uvloop"],
     }
@@ -42,10 +45,34 @@ def sample_stacks(
             Load(srv.port, 16, 1, script, users).run()  # warm
             for rep in range(repeats):
                 log(f"stack {name}, round {rep + 1}/{repeats}")
-                rows[name].append(Load(srv.port, 128, seconds, script, users).run())
+                cpu0 = group_cpu_seconds(srv.pgid)
+                row = Load(srv.port, 128, seconds, script, users).run()
+                used = group_cpu_seconds(srv.pgid) - cpu0
+                row["cpu_us_per_request"] = round(1e6 * used / max(row["requests"], 1), 1)
+                rows[name].append(row)
         finally:
             srv.stop()
-    return {name: median_of_runs(rs) | {"rounds_detail": rs} for name, rs in rows.items()}
+    out = {}
+    for name, rs in rows.items():
+        cpu = sorted(r["cpu_us_per_request"] for r in rs)[len(rs) // 2]
+        out[name] = median_of_runs(rs) | {"cpu_us_per_request": cpu, "rounds_detail": rs}
+    return out
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) of the live processes of a process group, from /proc."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of stat, the process group
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def profile_under_load(srv: ServeProcess, load: Load, seconds: float) -> dict[str, Any]:
@@ -71,20 +98,20 @@ def profile_under_load(srv: ServeProcess, load: Load, seconds: float) -> dict[st
     finally:
         wrk_proc.wait(timeout=load.seconds + 30)
     own: dict[str, int] = {}
-    parts = {"nearline code": 0, "redis client": 0, "granian (HTTP)": 0, "asyncio streams": 0}
+    parts = {"nearline code": 0, "redis client": 0, "HTTP server": 0, "asyncio streams": 0}
     total = 0
     for line in out.read_text().splitlines():
         stack, _, n_text = line.rpartition(" ")
         n = int(n_text)
         total += n
         frames = stack.split(";")
-        key = frames[-1] or "(no Python frame: granian's native threads, the loop)"
+        key = frames[-1] or "(no Python frame: the loop, the parser, native code)"
         own[key] = own.get(key, 0) + n
         for part, needles in (
             # the project's frames: app/... from a source checkout, nearline_rec/... installed
             ("nearline code", ("(app/", "(nearline_rec/")),
             ("redis client", ("(redis/",)),
-            ("granian (HTTP)", ("(granian/",)),
+            ("HTTP server", ("(granian/", "(nearline_rec/serve_http.py", "(app/serve_http.py")),
             ("asyncio streams", ("(asyncio/streams.py",)),
         ):
             if any(needle in f for f in frames for needle in needles):

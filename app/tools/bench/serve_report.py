@@ -59,7 +59,8 @@ def markdown_table(f: dict[str, Any]) -> str:
         "",
         "Server stacks, one process, cached reads, 128 connections: "
         + ", ".join(
-            f"{name} {m['rps']:,.0f} req/s (p99 {m['p99_ms']:.1f} ms)"
+            f"{name} {m['rps']:,.0f} req/s (p99 {m['p99_ms']:.1f} ms,"
+            f" {m.get('cpu_us_per_request', float('nan')):.0f} us CPU per request)"
             for name, m in f["stacks_cached_128"].items()
         )
         + ".",
