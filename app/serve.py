@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -36,82 +36,15 @@ from nearline_rec.serve_lists import EntryBook, Meta
 from nearline_rec.serving import BadRequest, ReadResult, check_user_id, parse_k, resolve
 from nearline_rec.settings import Settings, load_settings
 from nearline_rec.storage import codec, keys
+from nearline_rec.storage.batch_get import GetBatcher
 from nearline_rec.storage.codes import CodeBook
 
 log = logging.getLogger("nearline.serve")
 
 JSON = [("content-type", "application/json")]
 INVALIDATE = "__redis__:invalidate"
-
-
-class GetBatcher:
-    """Coalesces the GETs that requests issue in one event-loop turn into one MGET: under
-    many connections, one Redis command (and one trip through the client library, whose
-    per-command cost dominates a read) serves a batch of reads. With a `budget` (seconds),
-    a read whose batch has no answer by then fails with TimeoutError: one timer per batch,
-    not one per read."""
-
-    def __init__(
-        self,
-        client: Any,
-        *,
-        cluster: bool = False,
-        max_batch: int = 256,
-        budget: float | None = None,
-    ) -> None:
-        self.client = client
-        self.loop = asyncio.get_running_loop()
-        self.budget = budget
-        # a cluster's keys live in many slots: one MGET per slot, run side by side
-        self.mget = client.mget_nonatomic if cluster else client.mget
-        self.max_batch = max_batch
-        self.tasks: set[asyncio.Future[Any]] = set()
-        self.pending: list[tuple[str, asyncio.Future[Any]]] = []
-        self.batches = 0
-        self.keys = 0
-
-    def get(self, key: str) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = self.loop.create_future()
-        if not self.pending:
-            self.loop.call_soon(self._flush)
-        self.pending.append((key, fut))
-        return fut
-
-    def _flush(self) -> None:
-        batch, self.pending = self.pending, []
-        for i in range(0, len(batch), self.max_batch):
-            chunk = batch[i : i + self.max_batch]
-            task = self.loop.create_task(self._mget(chunk))
-            self.tasks.add(task)  # held until done (the loop keeps only weak references)
-            task.add_done_callback(self.tasks.discard)
-            if self.budget is not None:
-                timer = self.loop.call_later(self.budget, _expire, chunk)
-                task.add_done_callback(lambda _t, h=timer: h.cancel())
-
-    async def _mget(self, batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
-        live = [(k, f) for k, f in batch if not f.done()]  # a request past its budget left
-        if not live:
-            return
-        self.batches += 1
-        self.keys += len(live)
-        try:
-            values = await self.mget([k for k, _ in live])
-        except BaseException as exc:  # every waiting read sees the failure
-            for _, f in live:
-                if not f.done():
-                    f.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        for (_, f), v in zip(live, values, strict=True):
-            if not f.done():
-                f.set_result(v)
-
-
-def _expire(batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
-    for _, f in batch:
-        if not f.done():
-            f.set_exception(TimeoutError("no answer from Redis within the read budget"))
+GC_YOUNG = 50_000
+"""Allocations between collections of the youngest generation (Python's default: 700)."""
 
 
 class Reader:
@@ -126,8 +59,9 @@ class Reader:
         self.budget = settings.serve.read_budget_ms / 1000.0
         self.client: Any = None
         self.codes = CodeBook()
-        self.cache: dict[str, tuple[codec.RecordWords, float]] = {}
-        """user id -> (its stored list, monotonic time it was read)."""
+        self.cache: dict[str, list[Any]] = {}
+        """user id -> [its stored list, monotonic time it was read, its prepared answer or
+        None] (`EntryBook.prepared`)."""
         self.meta: dict[str, Meta] = {}
         """item id -> (title, recommendable) from the item mirror."""
         self.book = EntryBook(self.codes, self.meta)
@@ -326,37 +260,89 @@ class Reader:
 
     async def read_redis(self, user_id: str) -> tuple[str, codec.RecordWords] | ReadResult:
         """`read` past the cache: the user's record from Redis (or a fallback tier)."""
+        out: asyncio.Future[Any] = self.batcher.loop.create_future()
+        self.read_then(user_id, lambda answer: out.done() or out.set_result(answer))
+        return await out
+
+    def read_then(self, user_id: str, then: Callable[[Any], None]) -> None:
+        """`read_redis` by callback: `then(answer)` once the record (or a fallback) is at
+        hand, in the turn of the loop that brought the batch's MGET answer; a record whose
+        items this process has named costs no task or future (the rare further trips, to
+        name codes and read item meta or the shared lists, run as a task)."""
         flight = self.inflight.setdefault(user_id, [0, 0])
         flight[0] += 1
+        # the batcher's timer bounds the wait for the record; the rare further trips
+        # (codes, item meta, shared lists) are bounded by what is left of the budget
+        deadline = self.batcher.loop.time() + self.budget
+
+        def got(raw: bytes | None, exc: BaseException | None) -> None:
+            if exc is not None:
+                self._settle(user_id, flight, then, exc)
+                return
+            try:
+                head = self._known(raw)
+            except Exception as failure:
+                self._settle(user_id, flight, then, failure)
+                return
+            if head is not None:
+                self._settle(user_id, flight, then, head)
+                return
+            task = self.batcher.loop.create_task(self._from_redis(user_id, raw, deadline))
+            task.add_done_callback(lambda t: self._settle(user_id, flight, then, t))
+
+        self.batcher.get_then(keys.user_list(self.prefix, user_id), got)
+
+    def _known(self, raw: bytes | None) -> codec.RecordWords | None:
+        """A record whose words and strings this process has named, else None."""
+        if raw is None:
+            return None  # no list (or the previous layout): the shared lists answer
         try:
-            # the batcher's timer bounds the wait for the record; the rare further trips
-            # (codes, item meta, shared lists) are bounded by what is left of the budget
-            deadline = self.batcher.loop.time() + self.budget
-            raw = await self.batcher.get(keys.user_list(self.prefix, user_id))
-            result = await self._from_redis(user_id, raw, deadline)
+            head = codec.decode_words(raw)
+        except codec.CorruptRecord:
+            return None  # `_from_redis` counts and logs it
+        entries, strings = self.book.entries, self.codes.string
+        known = all(map(entries.__contains__, head.words))
+        if known and head.model_code in strings and head.variant_code in strings:
+            return head
+        return None
+
+    def _settle(
+        self, user_id: str, flight: list[int], then: Callable[[Any], None], result: Any
+    ) -> None:
+        """`then` gets the read's answer: `result` is the record, the task that made the
+        answer, or the exception that stopped it."""
+        flight[0] -= 1
+        if flight[0] == 0:
+            self.inflight.pop(user_id, None)
+        try:
+            if isinstance(result, asyncio.Future):
+                result = result.result()
+            if isinstance(result, BaseException):
+                raise result
         except TimeoutError:
-            return self._fallback(user_id, "budget")
+            result = self._fallback(user_id, "budget")
+        except asyncio.CancelledError:  # the process is stopping
+            result = self._fallback(user_id, "error")
         except Exception as exc:
             from nearline_rec.storage.redis_client import RETRYABLE
 
             if isinstance(exc, RETRYABLE):
                 self._down(exc)
-                return self._fallback(user_id, "redis_down")
-            log.warning("user %r: read failed, answered from fallback: %r", user_id, exc)
-            return self._fallback(user_id, "error")
-        finally:
-            flight[0] -= 1
-            if flight[0] == 0:
-                self.inflight.pop(user_id, None)
-        if isinstance(result, ReadResult):
-            self.reads[result.tier] += 1
-            return result
-        if self.cache_ttl > 0 and not flight[1]:
-            if len(self.cache) >= self.max_entries:
-                self.cache.pop(next(iter(self.cache)))  # the oldest entry
-            self.cache[user_id] = (result, time.monotonic())
-        self.reads["redis"] += 1
-        return "redis", result
+                result = self._fallback(user_id, "redis_down")
+            else:
+                log.warning("user %r: read failed, answered from fallback: %r", user_id, exc)
+                result = self._fallback(user_id, "error")
+        else:
+            if isinstance(result, ReadResult):
+                self.reads[result.tier] += 1
+            else:
+                if self.cache_ttl > 0 and not flight[1]:
+                    if len(self.cache) >= self.max_entries:
+                        self.cache.pop(next(iter(self.cache)))  # the oldest entry
+                    self.cache[user_id] = [result, time.monotonic(), None]
+                self.reads["redis"] += 1
+                result = ("redis", result)
+        then(result)
 
     def _fallback(self, user_id: str, reason: str) -> ReadResult:
         self.fallbacks[reason] += 1
@@ -504,6 +490,9 @@ class ServeApp:
         # collector's way, whose full passes would otherwise walk it under load
         gc.collect()
         gc.freeze()
+        # and the young generation collected less often: a read makes a few short-lived
+        # objects, and a collection every 700 of them cost ~5-10% of a Redis read's CPU
+        gc.set_threshold(GC_YOUNG)
         log.info("serve process %d ready (redis ok: %s)", os.getpid(), self.reader.redis_ok)
 
     async def stop(self) -> None:
@@ -517,9 +506,9 @@ class ServeApp:
 
     def answer(
         self, path: str, query_string: str, authorization: str
-    ) -> Response | Coroutine[Any, Any, Response]:
-        """One GET's response, or the coroutine that makes it when it needs Redis: a cached
-        read (or any answer without Redis) costs the server no task."""
+    ) -> Response | asyncio.Future[Response]:
+        """One GET's response, or its future when it needs Redis: a cached read (or any
+        answer without Redis) is answered at once."""
         assert self.settings is not None and self.reader is not None
         serve = self.settings.serve
         allowed = serve.token is None or token_ok(serve.token, authorization)
@@ -550,9 +539,21 @@ class ServeApp:
             return 200, [("content-type", CONTENT_TYPE)], generate_latest(self.registry)
         return _error(404, f"no such endpoint: {path[:100]}")
 
-    async def _from_redis(self, user_id: str, k: int) -> Response:
+    def _from_redis(self, user_id: str, k: int) -> asyncio.Future[Response]:
+        """The answer once the reader has the record (a callback, no task)."""
         assert self.reader is not None
-        return self._list(user_id, k, await self.reader.read_redis(user_id))
+        out: asyncio.Future[Response] = self.reader.batcher.loop.create_future()
+
+        def then(result: tuple[str, codec.RecordWords] | ReadResult) -> None:
+            if out.done():
+                return
+            try:
+                out.set_result(self._list(user_id, k, result))
+            except Exception as exc:
+                out.set_exception(exc)
+
+        self.reader.read_then(user_id, then)
+        return out
 
     def _list(
         self, user_id: str, k: int, result: tuple[str, codec.RecordWords] | ReadResult
@@ -564,6 +565,12 @@ class ServeApp:
             body = result.response(k, now, stale_after, titles=reader.title, keep=reader.keep)
         else:
             tier, head = result
+            if tier == "cache" and (entry := reader.cache.get(user_id)) is not None:
+                book = reader.book
+                ready = entry[2]
+                if ready is None or ready[0] != k or ready[1] != book.generation:
+                    ready = entry[2] = book.prepared(user_id, tier, head, k)
+                return 200, JSON, book.finish(ready, head, time.time(), stale_after)
             body = reader.book.body(user_id, tier, head, k, time.time(), stale_after)
         return 200, JSON, fastjson.dumps(body, kept=False)
 

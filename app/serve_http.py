@@ -5,7 +5,7 @@ the kernel spreads connections over them).
 Chosen by measurement (`nearline bench serve`, "stacks"): a read is a few microseconds of
 application code, so the server's own cost per request decides the throughput and the tail.
 This one parses in C, answers a cached read in the callback that parsed it (no task, no
-ASGI/RSGI messages) and starts a task only for a read that waits on Redis; granian's RSGI,
+ASGI/RSGI messages) and a read from Redis in the callback of its MGET; granian's RSGI,
 uvicorn and aiohttp cost 2.5-4x as much CPU per request on the same answer.
 
 What it speaks: GET and HEAD (others: 405), keep-alive and pipelining (answers in order),
@@ -188,11 +188,10 @@ class Connection(asyncio.Protocol):
                 except Exception:
                     log.exception("answer to %r failed", url[:200])
                     response = (500, JSON, _json_error(500, "internal error"))
-            if not isinstance(response, tuple):
+            if not isinstance(response, tuple):  # a future: the read waits on Redis
                 self.busy = True
-                task = self.server.loop.create_task(response)
                 self.waiting = (keep, head_only, http10)
-                task.add_done_callback(self._done)
+                response.add_done_callback(self._done)
                 return
             self._write(response, keep, head_only, http10)
         if not self.queue:
@@ -200,13 +199,16 @@ class Connection(asyncio.Protocol):
             if not self.busy and self.transport is not None and not self.transport.is_closing():
                 self.idle_since = self.server.loop.time()
 
-    def _done(self, task: asyncio.Task[Response]) -> None:
+    def _done(self, answer: asyncio.Future[Response]) -> None:
         self.busy = False
         keep, head_only, http10 = self.waiting
         if self.transport.is_closing():
             return
+        if answer.cancelled():  # the process is stopping
+            self.transport.close()
+            return
         try:
-            response = task.result()
+            response = answer.result()
         except Exception:
             log.exception("a read failed")
             response = (500, JSON, _json_error(500, "internal error"))

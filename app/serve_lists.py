@@ -19,6 +19,7 @@ from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
+from nearline_rec.core import fastjson
 from nearline_rec.core.modes import ListMode
 from nearline_rec.storage import codec
 from nearline_rec.storage.codes import CodeBook
@@ -38,6 +39,9 @@ class EntryBook:
         """word -> {"item_id", "channel"[, "title"]}, or None for a retired item. A word
         whose code the registry does not name yet has no entry (it is left out)."""
         self.item_words: dict[str, list[int]] = {}
+        self.generation = 0
+        """Counts changes of entries (and of the names they use): a prepared answer made
+        under another generation is made again (`prepared`)."""
 
     def unknown(self, head: codec.RecordWords) -> list[int]:
         """The words of `head` with no entry yet (their items to be named: `learn`)."""
@@ -62,6 +66,7 @@ class EntryBook:
 
     def learn(self, words: list[int]) -> None:
         """Make the entries of `words` whose items are named and whose meta is known."""
+        self.generation += 1  # also after the registry named a list's strings
         for w in words:
             if w in self.entries:
                 continue  # made by a read that learned the same words meanwhile
@@ -79,10 +84,12 @@ class EntryBook:
             self.item_words.setdefault(iid, []).append(w)
 
     def forget_item(self, item_id: str) -> None:
+        self.generation += 1
         for w in self.item_words.pop(item_id, ()):
             self.entries.pop(w, None)
 
     def clear(self) -> None:
+        self.generation += 1
         self.entries.clear()
         self.item_words.clear()
 
@@ -117,3 +124,28 @@ class EntryBook:
         if head.variant_code and (variant := string(head.variant_code)):
             body["variant"] = variant
         return body
+
+    def prepared(self, user_id: str, tier: str, head: codec.RecordWords, k: int) -> Prepared:
+        """The answer of `body` as JSON, but for the two fields that change with the clock
+        ("stale", "age_seconds", put last): made once per cached list and k, then each
+        answer is `finish` of it, with no dict to build or serialize."""
+        body = self.body(user_id, tier, head, k, 0.0, 0.0)
+        del body["stale"], body["age_seconds"]
+        return k, self.generation, fastjson.dumps(body, kept=False)[:-1]  # an exact-size copy
+
+    @staticmethod
+    def finish(
+        prepared: Prepared, head: codec.RecordWords, now: float, stale_after: float
+    ) -> bytes:
+        """The JSON answer from `prepared` at time `now` (what `body` gives, as JSON)."""
+        generated = head.generated_at
+        if not generated:
+            return prepared[2] + b',"stale":false,"age_seconds":null}'
+        age = max(0.0, now - generated)
+        stale = b',"stale":true,"age_seconds":' if age > stale_after else STALE_FALSE
+        return prepared[2] + stale + fastjson.dumps(round(age, 3), kept=False) + b"}"
+
+
+Prepared = tuple[int, int, bytes]
+"""(k, EntryBook generation, the answer's JSON up to the clock's fields) of a cached list."""
+STALE_FALSE = b',"stale":false,"age_seconds":'

@@ -228,7 +228,7 @@ def test_concurrent_reads_share_one_mget_and_a_read_past_its_budget_leaves_the_r
     others of its batch."""
     import asyncio
 
-    from nearline_rec.serve import GetBatcher
+    from nearline_rec.storage.batch_get import GetBatcher
     from nearline_rec.storage.redis_store import make_client
     from nearline_rec.tools.localrun import settings_for
 
@@ -264,7 +264,7 @@ def test_a_batch_redis_does_not_answer_within_the_budget_fails_at_the_budget(
     comes back; afterwards reads answer again."""
     import asyncio
 
-    from nearline_rec.serve import GetBatcher
+    from nearline_rec.storage.batch_get import GetBatcher
     from nearline_rec.storage.redis_store import make_client
     from nearline_rec.tools.localrun import settings_for
 
@@ -298,3 +298,67 @@ def test_a_batch_redis_does_not_answer_within_the_budget_fails_at_the_budget(
     assert budget <= waited < 1.0  # the pause lasts 1.5 s
     assert after == b"v3"
     r.delete(*names)
+
+
+def test_the_reader_answers_named_unnamed_corrupt_and_missing_records_and_its_budget(
+    run_id: str,
+) -> None:
+    """A serve process's reader on the real Redis, many reads side by side: a record whose
+    items it has not named (a task names them), the same record again (by callback alone),
+    a corrupt record and a missing one (the shared lists), and a batch Redis holds past the
+    budget (counted, answered from the fallback)."""
+    import asyncio
+
+    from nearline_rec.serve import Reader, ServeApp
+    from nearline_rec.storage import codec
+    from nearline_rec.tools.localrun import settings_for
+
+    s = settings_for(run_env(run_id, NEARLINE_SERVE__CACHE_TTL_SECONDS="0"))
+    p, r = s.redis.key_prefix, redis_client()
+    r.hset(keys.item_ids(p), mapping={"1": "a", "2": "b"})
+    r.hset(keys.codes_meta(p), mapping={"epoch": "e1", "item": "2", "str": "0"})
+    r.hset(keys.item(p, "a"), "meta", json.dumps({"title": "A"}))
+    r.hset(keys.item(p, "b"), "meta", json.dumps({"recommendable": False}))
+    rec = codec.UserRecord(
+        7, time.time(), 1.0, 1, "personal", 0, 0, 0, None, ((1, "genre"), (2, "embedding"))
+    )
+    r.set(keys.user_list(p, "u1"), codec.encode(rec))
+    r.set(keys.user_list(p, "bad"), b"\x07not a record")
+
+    async def main() -> tuple[list[tuple[int, dict]], Reader, object]:
+        app = ServeApp()
+        app.settings = s
+        reader = app.reader = Reader(s)
+        await reader.start()
+        try:
+
+            async def get(user: str) -> tuple[int, dict]:
+                status, _, body = await app.handle(f"/recommendations/{user}", "k=5", "")
+                return status, json.loads(body)
+
+            first = await asyncio.gather(*(get(u) for u in ("u1", "u1", "bad", "nobody")))
+            again = await asyncio.gather(*(get("u1") for _ in range(20)))
+            r.execute_command("CLIENT", "PAUSE", 600, "ALL")
+            t0 = time.monotonic()
+            paused = await get("u1")
+            waited = time.monotonic() - t0
+            return [*first, *again, paused], reader, waited
+        finally:
+            r.execute_command("CLIENT", "UNPAUSE")
+            await reader.stop()
+
+    answers, reader, waited = asyncio.run(main())
+    *named, bad, nobody = answers[:4]
+    for status, body in [*named, *answers[4:24]]:
+        assert status == 200 and body["tier"] == "redis" and body["version"] == 7
+        assert body["items"] == [{"item_id": "a", "channel": "genre", "title": "A"}]
+        validate("recommendation-response", body)
+    for status, body in (bad, nobody):
+        assert status == 200 and body["tier"] in ("popular", "cold_start", "default")
+    status, body = answers[24]
+    assert status == 200 and body["tier"] != "redis"  # past the budget: the fallback
+    assert waited < 0.5, waited  # the budget (50 ms), not the pause (600 ms)
+    assert reader.counters["corrupt"] == 1
+    assert reader.fallbacks["budget"] == 1
+    assert reader.reads["redis"] == 22
+    r.delete(keys.user_list(p, "u1"), keys.user_list(p, "bad"))

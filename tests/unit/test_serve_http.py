@@ -25,7 +25,7 @@ class StandIn:
     def answer(self, path: str, query: str, auth: str) -> Any:
         self.seen.append((path, query, auth))
         if path.startswith("/slow/"):
-            return self._slow(path)
+            return asyncio.ensure_future(self._slow(path))  # a future, as the reader's
         if path.startswith("/echo/"):
             return 200, JSON, path[len("/echo/") :].encode()
         if path == "/boom":

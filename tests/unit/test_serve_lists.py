@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nearline_rec.core import fastjson
 from nearline_rec.schemas import validate
 from nearline_rec.serve_lists import EntryBook
 from nearline_rec.serving import ReadResult
@@ -129,3 +130,61 @@ def test_an_item_changed_in_the_mirror_is_answered_anew():
     assert [i["item_id"] for i in book.body("u", "cache", head, 10, NOW, 1.0)["items"]] == ["a"]
     book.clear()
     assert book.body("u", "cache", head, 10, NOW, 1.0)["items"] == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    small_records(),
+    worlds(),
+    st.integers(1, 30),
+    st.floats(0, 5e9),
+    st.floats(0.001, 1e6),
+)
+def test_a_prepared_answer_finished_at_any_time_is_the_body_as_json(
+    rec, world, k, now, stale_after
+):
+    codes, meta = world
+    book = EntryBook(codes, dict(meta))
+    head = codec.decode_words(codec.encode(rec))
+    unknown = book.unknown(head)
+    for i in book.missing_meta(unknown):
+        book.meta[i] = (None, True)
+    book.learn(unknown)
+    ready = book.prepared("u1", "cache", head, k)
+    assert ready[:2] == (k, book.generation)
+    got = fastjson.loads(EntryBook.finish(ready, head, now, stale_after))
+    assert got == book.body("u1", "cache", head, k, now, stale_after)
+
+
+def test_the_cached_answer_follows_the_mirror_and_k() -> None:
+    """A serve process's cached answer is prepared once per list and k, and made again
+    when an entry it used changed (the book's generation)."""
+    from nearline_rec.serve import Reader, ServeApp
+    from nearline_rec.settings import Settings
+
+    app = ServeApp()
+    app.settings = Settings()
+    reader = app.reader = Reader(app.settings)
+    reader.codes.item_id.update({1: "a", 2: "b"})
+    reader.meta.update({"a": ("A", True), "b": ("B", True)})
+    rec = codec.UserRecord(
+        1, 1.0, 1.0, 1, "personal", 0, 0, 0, None, ((1, "genre"), (2, "embedding"))
+    )
+    head = codec.decode_words(codec.encode(rec))
+    reader.book.learn(reader.book.unknown(head))
+    reader.cache["u"] = [head, 0.0, None]
+
+    def items(k: int) -> list[str]:
+        status, _, body = app._list("u", k, ("cache", head))
+        assert status == 200
+        return [i["item_id"] for i in fastjson.loads(body)["items"]]
+
+    assert items(10) == ["a", "b"]
+    first = reader.cache["u"][2]
+    assert items(10) == ["a", "b"] and reader.cache["u"][2] is first  # prepared once
+    assert items(1) == ["a"]
+    assert items(10) == ["a", "b"]
+    reader.meta["b"] = ("B", False)  # retired, as Redis's invalidation of its mirror key says
+    reader.book.forget_item("b")
+    reader.book.learn(reader.book.unknown(head))
+    assert items(10) == ["a"]
