@@ -450,6 +450,9 @@ class Reader:
             "reads": dict(self.reads),
             "fallbacks": dict(self.fallbacks),
             "cache_entries": len(self.cache),
+            # reads that went to Redis, and the MGETs that carried them
+            "redis_batches": self.batcher.batches if self.client is not None else 0,
+            "redis_batched_keys": self.batcher.keys if self.client is not None else 0,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -571,7 +574,7 @@ class ServeApp:
                 if ready is None or ready[0] != k or ready[1] != book.generation:
                     ready = entry[2] = book.prepared(user_id, tier, head, k)
                 return 200, JSON, book.finish(ready, head, time.time(), stale_after)
-            body = reader.book.body(user_id, tier, head, k, time.time(), stale_after)
+            return 200, JSON, reader.book.answer(user_id, tier, head, k, time.time(), stale_after)
         return 200, JSON, fastjson.dumps(body, kept=False)
 
 

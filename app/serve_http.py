@@ -311,26 +311,31 @@ def _answers(host: str, port: int) -> bool:
     return True
 
 
-async def _serve(sock: socket.socket, keepalive: float) -> None:
+async def _serve(sock: socket.socket, keepalive: float, backlog: int) -> None:
     loop = asyncio.get_running_loop()
     app = ServeApp()
     await app.start()
     server = Server(app, keepalive)
-    listener = await loop.create_server(lambda: Connection(server), sock=sock)
+    # the loop listens again on the socket it is given: with the backlog asked for
+    listener = await loop.create_server(lambda: Connection(server), sock=sock, backlog=backlog)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     listener.close()
     await server.drain()
-    await app.stop()
+    try:  # Redis connections closed politely, if that does not take long
+        async with asyncio.timeout(STOP_GRACE):
+            await app.stop()
+    except TimeoutError:
+        log.warning("serve process %d: reader did not stop within %.0f s", os.getpid(), STOP_GRACE)
 
 
-def _child(sock: socket.socket, keepalive: float) -> int:
+def _child(sock: socket.socket, keepalive: float, backlog: int) -> int:
     import uvloop
 
     try:
-        uvloop.run(_serve(sock, keepalive))
+        uvloop.run(_serve(sock, keepalive, backlog))
     except Exception:
         log.exception("serve process %d failed", os.getpid())
         return 1
@@ -373,7 +378,7 @@ def run(settings: Settings, *, host: str, port: int, processes: int, loglevel: s
                 for sig in STOP_SIGNALS:
                     signal.signal(sig, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-                code = _child(sock, keepalive)
+                code = _child(sock, keepalive, settings.serve.backlog)
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -383,10 +388,16 @@ def run(settings: Settings, *, host: str, port: int, processes: int, loglevel: s
 
     def stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
+        if not stopping:  # whatever they are stuck on, processes left then are killed
+            signal.signal(signal.SIGALRM, lambda *_: signal_all(signal.SIGKILL))
+            signal.alarm(int(3 * STOP_GRACE))
         stopping = True
+        signal_all(signal.SIGTERM)
+
+    def signal_all(sig: int) -> None:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, sig)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -2,12 +2,13 @@
 
 A user's record is read as its header and its items as stored (`codec.decode_words`: one
 word per item, code | channel << 28), and that is what the serve cache holds. Each word
-gets one response entry, made once and shared by every answer that has it: the item's id,
-its channel and its title, or None for an item the catalog mirror says is retired. An
-answer is then one dict lookup per stored item and one small dict, with nothing to build
-per item: what a read under many connections can afford. Entries follow the registry and
-the item mirror: a word whose item changed in the mirror is dropped (`forget_item`), and
-all of them with the registry (`clear`).
+gets one response entry as JSON, made once and shared by every answer that has it: the
+item's id, its channel and its title, or nothing for an item the catalog mirror says is
+retired. An answer is then one dict lookup per stored item, the entries joined, and the
+list's own fields formatted around them, with nothing built or serialized per item: what a
+read under many connections can afford (a cached list's answer is prepared once per k).
+Entries follow the registry and the item mirror: a word whose item changed in the mirror
+is dropped (`forget_item`), and all of them with the registry (`clear`).
 
 The answer is what `ReadResult.response` makes of `codec.list_from_record` of the same
 record (tests/unit/test_serve_lists.py holds them equal).
@@ -35,9 +36,10 @@ class EntryBook:
         self.codes = codes
         self.meta = meta
         """item id -> (title, recommendable), kept by the reader (shared with it)."""
-        self.entries: dict[int, dict[str, Any] | None] = {}
-        """word -> {"item_id", "channel"[, "title"]}, or None for a retired item. A word
-        whose code the registry does not name yet has no entry (it is left out)."""
+        self.entries: dict[int, bytes] = {}
+        """word -> its response entry as JSON, {"item_id","channel"[,"title"]}, or b"" for
+        a retired item. A word whose code the registry does not name yet has no entry (it is
+        left out)."""
         self.item_words: dict[str, list[int]] = {}
         self.generation = 0
         """Counts changes of entries (and of the names they use): a prepared answer made
@@ -75,11 +77,12 @@ class EntryBook:
             if iid is None or (m := self.meta.get(iid)) is None:
                 continue
             title, recommendable = m
-            entry = None
+            entry = b""
             if recommendable:
-                entry = {"item_id": iid, "channel": item.channel}
+                fields = {"item_id": iid, "channel": item.channel}
                 if title is not None:
-                    entry["title"] = title
+                    fields["title"] = title
+                entry = fastjson.dumps(fields)
             self.entries[w] = entry
             self.item_words.setdefault(iid, []).append(w)
 
@@ -102,42 +105,57 @@ class EntryBook:
         now: float,
         stale_after: float,
     ) -> dict[str, Any]:
-        """The response (recommendation-response schema) of a personal list."""
-        # entries of the stored words, None (retired) and missing (unnamed) left out
-        items = list(islice(filter(None, map(self.entries.get, head.words)), k))
-        generated = head.generated_at
-        age = max(0.0, now - generated) if generated else None
-        string: Callable[[int], str | None] = self.codes.string.get
-        body = {
-            "user_id": user_id,
-            "k": k,
-            "items": items,
-            "tier": tier,
-            "mode": head.mode,
-            "degraded": head.mode == ListMode.DEGRADED,
-            "stale": age is not None and age > stale_after,
-            "version": head.version,
-            "generated_at": generated,
-            "age_seconds": None if age is None else round(age, 3),
-            "model_version": (string(head.model_code) or "") if head.model_code else "",
-        }
-        if head.variant_code and (variant := string(head.variant_code)):
-            body["variant"] = variant
-        return body
+        """The response (recommendation-response schema) of a personal list: `answer`
+        read back."""
+        return fastjson.loads(self.answer(user_id, tier, head, k, now, stale_after))
+
+    def answer(
+        self,
+        user_id: str,
+        tier: str,
+        head: codec.RecordWords,
+        k: int,
+        now: float,
+        stale_after: float,
+    ) -> bytes:
+        """The response of a personal list as JSON: the stored entries of its words joined,
+        with no dict built or serialized per item."""
+        return self.finish(self.prepared(user_id, tier, head, k), head, now, stale_after)
 
     def prepared(self, user_id: str, tier: str, head: codec.RecordWords, k: int) -> Prepared:
-        """The answer of `body` as JSON, but for the two fields that change with the clock
-        ("stale", "age_seconds", put last): made once per cached list and k, then each
-        answer is `finish` of it, with no dict to build or serialize."""
-        body = self.body(user_id, tier, head, k, 0.0, 0.0)
-        del body["stale"], body["age_seconds"]
-        return k, self.generation, fastjson.dumps(body, kept=False)[:-1]  # an exact-size copy
+        """The answer as JSON but for the two fields that change with the clock ("stale",
+        "age_seconds", put last): a cached list's is made once per k, and each answer is
+        `finish` of it."""
+        # entries of the stored words, b"" (retired) and missing (unnamed) left out
+        items = b",".join(islice(filter(None, map(self.entries.get, head.words)), k))
+        string: Callable[[int], str | None] = self.codes.string.get
+        model = (string(head.model_code) or "") if head.model_code else ""
+
+        def dumps(value: Any) -> bytes:
+            return fastjson.dumps(value, kept=False)
+
+        out = b'{"user_id":%s,"k":%d,"items":[%s],"tier":%s,"mode":%s,"degraded":%s' % (
+            dumps(user_id),
+            k,
+            items,
+            dumps(tier),
+            dumps(str(head.mode)),
+            b"true" if head.mode == ListMode.DEGRADED else b"false",
+        )
+        out += b',"version":%d,"generated_at":%s,"model_version":%s' % (
+            head.version,
+            dumps(head.generated_at),
+            dumps(model),
+        )
+        if head.variant_code and (variant := string(head.variant_code)):
+            out += b',"variant":' + dumps(variant)
+        return k, self.generation, out
 
     @staticmethod
     def finish(
         prepared: Prepared, head: codec.RecordWords, now: float, stale_after: float
     ) -> bytes:
-        """The JSON answer from `prepared` at time `now` (what `body` gives, as JSON)."""
+        """The JSON answer from `prepared` at time `now`."""
         generated = head.generated_at
         if not generated:
             return prepared[2] + b',"stale":false,"age_seconds":null}'

@@ -23,6 +23,7 @@ class GetBatcher:
         *,
         cluster: bool = False,
         max_batch: int = 256,
+        max_inflight: int = 2,
         budget: float | None = None,
     ) -> None:
         self.client = client
@@ -31,8 +32,14 @@ class GetBatcher:
         # a cluster's keys live in many slots: one MGET per slot, run side by side
         self.mget = client.mget_nonatomic if cluster else client.mget
         self.max_batch = max_batch
+        self.max_inflight = max_inflight
         self.tasks: set[asyncio.Future[Any]] = set()
         self.pending: list[tuple[str, asyncio.Future[Any]]] = []
+        self.pending_since = 0.0
+        """Loop time of the oldest pending read: its budget runs from then."""
+        self.inflight = 0
+        """Batches sent and neither answered nor past their budget."""
+        self.flush_soon = False
         self.batches = 0
         self.keys = 0
 
@@ -48,19 +55,49 @@ class GetBatcher:
 
     def _add(self, key: str, fut: asyncio.Future[Any]) -> None:
         if not self.pending:
-            self.loop.call_soon(self._flush)
+            self.pending_since = self.loop.time()
         self.pending.append((key, fut))
+        if not self.flush_soon:
+            self.flush_soon = True
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Send what is pending, unless `max_inflight` batches are out: then it goes when
+        one comes back (or passes its budget). Under load a batch gathers the reads of a
+        round trip, not only of one turn of the loop: fewer, larger MGETs."""
+        self.flush_soon = False
+        if not self.pending or self.inflight >= self.max_inflight:
+            return
         batch, self.pending = self.pending, []
+        deadline = None if self.budget is None else self.pending_since + self.budget
         for i in range(0, len(batch), self.max_batch):
             chunk = batch[i : i + self.max_batch]
+            self.inflight += 1
+            slot = [True]  # held until the batch's answer or its budget, whichever first
             task = self.loop.create_task(self._mget(chunk))
             self.tasks.add(task)  # held until done (the loop keeps only weak references)
             task.add_done_callback(self.tasks.discard)
-            if self.budget is not None:
-                timer = self.loop.call_later(self.budget, _expire, chunk)
-                task.add_done_callback(lambda _t, h=timer: h.cancel())
+            timer = None
+            if deadline is not None:
+                timer = self.loop.call_at(deadline, self._expire, chunk, slot)
+            task.add_done_callback(lambda _t, s=slot, h=timer: self._back(s, h))
+
+    def _back(self, slot: list[bool], timer: asyncio.TimerHandle | None) -> None:
+        if timer is not None:
+            timer.cancel()
+        if slot[0]:
+            slot[0] = False
+            self.inflight -= 1
+            if self.pending and not self.flush_soon:
+                self._flush()
+
+    def _expire(self, batch: list[tuple[str, asyncio.Future[Any]]], slot: list[bool]) -> None:
+        """The batch is past its budget: its reads fail now, and the next batch may go
+        (whatever this one's MGET still waits for)."""
+        for _, f in batch:
+            if not f.done():
+                f.set_exception(TimeoutError("no answer from Redis within the read budget"))
+        self._back(slot, None)
 
     async def _mget(self, batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
         live = [(k, f) for k, f in batch if not f.done()]  # a request past its budget left
@@ -80,12 +117,6 @@ class GetBatcher:
         for (_, f), v in zip(live, values, strict=True):
             if not f.done():
                 f.set_result(v)
-
-
-def _expire(batch: list[tuple[str, asyncio.Future[Any]]]) -> None:
-    for _, f in batch:
-        if not f.done():
-            f.set_exception(TimeoutError("no answer from Redis within the read budget"))
 
 
 class Then:
