@@ -96,19 +96,6 @@ class EntryBook:
         self.entries.clear()
         self.item_words.clear()
 
-    def body(
-        self,
-        user_id: str,
-        tier: str,
-        head: codec.RecordWords,
-        k: int,
-        now: float,
-        stale_after: float,
-    ) -> dict[str, Any]:
-        """The response (recommendation-response schema) of a personal list: `answer`
-        read back."""
-        return fastjson.loads(self.answer(user_id, tier, head, k, now, stale_after))
-
     def answer(
         self,
         user_id: str,
