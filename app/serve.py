@@ -280,31 +280,38 @@ class Reader:
                 self._settle(user_id, flight, then, exc)
                 return
             try:
-                head = self._known(raw)
+                head = self._decode(user_id, raw)
+                if head is not None and self._named(head):
+                    self._settle(user_id, flight, then, head)
+                    return
             except Exception as failure:
                 self._settle(user_id, flight, then, failure)
                 return
-            if head is not None:
-                self._settle(user_id, flight, then, head)
-                return
-            task = self.batcher.loop.create_task(self._from_redis(user_id, raw, deadline))
+            task = self.batcher.loop.create_task(self._from_redis(user_id, head, deadline))
             task.add_done_callback(lambda t: self._settle(user_id, flight, then, t))
 
         self.batcher.get_then(keys.user_list(self.prefix, user_id), got)
 
-    def _known(self, raw: bytes | None) -> codec.RecordWords | None:
-        """A record whose words and strings this process has named, else None."""
+    def _decode(self, user_id: str, raw: bytes | None) -> codec.RecordWords | None:
+        """The record's head, or None: no list (or the previous layout: MGET answers nil
+        for a hash) or an unreadable record (counted and logged); the shared lists answer."""
         if raw is None:
-            return None  # no list (or the previous layout): the shared lists answer
+            return None
         try:
-            head = codec.decode_words(raw)
-        except codec.CorruptRecord:
-            return None  # `_from_redis` counts and logs it
-        entries, strings = self.book.entries, self.codes.string
-        known = all(map(entries.__contains__, head.words))
-        if known and head.model_code in strings and head.variant_code in strings:
-            return head
-        return None
+            return codec.decode_words(raw)
+        except codec.CorruptRecord as exc:
+            self.counters["corrupt"] += 1
+            log.warning("user %r: unreadable record in Redis: %s", user_id, exc)
+            return None
+
+    def _named(self, head: codec.RecordWords) -> bool:
+        """Whether this process has named every word and string of the record."""
+        strings = self.codes.string
+        return (
+            all(map(self.book.entries.__contains__, head.words))
+            and head.model_code in strings
+            and head.variant_code in strings
+        )
 
     def _settle(
         self, user_id: str, flight: list[int], then: Callable[[Any], None], result: Any
@@ -352,19 +359,16 @@ class Reader:
         return result
 
     async def _from_redis(
-        self, user_id: str, raw: bytes | None, deadline: float
+        self, user_id: str, head: codec.RecordWords | None, deadline: float
     ) -> codec.RecordWords | ReadResult:
-        # MGET answers nil for a key still in the previous layout (a hash): no list yet
-        if raw is not None:
+        """A record this process has not fully named (its codes and strings are read
+        first), or the shared lists' answer when there is no readable record."""
+        if head is not None:
             try:
-                head = codec.decode_words(raw)
-                unknown = self.book.unknown(head)
-                strings = self.codes.string
-                if unknown or head.model_code not in strings or head.variant_code not in strings:
-                    async with asyncio.timeout_at(deadline):
-                        await self._learn(head, unknown)
+                async with asyncio.timeout_at(deadline):
+                    await self._learn(head, self.book.unknown(head))
                 return head
-            except codec.CorruptRecord as exc:
+            except codec.CorruptRecord as exc:  # item code 0
                 self.counters["corrupt"] += 1
                 log.warning("user %r: unreadable record in Redis: %s", user_id, exc)
         async with asyncio.timeout_at(deadline):

@@ -176,7 +176,8 @@ class Connection(asyncio.Protocol):
             method, url, auth, keep, http10 = self.queue.popleft()
             head_only = method == b"HEAD"
             if method != b"GET" and not head_only:
-                response: Any = (405, JSON + [("allow", "GET, HEAD")], _json_error(405, method))
+                message = f"method {method.decode('latin-1')[:20]} not allowed (GET, HEAD)"
+                response: Any = (405, JSON + [("allow", "GET, HEAD")], _json_error(405, message))
             else:
                 try:
                     path, query = _split(url)
@@ -274,9 +275,7 @@ def _split(url: bytes) -> tuple[str, str]:
         raise ValueError("the path is not UTF-8") from None
 
 
-def _json_error(status: int, message: str | bytes) -> bytes:
-    if isinstance(message, bytes):
-        message = f"method {message.decode('latin-1')[:20]} not allowed (GET, HEAD)"
+def _json_error(status: int, message: str) -> bytes:
     return _error(status, message)[2]
 
 

@@ -3,9 +3,11 @@ worker writes served fresh through the invalidated cache, fallbacks when Redis s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
+import struct
 import time
 from pathlib import Path
 
@@ -305,8 +307,8 @@ def test_the_reader_answers_named_unnamed_corrupt_and_missing_records_and_its_bu
 ) -> None:
     """A serve process's reader on the real Redis, many reads side by side: a record whose
     items it has not named (a task names them), the same record again (by callback alone),
-    a corrupt record and a missing one (the shared lists), and a batch Redis holds past the
-    budget (counted, answered from the fallback)."""
+    a corrupt record, one naming item code 0 and a missing one (the shared lists), and a
+    batch Redis holds past the budget (counted, answered from the fallback)."""
     import asyncio
 
     from nearline_rec.serve import Reader, ServeApp
@@ -324,6 +326,11 @@ def test_the_reader_answers_named_unnamed_corrupt_and_missing_records_and_its_bu
     )
     r.set(keys.user_list(p, "u1"), codec.encode(rec))
     r.set(keys.user_list(p, "bad"), b"\x07not a record")
+    # a record that decodes but names item code 0: refused when its words are named
+    one = codec.encode(dataclasses.replace(rec, items=((1, "genre"),)))
+    word = codec.decode_words(one).words[0]
+    zero = one.replace(struct.pack("<I", word), struct.pack("<I", word & ~codec.MAX_ITEM_CODE))
+    r.set(keys.user_list(p, "zero"), zero)
 
     async def main() -> tuple[list[tuple[int, dict]], Reader, object]:
         app = ServeApp()
@@ -336,7 +343,7 @@ def test_the_reader_answers_named_unnamed_corrupt_and_missing_records_and_its_bu
                 status, _, body = await app.handle(f"/recommendations/{user}", "k=5", "")
                 return status, json.loads(body)
 
-            first = await asyncio.gather(*(get(u) for u in ("u1", "u1", "bad", "nobody")))
+            first = await asyncio.gather(*(get(u) for u in ("u1", "u1", "bad", "nobody", "zero")))
             again = await asyncio.gather(*(get("u1") for _ in range(20)))
             r.execute_command("CLIENT", "PAUSE", 600, "ALL")
             t0 = time.monotonic()
@@ -348,17 +355,17 @@ def test_the_reader_answers_named_unnamed_corrupt_and_missing_records_and_its_bu
             await reader.stop()
 
     answers, reader, waited = asyncio.run(main())
-    *named, bad, nobody = answers[:4]
-    for status, body in [*named, *answers[4:24]]:
+    *named, bad, nobody, zero = answers[:5]
+    for status, body in [*named, *answers[5:25]]:
         assert status == 200 and body["tier"] == "redis" and body["version"] == 7
         assert body["items"] == [{"item_id": "a", "channel": "genre", "title": "A"}]
         validate("recommendation-response", body)
-    for status, body in (bad, nobody):
+    for status, body in (bad, nobody, zero):
         assert status == 200 and body["tier"] in ("popular", "cold_start", "default")
-    status, body = answers[24]
+    status, body = answers[25]
     assert status == 200 and body["tier"] != "redis"  # past the budget: the fallback
     assert waited < 0.5, waited  # the budget (50 ms), not the pause (600 ms)
-    assert reader.counters["corrupt"] == 1
+    assert reader.counters["corrupt"] == 2
     assert reader.fallbacks["budget"] == 1
     assert reader.reads["redis"] == 22
-    r.delete(keys.user_list(p, "u1"), keys.user_list(p, "bad"))
+    r.delete(*(keys.user_list(p, u) for u in ("u1", "bad", "zero")))
