@@ -185,6 +185,16 @@ class WorkerSettings(_Section):
     """Seconds between metadata refreshes: how soon partitions added to a topic are used."""
     session_timeout: float = Field(10.0, ge=3, le=300)
     """Seconds without a heartbeat before the group hands a dead worker's partitions on."""
+    cpus: str = ""
+    """The CPUs the worker may run on, as `taskset -c` takes them (`0`, `0-1`), so that on
+    a host shared with `nearline serve` (NEARLINE_SERVE__CPUS on the others) reads keep off
+    its core ("" = any CPU)."""
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus_valid(cls, value: str) -> str:
+        cpu_list(value)  # a bad list: its one-line error when the settings load
+        return value
 
 
 class ItemSettings(_Section):
@@ -378,8 +388,8 @@ def cpu_list(text: str) -> set[int]:
     """The CPU numbers of a list as `taskset -c` takes it ("0,2-3"); empty for ""."""
     cpus: set[int] = set()
     for part in filter(None, (p.strip() for p in text.split(","))):
-        lo, _, hi = part.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or (hi and int(hi) < int(lo)):
             raise ValueError(f"{part!r} is not a CPU number or range (e.g. 1 or 2-3)")
         cpus.update(range(int(lo), int(hi or lo) + 1))
     return cpus

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from nearline_rec.errors import ConfigurationError
 from nearline_rec.settings import (
     Settings,
     SettingsError,
@@ -49,6 +50,7 @@ def worker(loglevel: str) -> None:
     from nearline_rec.storage.redis_store import check_access
 
     s = settings()
+    _pin("NEARLINE_WORKER__CPUS", s.worker.cpus)  # before Faust starts its threads
     check_access(s.redis)  # wrong credentials or certificate: one line now, not endless retries
     created = ensure_topics(s)
     if created:
@@ -100,14 +102,7 @@ def serve(host: str | None, port: int | None, processes: int | None, loglevel: s
         os.nice(s.serve.nice)  # the pre-forked processes inherit it
     if s.serve.sched_idle:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # inherited too
-    if cpus := cpu_list(s.serve.cpus):
-        try:  # inherited too
-            os.sched_setaffinity(0, cpus)
-        except OSError as exc:
-            raise click.ClickException(
-                f"NEARLINE_SERVE__CPUS={s.serve.cpus}: {exc.strerror} (this host has CPUs "
-                f"{sorted(os.sched_getaffinity(0))})"
-            ) from None
+    cpus = _pin("NEARLINE_SERVE__CPUS", s.serve.cpus)  # inherited too
     click.echo(
         f"serving on http://{s.serve.host}:{s.serve.port} with {s.serve.processes} process(es)"
         + (f" at nice +{s.serve.nice}" if s.serve.nice else "")
@@ -116,6 +111,22 @@ def serve(host: str | None, port: int | None, processes: int | None, loglevel: s
         err=True,
     )
     run(s, host=s.serve.host, port=s.serve.port, processes=s.serve.processes, loglevel=loglevel)
+
+
+def _pin(name: str, text: str) -> set[int]:
+    """Confine this process (and what it starts) to the CPUs of setting `name`: each of
+    its threads (the math library starts its own at import), as `taskset -a` would."""
+    cpus = cpu_list(text)
+    if cpus:
+        try:
+            for thread in os.listdir("/proc/self/task"):
+                os.sched_setaffinity(int(thread), cpus)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"{name}={text}: {exc.strerror} (this host has CPUs "
+                f"{sorted(os.sched_getaffinity(0))})"
+            ) from None
+    return cpus
 
 
 @main.command("init-topics")

@@ -127,10 +127,15 @@ def test_a_serve_process_that_dies_is_replaced_and_sigterm_stops_them_all(
 def test_a_list_the_worker_writes_is_served_fresh_within_the_staleness(
     catalog_run, workers, tmp_path: Path
 ) -> None:
-    env = catalog_run.env
     s = catalog_run.settings
-    worker = workers(env)
+    # the worker on its own CPU, as beside serve processes on the others
+    cpu = min(os.sched_getaffinity(0))
+    worker = workers({**catalog_run.env, "NEARLINE_WORKER__CPUS": str(cpu)})
     worker.wait_ready(180)
+    assert worker.proc is not None
+    threads = os.listdir(f"/proc/{worker.proc.pid}/task")  # Faust's and the clients' too
+    assert len(threads) > 1 and all(os.sched_getaffinity(int(t)) == {cpu} for t in threads)
+    env = catalog_run.env
     items = catalog_run.taste_items(0)
     user = "reader-1"
     produce_events(s, [UserEvent("e1", user, items[0], "like", 1.7e9)])

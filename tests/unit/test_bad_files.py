@@ -142,6 +142,7 @@ FLAG_CASES = [
     ("degrade bad mode", ["degrade", "maybe"], {}, "maybe"),
     ("invalid setting", ["recs", "1"], {"NEARLINE_TOPICS__PARTITIONS": "0"}, "NEARLINE_TOPICS__PARTITIONS"),
     ("bad ranking model file", ["evaluate", "--ratings", "ratings.csv", "--movies", "movies.csv", "--embeddings", "emb.txt", "--out", "ev"], {"NEARLINE_RANKING__MODEL_PATH": "model.json"}, "NEARLINE_RANKING__MODEL_PATH"),
+    ("worker CPUs not on this host", ["worker"], {"NEARLINE_WORKER__CPUS": "4095"}, "NEARLINE_WORKER__CPUS=4095: Invalid argument"),
     ("bad dimension setting", ["tune-lsh", "--embeddings", "emb.txt"], {"NEARLINE_ITEMS__EMBEDDING_DIM": "1"}, "NEARLINE_ITEMS__EMBEDDING_DIM"),
 ]  # fmt: skip
 

@@ -74,6 +74,7 @@ def test_env_values_are_read_and_typed(monkeypatch):
         ("NEARLINE_REDIS__KEY_PREFIX", "", "at least 1"),
         ("NEARLINE_SERVE__CPUS", "3-1", "'3-1' is not a CPU number or range"),
         ("NEARLINE_SERVE__CPUS", "0,x", "'x' is not a CPU number or range"),
+        ("NEARLINE_WORKER__CPUS", "1-", "'1-' is not a CPU number or range"),
     ],
 )
 def test_invalid_value_names_its_env_var(monkeypatch, env_var, value, fragment):

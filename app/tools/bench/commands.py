@@ -239,6 +239,17 @@ def bench_lsh(
 @click.option("--processes", default="1,2", show_default=True, help="serve process counts.")
 @click.option("--burst", default=15_000, show_default=True, type=click.IntRange(1000, 10**7))
 @click.option("--paced-share", default=0.3, show_default=True, type=click.FloatRange(0.01, 2))
+@click.option(
+    "--ratings",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A real ratings log (MovieLens ratings.csv or u.data): its users' lists are read"
+    " (--users is then their number) and its later ratings are the worker's bursts.",
+)
+@click.option(
+    "--movies",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Its movies file (movies.csv or u.item); with --ratings.",
+)
 @one_line_errors
 @needs_plot
 def bench_serve(
@@ -250,6 +261,8 @@ def bench_serve(
     processes: str,
     burst: int,
     paced_share: float,
+    ratings: Path | None,
+    movies: Path | None,
 ) -> None:
     """`nearline serve` under 1..512 connections (wrk) vs bare Redis GET (redis-benchmark)
     at the same concurrency, 1 and 2 processes; p99 with 128 connections paced to
@@ -257,8 +270,12 @@ def bench_serve(
     and without that read load; how long a changed list stays stale in the cache."""
     from nearline_rec.tools.bench.serve import run
 
+    if (ratings is None) != (movies is None):
+        raise click.UsageError("--ratings and --movies go together")
     figures = run(
         out_dir,
+        ratings=ratings,
+        movies=movies,
         seconds=seconds,
         repeats=repeats,
         users=users,

@@ -6,6 +6,8 @@ that read load; and how long a changed list stays stale in the serve cache."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nearline_rec.core.events import ItemUpdate, UserEvent
 from nearline_rec.tools.bench import median, write_result
 from nearline_rec.tools.bench.serve_load import (
     WRK_LUA,
@@ -46,6 +49,33 @@ LIGHT_READS = 2000.0
 SERVE_CPU = max(os.sched_getaffinity(0))
 """The read load is also run with serve confined to this CPU (`NEARLINE_SERVE__CPUS`, and wrk
 with it), the worker's process left to the others."""
+WORKER_CPUS = sorted(os.sched_getaffinity(0) - {SERVE_CPU}) or [SERVE_CPU]
+"""...and, cores split, with the worker confined to these (`NEARLINE_WORKER__CPUS`)."""
+SPLIT = "with_reads_cores_split"
+
+
+MIN_BURST_SECONDS = 10.0
+"""A worker burst is made long enough to last about this long at the warm-up's events/s."""
+SEED_SHARE = 0.8
+"""With a real log: the earliest share of its ratings makes the lists read; the rest are the
+worker's bursts."""
+
+
+def real_log(
+    s: Any, ratings: Path, movies: Path
+) -> tuple[list[ItemUpdate], list[UserEvent], list[UserEvent]]:
+    """(items, seed events, burst events) of a real ratings log, as `nearline evaluate` reads
+    it (item vectors trained on the seed part), its users renamed to the bench's names in
+    order of first rating (the seed part's users are then the first ones)."""
+    from nearline_rec.tools.quality.evaluate import EvalConfig, prepare
+
+    prepared = prepare(s, ratings, movies, None, EvalConfig(ablation=False, train_share=SEED_SHARE))
+    named: dict[str, str] = {}
+    events = [
+        dataclasses.replace(e, user_id=named.setdefault(e.user_id, user_name(len(named))))
+        for e in prepared.events
+    ]
+    return prepared.updates, events[: prepared.n_train], events[prepared.n_train :]
 
 
 def _sched_idle() -> None:
@@ -80,8 +110,9 @@ def run(
     burst: int,
     paced_share: float,
     log: Callable[[str], None],
+    ratings: Path | None = None,
+    movies: Path | None = None,
 ) -> dict[str, Any]:
-    from nearline_rec.core.events import UserEvent
     from nearline_rec.data.sample import generate_sample
     from nearline_rec.kafka_clients import ensure_topics
     from nearline_rec.producer import item_updates_from_files, produce_events, publish_items
@@ -96,24 +127,34 @@ def run(
         work = Path(tempfile.mkdtemp(prefix="nearline-bench-serve-"))
         script = work / "reads.lua"
         script.write_text(WRK_LUA)
-        sample = generate_sample(work / "sample", n_items=2000, n_users=200, n_ratings=2000)
-        env = isolated_env(f"bench-serve-{int(time.time())}")
+        # every burst does the same work: in auto mode, a burst's lag may or may not tip the
+        # worker into degraded mode (cheaper lists), which would decide its events/s
+        env = isolated_env(f"bench-serve-{int(time.time())}") | {"NEARLINE_DEGRADE__MODE": "normal"}
         s = settings_for(env)
         ensure_topics(s)
-        updates, _ = item_updates_from_files(
-            sample.movies_path, sample.embeddings_path, dim=s.items.embedding_dim
-        )
+        replayed: list[UserEvent] = []
+        if ratings is not None and movies is not None:
+            log(f"reading {ratings} and {movies} ...")
+            updates, seed, replayed = real_log(s, ratings, movies)
+            users = len({e.user_id for e in seed})
+        else:
+            sample = generate_sample(work / "sample", n_items=2000, n_users=200, n_ratings=2000)
+            updates, _ = item_updates_from_files(
+                sample.movies_path, sample.embeddings_path, dim=s.items.embedding_dim
+            )
         publish_items(s, updates)
         ids = [u.item_id for u in updates]
         names = [user_name(u) for u in range(users)]
         worker = WorkerProcess(env, work, "worker", "warning").start()
         worker.wait_ready(180)
-        seed = [
-            UserEvent(f"s{u}-{j}", uid, ids[(u * 13 + j * 7) % len(ids)], "like", 1.7e9 + j)
-            for u, uid in enumerate(names)
-            for j in range(3)
-        ]
+        if not replayed:
+            seed = [
+                UserEvent(f"s{u}-{j}", uid, ids[(u * 13 + j * 7) % len(ids)], "like", 1.7e9 + j)
+                for u, uid in enumerate(names)
+                for j in range(3)
+            ]
         produce_events(s, seed)
+        worker.wait(lambda st: st["counters"].get("events_done", 0) >= len(seed), 600, "seed")
         worker.wait(lambda st: st["counters"].get("lists_written", 0) >= users, 300, "lists")
         pattern = keys.user_list(s.redis.key_prefix, "u__rand_int__")
         rows: dict[str, list[dict[str, Any]]] = {}
@@ -205,6 +246,8 @@ def run(
             "with_reads_serve_idle": (idle, heavy, True, None),
             "with_reads_serve_pinned": (pinned, heavy, False, SERVE_CPU),
             "with_reads_serve_idle_pinned": (idle_pinned, heavy, True, SERVE_CPU),
+            # and the worker confined to the other CPUs, in this pair's burst without reads too
+            SPLIT: (idle_pinned, heavy, True, SERVE_CPU),
         }
         # control: no reads, a busy loop per CPU under SCHED_IDLE beside the worker: what it
         # loses to anything running on its cores however low its priority (shared caches,
@@ -213,14 +256,34 @@ def run(
             "without_reads": [],
             **{c: [] for c in intervals},
             "with_idle_busy_loops": [],
+            "without_reads_worker_confined": [],
         }
         read_rates: dict[str, list[float]] = {c: [] for c in intervals}
         # the machine's speed drifts over minutes: each condition is measured right after a
         # burst without reads, and its ratio is to that burst (the median of those pairs)
-        pair_ratios: dict[str, list[float]] = {c: [] for c in events_rows if c != "without_reads"}
-        order = [c for _ in range(repeats) for p in pair_ratios for c in ("without_reads", p)]
+        pair_ratios: dict[str, list[float]] = {
+            c: [] for c in events_rows if not c.startswith("without_reads")
+        }
+        order = [(c, p) for _ in range(repeats) for p in pair_ratios for c in ("without_reads", p)]
+        assert worker.proc is not None
+        everywhere = os.sched_getaffinity(0)
+
+        def confine_worker(cpus: set[int]) -> None:
+            """As `taskset -a -p`: each of the worker's threads."""
+            for thread in os.listdir(f"/proc/{worker.proc.pid}/task"):  # type: ignore[union-attr]
+                with contextlib.suppress(ProcessLookupError):  # a thread that ended
+                    os.sched_setaffinity(int(thread), cpus)
 
         def burst_events(tag: str, k: int, n: int) -> list[UserEvent]:
+            if replayed:  # the log's later ratings, again and again, as new events
+                return [
+                    dataclasses.replace(
+                        replayed[(k * n + j) % len(replayed)],
+                        event_id=f"{tag}{k}-{j}",
+                        timestamp=1.8e9 + k * 1e4 + j,
+                    )
+                    for j in range(n)
+                ]
             return [
                 UserEvent(
                     f"{tag}{k}-{j}",
@@ -236,12 +299,19 @@ def run(
         # conditions must not
         st0 = worker.wait(lambda st: "counters" in st, 120, "the worker's status")
         warm = min(burst, 5000)
+        t0 = time.perf_counter()
         produce_events(s, burst_events("w", 0, warm))
         done0 = st0["counters"].get("events_done", 0) + warm
         worker.wait(lambda st: st["counters"].get("events_done", 0) >= done0, 300, "warm-up")
+        # a burst lasts MIN_BURST_SECONDS at least (a fast worker, or a log whose events make
+        # few lists, drains --burst in a few status polls)
+        burst = max(burst, int(warm / (time.perf_counter() - t0) * MIN_BURST_SECONDS))
+        log(f"bursts of {burst:,} events")
         k = 0
-        for cond in order:
+        base_rate = 0.0
+        for cond, pair in order:
             k += 1
+            confine_worker(set(WORKER_CPUS) if pair == SPLIT else everywhere)
             evs = burst_events("b", k, burst)
             load = None
             if cond in intervals:
@@ -284,10 +354,14 @@ def run(
                     out = load.communicate(timeout=30)[0]
             if load is not None:
                 read_rates[cond].append(reads.parse(out)["rps"])
+            if cond == "without_reads":
+                base_rate = rate
+                cond = "without_reads_worker_confined" if pair == SPLIT else cond
+            else:
+                pair_ratios[cond].append(round(rate / base_rate, 3))
             events_rows[cond].append(round(rate, 1))
-            if cond in pair_ratios:
-                pair_ratios[cond].append(round(rate / events_rows["without_reads"][-1], 3))
             log(f"worker events/s {cond}: {rate:.0f}")
+        confine_worker(everywhere)
         staleness = measure_staleness(s, srv, names[: min(50, users)])
         for server in (srv, idle, pinned, idle_pinned):
             server.stop()
@@ -313,6 +387,12 @@ def run(
     ev = {k: median(v) for k, v in events_rows.items()}
     figures = {
         "params": {
+            "data": (
+                f"ratings log {ratings} with {movies}: lists of its users from the earliest"
+                f" {SEED_SHARE:.0%}, bursts of its later ratings"
+                if ratings is not None
+                else "the project's generated sample catalogue, 3 likes per user, click bursts"
+            ),
             "seconds": seconds,
             "repeats": repeats,
             "users": users,
@@ -342,7 +422,15 @@ def run(
                 pair_ratios["with_reads_serve_idle_pinned"]
             ),
             "ratio_with_idle_busy_loops": median(pair_ratios["with_idle_busy_loops"]),
+            "ratio_with_reads_cores_split": median(pair_ratios[SPLIT]),
+            # what confining the worker costs it without reads (its bursts then, to the others)
+            "ratio_worker_confined_without_reads": round(
+                median(events_rows["without_reads_worker_confined"])
+                / median(events_rows["without_reads"]),
+                3,
+            ),
             "serve_cpu": SERVE_CPU,
+            "worker_cpus": WORKER_CPUS,
             "read_rps_during": {c: median(v) for c, v in read_rates.items()},
         },
         "worker_events_rounds": events_rows,

@@ -35,8 +35,11 @@ def markdown_table(f: dict[str, Any]) -> str:
     ev = f["worker_events_per_s"]
     lines += [
         "",
-        "Worker events/s (medians; each ratio is the median over rounds of a condition's"
-        " burst to the burst without reads just before it, as the machine's speed drifts):"
+        f"Data: {f['params']['data']}; {f['params']['users']:,} users read.",
+        "",
+        "Worker events/s, in normal mode (medians; each ratio is the median over rounds of a"
+        " condition's burst to the burst without reads just before it, as the machine's speed"
+        " drifts):"
         f" {ev['without_reads']:,.0f} without reads,"
         f" {ev['with_reads']:,.0f} under the paced read load"
         f" ({ev['read_rps_during']['with_reads']:,.0f} req/s; {ev['ratio_with_reads']:.2f}x),"
@@ -50,7 +53,13 @@ def markdown_table(f: dict[str, Any]) -> str:
         f" {ev['ratio_with_reads_serve_pinned']:.2f}x),"
         f" {ev['with_reads_serve_idle_pinned']:,.0f} with both"
         f" ({ev['read_rps_during']['with_reads_serve_idle_pinned']:,.0f} req/s;"
-        f" {ev['ratio_with_reads_serve_idle_pinned']:.2f}x); with no reads and a busy loop"
+        f" {ev['ratio_with_reads_serve_idle_pinned']:.2f}x), and with both and the worker"
+        f" confined to CPU {','.join(map(str, ev['worker_cpus']))} (cores split:"
+        f" {ev['with_reads_cores_split']:,.0f};"
+        f" {ev['read_rps_during']['with_reads_cores_split']:,.0f} req/s;"
+        f" **{ev['ratio_with_reads_cores_split']:.2f}x** of its bursts without reads when"
+        f" confined, which were {ev['ratio_worker_confined_without_reads']:.2f}x of the"
+        f" unconfined ones); with no reads and a busy loop"
         f" per CPU under SCHED_IDLE, {ev['with_idle_busy_loops']:,.0f}"
         f" ({ev['ratio_with_idle_busy_loops']:.2f}x). Staleness after a change:"
         f" p50 {f['staleness_ms']['p50']} ms, p99 {f['staleness_ms']['p99']} ms"
