@@ -412,8 +412,8 @@ class ServeSettings(_Section):
     """`nearline serve`: address to listen on."""
     port: int = Field(6067, ge=1, le=65535)
     """`nearline serve`: port all of its processes share."""
-    processes: int = Field(1, ge=1, le=256)
-    """`nearline serve`: processes pre-forked on the one port (each with its own socket)."""
+    processes: int = Field(1, ge=0, le=256)
+    """`nearline serve`: processes pre-forked on one port, each its own socket (0: one per CPU)."""
     backlog: int = Field(2048, ge=16, le=65535)
     """`nearline serve`: listen backlog of each process's socket."""
     keepalive_seconds: float = Field(75.0, gt=0, le=3600)

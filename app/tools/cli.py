@@ -77,7 +77,10 @@ def worker(loglevel: str) -> None:
 @click.option("--host", default=None, help="Address (default NEARLINE_SERVE__HOST).")
 @click.option("--port", default=None, type=click.IntRange(1, 65535), help="NEARLINE_SERVE__PORT.")
 @click.option(
-    "--processes", default=None, type=click.IntRange(1, 256), help="NEARLINE_SERVE__PROCESSES."
+    "--processes",
+    default=None,
+    type=click.IntRange(0, 256),
+    help="NEARLINE_SERVE__PROCESSES (0: one per CPU it may run on).",
 )
 @LOGLEVEL
 @one_line_errors
@@ -103,14 +106,15 @@ def serve(host: str | None, port: int | None, processes: int | None, loglevel: s
     if s.serve.sched_idle:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # inherited too
     cpus = _pin("NEARLINE_SERVE__CPUS", s.serve.cpus)  # inherited too
+    processes = s.serve.processes or len(os.sched_getaffinity(0))
     click.echo(
-        f"serving on http://{s.serve.host}:{s.serve.port} with {s.serve.processes} process(es)"
+        f"serving on http://{s.serve.host}:{s.serve.port} with {processes} process(es)"
         + (f" at nice +{s.serve.nice}" if s.serve.nice else "")
         + (" under SCHED_IDLE" if s.serve.sched_idle else "")
         + (f" on CPUs {s.serve.cpus}" if cpus else ""),
         err=True,
     )
-    run(s, host=s.serve.host, port=s.serve.port, processes=s.serve.processes, loglevel=loglevel)
+    run(s, host=s.serve.host, port=s.serve.port, processes=processes, loglevel=loglevel)
 
 
 def _pin(name: str, text: str) -> set[int]:

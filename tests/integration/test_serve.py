@@ -80,6 +80,20 @@ def test_processes_on_one_port_all_answer_and_the_token_is_required(
         srv.stop()
 
 
+def test_processes_0_is_one_per_cpu_it_may_run_on(run_id: str, tmp_path: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))[:2]  # the CPUs it may run on: these
+    env = run_env(run_id, NEARLINE_SERVE__CPUS=",".join(map(str, cpus)))
+    srv = ServeProcess(env, tmp_path, processes=0).start()
+    try:
+        pids: set[int] = set()
+        for _ in range(300):  # each request on a new connection; the kernel spreads them
+            pids.add(srv.request("/health")[1]["pid"])
+        assert len(pids) == len(cpus), (pids, cpus)
+        assert f"with {len(cpus)} process(es)" in srv.log_tail()
+    finally:
+        srv.stop()
+
+
 def test_a_serve_process_that_dies_is_replaced_and_sigterm_stops_them_all(
     run_id: str, tmp_path: Path
 ) -> None:
