@@ -300,9 +300,12 @@ class Reader:
         try:
             return codec.decode_words(raw)
         except codec.CorruptRecord as exc:
-            self.counters["corrupt"] += 1
-            log.warning("user %r: unreadable record in Redis: %s", user_id, exc)
+            self._corrupt(user_id, exc)
             return None
+
+    def _corrupt(self, user_id: str, exc: codec.CorruptRecord) -> None:
+        self.counters["corrupt"] += 1
+        log.warning("user %r: unreadable record in Redis: %s", user_id, exc)
 
     def _named(self, head: codec.RecordWords) -> bool:
         """Whether this process has named every word and string of the record."""
@@ -369,8 +372,7 @@ class Reader:
                     await self._learn(head, self.book.unknown(head))
                 return head
             except codec.CorruptRecord as exc:  # item code 0
-                self.counters["corrupt"] += 1
-                log.warning("user %r: unreadable record in Redis: %s", user_id, exc)
+                self._corrupt(user_id, exc)
         async with asyncio.timeout_at(deadline):
             popular, cold = await self._shared()
         return resolve(user_id, popular=popular, cold_start=cold)
@@ -568,18 +570,18 @@ class ServeApp:
         assert self.settings is not None and self.reader is not None
         reader, stale_after = self.reader, self.settings.serve.stale_after_seconds
         if isinstance(result, ReadResult):
-            now = time.time()
-            body = result.response(k, now, stale_after, titles=reader.title, keep=reader.keep)
-        else:
-            tier, head = result
-            if tier == "cache" and (entry := reader.cache.get(user_id)) is not None:
-                book = reader.book
-                ready = entry[2]
-                if ready is None or ready[0] != k or ready[1] != book.generation:
-                    ready = entry[2] = book.prepared(user_id, tier, head, k)
-                return 200, JSON, book.finish(ready, head, time.time(), stale_after)
-            return 200, JSON, reader.book.answer(user_id, tier, head, k, time.time(), stale_after)
-        return 200, JSON, fastjson.dumps(body, kept=False)
+            body = result.response(
+                k, time.time(), stale_after, titles=reader.title, keep=reader.keep
+            )
+            return 200, JSON, fastjson.dumps(body, kept=False)
+        tier, head = result
+        book = reader.book
+        if tier == "cache" and (entry := reader.cache.get(user_id)) is not None:
+            ready = entry[2]
+            if ready is None or ready[0] != k or ready[1] != book.generation:
+                ready = entry[2] = book.prepared(user_id, tier, head, k)
+            return 200, JSON, book.finish(ready, head, time.time(), stale_after)
+        return 200, JSON, book.answer(user_id, tier, head, k, time.time(), stale_after)
 
 
 def _k_arg(query_string: str) -> str | None:

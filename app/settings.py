@@ -7,9 +7,10 @@ import json
 import os
 import re
 from enum import Enum
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -127,6 +128,26 @@ class RedisSettings(_Section):
         return url
 
 
+def cpu_list(text: str) -> set[int]:
+    """The CPU numbers of a list as `taskset -c` takes it ("0,2-3"); empty for ""."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise ValueError(f"{part!r} is not a CPU number or range (e.g. 1 or 2-3)")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def _cpu_list_valid(value: str) -> str:
+    cpu_list(value)  # a bad list: its one-line error when the settings load
+    return value
+
+
+CpuList = Annotated[str, AfterValidator(_cpu_list_valid)]
+"""A CPU list as `taskset -c` takes it ("" = any CPU)."""
+
+
 class WorkerSettings(_Section):
     app_id: str = Field("nearline-rec", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     """Faust app id = Kafka consumer group; workers with one id share the partitions."""
@@ -185,16 +206,10 @@ class WorkerSettings(_Section):
     """Seconds between metadata refreshes: how soon partitions added to a topic are used."""
     session_timeout: float = Field(10.0, ge=3, le=300)
     """Seconds without a heartbeat before the group hands a dead worker's partitions on."""
-    cpus: str = ""
+    cpus: CpuList = ""
     """The CPUs the worker may run on, as `taskset -c` takes them (`0`, `0-1`), so that on
     a host shared with `nearline serve` (NEARLINE_SERVE__CPUS on the others) reads keep off
     its core ("" = any CPU)."""
-
-    @field_validator("cpus")
-    @classmethod
-    def _cpus_valid(cls, value: str) -> str:
-        cpu_list(value)  # a bad list: its one-line error when the settings load
-        return value
 
 
 class ItemSettings(_Section):
@@ -384,17 +399,6 @@ class DegradeSettings(_Section):
         return self
 
 
-def cpu_list(text: str) -> set[int]:
-    """The CPU numbers of a list as `taskset -c` takes it ("0,2-3"); empty for ""."""
-    cpus: set[int] = set()
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        lo, dash, hi = part.partition("-")
-        if not lo.isdigit() or (dash and not hi.isdigit()) or (hi and int(hi) < int(lo)):
-            raise ValueError(f"{part!r} is not a CPU number or range (e.g. 1 or 2-3)")
-        cpus.update(range(int(lo), int(hi or lo) + 1))
-    return cpus
-
-
 class ServeSettings(_Section):
     cache_ttl_seconds: float = Field(2.0, ge=0, le=3600)
     """TTL of the in-process list cache (0 = none); `nearline serve`: while not invalidated."""
@@ -426,16 +430,10 @@ class ServeSettings(_Section):
     only when nothing of normal priority wants it (a worker's thread that wakes up takes
     the CPU at once, which a nice value does not promise), so that on a host shared with a
     worker, reads use only the CPU the worker leaves idle."""
-    cpus: str = ""
+    cpus: CpuList = ""
     """`nearline serve`: the CPUs its processes may run on, as `taskset -c` takes them
     (`1`, `2-3`, `0,2`), so that on a host shared with a worker the reads keep off the
     worker's core ("" = any CPU)."""
-
-    @field_validator("cpus")
-    @classmethod
-    def _cpus_valid(cls, value: str) -> str:
-        cpu_list(value)  # a bad list: its one-line error when the settings load
-        return value
 
     stale_after_seconds: float = Field(3600.0, gt=0)
     """A list older than this is reported stale."""

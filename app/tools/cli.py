@@ -20,7 +20,13 @@ from nearline_rec.settings import (
     secret_setting_names,
 )
 from nearline_rec.tools.bench.commands import bench
-from nearline_rec.tools.clitools import OneLineUsage, format_list, one_line_errors, settings
+from nearline_rec.tools.clitools import (
+    OneLineUsage,
+    confine_threads,
+    format_list,
+    one_line_errors,
+    settings,
+)
 from nearline_rec.tools.ops import COMMANDS as OPS_COMMANDS
 from nearline_rec.tools.quality.commands import COMMANDS as QUALITY_COMMANDS
 
@@ -123,8 +129,7 @@ def _pin(name: str, text: str) -> set[int]:
     cpus = cpu_list(text)
     if cpus:
         try:
-            for thread in os.listdir("/proc/self/task"):
-                os.sched_setaffinity(int(thread), cpus)
+            confine_threads("self", cpus)
         except OSError as exc:
             raise ConfigurationError(
                 f"{name}={text}: {exc.strerror} (this host has CPUs "

@@ -6,7 +6,9 @@ module; nearline_rec.tools.cli puts their commands on the `nearline` group."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -16,6 +18,14 @@ import click
 from nearline_rec.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def confine_threads(pid: int | str, cpus: set[int]) -> None:
+    """As `taskset -a -p`: each thread of process `pid` ("self": this one) to `cpus` (a
+    thread that ends meanwhile is skipped)."""
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(thread), cpus)
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:

@@ -6,7 +6,6 @@ that read load; and how long a changed list stays stale in the serve cache."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import signal
@@ -35,6 +34,7 @@ from nearline_rec.tools.bench.serve_probes import (
     sample_stacks,
 )
 from nearline_rec.tools.bench.serve_report import markdown_table, plot, targets_met
+from nearline_rec.tools.clitools import confine_threads
 from nearline_rec.tools.localrun import (
     ServeProcess,
     WorkerProcess,
@@ -268,12 +268,6 @@ def run(
         assert worker.proc is not None
         everywhere = os.sched_getaffinity(0)
 
-        def confine_worker(cpus: set[int]) -> None:
-            """As `taskset -a -p`: each of the worker's threads."""
-            for thread in os.listdir(f"/proc/{worker.proc.pid}/task"):  # type: ignore[union-attr]
-                with contextlib.suppress(ProcessLookupError):  # a thread that ended
-                    os.sched_setaffinity(int(thread), cpus)
-
         def burst_events(tag: str, k: int, n: int) -> list[UserEvent]:
             if replayed:  # the log's later ratings, again and again, as new events
                 return [
@@ -311,7 +305,7 @@ def run(
         base_rate = 0.0
         for cond, pair in order:
             k += 1
-            confine_worker(set(WORKER_CPUS) if pair == SPLIT else everywhere)
+            confine_threads(worker.proc.pid, set(WORKER_CPUS) if pair == SPLIT else everywhere)
             evs = burst_events("b", k, burst)
             load = None
             if cond in intervals:
@@ -361,7 +355,7 @@ def run(
                 pair_ratios[cond].append(round(rate / base_rate, 3))
             events_rows[cond].append(round(rate, 1))
             log(f"worker events/s {cond}: {rate:.0f}")
-        confine_worker(everywhere)
+        confine_threads(worker.proc.pid, everywhere)
         staleness = measure_staleness(s, srv, names[: min(50, users)])
         for server in (srv, idle, pinned, idle_pinned):
             server.stop()
